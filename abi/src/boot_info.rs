@@ -1,0 +1,280 @@
+//! [`BootInfo`]: what the monitor tells the kernel at the direct 64-bit entry.
+//!
+//! The monitor writes one `BootInfo` at [`crate::layout::BOOT_INFO_ADDR`] and
+//! starts the vCPU at the kernel's entry with its address in `rdi`. The
+//! kernel builds the same structure itself from multiboot or PVH information,
+//! so everything after the entry sees one format.
+//!
+//! The kernel also writes into it: the [`TraceLog`] holds TSC stamps of boot
+//! milestones, which the monitor reads after the guest stops. Recording a
+//! milestone therefore costs no VM exit.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `BootInfo::magic`: ASCII "TORITOBI".
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"TORITOBI");
+
+/// Number of entries in [`BootInfo::mem_map`].
+pub const MAX_MEM_REGIONS: usize = 32;
+/// Number of entries in [`TraceLog::entries`].
+pub const MAX_TRACE: usize = 16;
+
+/// Which loader started the kernel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// The Torito monitor, direct 64-bit entry at CPL3.
+    Direct = 1,
+    /// A multiboot1 loader (QEMU `-kernel`, GRUB).
+    Multiboot = 2,
+    /// The PVH entry (Firecracker, QEMU microvm, Cloud Hypervisor).
+    Pvh = 3,
+}
+
+impl BootProtocol {
+    /// Decode the raw value stored in [`BootInfo::protocol`].
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Direct),
+            2 => Some(Self::Multiboot),
+            3 => Some(Self::Pvh),
+            _ => None,
+        }
+    }
+
+    /// A short name for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Multiboot => "multiboot",
+            Self::Pvh => "pvh",
+        }
+    }
+}
+
+/// Kind of a [`MemRegion`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemKind {
+    /// RAM the kernel may use (minus its own image and boot structures).
+    Usable = 1,
+    /// Anything else.
+    Reserved = 2,
+}
+
+/// One range of guest-physical memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MemRegion {
+    /// First byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// A [`MemKind`] as `u32`.
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+impl MemRegion {
+    /// A usable region.
+    pub const fn usable(base: u64, len: u64) -> Self {
+        Self { base, len, kind: MemKind::Usable as u32, reserved: 0 }
+    }
+
+    /// Whether the kernel may allocate from this region.
+    pub const fn is_usable(&self) -> bool {
+        self.kind == MemKind::Usable as u32
+    }
+}
+
+/// Boot milestones recorded in the [`TraceLog`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceId {
+    /// First line of `kernel_main`.
+    KernelMain = 1,
+    /// The kernel is about to call the app's `main`.
+    AppMain = 2,
+    /// The app's `main` returned (or the kernel is exiting for it).
+    AppExit = 3,
+}
+
+impl TraceId {
+    /// Decode a raw id.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::KernelMain),
+            2 => Some(Self::AppMain),
+            3 => Some(Self::AppExit),
+            _ => None,
+        }
+    }
+
+    /// Name used in timelines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::KernelMain => "kernel_main",
+            Self::AppMain => "app_main",
+            Self::AppExit => "app_exit",
+        }
+    }
+}
+
+/// One trace record: a milestone and the guest TSC when it was reached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TraceEntry {
+    /// A [`TraceId`] as `u32`.
+    pub id: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Guest TSC (`rdtsc`) at the milestone.
+    pub tsc: u64,
+}
+
+/// Milestones the kernel records for the monitor, in guest memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TraceLog {
+    /// Number of valid entries (saturates at [`MAX_TRACE`]).
+    pub count: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The records, in the order they were made.
+    pub entries: [TraceEntry; MAX_TRACE],
+}
+
+/// Everything the kernel needs to know at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BootInfo {
+    /// [`BOOT_INFO_MAGIC`].
+    pub magic: u64,
+    /// [`crate::ABI_VERSION`] of the writer.
+    pub version: u32,
+    /// `size_of::<BootInfo>()` of the writer.
+    pub size: u32,
+    /// A [`BootProtocol`] as `u32`.
+    pub protocol: u32,
+    /// Number of valid entries in `mem_map`.
+    pub mem_map_len: u32,
+    /// TSC frequency in kHz, 0 if unknown.
+    pub tsc_khz: u64,
+    /// Guest-physical address of the root page table the kernel runs on.
+    pub page_table_root: u64,
+    /// Guest-physical address of the command line (UTF-8, not necessarily
+    /// NUL-terminated), 0 if none.
+    pub cmdline_addr: u64,
+    /// Length of the command line in bytes.
+    pub cmdline_len: u64,
+    /// Host `CLOCK_MONOTONIC` (ns) at launch, as the monitor knows it; 0 if
+    /// not a Torito monitor.
+    pub launch_ns: u64,
+    /// Usable and reserved RAM ranges, sorted by base.
+    pub mem_map: [MemRegion; MAX_MEM_REGIONS],
+    /// Milestones written by the kernel.
+    pub trace: TraceLog,
+}
+
+impl BootInfo {
+    /// An empty `BootInfo` for `protocol`, with magic, version and size set.
+    pub const fn new(protocol: BootProtocol) -> Self {
+        Self {
+            magic: BOOT_INFO_MAGIC,
+            version: crate::ABI_VERSION,
+            size: core::mem::size_of::<Self>() as u32,
+            protocol: protocol as u32,
+            mem_map_len: 0,
+            tsc_khz: 0,
+            page_table_root: 0,
+            cmdline_addr: 0,
+            cmdline_len: 0,
+            launch_ns: 0,
+            mem_map: [MemRegion { base: 0, len: 0, kind: 0, reserved: 0 }; MAX_MEM_REGIONS],
+            trace: TraceLog {
+                count: 0,
+                reserved: 0,
+                entries: [TraceEntry { id: 0, reserved: 0, tsc: 0 }; MAX_TRACE],
+            },
+        }
+    }
+
+    /// Append a memory region; returns `false` when the map is full.
+    pub fn push_region(&mut self, region: MemRegion) -> bool {
+        let i = self.mem_map_len as usize;
+        if i >= MAX_MEM_REGIONS {
+            return false;
+        }
+        self.mem_map[i] = region;
+        self.mem_map_len += 1;
+        true
+    }
+
+    /// The valid part of the memory map.
+    pub fn regions(&self) -> &[MemRegion] {
+        let n = (self.mem_map_len as usize).min(MAX_MEM_REGIONS);
+        &self.mem_map[..n]
+    }
+
+    /// Whether magic, version and size say this structure can be trusted.
+    pub fn is_valid(&self) -> bool {
+        self.magic == BOOT_INFO_MAGIC
+            && self.version == crate::ABI_VERSION
+            && self.size as usize == core::mem::size_of::<Self>()
+            && BootProtocol::from_raw(self.protocol).is_some()
+    }
+
+    /// The recorded milestones.
+    pub fn trace_entries(&self) -> &[TraceEntry] {
+        let n = (self.trace.count as usize).min(MAX_TRACE);
+        &self.trace.entries[..n]
+    }
+}
+
+// The whole structure must fit the page the monitor reserves for it.
+const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= crate::layout::PAGE_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromBytes;
+
+    #[test]
+    fn layout_is_stable() {
+        assert_eq!(core::mem::size_of::<MemRegion>(), 24);
+        assert_eq!(core::mem::size_of::<TraceEntry>(), 16);
+        assert_eq!(core::mem::offset_of!(BootInfo, mem_map), 64);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16);
+    }
+
+    #[test]
+    fn new_is_valid_and_round_trips_through_bytes() {
+        let mut b = BootInfo::new(BootProtocol::Direct);
+        assert!(b.push_region(MemRegion::usable(0x10_0000, 0x100_0000)));
+        assert!(b.is_valid());
+        let bytes = b.as_bytes().to_vec();
+        let back = BootInfo::read_from_bytes(&bytes).unwrap();
+        assert_eq!(back.regions(), &[MemRegion::usable(0x10_0000, 0x100_0000)]);
+    }
+
+    #[test]
+    fn rejects_bad_magic_and_version() {
+        let mut b = BootInfo::new(BootProtocol::Pvh);
+        b.magic = 0;
+        assert!(!b.is_valid());
+        let mut b = BootInfo::new(BootProtocol::Pvh);
+        b.version += 1;
+        assert!(!b.is_valid());
+    }
+
+    #[test]
+    fn memory_map_is_bounded() {
+        let mut b = BootInfo::new(BootProtocol::Direct);
+        for i in 0..MAX_MEM_REGIONS as u64 {
+            assert!(b.push_region(MemRegion::usable(i << 20, 1 << 20)));
+        }
+        assert!(!b.push_region(MemRegion::usable(0, 1)));
+        assert_eq!(b.regions().len(), MAX_MEM_REGIONS);
+    }
+}

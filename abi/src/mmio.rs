@@ -1,0 +1,43 @@
+//! Registers of the Torito monitor's own device page at
+//! [`crate::layout::TORITO_MMIO_BASE`].
+//!
+//! Every register is written with one 64-bit store, so each operation costs
+//! exactly one VM exit. Reads return zero.
+
+/// Console write: the value is `addr | (len << 48)` where `addr` is the
+/// guest-physical address of `len` bytes of UTF-8 text (`len` < 65536).
+/// One exit per write, not per byte.
+pub const CONSOLE_WRITE: u64 = 0x00;
+/// Exit: the low 32 bits of the value are the guest's exit code (an `i32`).
+pub const EXIT: u64 = 0x08;
+/// Trace marker: the value is a [`crate::boot_info::TraceId`]; the monitor
+/// stamps it with its own clock. Guests normally record marks in
+/// [`crate::boot_info::BootInfo::trace`] instead, which costs no exit.
+pub const TRACE: u64 = 0x10;
+/// Size of the register page.
+pub const SIZE: u64 = 0x1000;
+
+/// Largest length a single [`CONSOLE_WRITE`] can carry.
+pub const CONSOLE_MAX_LEN: usize = 0xffff;
+
+/// Encode a console write.
+pub const fn console_value(addr: u64, len: usize) -> u64 {
+    (addr & 0xffff_ffff_ffff) | ((len as u64 & 0xffff) << 48)
+}
+
+/// Decode a console write into `(addr, len)`.
+pub const fn console_decode(value: u64) -> (u64, usize) {
+    (value & 0xffff_ffff_ffff, (value >> 48) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_round_trip() {
+        let v = console_value(0x12_3456, 300);
+        assert_eq!(console_decode(v), (0x12_3456, 300));
+        assert_eq!(console_decode(console_value(0x1000, CONSOLE_MAX_LEN)).1, 0xffff);
+    }
+}

@@ -1,0 +1,73 @@
+//! The Torito ELF note: how the monitor finds the kernel's direct entry.
+//!
+//! The kernel carries a note named [`NOTE_NAME`] of type [`NOTE_TYPE`] in a
+//! `PT_NOTE` segment. Its descriptor is a [`KernelNote`]. The descriptor
+//! tables it names (GDT, IDT, TSS) are laid out by the kernel at link time;
+//! the monitor only points the vCPU's registers at them and builds the page
+//! tables (whose size depends on the guest RAM).
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Note name, without the terminating NUL.
+pub const NOTE_NAME: &[u8] = b"Torito";
+/// Note type of the [`KernelNote`].
+pub const NOTE_TYPE: u32 = 0x5430_0001;
+
+/// Descriptor of the Torito note. Offsets are part of the ABI (the kernel
+/// writes this structure from assembly).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct KernelNote {
+    /// [`crate::ABI_VERSION`] the kernel was built against.
+    pub abi_version: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// Direct 64-bit entry, entered at CPL3 with `rdi` = BootInfo address.
+    pub entry: u64,
+    /// Initial CPL3 stack pointer (16-byte aligned top of stack).
+    pub stack_top: u64,
+    /// GDT base address.
+    pub gdt_base: u64,
+    /// IDT base address.
+    pub idt_base: u64,
+    /// TSS base address.
+    pub tss_base: u64,
+    /// GDT limit (size - 1).
+    pub gdt_limit: u16,
+    /// IDT limit (size - 1).
+    pub idt_limit: u16,
+    /// TSS limit (size - 1).
+    pub tss_limit: u16,
+    /// Selector of the TSS descriptor in the GDT.
+    pub tss_selector: u16,
+    /// Selector of the 64-bit CPL3 code segment (RPL 3 included).
+    pub user_cs: u16,
+    /// Selector of the CPL3 data/stack segment (RPL 3 included).
+    pub user_ss: u16,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// End of the kernel image in memory (end of `.bss`).
+    pub image_end: u64,
+}
+
+/// Size of the descriptor in bytes.
+pub const KERNEL_NOTE_SIZE: usize = core::mem::size_of::<KernelNote>();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn offsets_match_the_assembly_writer() {
+        assert_eq!(offset_of!(KernelNote, entry), 8);
+        assert_eq!(offset_of!(KernelNote, stack_top), 16);
+        assert_eq!(offset_of!(KernelNote, gdt_base), 24);
+        assert_eq!(offset_of!(KernelNote, idt_base), 32);
+        assert_eq!(offset_of!(KernelNote, tss_base), 40);
+        assert_eq!(offset_of!(KernelNote, gdt_limit), 48);
+        assert_eq!(offset_of!(KernelNote, user_ss), 58);
+        assert_eq!(offset_of!(KernelNote, image_end), 64);
+        assert_eq!(KERNEL_NOTE_SIZE, 72);
+    }
+}

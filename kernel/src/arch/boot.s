@@ -1,0 +1,356 @@
+/* Torito boot section: descriptor tables, the 32->64-bit trampoline for
+ * multiboot and PVH, and every CPL0 instruction the kernel runs.
+ *
+ * Everything in `.boot` is linked at BOOT_BASE (linker/torito.ld asserts
+ * it). Interrupt and TSS descriptors split addresses into pieces, which no
+ * relocation can express, so they are computed here at assembly time as
+ * (label - boot_base + BOOT_BASE). The tables therefore exist in the file
+ * exactly as the CPU reads them: no code fills them in at boot.
+ *
+ * CPL0 code is kept to short stubs because some KVM hosts (paravirtual,
+ * shadow-paging) run every CPL0 instruction through an emulator.
+ */
+    .set BOOT_BASE, 0x101000
+    .set KCODE, 0x08
+    .set KDATA, 0x10
+    .set UDATA, 0x1b            /* 0x18 | RPL 3 */
+    .set UCODE, 0x23            /* 0x20 | RPL 3 */
+    .set KCODE32, 0x28
+    .set TSS_SEL, 0x30
+    .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
+    .set GATE_OPS, 6
+
+    .macro IDT_ENTRY handler, ist=0
+    .word ((\handler - boot_base + BOOT_BASE) & 0xffff)
+    .word KCODE
+    .byte \ist
+    .byte 0x8e                  /* present, DPL0, 64-bit interrupt gate */
+    .word (((\handler - boot_base + BOOT_BASE) >> 16) & 0xffff)
+    .long 0
+    .long 0
+    .endm
+
+    .pushsection .boot, "awx"
+boot_base:
+
+/* ---- GDT ------------------------------------------------------------- */
+    .balign 16
+    .globl _torito_gdt
+_torito_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff    /* 0x08 kernel code, 64-bit */
+    .quad 0x00cf93000000ffff    /* 0x10 kernel data */
+    .quad 0x00cff3000000ffff    /* 0x18 user data (DPL3) */
+    .quad 0x00affb000000ffff    /* 0x20 user code, 64-bit (DPL3) */
+    .quad 0x00cf9b000000ffff    /* 0x28 kernel code, 32-bit (trampoline) */
+gdt_tss:                        /* 0x30 64-bit TSS, available */
+    .word 0x67
+    .word ((tss - boot_base + BOOT_BASE) & 0xffff)
+    .byte (((tss - boot_base + BOOT_BASE) >> 16) & 0xff)
+    .byte 0x89
+    .byte 0x00
+    .byte (((tss - boot_base + BOOT_BASE) >> 24) & 0xff)
+    .long 0
+    .long 0
+gdt_end:
+
+gdt_ptr:
+    .word gdt_end - _torito_gdt - 1
+    .quad _torito_gdt
+idt_ptr:
+    .word idt_end - _torito_idt - 1
+    .quad _torito_idt
+null_idt_ptr:
+    .word 0
+    .quad 0
+
+/* ---- TSS ------------------------------------------------------------- */
+    .balign 16
+    .globl _torito_tss
+_torito_tss:
+tss:
+    .long 0
+    .quad cpl0_stack_top        /* RSP0: stack of every CPL3 -> CPL0 entry */
+    .quad 0, 0
+    .quad 0
+    .quad ist1_stack_top        /* IST1: double fault */
+    .quad 0, 0, 0, 0, 0, 0
+    .quad 0
+    .word 0
+    .word 104                   /* no I/O permission bitmap */
+
+/* ---- IDT ------------------------------------------------------------- */
+    .balign 16
+    .globl _torito_idt
+_torito_idt:
+    IDT_ENTRY isr_0
+    IDT_ENTRY isr_1
+    IDT_ENTRY isr_2
+    IDT_ENTRY isr_3
+    IDT_ENTRY isr_4
+    IDT_ENTRY isr_5
+    IDT_ENTRY isr_ud
+    IDT_ENTRY isr_7
+    IDT_ENTRY isr_8, 1
+    IDT_ENTRY isr_9
+    IDT_ENTRY isr_10
+    IDT_ENTRY isr_11
+    IDT_ENTRY isr_12
+    IDT_ENTRY isr_13
+    IDT_ENTRY isr_14
+    IDT_ENTRY isr_15
+    IDT_ENTRY isr_16
+    IDT_ENTRY isr_17
+    IDT_ENTRY isr_18
+    IDT_ENTRY isr_19
+    IDT_ENTRY isr_20
+    IDT_ENTRY isr_21
+    IDT_ENTRY isr_22
+    IDT_ENTRY isr_23
+    IDT_ENTRY isr_24
+    IDT_ENTRY isr_25
+    IDT_ENTRY isr_26
+    IDT_ENTRY isr_27
+    IDT_ENTRY isr_28
+    IDT_ENTRY isr_29
+    IDT_ENTRY isr_30
+    IDT_ENTRY isr_31
+    .rept 224
+    IDT_ENTRY isr_ignore
+    .endr
+idt_end:
+
+/* ---- 32-bit entries: multiboot1 and PVH -------------------------------
+ * Both arrive in 32-bit protected mode with paging off. Enter long mode on
+ * the link-time page tables and drop to CPL3 at _torito_generic_entry(kind,
+ * info). */
+    .code32
+    .globl _torito_multiboot_entry
+_torito_multiboot_entry:
+    movl $2, %edi               /* BootProtocol::Multiboot; eax = magic */
+    movl %ebx, %esi             /* multiboot information */
+    jmp enter_long_mode
+
+    .globl _torito_pvh_entry
+_torito_pvh_entry:
+    movl $3, %edi               /* BootProtocol::Pvh */
+    movl %ebx, %esi             /* hvm_start_info */
+
+enter_long_mode:
+    movl $cpl0_stack_top, %esp
+    lgdt gdt_ptr
+    movl $0x20, %eax            /* CR4.PAE */
+    movl %eax, %cr4
+    movl $_torito_boot_pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx      /* EFER.LME */
+    movl $0x100, %eax
+    xorl %edx, %edx
+    wrmsr
+    movl $0x80010011, %eax      /* CR0: PG | WP | ET | PE */
+    movl %eax, %cr0
+    ljmp $KCODE, $long_mode
+
+    .code64
+long_mode:
+    movl $KDATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movb $0xff, %al             /* mask the legacy PICs */
+    outb %al, $0xa1
+    outb %al, $0x21
+    movw $TSS_SEL, %ax
+    ltr %ax
+    lidt idt_ptr
+    movl %edi, %edi             /* zero-extend kind and info */
+    movl %esi, %esi
+    pushq $UDATA
+    pushq $(boot_stack_top - 8)
+    pushq $0x2
+    pushq $UCODE
+    pushq $_torito_generic_entry
+    iretq
+
+/* ---- #UD: the CPL3 -> CPL0 gate -----------------------------------------
+ * A gate call is `ud2` with r10d = GATE_MAGIC and eax = operation; other
+ * registers carry arguments (see kernel/src/arch/gate.rs). Anything else
+ * that raises #UD is a real invalid opcode and goes to the fault path. */
+isr_ud:
+    cmpl $GATE_MAGIC, %r10d
+    jne 1f
+    cmpl $GATE_OPS, %eax
+    jae 1f
+    jmp *gate_table(,%rax,8)
+1:  pushq $0
+    pushq $6
+    jmp fault_common
+
+gate_done:
+    addq $2, (%rsp)             /* skip the ud2 */
+    iretq
+
+gate_outb:                      /* outb(dx = port, edi = value) */
+    movl %edi, %eax
+    outb %al, %dx
+    jmp gate_done
+gate_outl:                      /* outl(dx = port, edi = value) */
+    movl %edi, %eax
+    outl %eax, %dx
+    jmp gate_done
+gate_outsb:                     /* outsb(dx = port, rsi = buf, rcx = len) */
+    rep outsb
+    jmp gate_done
+gate_inb:                       /* eax = inb(dx = port) */
+    xorl %eax, %eax
+    inb %dx, %al
+    jmp gate_done
+gate_invlpg:                    /* invlpg(rdi = address) */
+    invlpg (%rdi)
+    jmp gate_done
+gate_reset:                     /* triple fault: the last resort to stop */
+    lidt null_idt_ptr
+    ud2
+
+    .balign 8
+gate_table:
+    .quad gate_outb             /* 0 */
+    .quad gate_outl             /* 1 */
+    .quad gate_outsb            /* 2 */
+    .quad gate_inb              /* 3 */
+    .quad gate_invlpg           /* 4 */
+    .quad gate_reset            /* 5 */
+
+/* ---- Faults -------------------------------------------------------------
+ * Record the frame in _torito_fault_info and return to CPL3 at
+ * _torito_fault_upcall on its own stack, where Rust code reports and exits.
+ * A fault while one is being handled stops the machine from here. */
+    .irp v, 0,1,2,3,4,5,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+isr_\v:
+    pushq $0
+    pushq $\v
+    jmp fault_common
+    .endr
+    .irp v, 8,10,11,12,13,14,17,21,29,30
+isr_\v:
+    pushq $\v
+    jmp fault_common
+    .endr
+
+isr_ignore:                     /* vectors 32..255: nothing is routed yet */
+    iretq
+
+fault_common:
+    cmpb $0, _torito_fault_active
+    jne die
+    movb $1, _torito_fault_active
+    popq _torito_fault_info+0   /* vector */
+    popq _torito_fault_info+8   /* error code */
+    popq _torito_fault_info+16  /* rip */
+    popq _torito_fault_info+24  /* cs */
+    popq _torito_fault_info+32  /* rflags */
+    popq _torito_fault_info+40  /* rsp */
+    popq _torito_fault_info+48  /* ss */
+    movq %cr2, %rax
+    movq %rax, _torito_fault_info+56
+    pushq $UDATA
+    pushq $(fault_stack_top - 8)
+    pushq $0x2
+    pushq $UCODE
+    pushq $_torito_fault_upcall
+    iretq
+
+die:                            /* exit code 255 on every host we know */
+    movl $0xf4, %edx
+    movl $255, %eax
+    outl %eax, %dx              /* QEMU isa-debug-exit, Torito monitor */
+    movb $0xfe, %al
+    outb %al, $0x64             /* i8042 reset: Firecracker */
+    lidt null_idt_ptr
+    ud2                         /* triple fault */
+
+    .popsection
+
+/* ---- Notes ------------------------------------------------------------ */
+    .pushsection .note.Xen, "a"
+    .balign 4
+    .long 4                     /* namesz */
+    .long 8                     /* descsz */
+    .long 18                    /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .quad _torito_pvh_entry
+    .popsection
+
+    .pushsection .note.torito, "a"
+    .balign 4
+    .long 7                     /* namesz: "Torito\0" */
+    .long 72                    /* descsz: size_of::<KernelNote>() */
+    .long 0x54300001            /* torito_abi::note::NOTE_TYPE */
+    .asciz "Torito"
+    .balign 4
+    .long 1                     /* abi_version (torito_abi::ABI_VERSION) */
+    .long 0                     /* flags */
+    .quad kernel_main           /* entry */
+    .quad boot_stack_top        /* stack_top */
+    .quad _torito_gdt           /* gdt_base */
+    .quad _torito_idt           /* idt_base */
+    .quad _torito_tss           /* tss_base */
+    .word gdt_end - _torito_gdt - 1
+    .word idt_end - _torito_idt - 1
+    .word 0x67                  /* tss_limit */
+    .word TSS_SEL
+    .word UCODE
+    .word UDATA
+    .long 0
+    .quad __bss_end             /* image_end */
+    .popsection
+
+/* ---- Boot page tables: identity map of [0, 4 GiB), user pages ---------- */
+    .pushsection .data.torito_boot_pt, "aw"
+    .balign 4096
+    .globl _torito_boot_pml4
+_torito_boot_pml4:
+    .quad boot_pdpt + 0x7
+    .fill 511, 8, 0
+boot_pdpt:
+    .quad boot_pd + 0x7
+    .quad boot_pd + 0x1000 + 0x7
+    .quad boot_pd + 0x2000 + 0x7
+    .quad boot_pd + 0x3000 + 0x7
+    .fill 508, 8, 0
+boot_pd:                        /* 2 MiB pages, P | W | U | PS */
+    .quad boot_pt0 + 0x7
+    .set i, 1
+    .rept 2047
+    .quad (i << 21) | 0x87
+    .set i, i + 1
+    .endr
+boot_pt0:                       /* first 2 MiB in 4 KiB pages, page 0 absent */
+    .quad 0
+    .set i, 1
+    .rept 511
+    .quad (i << 12) | 0x7
+    .set i, i + 1
+    .endr
+    .popsection
+
+/* ---- Stacks and fault record ------------------------------------------- */
+    .pushsection .bss.torito_stacks, "aw", @nobits
+    .balign 4096
+    .skip 16384
+cpl0_stack_top:
+    .skip 8192
+ist1_stack_top:
+    .skip 32768
+fault_stack_top:
+    .skip 131072
+    .globl boot_stack_top
+boot_stack_top:
+    .balign 8
+    .globl _torito_fault_info
+_torito_fault_info:
+    .skip 64
+    .globl _torito_fault_active
+_torito_fault_active:
+    .skip 8
+    .popsection

@@ -1,0 +1,76 @@
+//! x86_64 architecture support: the boot section, the CPL3 → CPL0 gate and
+//! CPU fault reporting.
+//!
+//! This module and [`crate::boot`] hold all of the kernel's `unsafe` code.
+//! The kernel and the app run at CPL3; CPL0 runs only the stubs in
+//! `boot.s`, entered through exceptions (see [`gate`]).
+
+pub mod fault;
+pub mod gate;
+pub mod torito;
+
+use core::arch::global_asm;
+
+global_asm!(include_str!("boot.s"), options(att_syntax));
+
+// The multiboot1 header with the a.out-kludge address fields, so that
+// QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which
+// makes QEMU use the PVH note instead.
+#[cfg(not(feature = "no-multiboot"))]
+global_asm!(
+    r#"
+    .pushsection .multiboot, "a"
+    .balign 4
+mb_header:
+    .long 0x1BADB002                    /* magic */
+    .long 0x00010003                    /* page-align, memory info, address fields */
+    .long -(0x1BADB002 + 0x00010003)    /* checksum */
+    .long mb_header                     /* header_addr */
+    .long __image_start                 /* load_addr */
+    .long __load_end                    /* load_end_addr */
+    .long __bss_end                     /* bss_end_addr */
+    .long _torito_multiboot_entry       /* entry_addr */
+    .popsection
+    "#,
+    options(att_syntax)
+);
+
+/// Read the time-stamp counter (native at CPL3).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` has no side effects and is allowed at CPL3 (CR4.TSD
+    // is clear on every path that enters the kernel).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Busy-wait hint.
+#[inline(always)]
+pub fn spin_hint() {
+    core::hint::spin_loop();
+}
+
+/// Base address of the interrupt descriptor table (for tests that break it
+/// on purpose).
+pub fn idt_base() -> usize {
+    unsafe extern "C" {
+        static _torito_idt: u8;
+    }
+    core::ptr::addr_of!(_torito_idt) as usize
+}
+
+/// Root page table of the link-time boot tables (multiboot and PVH paths).
+pub fn boot_page_table() -> u64 {
+    unsafe extern "C" {
+        static _torito_boot_pml4: u8;
+    }
+    core::ptr::addr_of!(_torito_boot_pml4) as u64
+}
+
+/// Start and end of the kernel image in memory (from the linker script).
+pub fn image_range() -> (u64, u64) {
+    unsafe extern "C" {
+        static __image_start: u8;
+        static __image_end: u8;
+    }
+    (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__image_end) as u64)
+}

@@ -1,0 +1,25 @@
+//! The Torito monitor's register page (see `torito_abi::mmio`). Each call is
+//! one 64-bit store, one VM exit; no CPL0 code runs.
+
+use torito_abi::layout::TORITO_MMIO_BASE;
+use torito_abi::mmio;
+
+fn write(reg: u64, value: u64) {
+    // SAFETY: the monitor maps nothing at its register page, so the store
+    // exits to the monitor and touches no memory; the page is inside the
+    // identity-mapped MMIO window on the direct boot path, the only one that
+    // calls this.
+    unsafe { core::ptr::write_volatile((TORITO_MMIO_BASE + reg) as *mut u64, value) }
+}
+
+/// Hand `bytes` (at most [`mmio::CONSOLE_MAX_LEN`]) to the monitor's console.
+pub fn console_write(bytes: &[u8]) {
+    for chunk in bytes.chunks(mmio::CONSOLE_MAX_LEN) {
+        write(mmio::CONSOLE_WRITE, mmio::console_value(chunk.as_ptr() as u64, chunk.len()));
+    }
+}
+
+/// Ask the monitor to stop the guest with `code`.
+pub fn exit(code: i32) {
+    write(mmio::EXIT, u64::from(code as u32));
+}

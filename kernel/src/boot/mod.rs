@@ -1,0 +1,194 @@
+//! Boot entries and `kernel_main`.
+//!
+//! Three ways in, one way on:
+//! - **direct** (Torito monitor): the vCPU starts at CPL3 at [`kernel_main`]
+//!   with `rdi` = the monitor's `BootInfo`. No CPL0 instruction runs first.
+//! - **multiboot1** and **PVH**: 32-bit entries in `arch/boot.s` switch to
+//!   long mode on link-time tables and `iretq` to CPL3 at
+//!   `_torito_generic_entry`, which turns the loader's information into a
+//!   `BootInfo` and calls [`kernel_main`].
+//!
+//! `kernel_main` records its arrival in the `BootInfo` trace (one `rdtsc`
+//! and a store: no exit), keeps a copy of the boot information and hands
+//! over to [`crate::init`].
+
+mod multiboot;
+mod pvh;
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use torito_abi::boot_info::{BootInfo, BootProtocol, MAX_TRACE, TraceEntry, TraceId};
+
+use crate::arch;
+
+/// Copy of the boot information, made once in [`kernel_main`].
+static BOOT: spin::Once<BootInfo> = spin::Once::new();
+/// The live `BootInfo` (in guest memory), where trace marks are written.
+static LIVE: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Storage the multiboot and PVH paths build their `BootInfo` and command
+/// line in. Written once, before `kernel_main`, by the boot core only.
+struct GenericBoot {
+    info: UnsafeCell<BootInfo>,
+    cmdline: UnsafeCell<[u8; torito_abi::layout::CMDLINE_MAX]>,
+}
+
+// SAFETY: written only by `_torito_generic_entry` on the boot core before
+// anything else runs; afterwards only `LIVE` (trace marks) touches it.
+unsafe impl Sync for GenericBoot {}
+
+static GENERIC: GenericBoot = GenericBoot {
+    info: UnsafeCell::new(BootInfo::new(BootProtocol::Multiboot)),
+    cmdline: UnsafeCell::new([0; torito_abi::layout::CMDLINE_MAX]),
+};
+
+/// The first code of the multiboot and PVH paths at CPL3.
+#[unsafe(no_mangle)]
+extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
+    let info = GENERIC.info.get();
+    // SAFETY: see `GenericBoot`: nothing else references these yet.
+    let (bi, cmd) = unsafe { (&mut *info, &mut *GENERIC.cmdline.get()) };
+    // SAFETY: this is the multiboot/PVH path and no allocator exists yet.
+    let mem = unsafe { LoaderMem::new() };
+    let ok = match kind {
+        2 => {
+            *bi = BootInfo::new(BootProtocol::Multiboot);
+            multiboot::parse(&mem, loader_info, bi, cmd)
+        }
+        _ => {
+            *bi = BootInfo::new(BootProtocol::Pvh);
+            pvh::parse(&mem, loader_info, bi, cmd)
+        }
+    };
+    bi.page_table_root = arch::boot_page_table();
+    if !ok {
+        crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
+    }
+    // SAFETY: `info` is the static `GENERIC.info`, mapped for ever.
+    unsafe { kernel_main(info) }
+}
+
+/// KernelMain: where every boot path converges, at CPL3.
+///
+/// The Torito monitor starts the vCPU here directly; nothing calls it from
+/// Rust but `_torito_generic_entry`.
+///
+/// # Safety
+/// `info` must be null or point to a writable `BootInfo`-sized area that
+/// stays mapped for the life of the guest (its contents are validated).
+#[unsafe(no_mangle)]
+pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
+    let tsc = arch::rdtsc();
+    if info.is_null() || !info.is_aligned() {
+        crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
+    }
+    // SAFETY: non-null and aligned; the loader contract says it is mapped.
+    let copy = unsafe { core::ptr::read_volatile(info) };
+    if !copy.is_valid() {
+        crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
+    }
+    LIVE.store(info, Ordering::Release);
+    record(TraceId::KernelMain, tsc);
+    BOOT.call_once(|| copy);
+    #[cfg(feature = "profile-boot")]
+    crate::exit::exit(0);
+    #[cfg(not(feature = "profile-boot"))]
+    crate::init::run()
+}
+
+/// The boot information (after `kernel_main` started).
+pub fn info() -> &'static BootInfo {
+    BOOT.get().expect("boot information read before kernel_main")
+}
+
+/// How this kernel was booted.
+pub fn protocol() -> BootProtocol {
+    BOOT.get().and_then(|b| BootProtocol::from_raw(b.protocol)).unwrap_or(BootProtocol::Multiboot)
+}
+
+/// Record milestone `id` now.
+pub fn mark(id: TraceId) {
+    record(id, arch::rdtsc());
+}
+
+fn record(id: TraceId, tsc: u64) {
+    let p = LIVE.load(Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `p` is the live BootInfo (validated in `kernel_main`); only
+    // the trace fields are written, through raw pointers, and no reference
+    // to them is held anywhere (readers use the copy in `BOOT`).
+    unsafe {
+        let log = core::ptr::addr_of_mut!((*p).trace);
+        let n = core::ptr::read_volatile(core::ptr::addr_of!((*log).count)) as usize;
+        if n < MAX_TRACE {
+            let e = core::ptr::addr_of_mut!((*log).entries[n]);
+            core::ptr::write_volatile(e, TraceEntry { id: id as u32, reserved: 0, tsc });
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*log).count), n as u32 + 1);
+        }
+    }
+}
+
+/// The kernel command line ("" when there is none or it is not UTF-8).
+pub fn cmdline() -> &'static str {
+    let Some(b) = BOOT.get() else { return "" };
+    let len = (b.cmdline_len as usize).min(torito_abi::layout::CMDLINE_MAX);
+    if b.cmdline_addr == 0 || len == 0 {
+        return "";
+    }
+    // SAFETY: the loader placed `len` bytes at `cmdline_addr` in memory that
+    // stays mapped and is not written after boot (below the kernel image for
+    // the monitor, a static buffer otherwise).
+    let bytes = unsafe { core::slice::from_raw_parts(b.cmdline_addr as *const u8, len) };
+    core::str::from_utf8(bytes).unwrap_or("").trim_end_matches(['\0', ' ', '\n'])
+}
+
+/// Reads of the structures a multiboot or PVH loader left in memory.
+///
+/// The loaders' structures lie in RAM below 4 GiB, which the link-time page
+/// tables identity-map; reads are unaligned-safe and bounded by the callers.
+pub(crate) struct LoaderMem(());
+
+impl LoaderMem {
+    /// # Safety
+    /// Only for the multiboot and PVH paths, before the frame allocator can
+    /// hand out the memory the loader's structures occupy.
+    unsafe fn new() -> Self {
+        LoaderMem(())
+    }
+
+    /// Read a `T` at physical address `addr`.
+    pub(crate) fn read<T: Copy>(&self, addr: u64) -> T {
+        // SAFETY: by construction (see `new`), loader addresses below 4 GiB
+        // are mapped and readable; `read_unaligned` has no alignment need.
+        unsafe { core::ptr::read_unaligned(addr as *const T) }
+    }
+
+    /// Copy a NUL-terminated string of at most `dst.len()` bytes from
+    /// `src`; returns its length.
+    pub(crate) fn cstr(&self, src: u64, dst: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < dst.len() {
+            let c: u8 = self.read(src + n as u64);
+            if c == 0 {
+                break;
+            }
+            dst[n] = c;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Add the usable range `[base, base + len)` to `bi`, clipped to the 4 GiB
+/// the link-time page tables map.
+fn add_usable(bi: &mut BootInfo, base: u64, len: u64) -> bool {
+    const MAPPED: u64 = 1 << 32;
+    let end = base.saturating_add(len).min(MAPPED);
+    if base >= end {
+        return true;
+    }
+    bi.push_region(torito_abi::boot_info::MemRegion::usable(base, end - base))
+}

@@ -1,0 +1,30 @@
+//! Stopping the guest with an exit code, on every host.
+//!
+//! - Torito monitor: one MMIO write to its exit register.
+//! - QEMU: `isa-debug-exit` at port 0xf4 (QEMU then exits with
+//!   `(code << 1) | 1`); the Torito monitor honours this port too.
+//! - Firecracker: the i8042 reset command (0xfe to port 0x64); Firecracker
+//!   stops, but does not pass a code on.
+//! - Anything else: a triple fault.
+
+use torito_abi::boot_info::{BootProtocol, TraceId};
+use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
+
+use crate::arch::{gate, torito};
+
+/// Stop the guest with `code`.
+pub fn exit(code: i32) -> ! {
+    crate::boot::mark(TraceId::AppExit);
+    if crate::boot::protocol() == BootProtocol::Direct {
+        torito::exit(code);
+    }
+    exit_generic(code)
+}
+
+/// The exit sequence for hosts other than the Torito monitor (also the
+/// fallback when the boot information cannot be trusted).
+pub(crate) fn exit_generic(code: i32) -> ! {
+    gate::outl(DEBUG_EXIT_PORT, code as u32);
+    gate::outb(0x64, 0xfe);
+    gate::reset()
+}

@@ -1,0 +1,75 @@
+//! The Torito kernel.
+//!
+//! An app links this crate and its selected units into one ELF that boots
+//! on the Torito monitor (direct 64-bit entry at CPL3), on QEMU (multiboot1,
+//! or PVH with the `no-multiboot` feature) and on Firecracker (PVH).
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! kernel::entry!(main);
+//! fn main() -> i32 {
+//!     kernel::println!("hello");
+//!     0
+//! }
+//! ```
+//!
+//! Units are chosen with this crate's Cargo features (Toro's `uses` clause):
+//! `memory` is always in; `process`, `fs`, `net` and `devices` only when
+//! named. `unsafe` code lives in [`arch`], `boot`, `memory` and `app` only.
+
+#![no_std]
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+#[allow(unsafe_code)]
+mod app;
+#[allow(unsafe_code)]
+pub mod arch;
+#[allow(unsafe_code)]
+mod boot;
+pub mod console;
+pub mod exit;
+mod init;
+#[allow(unsafe_code)]
+pub mod memory;
+mod panic;
+
+pub use app::Termination;
+pub use boot::{cmdline, kernel_main};
+pub use exit::exit;
+pub use torito_abi as abi;
+
+#[cfg(feature = "devices")]
+pub use unit_devices as devices;
+#[cfg(feature = "fs")]
+pub use unit_fs as fs;
+#[cfg(feature = "net")]
+pub use unit_net as net;
+#[cfg(feature = "process")]
+pub use unit_process as process;
+
+pub extern crate alloc;
+
+/// How this kernel was booted.
+pub fn boot_protocol() -> abi::boot_info::BootProtocol {
+    boot::protocol()
+}
+
+/// The words of the command line.
+pub fn args() -> impl Iterator<Item = &'static str> {
+    cmdline().split_ascii_whitespace()
+}
+
+/// Declare the app's entry point: `kernel::entry!(main)` where `main` is a
+/// `fn() -> T` and `T` is `()`, `i32` or `Result<(), E: Debug>`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        extern "Rust" fn __torito_app_main() -> i32 {
+            $crate::Termination::report($main())
+        }
+    };
+}

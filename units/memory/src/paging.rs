@@ -1,0 +1,165 @@
+//! The kernel's page tables, through the `x86_64` crate.
+//!
+//! The boot tables (built by the monitor, or laid out at link time for
+//! multiboot/PVH) identity-map RAM with user-accessible pages. [`Paging`]
+//! wraps them in an `OffsetPageTable` so the kernel can add mappings (guard
+//! pages, device windows, stacks) with page-table frames from the
+//! [`FrameAllocator`](crate::frame::FrameAllocator).
+//!
+//! The kernel runs at CPL3 and edits these tables directly (they are mapped
+//! user-writable). A new mapping of a page that was not present needs no TLB
+//! flush; removing or changing a mapping does, and `invlpg` is a CPL0
+//! instruction, so [`Paging::unmap`] returns the page and leaves the flush to
+//! the caller, which owns the CPL0 gate.
+#![allow(unsafe_code)]
+
+use x86_64::structures::paging::mapper::{MapToError, Translate, UnmapError};
+use x86_64::structures::paging::{
+    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::frame::FrameAllocator;
+
+/// Flags of ordinary data pages: present, writable, user.
+pub const DATA: PageTableFlags =
+    PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE).union(PageTableFlags::USER_ACCESSIBLE);
+
+/// Errors of [`Paging`] operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagingError {
+    /// No frame left for a page table.
+    OutOfFrames,
+    /// The page is already mapped.
+    AlreadyMapped,
+    /// The page lies inside a large (2 MiB or 1 GiB) mapping.
+    InsideLargePage,
+    /// The page is not mapped.
+    NotMapped,
+}
+
+/// The active page tables.
+pub struct Paging {
+    table: OffsetPageTable<'static>,
+}
+
+impl Paging {
+    /// Wrap the page tables rooted at physical `root`.
+    ///
+    /// # Safety
+    /// `root` must be the active PML4 (or one about to be loaded), all of
+    /// physical memory must be mapped at `phys_offset`, and no other
+    /// `Paging` may exist for the same tables.
+    pub unsafe fn new(root: u64, phys_offset: u64) -> Self {
+        let offset = VirtAddr::new(phys_offset);
+        let pml4 = (root + phys_offset) as *mut PageTable;
+        // SAFETY: the caller guarantees `root` is a page table mapped at
+        // `phys_offset` and that this is its only user.
+        let table = unsafe { OffsetPageTable::new(&mut *pml4, offset) };
+        Self { table }
+    }
+
+    /// Physical address `virt` maps to, if any.
+    pub fn translate(&self, virt: u64) -> Option<u64> {
+        self.table.translate_addr(VirtAddr::new(virt)).map(|p| p.as_u64())
+    }
+
+    /// Map the 4 KiB page at `virt` to the frame at `phys`.
+    pub fn map(
+        &mut self,
+        virt: u64,
+        phys: u64,
+        flags: PageTableFlags,
+        frames: &mut FrameAllocator,
+    ) -> Result<(), PagingError> {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(phys));
+        // Intermediate tables inherit USER so CPL3 can use the mapping.
+        let parent = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE;
+        // SAFETY: mapping a fresh frame to a page changes no existing
+        // mapping (an already mapped page is an error below), so no
+        // reference elsewhere is invalidated.
+        let flush = unsafe { self.table.map_to_with_table_flags(page, frame, flags, parent, frames) };
+        match flush {
+            // A page that was not present has no TLB entry to flush.
+            Ok(f) => {
+                f.ignore();
+                Ok(())
+            }
+            Err(MapToError::FrameAllocationFailed) => Err(PagingError::OutOfFrames),
+            Err(MapToError::PageAlreadyMapped(_)) => Err(PagingError::AlreadyMapped),
+            Err(MapToError::ParentEntryHugePage) => Err(PagingError::InsideLargePage),
+        }
+    }
+
+    /// Remove the mapping of the 4 KiB page at `virt`; returns the frame it
+    /// mapped. The caller must flush the TLB entry for `virt`.
+    pub fn unmap(&mut self, virt: u64) -> Result<u64, PagingError> {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        match self.table.unmap(page) {
+            Ok((frame, flush)) => {
+                flush.ignore();
+                Ok(frame.start_address().as_u64())
+            }
+            Err(UnmapError::ParentEntryHugePage) => Err(PagingError::InsideLargePage),
+            Err(_) => Err(PagingError::NotMapped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::PhysRange;
+
+    /// A host buffer that plays physical memory `[0x10_0000, +len)`.
+    struct Ram {
+        buf: Vec<PageTable>,
+    }
+
+    const BASE: u64 = 0x10_0000;
+
+    impl Ram {
+        fn new(frames: usize) -> Self {
+            Self { buf: (0..frames).map(|_| PageTable::new()).collect() }
+        }
+        fn offset(&self) -> u64 {
+            self.buf.as_ptr() as u64 - BASE
+        }
+    }
+
+    #[test]
+    fn map_translate_unmap() {
+        let ram = Ram::new(16);
+        let off = ram.offset();
+        let mut frames = FrameAllocator::new(off);
+        frames.add_range(PhysRange::new(BASE, BASE + 16 * 4096)).unwrap();
+        let root = frames.allocate().unwrap().start_address().as_u64();
+        // SAFETY: `root` is a zeroed table inside `ram`, which maps all of
+        // the fake physical memory at `off`; nothing else uses it.
+        let mut p = unsafe { Paging::new(root, off) };
+
+        let data = frames.allocate().unwrap().start_address().as_u64();
+        let virt = 0x4000_0000_0123;
+        assert_eq!(p.translate(virt), None);
+        p.map(virt, data, DATA, &mut frames).unwrap();
+        assert_eq!(p.translate(virt), Some(data + 0x123));
+        assert_eq!(p.map(virt, data, DATA, &mut frames), Err(PagingError::AlreadyMapped));
+        assert_eq!(p.unmap(virt), Ok(data));
+        assert_eq!(p.translate(virt), None);
+        assert_eq!(p.unmap(virt), Err(PagingError::NotMapped));
+    }
+
+    #[test]
+    fn running_out_of_table_frames_is_an_error() {
+        let ram = Ram::new(2);
+        let off = ram.offset();
+        let mut frames = FrameAllocator::new(off);
+        frames.add_range(PhysRange::new(BASE, BASE + 2 * 4096)).unwrap();
+        let root = frames.allocate().unwrap().start_address().as_u64();
+        // SAFETY: as above.
+        let mut p = unsafe { Paging::new(root, off) };
+        // One frame left, but a fresh mapping needs three tables.
+        assert_eq!(p.map(0x1000_0000, BASE, DATA, &mut frames), Err(PagingError::OutOfFrames));
+    }
+}

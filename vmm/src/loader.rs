@@ -1,0 +1,333 @@
+//! Checking and loading the kernel ELF.
+//!
+//! [`inspect`] validates the file before anything is created, so a bad
+//! image fails fast with a precise message: class, byte order, machine,
+//! type, truncation, segments outside guest RAM, and the Torito note
+//! (entry, stack and descriptor tables inside the image, ABI version).
+//! [`load`] then copies the segments with linux-loader's `Elf` loader.
+//!
+//! The header and note parsing is written here rather than taken from an
+//! ELF crate: linux-loader checks neither class nor machine and reads only
+//! the PVH note, and the few fields we need are cheaper to read directly
+//! than to pull a general ELF reader onto the launch path.
+
+use std::io::Cursor;
+
+use linux_loader::loader::{KernelLoader, elf::Elf};
+use torito_abi::layout::{KERNEL_BASE, ram_ranges};
+use torito_abi::note::{KERNEL_NOTE_SIZE, KernelNote, NOTE_NAME, NOTE_TYPE};
+use vm_memory::GuestMemoryMmap;
+use zerocopy::FromBytes;
+
+use crate::error::Error;
+
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
+const EM_X86_64: u16 = 62;
+const ET_EXEC: u16 = 2;
+
+/// A loadable segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Physical load address.
+    pub paddr: u64,
+    /// Size in memory.
+    pub memsz: u64,
+    /// Whether it is executable.
+    pub exec: bool,
+}
+
+/// What [`inspect`] found.
+#[derive(Clone, Debug)]
+pub struct ElfInfo {
+    /// The Torito note.
+    pub note: KernelNote,
+    /// `PT_LOAD` segments.
+    pub segments: Vec<Segment>,
+}
+
+fn rd<const N: usize>(b: &[u8], off: u64) -> Option<[u8; N]> {
+    let off = usize::try_from(off).ok()?;
+    b.get(off..off.checked_add(N)?)?.try_into().ok()
+}
+fn u16_at(b: &[u8], off: u64) -> Option<u16> {
+    rd::<2>(b, off).map(u16::from_le_bytes)
+}
+fn u32_at(b: &[u8], off: u64) -> Option<u32> {
+    rd::<4>(b, off).map(u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], off: u64) -> Option<u64> {
+    rd::<8>(b, off).map(u64::from_le_bytes)
+}
+
+/// Validate `image` for a guest with `mem` bytes of RAM. Errors are
+/// messages without the file name (the caller adds it).
+pub fn check(image: &[u8], mem: u64) -> Result<ElfInfo, String> {
+    if image.len() < 64 {
+        return Err(format!("too short to be an ELF file ({} bytes)", image.len()));
+    }
+    if image[..4] != *b"\x7fELF" {
+        return Err("not an ELF file (bad magic)".into());
+    }
+    if image[4] != 2 {
+        return Err("a 32-bit ELF; Torito kernels are 64-bit x86-64 ELF executables".into());
+    }
+    if image[5] != 1 {
+        return Err("a big-endian ELF; expected little-endian x86-64".into());
+    }
+    let machine = u16_at(image, 18).unwrap_or(0);
+    if machine != EM_X86_64 {
+        return Err(format!(
+            "an ELF for another machine (e_machine {machine}); expected x86-64 ({EM_X86_64})"
+        ));
+    }
+    let etype = u16_at(image, 16).unwrap_or(0);
+    if etype != ET_EXEC {
+        return Err(format!("not an executable ELF (e_type {etype}); expected ET_EXEC"));
+    }
+    let phoff = u64_at(image, 32).unwrap_or(0);
+    let phentsize = u64::from(u16_at(image, 54).unwrap_or(0));
+    let phnum = u64::from(u16_at(image, 56).unwrap_or(0));
+    if phentsize != 56 || phnum == 0 {
+        return Err(format!("bad program header table (entry size {phentsize}, {phnum} entries)"));
+    }
+    let ph_end = phnum.checked_mul(56).and_then(|n| n.checked_add(phoff));
+    if ph_end.is_none_or(|end| end > image.len() as u64) {
+        return Err(format!("truncated: program headers end beyond the file's {} bytes", image.len()));
+    }
+    let low_end = ram_ranges(mem)[0].1;
+    let mut segments = Vec::new();
+    let mut note = None;
+    for i in 0..phnum {
+        let ph = phoff + i * 56;
+        let field = |o: u64| u64_at(image, ph + o).unwrap_or(0);
+        let ptype = u32_at(image, ph).unwrap_or(0);
+        let flags = u32_at(image, ph + 4).unwrap_or(0);
+        let (offset, paddr, filesz, memsz) = (field(8), field(24), field(32), field(40));
+        let file_end = offset.checked_add(filesz);
+        if (ptype == PT_LOAD || ptype == PT_NOTE) && file_end.is_none_or(|e| e > image.len() as u64) {
+            return Err(format!(
+                "truncated: segment {i} needs bytes up to {:#x}, the file has {:#x}",
+                file_end.unwrap_or(u64::MAX),
+                image.len()
+            ));
+        }
+        match ptype {
+            PT_LOAD => {
+                if filesz > memsz {
+                    return Err(format!("segment {i} is larger in the file than in memory"));
+                }
+                let end = paddr.saturating_add(memsz);
+                if paddr < KERNEL_BASE {
+                    return Err(format!(
+                        "segment {i} at {paddr:#x} lies below {KERNEL_BASE:#x}, where the monitor keeps boot data"
+                    ));
+                }
+                if end > low_end {
+                    return Err(format!(
+                        "segment {i} [{paddr:#x}, {end:#x}) lies outside guest RAM (which ends at {low_end:#x}); \
+                         give the guest more memory with --mem"
+                    ));
+                }
+                segments.push(Segment { paddr, memsz, exec: flags & PF_X != 0 });
+            }
+            PT_NOTE => {
+                let data = &image[offset as usize..(offset + filesz) as usize];
+                if let Some(n) = find_note(data) {
+                    note = Some(n);
+                }
+            }
+            _ => {}
+        }
+    }
+    let note = note.ok_or_else(|| {
+        "no Torito ELF note: not a Torito kernel (other kernels boot with QEMU or Firecracker)".to_string()
+    })?;
+    if note.abi_version != torito_abi::ABI_VERSION {
+        return Err(format!(
+            "built for Torito boot ABI v{}, this monitor speaks v{}; rebuild the app or the monitor",
+            note.abi_version,
+            torito_abi::ABI_VERSION
+        ));
+    }
+    let inside = |addr: u64, len: u64, exec: bool| {
+        segments
+            .iter()
+            .any(|s| (!exec || s.exec) && addr >= s.paddr && addr.saturating_add(len) <= s.paddr + s.memsz)
+    };
+    let checks = [
+        ("entry point", note.entry, 1, true),
+        ("stack", note.stack_top.saturating_sub(16), 16, false),
+        ("GDT", note.gdt_base, u64::from(note.gdt_limit) + 1, false),
+        ("IDT", note.idt_base, u64::from(note.idt_limit) + 1, false),
+        ("TSS", note.tss_base, u64::from(note.tss_limit) + 1, false),
+    ];
+    for (what, addr, len, exec) in checks {
+        if !inside(addr, len, exec) {
+            return Err(format!("the Torito note's {what} ({addr:#x}) is not inside a loaded segment"));
+        }
+    }
+    Ok(ElfInfo { note, segments })
+}
+
+/// Find the Torito note in the contents of a `PT_NOTE` segment.
+fn find_note(data: &[u8]) -> Option<KernelNote> {
+    let mut off = 0u64;
+    let align4 = |x: u64| (x + 3) & !3;
+    while let (Some(namesz), Some(descsz), Some(ntype)) =
+        (u32_at(data, off), u32_at(data, off + 4), u32_at(data, off + 8))
+    {
+        let name_off = off + 12;
+        let desc_off = name_off + align4(u64::from(namesz));
+        let next = desc_off + align4(u64::from(descsz));
+        let name = data.get(name_off as usize..(name_off + u64::from(namesz)) as usize)?;
+        if ntype == NOTE_TYPE
+            && name.strip_suffix(b"\0") == Some(NOTE_NAME)
+            && descsz as usize >= KERNEL_NOTE_SIZE
+        {
+            let desc = data.get(desc_off as usize..desc_off as usize + KERNEL_NOTE_SIZE)?;
+            return KernelNote::read_from_bytes(desc).ok();
+        }
+        off = next;
+    }
+    None
+}
+
+/// [`check`], with the file name in the error.
+pub fn inspect(image: &[u8], mem: u64) -> Result<ElfInfo, Error> {
+    check(image, mem).map_err(|m| Error::BadImage(Default::default(), m))
+}
+
+/// Copy the segments of a checked image into guest memory.
+pub fn load(mem: &GuestMemoryMmap, image: &[u8], _info: &ElfInfo) -> Result<(), Error> {
+    Elf::load(mem, None, &mut Cursor::new(image), None)
+        .map(|_| ())
+        .map_err(|e| Error::BadImage(Default::default(), format!("loading failed: {e}")))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    /// A minimal valid Torito ELF: one executable segment at 1 MiB and the note.
+    pub(crate) fn tiny_elf() -> Vec<u8> {
+        let mut f = vec![0u8; 0x2000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[6] = 1;
+        f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        f[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph =
+            |f: &mut Vec<u8>, at: usize, t: u32, flags: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
+                f[at..at + 4].copy_from_slice(&t.to_le_bytes());
+                f[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+                f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+                f[at + 16..at + 24].copy_from_slice(&addr.to_le_bytes());
+                f[at + 24..at + 32].copy_from_slice(&addr.to_le_bytes());
+                f[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
+                f[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
+            };
+        ph(&mut f, 64, PT_LOAD, 7, 0x1000, 0x10_0000, 0x1000, 0x4000);
+        ph(&mut f, 120, PT_NOTE, 4, 0x1800, 0x10_0800, 20 + KERNEL_NOTE_SIZE as u64, 0);
+        let note = KernelNote {
+            abi_version: torito_abi::ABI_VERSION,
+            entry: 0x10_0000,
+            stack_top: 0x10_4000,
+            gdt_base: 0x10_0100,
+            idt_base: 0x10_0200,
+            tss_base: 0x10_0300,
+            gdt_limit: 0x3f,
+            idt_limit: 0xfff,
+            tss_limit: 0x67,
+            tss_selector: 0x30,
+            user_cs: 0x23,
+            user_ss: 0x1b,
+            image_end: 0x10_4000,
+            ..Default::default()
+        };
+        let n = 0x1800;
+        f[n..n + 4].copy_from_slice(&7u32.to_le_bytes());
+        f[n + 4..n + 8].copy_from_slice(&(KERNEL_NOTE_SIZE as u32).to_le_bytes());
+        f[n + 8..n + 12].copy_from_slice(&NOTE_TYPE.to_le_bytes());
+        f[n + 12..n + 19].copy_from_slice(b"Torito\0");
+        f[n + 20..n + 20 + KERNEL_NOTE_SIZE].copy_from_slice(note.as_bytes());
+        // Code at the entry: `out 0xf4, al; hlt`.
+        f[0x1000..0x1003].copy_from_slice(&[0xe6, 0xf4, 0xf4]);
+        f
+    }
+
+    const MEM: u64 = 16 << 20;
+
+    #[test]
+    fn accepts_a_valid_image() {
+        let info = check(&tiny_elf(), MEM).unwrap();
+        assert_eq!(info.note.entry, 0x10_0000);
+        assert_eq!(info.segments, [Segment { paddr: 0x10_0000, memsz: 0x4000, exec: true }]);
+    }
+
+    fn err(f: &[u8]) -> String {
+        check(f, MEM).unwrap_err()
+    }
+
+    #[test]
+    fn rejects_malformed_files() {
+        assert!(err(b"hello").contains("too short"));
+        assert!(err(&[0u8; 100]).contains("not an ELF"));
+        let mut f = tiny_elf();
+        f[4] = 1;
+        assert!(err(&f).contains("32-bit"));
+        let mut f = tiny_elf();
+        f[18] = 40; // ARM
+        assert!(err(&f).contains("another machine"));
+        let mut f = tiny_elf();
+        f[16] = 3; // ET_DYN
+        assert!(err(&f).contains("not an executable"));
+        let f = tiny_elf();
+        assert!(err(&f[..0x1100]).contains("truncated"));
+        assert!(err(&f[..100]).contains("truncated"));
+    }
+
+    #[test]
+    fn rejects_segments_outside_ram_and_below_the_kernel_base() {
+        let f = tiny_elf();
+        assert!(check(&f, 1 << 20).unwrap_err().contains("outside guest RAM"));
+        let mut f = tiny_elf();
+        f[64 + 24..64 + 32].copy_from_slice(&0x8000u64.to_le_bytes());
+        assert!(err(&f).contains("below"));
+    }
+
+    #[test]
+    fn requires_the_note_and_its_version() {
+        let mut f = tiny_elf();
+        f[0x1808..0x180c].copy_from_slice(&1u32.to_le_bytes());
+        assert!(err(&f).contains("no Torito ELF note"));
+        let mut f = tiny_elf();
+        f[0x1800 + 20] = 99;
+        assert!(err(&f).contains("ABI v99"));
+    }
+
+    #[test]
+    fn requires_entry_inside_an_executable_segment() {
+        let mut f = tiny_elf();
+        let e = 0x1800 + 20 + 8;
+        f[e..e + 8].copy_from_slice(&0x90_0000u64.to_le_bytes());
+        assert!(err(&f).contains("entry point"));
+    }
+
+    #[test]
+    fn note_parsing_survives_garbage() {
+        assert!(find_note(&[0xff; 64]).is_none());
+        assert!(find_note(&[]).is_none());
+        let mut d = vec![0u8; 12];
+        d[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(find_note(&d).is_none());
+    }
+}

@@ -1,0 +1,74 @@
+//! `torito`: boot a Torito appliance on KVM.
+//!
+//! ```text
+//! torito [OPTIONS] <ELF> [-- <kernel command line>...]
+//! ```
+//! Guest console output goes to stdout; the process exits with the guest's
+//! exit code, or with a distinct status when something else stopped it
+//! (see `vmm::error`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use torito_vmm::config::{TimelineFormat, parse_duration, parse_size};
+use torito_vmm::timeline::{Phase, Timeline};
+use torito_vmm::{Error, VmConfig};
+
+/// Boot a Torito appliance ELF on KVM.
+#[derive(Parser, Debug)]
+#[command(name = "torito", version, about, long_about = None)]
+struct Cli {
+    /// The appliance ELF (built with `cargo xtask build <app>`).
+    elf: PathBuf,
+    /// Guest RAM, e.g. 128M or 1G.
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
+    mem: u64,
+    /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Kernel command line (alternative to the words after `--`).
+    #[arg(long, conflicts_with = "args")]
+    cmdline: Option<String>,
+    /// Print where the time went, on stderr: `--timeline` or `--timeline=json`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_enum)]
+    timeline: Option<TimelineFormat>,
+    /// Kernel command line words.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let mut tl = Timeline::start();
+    let cli = Cli::parse();
+    let mut cfg = VmConfig::new(&cli.elf);
+    cfg.mem = cli.mem;
+    cfg.timeout = cli.timeout;
+    cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
+    cfg.timeline = cli.timeline;
+    if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {
+        cfg.kvm_device = dev.into();
+    }
+    let status = match torito_vmm::run(&cfg, &mut tl) {
+        Ok(outcome) => {
+            if let Some(m) = outcome.message() {
+                eprintln!("torito: {m}");
+            }
+            outcome.exit_status()
+        }
+        Err(e) => {
+            let e = match e {
+                Error::BadImage(p, m) if p.as_os_str().is_empty() => Error::BadImage(cfg.kernel.clone(), m),
+                e => e,
+            };
+            eprintln!("torito: error: {e}");
+            e.exit_status()
+        }
+    };
+    tl.mark(Phase::ProcessExit);
+    if let Some(fmt) = cfg.timeline {
+        eprint!("{}", tl.render(fmt));
+    }
+    ExitCode::from(status as u8)
+}

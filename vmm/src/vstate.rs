@@ -1,0 +1,328 @@
+//! KVM state: the device, the VM with its memory, the vCPU and its run
+//! loop. All of the monitor's `unsafe` code is here.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm as KvmFd, VcpuExit, VcpuFd, VmFd};
+use torito_abi::layout::ram_ranges;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::errno;
+
+use crate::boot::{BootRegisters, Segment};
+use crate::devices::Devices;
+use crate::error::{CrashRegs, Error, Outcome};
+use crate::exit::{Exit, Step, handle_exit};
+use crate::timeline::{ClockRef, Phase, Timeline};
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The KVM device.
+pub struct Kvm {
+    fd: KvmFd,
+}
+
+impl Kvm {
+    /// Open the KVM device at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let open_err = |e: std::io::Error| Error::KvmOpen(path.to_owned(), e);
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| open_err(std::io::ErrorKind::InvalidInput.into()))?;
+        let fd = KvmFd::new_with_path(&cpath)
+            .map_err(|e| open_err(std::io::Error::from_raw_os_error(e.errno())))?;
+        if fd.get_api_version() != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(open_err(std::io::Error::other("not a KVM device (KVM_GET_API_VERSION failed)")));
+        }
+        Ok(Self { fd })
+    }
+
+    /// Create an empty VM.
+    pub fn create_vm(&self) -> Result<Vm, Error> {
+        let fd = self.fd.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+        Ok(Vm { fd })
+    }
+}
+
+/// A VM.
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Map `ram` bytes of guest RAM (lazily: pages cost nothing until the
+    /// guest touches them) and register them with KVM.
+    pub fn add_memory(&self, ram: u64) -> Result<GuestMemoryMmap, Error> {
+        let ranges: Vec<(GuestAddress, usize)> = ram_ranges(ram)
+            .iter()
+            .filter(|(_, len)| *len > 0)
+            .map(|&(base, len)| (GuestAddress(base), len as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(ram, e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| Error::Memory(ram, e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes
+            // owned by `mem`, which the caller keeps for as long as the VM
+            // (both are dropped together at the end of `run`), and slots do
+            // not overlap.
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(mem)
+    }
+
+    /// Create vCPU 0 with the minimal CPUID table.
+    pub fn create_vcpu(&self, _kvm: &Kvm) -> Result<Vcpu, Error> {
+        let fd = self.fd.create_vcpu(0).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        let cpuid = crate::cpuid::table(host_cpuid);
+        fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+        Ok(Vcpu { fd })
+    }
+}
+
+fn host_cpuid(leaf: u32) -> crate::cpuid::Regs {
+    let r = std::arch::x86_64::__cpuid(leaf);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// A vCPU.
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+fn kvm_seg(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: 1,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TIMED_OUT.store(true, Ordering::SeqCst);
+}
+
+/// Deliver SIGALRM after `d`, then every 10 ms (so a signal that arrives
+/// while the monitor is outside `KVM_RUN` is followed by another).
+fn arm_timeout(d: Duration) -> Result<(), Error> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
+        .map_err(|e| Error::Kvm("sigaction(SIGALRM)", e))?;
+    let tv =
+        |d: Duration| libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as _ };
+    let it = libc::itimerval {
+        it_interval: tv(Duration::from_millis(10)),
+        it_value: tv(d.max(Duration::from_micros(1))),
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not requested.
+    let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Error::Kvm("setitimer", errno::Error::last()));
+    }
+    Ok(())
+}
+
+mod stats_ioctl {
+    #![allow(missing_docs)]
+    use vmm_sys_util::ioctl_io_nr;
+    ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+}
+use stats_ioctl::KVM_GET_STATS_FD;
+
+impl Vcpu {
+    /// TSC frequency KVM gives the guest (0 if unknown).
+    pub fn tsc_khz(&self) -> u64 {
+        self.fd.get_tsc_khz().map(u64::from).unwrap_or(0)
+    }
+
+    /// Long mode at CPL3 at the kernel's entry.
+    pub fn set_boot_registers(&self, r: &BootRegisters) -> Result<(), Error> {
+        let mut sregs = self.fd.get_sregs().map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = kvm_seg(&r.cs);
+        let data = kvm_seg(&r.data);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_seg(&r.tr);
+        sregs.gdt.base = r.gdt.0;
+        sregs.gdt.limit = r.gdt.1;
+        sregs.idt.base = r.idt.0;
+        sregs.idt.limit = r.idt.1;
+        sregs.cr0 = r.cr0;
+        sregs.cr3 = r.cr3;
+        sregs.cr4 = r.cr4;
+        sregs.efer = r.efer;
+        self.fd.set_sregs(&sregs).map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: r.rip,
+            rsp: r.rsp,
+            rdi: r.rdi,
+            rflags: r.rflags,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(|e| Error::Kvm("KVM_SET_REGS", e))
+    }
+
+    /// Read the guest TSC and the host clock together.
+    pub fn clock_reference(&self, tsc_khz: u64) -> Option<ClockRef> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: 0x10, ..Default::default() }]).ok()?;
+        let t0 = now_ns();
+        let n = self.fd.get_msrs(&mut msrs).ok()?;
+        let t1 = now_ns();
+        (n == 1).then(|| ClockRef {
+            host_ns: t0 + (t1 - t0) / 2,
+            guest_tsc: msrs.as_slice()[0].data,
+            tsc_khz,
+        })
+    }
+
+    /// Registers to show when the guest dies.
+    pub fn crash_regs(&self) -> CrashRegs {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        CrashRegs {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            cs: sregs.cs.selector,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+        }
+    }
+
+    /// Run the guest until it stops or `timeout` expires.
+    pub fn run_until_stop(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        devices: &mut Devices,
+        timeout: Option<Duration>,
+        tl: &mut Timeline,
+    ) -> Result<Outcome, Error> {
+        if let Some(d) = timeout {
+            arm_timeout(d)?;
+        }
+        tl.mark(Phase::FirstRun);
+        loop {
+            if TIMED_OUT.load(Ordering::SeqCst) {
+                return Ok(Outcome::Timeout(timeout.unwrap_or_default()));
+            }
+            let step = match self.fd.run() {
+                Ok(exit) => {
+                    tl.runs += 1;
+                    let e = match exit {
+                        VcpuExit::IoOut(p, d) => Exit::IoOut(p, d),
+                        VcpuExit::IoIn(p, d) => Exit::IoIn(p, d),
+                        VcpuExit::MmioRead(a, d) => Exit::MmioRead(a, d),
+                        VcpuExit::MmioWrite(a, d) => Exit::MmioWrite(a, d),
+                        VcpuExit::Hlt => Exit::Hlt,
+                        VcpuExit::Shutdown => Exit::Shutdown,
+                        VcpuExit::FailEntry(r, _) => Exit::FailEntry(r),
+                        VcpuExit::InternalError => Exit::InternalError,
+                        VcpuExit::SystemEvent(t, _) => Exit::SystemEvent(t),
+                        VcpuExit::Intr => Exit::Other("Intr"),
+                        VcpuExit::Debug(_) => Exit::Other("Debug"),
+                        VcpuExit::Exception => Exit::Other("Exception"),
+                        _ => Exit::Other("unknown exit reason"),
+                    };
+                    handle_exit(e, devices, mem)
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    tl.runs += 1;
+                    Step::Continue
+                }
+                Err(e) => return Err(Error::Kvm("KVM_RUN", e)),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Exit(code) => return Ok(Outcome::Exited(code)),
+                Step::Reset => return Ok(Outcome::Reset),
+                Step::TripleFault => return Ok(Outcome::TripleFault(self.crash_regs())),
+                Step::Halted => return Ok(Outcome::Halted(self.crash_regs())),
+                Step::Crash(why) => return Ok(Outcome::Crashed(why, self.crash_regs())),
+            }
+        }
+    }
+
+    /// The vCPU's KVM statistics (binary stats interface, Linux 5.14+);
+    /// empty where the kernel lacks it.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file
+        // descriptor or -1.
+        let fd = unsafe { vmm_sys_util::ioctl::ioctl(&self.fd, KVM_GET_STATS_FD()) };
+        if fd < 0 {
+            return Vec::new();
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        read_stats(&file).unwrap_or_default()
+    }
+}
+
+impl AsRawFd for Vcpu {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Parse a KVM binary statistics file (Documentation/virt/kvm/api.rst,
+/// "KVM_GET_STATS_FD"): a header, descriptors, then values. Histograms are
+/// skipped.
+fn read_stats(f: &File) -> std::io::Result<Vec<(String, u64)>> {
+    let mut hdr = [0u8; 24];
+    f.read_exact_at(&mut hdr, 0)?;
+    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (name_size, num_desc, desc_offset, data_offset) =
+        (word(&hdr, 4) as usize, word(&hdr, 8) as usize, word(&hdr, 16) as u64, word(&hdr, 20) as u64);
+    if num_desc > 4096 || name_size > 256 {
+        return Ok(Vec::new());
+    }
+    let desc_size = 16 + name_size;
+    let mut descs = vec![0u8; desc_size * num_desc];
+    f.read_exact_at(&mut descs, desc_offset)?;
+    let mut out = Vec::with_capacity(num_desc);
+    for d in descs.chunks_exact(desc_size) {
+        let flags = word(d, 0);
+        let offset = u64::from(word(d, 8));
+        if flags & 0xf > 2 {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&d[16..]).trim_end_matches('\0').to_string();
+        let mut v = [0u8; 8];
+        f.read_exact_at(&mut v, data_offset + offset)?;
+        out.push((name, u64::from_le_bytes(v)));
+    }
+    Ok(out)
+}

@@ -1,0 +1,234 @@
+//! Boot tests on the Torito monitor: real guests under KVM.
+//!
+//! Each test builds its guest with `xtask` (cached), runs the `torito`
+//! binary as a user would, and checks console output and exit status.
+//! Without `/dev/kvm` the KVM tests say so on stderr and pass vacuously;
+//! the image and configuration checks need no KVM and always run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use xtask::Variant;
+
+fn torito() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_torito"))
+}
+
+fn guest(app: &str) -> PathBuf {
+    xtask::build(app, Variant::default()).unwrap_or_else(|e| panic!("building {app}: {e}"))
+}
+
+/// Whether KVM tests can run here; says loudly when not.
+fn kvm() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable on this machine; KVM boot test not run");
+    }
+    ok
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str], elf: &Path, cmdline: &[&str]) -> Run {
+    let mut c = torito();
+    c.args(args).arg(elf);
+    if !cmdline.is_empty() {
+        c.arg("--").args(cmdline);
+    }
+    let Output { status, stdout, stderr } = c.output().expect("run torito");
+    let r = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!("--- torito {args:?} {} -> {}\n{}{}", elf.display(), r.code, r.stdout, r.stderr);
+    r
+}
+
+/// The integer after `"key":` in a JSON text.
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+}
+
+#[test]
+fn hello_boots_with_its_command_line() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "10"], &guest("hello"), &["alpha", "beta"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("Hello from Torito! (booted via direct)"));
+    assert!(r.stdout.contains("command line: alpha beta"));
+}
+
+#[test]
+fn hello_costs_few_exits_and_emulated_instructions() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "10", "--timeline=json"], &guest("hello"), &[]);
+    assert_eq!(r.code, 0);
+    let runs = json_u64(&r.stderr, "kvm_run_returns").expect("kvm_run_returns in the timeline");
+    assert!(runs <= 10, "{runs} returns from KVM_RUN");
+    for mark in ["kernel_main", "app_main", "app_exit"] {
+        assert!(r.stderr.contains(&format!("\"name\":\"{mark}\"")), "no {mark} in the timeline");
+    }
+    match json_u64(&r.stderr, "insn_emulation") {
+        // One MMIO console write and one MMIO exit; no CPL0 code before
+        // kernel_main. Bounded loosely for hosts that emulate differently.
+        Some(n) => assert!(n <= 100, "{n} emulated instructions"),
+        None => eprintln!("note: this kernel has no KVM binary statistics; emulation count not checked"),
+    }
+}
+
+#[test]
+fn exit_code_reaches_the_host() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&[], &guest("exit42"), &[]);
+    assert_eq!(r.code, 42);
+    assert!(r.stdout.contains("exit42: returning 42"));
+}
+
+#[test]
+fn panic_prints_message_and_location() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&[], &guest("panics"), &[]);
+    assert_eq!(r.code, 101);
+    assert!(r.stdout.contains("panicked at apps/testapps/src/bin/panics.rs:"), "{}", r.stdout);
+    assert!(r.stdout.contains("deliberate panic, answer=41"));
+}
+
+#[test]
+fn heap_of_64_mib_works_and_pages_map() {
+    if !kvm() {
+        return;
+    }
+    for mem in ["128M", "4G"] {
+        let r = run(&["--mem", mem, "--timeout", "60"], &guest("alloc"), &[]);
+        assert_eq!(r.code, 0, "with --mem {mem}");
+        assert!(r.stdout.contains("67108864 bytes checked, 0 bad"));
+        assert!(r.stdout.contains("alloc: ok"));
+    }
+}
+
+#[test]
+fn out_of_memory_is_a_clear_panic() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "60"], &guest("oom"), &[]);
+    assert_eq!(r.code, 101);
+    assert!(r.stdout.contains("memory allocation of 16777216 bytes failed"));
+    assert!(r.stdout.contains("out of memory: a request for 16777216 bytes failed"));
+}
+
+#[test]
+fn page_fault_reports_vector_error_rip_and_cr2() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&[], &guest("pagefault"), &[]);
+    assert_eq!(r.code, 128 + 14);
+    assert!(r.stdout.contains("page fault (#PF) (vector 14), error code 0x6"));
+    assert!(r.stdout.contains("rip=0x"));
+    assert!(r.stdout.contains("cr2=0x0000000000000008 (write, page not present)"));
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    if !kvm() {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let r = run(&["--timeout", "1"], &guest("spin"), &[]);
+    assert_eq!(r.code, 124);
+    assert!(r.stderr.contains("timeout"));
+    assert!(t.elapsed().as_secs() < 20);
+}
+
+#[test]
+fn triple_fault_is_reported_with_registers() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "10"], &guest("triplefault"), &[]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("triple-faulted"), "{}", r.stderr);
+    assert!(r.stderr.contains("rip=0x") && r.stderr.contains("cpl=3"));
+}
+
+#[test]
+fn unmapped_mmio_is_logged_once_and_the_guest_goes_on() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "10"], &guest("mmio"), &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("read 0xffffffff"));
+    assert_eq!(r.stderr.matches("unmapped MMIO address 0xd0000000").count(), 1);
+}
+
+#[test]
+fn bad_images_are_refused_before_kvm() {
+    let dir = std::env::temp_dir().join(format!("torito-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hello = std::fs::read(guest("hello")).unwrap();
+
+    let truncated = dir.join("truncated.elf");
+    std::fs::write(&truncated, &hello[..3000]).unwrap();
+    let r = run(&[], &truncated, &[]);
+    assert_eq!(r.code, 65);
+    assert!(r.stderr.contains("truncated"), "{}", r.stderr);
+
+    let mut arm = hello.clone();
+    arm[18] = 40; // EM_ARM
+    let other = dir.join("arm.elf");
+    std::fs::write(&other, &arm).unwrap();
+    let r = run(&[], &other, &[]);
+    assert_eq!(r.code, 65);
+    assert!(r.stderr.contains("another machine"));
+
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not an elf at all, just some text\n".repeat(4)).unwrap();
+    let r = run(&[], &text, &[]);
+    assert_eq!(r.code, 65);
+    assert!(r.stderr.contains("not an ELF"));
+
+    let r = run(&[], &dir.join("missing.elf"), &[]);
+    assert_eq!(r.code, 66);
+    assert!(r.stderr.contains("missing.elf") && r.stderr.contains("No such file"));
+
+    let r = run(&["--mem", "1M"], &guest("hello"), &[]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("--mem 1 MiB is out of range"));
+
+    let r = run(&["--no-such-flag"], &guest("hello"), &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--no-such-flag"));
+
+    // Nothing was left behind in the directory but our own files.
+    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["arm.elf", "notes.txt", "truncated.elf"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unusable_kvm_device_is_a_clear_error() {
+    let hello = guest("hello");
+    for (dev, what) in [("/nonexistent/kvm", "KVM is not available"), ("/dev/null", "not a KVM device")] {
+        let out = torito().env("TORITO_KVM_DEVICE", dev).arg(&hello).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{err}");
+        assert!(err.contains(dev) && err.contains(what), "{err}");
+    }
+}

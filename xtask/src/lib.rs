@@ -1,0 +1,272 @@
+//! Torito's build driver, as a library: building guest apps, finding
+//! tools, running QEMU. The `xtask` binary and the boot tests both use it.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// The guest target.
+pub const TARGET: &str = "x86_64-unknown-none";
+
+/// Root of the workspace.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Errors, as messages for people.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// A build variant of a guest ELF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Leave out the multiboot header (QEMU then uses the PVH note).
+    pub pvh_only: bool,
+    /// Exit at the first line of `kernel_main`.
+    pub profile_boot: bool,
+    /// Debug build instead of release.
+    pub debug: bool,
+}
+
+impl Variant {
+    fn dir_name(&self) -> String {
+        let mut s = String::from(if self.debug { "debug" } else { "release" });
+        if self.pvh_only {
+            s.push_str("-pvh");
+        }
+        if self.profile_boot {
+            s.push_str("-profile");
+        }
+        s
+    }
+
+    fn features(&self) -> Vec<&'static str> {
+        let mut f = Vec::new();
+        if self.pvh_only {
+            f.push("kernel/no-multiboot");
+        }
+        if self.profile_boot {
+            f.push("kernel/profile-boot");
+        }
+        f
+    }
+}
+
+/// Where an app comes from: its package and binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    /// Cargo package.
+    pub package: String,
+    /// Binary name (= the app name).
+    pub bin: String,
+}
+
+/// Apps under `apps/` (one package each) and test apps (binaries of
+/// `apps/testapps`).
+pub fn apps() -> Vec<App> {
+    let mut list = Vec::new();
+    let dir = root().join("apps");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        if name == "testapps" {
+            let bins = root().join("apps/testapps/src/bin");
+            let mut bins: Vec<String> = std::fs::read_dir(bins)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter_map(|e| {
+                            e.file_name().to_string_lossy().strip_suffix(".rs").map(str::to_owned)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            bins.sort();
+            list.extend(bins.into_iter().map(|b| App { package: "torito-testapps".into(), bin: b }));
+        } else if dir.join(&name).join("Cargo.toml").exists() {
+            list.push(App { package: name.clone(), bin: name });
+        }
+    }
+    list
+}
+
+/// Look an app up by name.
+pub fn find_app(name: &str) -> Result<App> {
+    let all = apps();
+    all.iter().find(|a| a.bin == name).cloned().ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|a| a.bin.as_str()).collect();
+        format!("unknown app '{name}'; available: {}", names.join(", "))
+    })
+}
+
+/// A `cargo` command with the environment of the outer cargo removed, so
+/// nested builds see only the workspace's own configuration.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for v in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        c.env_remove(v);
+    }
+    c.current_dir(root());
+    c
+}
+
+/// Make sure the guest target's standard library is installed; `rustup`
+/// does not add targets from `rust-toolchain.toml` on a plain `cargo` run.
+pub fn ensure_target() -> Result<()> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    if Path::new(&sysroot).join("lib/rustlib").join(TARGET).exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: the {TARGET} target is missing; running `rustup target add {TARGET}`");
+    let ok = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run rustup ({e}); install the {TARGET} target for the toolchain in rust-toolchain.toml"))?
+        .success();
+    if ok { Ok(()) } else { Err(format!("`rustup target add {TARGET}` failed")) }
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Build `app` in `variant`; returns the ELF's path.
+pub fn build_app(app: &App, variant: Variant) -> Result<PathBuf> {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_target()?;
+    let target_dir = root().join("target/guest").join(variant.dir_name());
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--package", &app.package, "--bin", &app.bin, "--target", TARGET]);
+    c.arg("--target-dir").arg(&target_dir);
+    if !variant.debug {
+        c.arg("--release");
+    }
+    let features = variant.features();
+    if !features.is_empty() {
+        c.arg("--features").arg(features.join(","));
+    }
+    let status = c.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building app '{}' failed (see the compiler output above)", app.bin));
+    }
+    let elf = target_dir.join(TARGET).join(if variant.debug { "debug" } else { "release" }).join(&app.bin);
+    if elf.exists() { Ok(elf) } else { Err(format!("cargo succeeded but {} is missing", elf.display())) }
+}
+
+/// Build the app called `name`.
+pub fn build(name: &str, variant: Variant) -> Result<PathBuf> {
+    build_app(&find_app(name)?, variant)
+}
+
+/// Build the monitor; returns the path of `torito`.
+pub fn build_monitor(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--package", "torito-vmm", "--bin", "torito"]);
+    if release {
+        c.arg("--release");
+    }
+    let ok = c.status().map_err(|e| format!("cannot run cargo: {e}"))?.success();
+    if !ok {
+        return Err("building the monitor failed (see the compiler output above)".into());
+    }
+    Ok(root().join("target").join(if release { "release" } else { "debug" }).join("torito"))
+}
+
+/// Whether a program is on `PATH`.
+pub fn have(program: &str) -> bool {
+    Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// QEMU machine configurations the kernel is tested on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QemuMachine {
+    /// `-M pc` with TCG (SeaBIOS; multiboot).
+    PcTcg,
+    /// `-M q35` with TCG.
+    Q35Tcg,
+    /// `-M pc` with qboot firmware and TCG (PVH).
+    PcQbootTcg,
+    /// `-M microvm` with KVM.
+    MicrovmKvm,
+}
+
+impl QemuMachine {
+    /// Whether this machine needs `/dev/kvm`.
+    pub fn needs_kvm(self) -> bool {
+        self == QemuMachine::MicrovmKvm
+    }
+
+    /// The name used on the command line of `cargo xtask run --qemu`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pc" => Ok(Self::PcTcg),
+            "q35" => Ok(Self::Q35Tcg),
+            "qboot" => Ok(Self::PcQbootTcg),
+            "microvm" => Ok(Self::MicrovmKvm),
+            _ => Err(format!("unknown QEMU machine '{s}' (pc, q35, qboot, microvm)")),
+        }
+    }
+}
+
+/// A QEMU command that boots `elf` with console on stdio and the
+/// `isa-debug-exit` device; QEMU then exits with `(code << 1) | 1`.
+pub fn qemu(machine: QemuMachine, elf: &Path, cmdline: &str) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio", "-m", "128M"]);
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    match machine {
+        QemuMachine::PcTcg => c.args(["-M", "pc", "-accel", "tcg"]),
+        QemuMachine::Q35Tcg => c.args(["-M", "q35", "-accel", "tcg"]),
+        QemuMachine::PcQbootTcg => {
+            c.args(["-M", "pc", "-accel", "tcg", "-bios", "/usr/share/qemu/qboot.rom"])
+        }
+        QemuMachine::MicrovmKvm => {
+            c.args(["-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on", "-accel", "kvm"])
+        }
+    };
+    c.arg("-kernel").arg(elf);
+    if !cmdline.is_empty() {
+        c.args(["-append", cmdline]);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_its_apps() {
+        assert_eq!(find_app("hello").unwrap(), App { package: "hello".into(), bin: "hello".into() });
+        assert_eq!(find_app("exit42").unwrap().package, "torito-testapps");
+        let e = find_app("nope").unwrap_err();
+        assert!(e.contains("unknown app 'nope'") && e.contains("hello"), "{e}");
+    }
+
+    #[test]
+    fn variants_get_their_own_directories() {
+        let a = Variant::default().dir_name();
+        let b = Variant { pvh_only: true, ..Default::default() }.dir_name();
+        let c = Variant { profile_boot: true, debug: true, ..Default::default() }.dir_name();
+        assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("release", "release-pvh", "debug-profile"));
+    }
+
+    #[test]
+    fn qemu_machines_parse() {
+        assert_eq!(QemuMachine::parse("microvm"), Ok(QemuMachine::MicrovmKvm));
+        assert!(QemuMachine::parse("vax").is_err());
+    }
+}

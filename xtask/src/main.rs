@@ -1,0 +1,204 @@
+//! `cargo xtask`: build, run and test Torito appliances.
+//!
+//! ```text
+//! cargo xtask build <app> [--pvh] [--profile-boot] [--debug]   prints the ELF path last
+//! cargo xtask run <app> [--mem 128M] [--qemu MACHINE] [-- args]
+//! cargo xtask test                                              everything
+//! cargo xtask lint                                              fmt + clippy (host and guest)
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::{Args, Parser, Subcommand};
+use xtask::{QemuMachine, Variant};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test Torito appliances")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Copy)]
+struct VariantArgs {
+    /// Leave out the multiboot header (QEMU then boots the PVH entry).
+    #[arg(long)]
+    pvh: bool,
+    /// Exit at the first line of kernel_main (boot-time measurements).
+    #[arg(long)]
+    profile_boot: bool,
+    /// Debug build of the app (default: release).
+    #[arg(long)]
+    debug: bool,
+}
+
+impl From<VariantArgs> for Variant {
+    fn from(v: VariantArgs) -> Self {
+        Variant { pvh_only: v.pvh, profile_boot: v.profile_boot, debug: v.debug }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an app with the kernel into one ELF; prints its path last.
+    Build {
+        /// App name (a directory under apps/, or a test app).
+        app: String,
+        #[command(flatten)]
+        variant: VariantArgs,
+    },
+    /// Build the monitor and an app, and boot it; exits with the app's code.
+    Run {
+        /// App name.
+        app: String,
+        #[command(flatten)]
+        variant: VariantArgs,
+        /// Guest RAM.
+        #[arg(long, default_value = "128M")]
+        mem: String,
+        /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
+        #[arg(long)]
+        qemu: Option<String>,
+        /// Print the monitor's timeline.
+        #[arg(long)]
+        timeline: bool,
+        /// Kernel command line.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: host unit tests, boot tests on the monitor and QEMU.
+    Test,
+    /// Check formatting and run clippy (host crates and guest crates).
+    Lint,
+}
+
+fn status(c: &mut Command) -> Result<i32, String> {
+    let s = c.status().map_err(|e| format!("cannot run {:?}: {e}", c.get_program()))?;
+    Ok(s.code().unwrap_or(1))
+}
+
+fn run() -> Result<i32, String> {
+    match Cli::parse().cmd {
+        Cmd::Build { app, variant } => {
+            let elf = xtask::build(&app, variant.into())?;
+            println!("{}", elf.display());
+            Ok(0)
+        }
+        Cmd::Run { app, variant, mem, qemu, timeline, args } => {
+            let cmdline = args.join(" ");
+            if let Some(machine) = qemu {
+                let machine = QemuMachine::parse(&machine)?;
+                if !xtask::have("qemu-system-x86_64") {
+                    return Err(
+                        "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)"
+                            .into(),
+                    );
+                }
+                let mut v: Variant = variant.into();
+                if machine == QemuMachine::PcQbootTcg {
+                    v.pvh_only = true;
+                }
+                let elf = xtask::build(&app, v)?;
+                let code = status(&mut xtask::qemu(machine, &elf, &cmdline))?;
+                // QEMU's isa-debug-exit reports (code << 1) | 1.
+                return Ok(torito_status(code));
+            }
+            let monitor = xtask::build_monitor(true)?;
+            let elf = xtask::build(&app, variant.into())?;
+            let mut c = Command::new(monitor);
+            c.arg("--mem").arg(mem).arg(&elf);
+            if timeline {
+                c.arg("--timeline");
+            }
+            if !cmdline.is_empty() {
+                c.arg("--").args(&args);
+            }
+            status(&mut c)
+        }
+        Cmd::Test => test(),
+        Cmd::Lint => lint(),
+    }
+}
+
+fn torito_status(qemu_status: i32) -> i32 {
+    if qemu_status & 1 == 1 { qemu_status >> 1 } else { qemu_status }
+}
+
+fn test() -> Result<i32, String> {
+    xtask::ensure_target()?;
+    // Build every guest variant first, so a broken guest build fails here
+    // with the compiler's message rather than inside a test.
+    for app in xtask::apps() {
+        for pvh_only in [false, true] {
+            xtask::build_app(&app, Variant { pvh_only, ..Default::default() })?;
+        }
+    }
+    let mut child = xtask::cargo()
+        .args(["test", "--no-fail-fast"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| format!("reading cargo test output: {e}"))?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let code = child.wait().map_err(|e| format!("cargo test: {e}"))?.code().unwrap_or(1);
+    println!("xtask test: {passed} passed, {failed} failed");
+    Ok(code)
+}
+
+/// The number before `what` in a `test result:` line.
+fn count(line: &str, what: &str) -> u64 {
+    line.find(what).and_then(|end| line[..end].rsplit([' ', '.']).next()?.parse().ok()).unwrap_or(0)
+}
+
+fn lint() -> Result<i32, String> {
+    xtask::ensure_target()?;
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--", "--check"],
+        &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--quiet",
+            "--target",
+            xtask::TARGET,
+            "--target-dir",
+            "target/guest/clippy",
+            "-p",
+            "torito-kernel",
+            "-p",
+            "hello",
+            "-p",
+            "torito-testapps",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ];
+    for s in steps {
+        let code = status(xtask::cargo().args(s))?;
+        if code != 0 {
+            return Err(format!("`cargo {}` failed", s.join(" ")));
+        }
+    }
+    eprintln!("xtask: lint clean");
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The same ELF on stock QEMU: multiboot on pc and q35 (TCG), PVH on
+//! microvm (KVM) and on pc with qboot (TCG), and the multiboot header
+//! checked with GRUB's own tool.
+//!
+//! Missing tools (`qemu-system-x86_64`, `grub-file`) or `/dev/kvm` are
+//! reported loudly and the test is skipped, except under `CI=true`, where
+//! `.ci/run` installs the tools and a missing one is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use xtask::{QemuMachine, Variant};
+
+fn need(tool: &str) -> bool {
+    if xtask::have(tool) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{tool} is missing under CI=true; .ci/run should have installed it");
+    }
+    eprintln!("SKIPPED: {tool} is not installed; QEMU test not run");
+    false
+}
+
+fn kvm() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable; QEMU KVM test not run");
+    }
+    ok
+}
+
+fn elf(app: &str, pvh_only: bool) -> PathBuf {
+    xtask::build(app, Variant { pvh_only, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Boot `elf` on `machine` (at most 60 s); returns (guest exit code,
+/// console output).
+fn boot(machine: QemuMachine, elf: &Path, cmdline: &str) -> (i32, String) {
+    let qemu = xtask::qemu(machine, elf, cmdline);
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .output()
+        .expect("run qemu");
+    let status = out.status.code().unwrap_or(-1);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- {machine:?} {} -> status {status}\n{text}{}",
+        elf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // isa-debug-exit makes QEMU exit with (code << 1) | 1.
+    assert_eq!(status & 1, 1, "QEMU did not stop through isa-debug-exit (status {status})");
+    (status >> 1, text)
+}
+
+#[test]
+fn multiboot_header_is_valid_for_grub_and_absent_in_the_pvh_variant() {
+    if !need("grub-file") {
+        return;
+    }
+    let mb = Command::new("grub-file").arg("--is-x86-multiboot").arg(elf("hello", false)).status().unwrap();
+    assert!(mb.success(), "grub-file rejects the multiboot header");
+    let pvh = Command::new("grub-file").arg("--is-x86-multiboot").arg(elf("hello", true)).status().unwrap();
+    assert!(!pvh.success(), "the PVH variant still has a multiboot header");
+}
+
+#[test]
+fn multiboot_on_pc_and_q35_with_tcg() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    for m in [QemuMachine::PcTcg, QemuMachine::Q35Tcg] {
+        let (code, out) = boot(m, &elf("hello", false), "one two");
+        assert_eq!(code, 0);
+        assert!(out.contains("Hello from Torito! (booted via multiboot)"));
+        assert!(out.contains("command line: one two"), "the kernel path must be stripped: {out}");
+    }
+}
+
+#[test]
+fn test_apps_on_pc_with_tcg() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("exit42", false), "");
+    assert_eq!((code, out.contains("returning 42")), (42, true));
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("panics", false), "");
+    assert_eq!(code, 101);
+    assert!(out.contains("panicked at apps/testapps/src/bin/panics.rs:"));
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("alloc", false), "");
+    assert_eq!(code, 0);
+    assert!(out.contains("alloc: ok"));
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("pagefault", false), "");
+    // 128 + 14 does not fit QEMU's 8-bit status: it arrives modulo 128.
+    assert_eq!(code, (128 + 14) & 0x7f);
+    assert!(out.contains("page fault (#PF) (vector 14)"));
+}
+
+#[test]
+fn pvh_on_pc_with_qboot() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    if !Path::new("/usr/share/qemu/qboot.rom").exists() {
+        eprintln!("SKIPPED: /usr/share/qemu/qboot.rom is missing");
+        return;
+    }
+    let (code, out) = boot(QemuMachine::PcQbootTcg, &elf("hello", true), "pvh here");
+    assert_eq!(code, 0);
+    assert!(out.contains("Hello from Torito! (booted via pvh)"));
+    assert!(out.contains("command line: pvh here"));
+}
+
+#[test]
+fn microvm_with_kvm_boots_both_variants() {
+    if !need("qemu-system-x86_64") || !kvm() {
+        return;
+    }
+    let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("hello", true), "x=1");
+    assert_eq!(code, 0);
+    assert!(out.contains("Hello from Torito! (booted via pvh)"));
+    assert!(out.contains("command line: x=1"));
+    let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("hello", false), "");
+    assert_eq!(code, 0);
+    assert!(out.contains("Hello from Torito! (booted via multiboot)"));
+    let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("exit42", true), "");
+    assert_eq!((code, out.contains("returning 42")), (42, true));
+}
