@@ -132,14 +132,25 @@ fn out_of_memory_is_a_clear_panic() {
 }
 
 #[test]
-fn page_fault_reports_vector_error_rip_and_cr2() {
+fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     if !kvm() {
         return;
     }
-    let r = run(&[], &guest("pagefault"), &[]);
-    assert_eq!(r.code, 128 + 14);
-    assert!(r.stdout.contains("page fault (#PF) (vector 14), error code 0x6"));
-    assert!(r.stdout.contains("rip=0x"));
+    let fault = guest("fault");
+    let cases = [
+        ("pf", 14, "page fault (#PF) (vector 14), error code 0x6"),
+        ("gp", 13, "general protection fault (#GP) (vector 13), error code 0x0"),
+        ("ud", 6, "invalid opcode (#UD) (vector 6)"),
+        ("de", 0, "divide error (#DE) (vector 0)"),
+        ("df", 8, "double fault (#DF) (vector 8)"),
+    ];
+    for (arg, vector, line) in cases {
+        let r = run(&["--timeout", "10"], &fault, &[arg]);
+        assert_eq!(r.code, 128 + vector, "{arg}");
+        assert!(r.stdout.contains(line), "{arg}: {}", r.stdout);
+        assert!(r.stdout.contains("rip=0x") && r.stdout.contains("cs=0x23"), "{arg}");
+    }
+    let r = run(&[], &fault, &["pf"]);
     assert!(r.stdout.contains("cr2=0x0000000000000008 (write, page not present)"));
 }
 

@@ -253,6 +253,7 @@ fault_common:
     popq _torito_fault_info+48  /* ss */
     movq %cr2, %rax
     movq %rax, _torito_fault_info+56
+    movq $cpl0_stack_top, tss+4 /* a broken RSP0 must not break the report */
     pushq $UDATA
     pushq $(fault_stack_top - 8)
     pushq $0x2
@@ -325,8 +326,10 @@ boot_pd:                        /* 2 MiB pages, P | W | U | PS */
     .quad (i << 21) | 0x87
     .set i, i + 1
     .endr
-boot_pt0:                       /* first 2 MiB in 4 KiB pages, page 0 absent */
-    .quad 0
+    .globl _torito_boot_pt0
+_torito_boot_pt0:               /* first 2 MiB in 4 KiB pages; page 0 is mapped */
+boot_pt0:                       /* until the loader's data is read, see unmap_null_page */
+    .quad 0x7
     .set i, 1
     .rept 511
     .quad (i << 12) | 0x7

@@ -58,12 +58,35 @@ pub fn idt_base() -> usize {
     core::ptr::addr_of!(_torito_idt) as usize
 }
 
+/// Base address of the task-state segment (for tests that break it on
+/// purpose).
+pub fn tss_base() -> usize {
+    unsafe extern "C" {
+        static _torito_tss: u8;
+    }
+    core::ptr::addr_of!(_torito_tss) as usize
+}
+
 /// Root page table of the link-time boot tables (multiboot and PVH paths).
 pub fn boot_page_table() -> u64 {
     unsafe extern "C" {
         static _torito_boot_pml4: u8;
     }
     core::ptr::addr_of!(_torito_boot_pml4) as u64
+}
+
+/// Unmap page 0 in the link-time tables (multiboot and PVH paths), so that
+/// null-pointer accesses fault. Loaders may leave their structures in page
+/// 0 (QEMU's PVH option ROM does), so it stays mapped until they are read.
+pub fn unmap_null_page() {
+    unsafe extern "C" {
+        static mut _torito_boot_pt0: u64;
+    }
+    // SAFETY: the first entry of the static page table maps page 0; the
+    // table is identity-mapped and user-writable, and nothing but this
+    // function changes that entry. The stale translation is flushed next.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(_torito_boot_pt0), 0) };
+    gate::invlpg(0);
 }
 
 /// Start and end of the kernel image in memory (from the linker script).

@@ -62,6 +62,7 @@ extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
         }
     };
     bi.page_table_root = arch::boot_page_table();
+    arch::unmap_null_page();
     if !ok {
         crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
     }
