@@ -224,9 +224,17 @@ impl QemuMachine {
 /// A QEMU command that boots `elf` with console on stdio and the
 /// `isa-debug-exit` device; QEMU then exits with `(code << 1) | 1`.
 pub fn qemu(machine: QemuMachine, elf: &Path, cmdline: &str) -> Command {
+    qemu_with(machine, elf, cmdline, true)
+}
+
+/// [`qemu`], optionally without `isa-debug-exit` (the guest then stops
+/// through the i8042 reset, as on Firecracker, and QEMU exits with 0).
+pub fn qemu_with(machine: QemuMachine, elf: &Path, cmdline: &str, debug_exit: bool) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio", "-m", "128M"]);
-    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    if debug_exit {
+        c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    }
     match machine {
         QemuMachine::PcTcg => c.args(["-M", "pc", "-accel", "tcg"]),
         QemuMachine::Q35Tcg => c.args(["-M", "q35", "-accel", "tcg"]),

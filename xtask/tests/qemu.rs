@@ -139,3 +139,19 @@ fn microvm_with_kvm_boots_both_variants() {
     let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("exit42", true), "");
     assert_eq!((code, out.contains("returning 42")), (42, true));
 }
+
+#[test]
+fn without_debug_exit_the_guest_stops_through_the_i8042_reset() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    // Firecracker's way to stop: no isa-debug-exit, so the kernel's exit
+    // falls through to the i8042 reset, which QEMU (-no-reboot) turns into
+    // a clean exit with status 0 instead of a hang.
+    let qemu = xtask::qemu_with(QemuMachine::PcTcg, &elf("exit42", false), "", false);
+    let out =
+        Command::new("timeout").arg("60").arg(qemu.get_program()).args(qemu.get_args()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("exit42: returning 42"), "{text}");
+    assert_eq!(out.status.code(), Some(0), "QEMU did not stop by itself: {text}");
+}
