@@ -49,10 +49,10 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     tl.mark(Phase::MemoryReady);
     loader::load(&mem, &image, &elf)?;
     boot::write_page_tables(&mem, cfg.mem)?;
+    tl.mark(Phase::ElfLoaded);
     let mut vcpu = vm.create_vcpu(&kvm)?;
     let tsc_khz = vcpu.tsc_khz();
     boot::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns())?;
-    tl.mark(Phase::ElfLoaded);
     vcpu.set_boot_registers(&boot::registers(&elf.note))?;
     if cfg.timeline.is_some() {
         tl.set_clock_reference(vcpu.clock_reference(tsc_khz));
@@ -65,6 +65,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     tl.set_guest_trace(boot::read_trace(&mem));
     if cfg.timeline.is_some() {
         tl.set_stats(vcpu.stats());
+        tl.guest_touched_kib = vstate::resident_kib(&mem);
     }
     Ok(outcome)
 }

@@ -91,6 +91,9 @@ pub struct Timeline {
     stats: Vec<(String, u64)>,
     /// Returns from `KVM_RUN` to the monitor.
     pub runs: u64,
+    /// Guest RAM resident in the monitor when the guest stopped (KiB):
+    /// what the guest touched plus what the monitor wrote.
+    pub guest_touched_kib: Option<u64>,
 }
 
 impl Timeline {
@@ -183,6 +186,9 @@ impl Timeline {
             let _ = writeln!(s, "  {t:>10.1}  {}{name}", if guest { "guest: " } else { "" });
         }
         let _ = write!(s, "  returns from KVM_RUN: {}", self.runs);
+        if let Some(k) = self.guest_touched_kib {
+            let _ = write!(s, "; guest RAM touched: {k} KiB");
+        }
         let shown: Vec<String> =
             Self::SHOWN_STATS.iter().filter_map(|n| self.stat(n).map(|v| format!("{n}={v}"))).collect();
         if !shown.is_empty() {
@@ -212,7 +218,11 @@ impl Timeline {
             })
             .collect();
         s.push_str(&ev.join(","));
-        let _ = write!(s, "],\"kvm_run_returns\":{},\"vcpu_stats\":{{", self.runs);
+        let _ = write!(s, "],\"kvm_run_returns\":{},", self.runs);
+        if let Some(k) = self.guest_touched_kib {
+            let _ = write!(s, "\"guest_touched_kib\":{k},");
+        }
+        s.push_str("\"vcpu_stats\":{");
         let st: Vec<String> = self.stats.iter().map(|(n, v)| format!("\"{n}\":{v}")).collect();
         s.push_str(&st.join(","));
         s.push_str("}}\n");

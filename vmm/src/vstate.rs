@@ -28,6 +28,24 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Guest RAM resident in this process, in KiB (`mincore` over each region).
+pub fn resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
+    let mut pages = 0u64;
+    for region in mem.iter() {
+        let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()?;
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `host..host + len` is one live mapping owned by `mem`;
+        // `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        pages += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+    }
+    Some(pages * 4)
+}
+
 /// The KVM device.
 pub struct Kvm {
     fd: KvmFd,

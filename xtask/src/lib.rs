@@ -1,8 +1,11 @@
 //! Torito's build driver, as a library: building guest apps, finding
 //! tools, running QEMU. The `xtask` binary and the boot tests both use it.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod bare;
+pub mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,6 +5,7 @@
 //! cargo xtask run <app> [--mem 128M] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
+//! cargo xtask bench [-n 30]                                     launch-time benchmark
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -71,6 +72,19 @@ enum Cmd {
     Test,
     /// Check formatting and run clippy (host crates and guest crates).
     Lint,
+    /// Measure launch-to-KernelMain against the bare-guest floor and QEMU
+    /// (and Firecracker when installed); writes JSON and an SVG chart.
+    Bench {
+        /// Counted launches per configuration.
+        #[arg(short = 'n', long, default_value_t = 30)]
+        runs: usize,
+        /// Uncounted rounds first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn status(c: &mut Command) -> Result<i32, String> {
@@ -118,6 +132,11 @@ fn run() -> Result<i32, String> {
         }
         Cmd::Test => test(),
         Cmd::Lint => lint(),
+        Cmd::Bench { runs, warmup, out } => {
+            let out = if out.is_absolute() { out } else { xtask::root().join(out) };
+            let ok = xtask::bench::run(&xtask::bench::Options { runs: runs.max(1), warmup, out })?;
+            Ok(if ok { 0 } else { 1 })
+        }
     }
 }
 

@@ -1,0 +1,625 @@
+//! `cargo xtask bench`: launch-to-KernelMain, measured honestly.
+//!
+//! Every launch is a fresh process with a fresh VM. Time zero is this
+//! launcher's `CLOCK_MONOTONIC` just before it spawns the monitor; the
+//! Torito monitor receives it in `TORITO_LAUNCH_NS` and reports its phases
+//! and the guest's milestones on that clock (`--timeline=json`). Other
+//! monitors are timed as whole processes running a `profile-boot` ELF,
+//! which exits at the first line of `kernel_main`.
+//!
+//! Configurations run interleaved (A B C … A B C …) after warm-up rounds,
+//! so drift hits all alike; ratios are taken round by round. Results go to
+//! stdout, `launch.json` and `launch.svg` in the output directory.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+use crate::{QemuMachine, Variant};
+
+/// Options of a bench run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Counted launches per configuration.
+    pub runs: usize,
+    /// Uncounted rounds first.
+    pub warmup: usize,
+    /// Where `launch.json` and `launch.svg` go.
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The Torito monitor with `--timeline=json`.
+    Torito,
+    /// Any process, timed whole.
+    Process,
+}
+
+struct Config {
+    name: String,
+    kind: Kind,
+    program: PathBuf,
+    args: Vec<OsString>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    /// Spawn to reaped, µs.
+    whole_us: f64,
+    /// Events in µs since spawn (Torito only).
+    events: BTreeMap<String, f64>,
+    stats: BTreeMap<String, u64>,
+    kvm_runs: u64,
+    touched_kib: Option<u64>,
+    maxrss_kib: u64,
+    status: i32,
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wait for `pid`; returns (exit status, peak RSS in KiB).
+fn wait(pid: u32) -> Result<(i32, u64), String> {
+    let mut status = 0;
+    // SAFETY: plain syscall; `rusage` is zeroed plain data it fills in.
+    #[allow(unsafe_code)]
+    let (rc, ru) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        (libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru), ru)
+    };
+    if rc < 0 {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    Ok((code, ru.ru_maxrss as u64))
+}
+
+fn launch(c: &Config) -> Result<Sample, String> {
+    let mut cmd = Command::new(&c.program);
+    cmd.args(&c.args).stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.stderr(if c.kind == Kind::Torito { Stdio::piped() } else { Stdio::null() });
+    let t0 = now_ns();
+    if c.kind == Kind::Torito {
+        cmd.env("TORITO_LAUNCH_NS", t0.to_string());
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", c.program.display()))?;
+    let mut err = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let (status, maxrss_kib) = wait(child.id())?;
+    let t1 = now_ns();
+    let mut s = Sample { whole_us: (t1 - t0) as f64 / 1000.0, maxrss_kib, status, ..Default::default() };
+    if c.kind == Kind::Torito {
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .ok_or_else(|| format!("{}: no timeline in: {err}", c.name))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{}: bad timeline JSON: {e}", c.name))?;
+        if v["time_zero"] != "launch" {
+            return Err(format!("{}: the monitor did not take the launch time", c.name));
+        }
+        for e in v["events"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(us)) = (e["name"].as_str(), e["us"].as_f64()) {
+                s.events.insert(n.to_string(), us);
+            }
+        }
+        for (k, val) in v["vcpu_stats"].as_object().into_iter().flatten() {
+            s.stats.insert(k.clone(), val.as_u64().unwrap_or(0));
+        }
+        s.kvm_runs = v["kvm_run_returns"].as_u64().unwrap_or(0);
+        s.touched_kib = v["guest_touched_kib"].as_u64();
+    }
+    Ok(s)
+}
+
+/// min, median, max.
+fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some((v[0], med, v[n - 1]))
+}
+
+fn fmt3(s: Option<(f64, f64, f64)>) -> String {
+    match s {
+        Some((a, b, c)) => format!("{a:>9.1} {b:>9.1} {c:>9.1}"),
+        None => format!("{:>9} {:>9} {:>9}", "-", "-", "-"),
+    }
+}
+
+/// Host and guest points of a Torito launch, in order.
+const POINTS: [&str; 11] = [
+    "main",
+    "kvm_ready",
+    "memory_ready",
+    "elf_loaded",
+    "vcpu_ready",
+    "first_run",
+    "kernel_main",
+    "app_main",
+    "app_exit",
+    "guest_stopped",
+    "process_exit",
+];
+
+/// Consecutive segments `(from, to, µs)` of a Torito sample, ending at
+/// "reaped" (the whole process).
+fn segments(s: &Sample) -> Vec<(String, String, f64)> {
+    let mut out = Vec::new();
+    let mut prev = ("spawn".to_string(), 0.0);
+    for p in POINTS {
+        if let Some(&t) = s.events.get(p) {
+            out.push((prev.0.clone(), p.to_string(), t - prev.1));
+            prev = (p.to_string(), t);
+        }
+    }
+    out.push((prev.0, "reaped".into(), s.whole_us - prev.1));
+    out
+}
+
+fn torito_configs(monitor: &Path, hello: &Path, hello_profile: &Path, bare: &Path) -> Vec<Config> {
+    let t = |name: &str, elf: &Path, mem: &str| Config {
+        name: name.to_string(),
+        kind: Kind::Torito,
+        program: monitor.to_path_buf(),
+        args: vec!["--timeline=json".into(), "--mem".into(), mem.into(), elf.into()],
+    };
+    vec![
+        t("torito hello profile-boot", hello_profile, "128M"),
+        t("torito hello", hello, "128M"),
+        t("torito bare guest", bare, "128M"),
+        t("torito hello profile-boot 1G", hello_profile, "1G"),
+        t("torito hello profile-boot 4G", hello_profile, "4G"),
+    ]
+}
+
+/// Run the benchmark.
+pub fn run(opts: &Options) -> Result<bool, String> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    eprintln!("bench: building the monitor and the guests");
+    let monitor = crate::build_monitor(true)?;
+    let hello = crate::build("hello", Variant::default())?;
+    let hello_profile = crate::build("hello", Variant { profile_boot: true, ..Default::default() })?;
+    let hello_profile_pvh =
+        crate::build("hello", Variant { profile_boot: true, pvh_only: true, ..Default::default() })?;
+    let bare = crate::bare::write(&opts.out).map_err(|e| format!("writing the bare guest: {e}"))?;
+
+    let mut configs = torito_configs(&monitor, &hello, &hello_profile, &bare);
+    let mut notes = Vec::new();
+    if crate::have("qemu-system-x86_64") {
+        for (name, machine, elf) in [
+            ("qemu microvm kvm pvh profile-boot", QemuMachine::MicrovmKvm, &hello_profile_pvh),
+            ("qemu pc tcg multiboot profile-boot", QemuMachine::PcTcg, &hello_profile),
+        ] {
+            let q = crate::qemu(machine, elf, "");
+            configs.push(Config {
+                name: name.into(),
+                kind: Kind::Process,
+                program: q.get_program().into(),
+                args: q.get_args().map(Into::into).collect(),
+            });
+        }
+    } else {
+        notes.push("QEMU not installed: QEMU configurations skipped".to_string());
+    }
+    if crate::have("firecracker") {
+        let cfg = opts.out.join("firecracker.json");
+        let text = json!({
+            "boot-source": { "kernel_image_path": hello_profile_pvh, "boot_args": "" },
+            "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        });
+        std::fs::write(&cfg, text.to_string()).map_err(|e| e.to_string())?;
+        configs.push(Config {
+            name: "firecracker pvh profile-boot".into(),
+            kind: Kind::Process,
+            program: "firecracker".into(),
+            args: vec!["--no-api".into(), "--config-file".into(), cfg.into()],
+        });
+    } else {
+        notes.push("no `firecracker` on PATH: Firecracker configuration skipped".to_string());
+    }
+    for n in &notes {
+        eprintln!("bench: note: {n}");
+    }
+
+    let total = ((opts.warmup + opts.runs) * configs.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} launches {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let mut samples: Vec<Vec<Sample>> = configs.iter().map(|_| Vec::new()).collect();
+    for round in 0..opts.warmup + opts.runs {
+        for (i, c) in configs.iter().enumerate() {
+            bar.set_message(c.name.clone());
+            let s = launch(c)?;
+            if round >= opts.warmup {
+                samples[i].push(s);
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let report = Report { configs: &configs, samples: &samples, opts, notes };
+    let ok = report.print(&hello);
+    report.write_json(&hello)?;
+    report.write_svg()?;
+    println!(
+        "bench: wrote {} and {}",
+        opts.out.join("launch.json").display(),
+        opts.out.join("launch.svg").display()
+    );
+    Ok(ok)
+}
+
+struct Report<'a> {
+    configs: &'a [Config],
+    samples: &'a [Vec<Sample>],
+    opts: &'a Options,
+    notes: Vec<String>,
+}
+
+impl Report<'_> {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.configs.iter().position(|c| c.name == name)
+    }
+
+    fn metric(&self, name: &str, f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+        self.index(name).map(|i| self.samples[i].iter().filter_map(&f).collect()).unwrap_or_default()
+    }
+
+    fn median(&self, name: &str, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        summary(&self.metric(name, f)).map(|s| s.1)
+    }
+
+    /// Round-by-round ratio of two configurations' metric.
+    fn ratio(&self, a: &str, b: &str, f: impl Fn(&Sample) -> Option<f64>) -> Option<(f64, f64, f64)> {
+        let (ia, ib) = (self.index(a)?, self.index(b)?);
+        let r: Vec<f64> =
+            self.samples[ia].iter().zip(&self.samples[ib]).filter_map(|(x, y)| Some(f(x)? / f(y)?)).collect();
+        summary(&r)
+    }
+
+    fn print(&self, hello: &Path) -> bool {
+        let ev = |n: &'static str| move |s: &Sample| s.events.get(n).copied();
+        println!(
+            "\nlaunch benchmark: {} launches per configuration after {} warm-up rounds, interleaved",
+            self.opts.runs, self.opts.warmup
+        );
+        println!("time zero = the launcher's CLOCK_MONOTONIC just before spawn; µs; min / median / max\n");
+        println!(
+            "{:<38} {:>29} {:>29} {:>8} {:>8}",
+            "configuration", "exec → kernel_main", "exec → process reaped", "RSS KiB", "touched"
+        );
+        for (c, s) in self.configs.iter().zip(self.samples) {
+            let km: Vec<f64> = s.iter().filter_map(|x| x.events.get("kernel_main").copied()).collect();
+            let whole: Vec<f64> = s.iter().map(|x| x.whole_us).collect();
+            let rss = s.iter().map(|x| x.maxrss_kib).max().unwrap_or(0);
+            let touched = s.iter().filter_map(|x| x.touched_kib).max().map_or("-".into(), |k| k.to_string());
+            let bad = s.iter().filter(|x| x.status != expected_status(c)).count();
+            println!(
+                "{:<38} {} {} {:>8} {:>8}{}",
+                c.name,
+                fmt3(summary(&km)),
+                fmt3(summary(&whole)),
+                rss,
+                touched,
+                if bad > 0 { format!("  ({bad} runs exited unexpectedly)") } else { String::new() }
+            );
+        }
+        for name in ["torito hello profile-boot", "torito hello", "torito bare guest"] {
+            let Some(i) = self.index(name) else { continue };
+            println!("\nphases of '{name}' (µs):");
+            let mut by_seg: Vec<((String, String), Vec<f64>)> = Vec::new();
+            for s in &self.samples[i] {
+                for (a, b, d) in segments(s) {
+                    match by_seg.iter_mut().find(|(k, _)| k.0 == a && k.1 == b) {
+                        Some((_, v)) => v.push(d),
+                        None => by_seg.push(((a, b), vec![d])),
+                    }
+                }
+            }
+            for ((a, b), v) in by_seg {
+                println!("  {:<34} {}", format!("{a} → {b}"), fmt3(summary(&v)));
+            }
+        }
+        let stopped = |s: &Sample| s.events.get("guest_stopped").copied();
+        let whole = |s: &Sample| Some(s.whole_us);
+        println!("\nratios, round by round (min / median / max):");
+        let ratios = [
+            (
+                "hello profile-boot / bare guest, exec → guest stopped",
+                "torito hello profile-boot",
+                "torito bare guest",
+                true,
+            ),
+            (
+                "hello profile-boot 4G / 128M, exec → kernel_main",
+                "torito hello profile-boot 4G",
+                "torito hello profile-boot",
+                false,
+            ),
+            (
+                "hello profile-boot 1G / 128M, exec → kernel_main",
+                "torito hello profile-boot 1G",
+                "torito hello profile-boot",
+                false,
+            ),
+            (
+                "torito / qemu microvm, whole process",
+                "torito hello profile-boot",
+                "qemu microvm kvm pvh profile-boot",
+                true,
+            ),
+            (
+                "torito / qemu pc tcg, whole process",
+                "torito hello profile-boot",
+                "qemu pc tcg multiboot profile-boot",
+                true,
+            ),
+            (
+                "torito / firecracker, whole process",
+                "torito hello profile-boot",
+                "firecracker pvh profile-boot",
+                true,
+            ),
+        ];
+        for (label, a, b, use_whole) in ratios {
+            let r = if label.contains("guest stopped") {
+                self.ratio(a, b, stopped)
+            } else if use_whole {
+                self.ratio(a, b, whole)
+            } else {
+                self.ratio(a, b, ev("kernel_main"))
+            };
+            if let Some((lo, med, hi)) = r {
+                println!("  {label:<58} {lo:>7.3} {med:>7.3} {hi:>7.3}");
+            }
+        }
+        // Targets (issue: launch-to-KernelMain).
+        println!("\ntargets:");
+        let mut ok = true;
+        let mut check = |pass: bool, text: String| {
+            println!("  [{}] {text}", if pass { " ok " } else { "MISS" });
+            ok &= pass;
+        };
+        let hp = "torito hello profile-boot";
+        if let (Some(h), Some(b)) = (self.median(hp, stopped), self.median("torito bare guest", stopped)) {
+            check(
+                h <= b + 50.0,
+                format!("exec → guest stop, hello profile-boot {h:.0} µs ≤ bare guest {b:.0} µs + 50"),
+            );
+        }
+        if let Some(e) = self.median(hp, |s| s.stats.get("insn_emulation").map(|&v| v as f64)) {
+            check(
+                e <= 1.0,
+                format!(
+                    "profile-boot run emulates {e:.0} instruction(s) (the exit store): none before kernel_main"
+                ),
+            );
+        }
+        if let (Some(f), Some(k)) = (self.median(hp, ev("first_run")), self.median(hp, ev("kernel_main"))) {
+            println!(
+                "         first KVM_RUN → kernel_main {:.0} µs (entry into the guest; kernel_main is the first guest instruction)",
+                k - f
+            );
+        }
+        let kh = |s: &Sample| Some(s.events.get("app_main")? - s.events.get("kernel_main")?);
+        if let Some(d) = self.median("torito hello", kh) {
+            check(d <= 50.0, format!("kernel_main → app main {d:.1} µs ≤ 50"));
+        }
+        if let Some(r) = self.median("torito hello", |s| Some(s.kvm_runs as f64)) {
+            check(r <= 10.0, format!("hello: {r:.0} returns from KVM_RUN ≤ 10"));
+        }
+        if let Some(e) = self.median("torito hello", |s| s.stats.get("insn_emulation").map(|&v| v as f64)) {
+            check(e <= 100.0, format!("hello: {e:.0} emulated instructions ≤ 100"));
+        }
+        if let Some((_, r, _)) = self.ratio("torito hello profile-boot 4G", hp, ev("kernel_main")) {
+            check(r <= 1.10, format!("4 GiB guest launches at {r:.3}× the 128 MiB time ≤ 1.10"));
+        }
+        let size = std::fs::metadata(hello).map(|m| m.len()).unwrap_or(u64::MAX);
+        check(size <= 200 * 1024, format!("hello ELF {size} bytes ≤ 200 KiB"));
+        if let Some(i) = self.index("torito hello") {
+            let rss = self.samples[i].iter().map(|s| s.maxrss_kib).max().unwrap_or(u64::MAX);
+            check(rss <= 5 * 1024, format!("monitor peak RSS {rss} KiB ≤ 5 MiB"));
+        }
+        if let Some((_, r, _)) = self.ratio(hp, "firecracker pvh profile-boot", whole) {
+            check(r <= 0.2, format!("{:.1}× faster than Firecracker ≥ 5×", 1.0 / r));
+        }
+        for n in &self.notes {
+            println!("  note: {n}");
+        }
+        ok
+    }
+
+    fn write_json(&self, hello: &Path) -> Result<(), String> {
+        let configs: Vec<Value> = self
+            .configs
+            .iter()
+            .zip(self.samples)
+            .map(|(c, s)| {
+                let runs: Vec<Value> = s
+                    .iter()
+                    .map(|x| {
+                        json!({"whole_us": x.whole_us, "events_us": x.events, "vcpu_stats": x.stats,
+                               "kvm_run_returns": x.kvm_runs, "guest_touched_kib": x.touched_kib,
+                               "peak_rss_kib": x.maxrss_kib, "status": x.status})
+                    })
+                    .collect();
+                let whole: Vec<f64> = s.iter().map(|x| x.whole_us).collect();
+                let km: Vec<f64> = s.iter().filter_map(|x| x.events.get("kernel_main").copied()).collect();
+                let sm = |v: &[f64]| summary(v).map(|(a, b, c)| json!({"min": a, "median": b, "max": c}));
+                json!({"name": c.name, "whole_us": sm(&whole), "kernel_main_us": sm(&km), "runs": runs})
+            })
+            .collect();
+        let doc = json!({
+            "runs": self.opts.runs, "warmup": self.opts.warmup,
+            "time_zero": "launcher CLOCK_MONOTONIC before spawn",
+            "hello_elf_bytes": std::fs::metadata(hello).map(|m| m.len()).ok(),
+            "notes": self.notes, "configs": configs,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        std::fs::write(self.opts.out.join("launch.json"), text).map_err(|e| e.to_string())
+    }
+
+    fn write_svg(&self) -> Result<(), String> {
+        let path = self.opts.out.join("launch.svg");
+        let root = SVGBackend::new(&path, (1200, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let (left, right) = root.split_horizontally(700);
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+
+        // Left: where the Torito monitor's time goes (median of each segment).
+        let torito: Vec<usize> =
+            (0..self.configs.len()).filter(|&i| self.configs[i].kind == Kind::Torito).collect();
+        let stacks: Vec<Vec<(String, f64)>> = torito
+            .iter()
+            .map(|&i| {
+                let mut segs: Vec<(String, Vec<f64>)> = Vec::new();
+                for s in &self.samples[i] {
+                    for (_, b, d) in segments(s) {
+                        match segs.iter_mut().find(|(k, _)| *k == b) {
+                            Some((_, v)) => v.push(d),
+                            None => segs.push((b, vec![d])),
+                        }
+                    }
+                }
+                segs.into_iter().map(|(k, v)| (k, summary(&v).map_or(0.0, |s| s.1))).collect()
+            })
+            .collect();
+        let ymax =
+            stacks.iter().map(|s| s.iter().map(|x| x.1).sum::<f64>()).fold(1.0, f64::max) / 1000.0 * 1.1;
+        let mut chart = ChartBuilder::on(&left)
+            .caption("Torito monitor: where launch time goes (median ms)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(80)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..torito.len() as f64, 0f64..ymax)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(torito.len())
+            .x_label_formatter(&|x| {
+                let i = *x as usize;
+                torito
+                    .get(i)
+                    .map(|&c| self.configs[c].name.trim_start_matches("torito ").to_string())
+                    .unwrap_or_default()
+            })
+            .y_desc("ms since spawn")
+            .draw()
+            .map_err(|x| e(&x))?;
+        let palette = |k: &str| -> RGBColor {
+            let i = POINTS.iter().position(|p| *p == k).unwrap_or(POINTS.len());
+            let colors = [
+                RGBColor(120, 120, 120),
+                RGBColor(31, 119, 180),
+                RGBColor(255, 127, 14),
+                RGBColor(44, 160, 44),
+                RGBColor(214, 39, 40),
+                RGBColor(148, 103, 189),
+                RGBColor(140, 86, 75),
+                RGBColor(227, 119, 194),
+                RGBColor(188, 189, 34),
+                RGBColor(23, 190, 207),
+                RGBColor(80, 80, 160),
+                RGBColor(200, 200, 200),
+            ];
+            colors[i.min(colors.len() - 1)]
+        };
+        let mut legend_done = std::collections::BTreeSet::new();
+        for (x, stack) in stacks.iter().enumerate() {
+            let mut y = 0.0;
+            for (name, us) in stack {
+                let (y0, y1) = (y, y + us / 1000.0);
+                y = y1;
+                let color = palette(name);
+                let series = chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x as f64 + 0.15, y0), (x as f64 + 0.85, y1)],
+                        color.filled(),
+                    )))
+                    .map_err(|x| e(&x))?;
+                if legend_done.insert(name.clone()) {
+                    series
+                        .label(format!("→ {name}"))
+                        .legend(move |(a, b)| Rectangle::new([(a, b - 5), (a + 10, b + 5)], color.filled()));
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|x| e(&x))?;
+
+        // Right: exec → process exit of every configuration (median).
+        let whole: Vec<(String, f64)> = self
+            .configs
+            .iter()
+            .zip(self.samples)
+            .map(|(c, s)| {
+                let v: Vec<f64> = s.iter().map(|x| x.whole_us).collect();
+                (c.name.clone(), summary(&v).map_or(0.0, |m| m.1 / 1000.0))
+            })
+            .collect();
+        let wmax = whole.iter().map(|w| w.1).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&right)
+            .caption("exec → process exit, median ms", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(240)
+            .build_cartesian_2d(0f64..wmax, 0f64..whole.len() as f64)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(whole.len())
+            .y_label_formatter(&|y| whole.get(*y as usize).map(|w| w.0.clone()).unwrap_or_default())
+            .draw()
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(whole.iter().enumerate().map(|(i, (_, ms))| {
+                Rectangle::new(
+                    [(0.0, i as f64 + 0.2), (*ms, i as f64 + 0.8)],
+                    RGBColor(31, 119, 180).filled(),
+                )
+            }))
+            .map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+        Ok(())
+    }
+}
+
+fn expected_status(c: &Config) -> i32 {
+    match c.kind {
+        Kind::Torito => 0,
+        // QEMU's isa-debug-exit reports code 0 as 1; Firecracker exits 0.
+        Kind::Process if c.name.starts_with("qemu") => 1,
+        Kind::Process => 0,
+    }
+}
