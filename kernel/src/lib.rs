@@ -56,6 +56,11 @@ pub fn boot_protocol() -> abi::boot_info::BootProtocol {
     boot::protocol()
 }
 
+/// The boot information: memory map, command line, TSC frequency.
+pub fn boot_info() -> &'static abi::boot_info::BootInfo {
+    boot::info()
+}
+
 /// The words of the command line.
 pub fn args() -> impl Iterator<Item = &'static str> {
     cmdline().split_ascii_whitespace()

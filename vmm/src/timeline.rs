@@ -94,6 +94,10 @@ pub struct Timeline {
     /// Guest RAM resident in the monitor when the guest stopped (KiB):
     /// what the guest touched plus what the monitor wrote.
     pub guest_touched_kib: Option<u64>,
+    /// The monitor's peak resident memory (KiB, `VmHWM`).
+    pub peak_rss_kib: Option<u64>,
+    /// Guest accesses to RAM still being registered, done by the monitor.
+    pub pending_ram_accesses: u64,
 }
 
 impl Timeline {
@@ -189,6 +193,9 @@ impl Timeline {
         if let Some(k) = self.guest_touched_kib {
             let _ = write!(s, "; guest RAM touched: {k} KiB");
         }
+        if let Some(k) = self.peak_rss_kib {
+            let _ = write!(s, "; monitor peak RSS: {k} KiB");
+        }
         let shown: Vec<String> =
             Self::SHOWN_STATS.iter().filter_map(|n| self.stat(n).map(|v| format!("{n}={v}"))).collect();
         if !shown.is_empty() {
@@ -218,9 +225,16 @@ impl Timeline {
             })
             .collect();
         s.push_str(&ev.join(","));
-        let _ = write!(s, "],\"kvm_run_returns\":{},", self.runs);
+        let _ = write!(
+            s,
+            "],\"kvm_run_returns\":{},\"pending_ram_accesses\":{},",
+            self.runs, self.pending_ram_accesses
+        );
         if let Some(k) = self.guest_touched_kib {
             let _ = write!(s, "\"guest_touched_kib\":{k},");
+        }
+        if let Some(k) = self.peak_rss_kib {
+            let _ = write!(s, "\"peak_rss_kib\":{k},");
         }
         s.push_str("\"vcpu_stats\":{");
         let st: Vec<String> = self.stats.iter().map(|(n, v)| format!("\"{n}\":{v}")).collect();

@@ -34,7 +34,12 @@ struct Run {
 }
 
 fn run(args: &[&str], elf: &Path, cmdline: &[&str]) -> Run {
+    run_env(&[], args, elf, cmdline)
+}
+
+fn run_env(env: &[(&str, &str)], args: &[&str], elf: &Path, cmdline: &[&str]) -> Run {
     let mut c = torito();
+    c.envs(env.iter().copied());
     c.args(args).arg(elf);
     if !cmdline.is_empty() {
         c.arg("--").args(cmdline);
@@ -118,6 +123,26 @@ fn heap_of_64_mib_works_and_pages_map() {
         assert!(r.stdout.contains("67108864 bytes checked, 0 bad"));
         assert!(r.stdout.contains("alloc: ok"));
     }
+}
+
+#[test]
+fn ram_above_4g_works_and_late_registered_ram_is_served() {
+    if !kvm() {
+        return;
+    }
+    let highmem = guest("highmem");
+    let r = run(&["--mem", "5G", "--timeout", "30"], &highmem, &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("words checked, 0 bad"));
+    // Hold back the registration of RAM beyond the boot slot, so the
+    // guest's first access there reaches the monitor, which must wait for
+    // the registration and perform the access itself.
+    let delayed = [("TORITO_DEBUG_DEFER_RAM_MS", "200")];
+    let r = run_env(&delayed, &["--mem", "5G", "--timeout", "30", "--timeline=json"], &highmem, &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("words checked, 0 bad"));
+    let served = json_u64(&r.stderr, "pending_ram_accesses").expect("pending_ram_accesses");
+    assert!(served >= 1, "no access went through the monitor");
 }
 
 #[test]

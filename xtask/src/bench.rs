@@ -124,6 +124,11 @@ fn launch(c: &Config) -> Result<Sample, String> {
         }
         s.kvm_runs = v["kvm_run_returns"].as_u64().unwrap_or(0);
         s.touched_kib = v["guest_touched_kib"].as_u64();
+        // The monitor's own high-water mark: wait4's figure would include
+        // the launcher's memory, which a spawned child shares until exec.
+        if let Some(k) = v["peak_rss_kib"].as_u64() {
+            s.maxrss_kib = k;
+        }
     }
     Ok(s)
 }
@@ -250,7 +255,11 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     );
     let mut samples: Vec<Vec<Sample>> = configs.iter().map(|_| Vec::new()).collect();
     for round in 0..opts.warmup + opts.runs {
-        for (i, c) in configs.iter().enumerate() {
+        // Rotate the order each round, so no configuration always follows
+        // the same one (a QEMU teardown slows whatever comes next).
+        for k in 0..configs.len() {
+            let i = (round + k) % configs.len();
+            let c = &configs[i];
             bar.set_message(c.name.clone());
             let s = launch(c)?;
             if round >= opts.warmup {
@@ -464,7 +473,7 @@ impl Report<'_> {
                     .map(|x| {
                         json!({"whole_us": x.whole_us, "events_us": x.events, "vcpu_stats": x.stats,
                                "kvm_run_returns": x.kvm_runs, "guest_touched_kib": x.touched_kib,
-                               "peak_rss_kib": x.maxrss_kib, "status": x.status})
+                               "monitor_peak_rss_kib": x.maxrss_kib, "status": x.status})
                     })
                     .collect();
                 let whole: Vec<f64> = s.iter().map(|x| x.whole_us).collect();

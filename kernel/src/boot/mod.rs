@@ -81,6 +81,10 @@ extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
 #[unsafe(no_mangle)]
 pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
     let tsc = arch::rdtsc();
+    if cfg!(feature = "profile-boot") {
+        // Boot-time profiling: stop at the first line, before any work.
+        profile_exit(info, tsc);
+    }
     if info.is_null() || !info.is_aligned() {
         crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
     }
@@ -92,10 +96,29 @@ pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
     LIVE.store(info, Ordering::Release);
     record(TraceId::KernelMain, tsc);
     BOOT.call_once(|| copy);
-    #[cfg(feature = "profile-boot")]
-    crate::exit::exit(0);
-    #[cfg(not(feature = "profile-boot"))]
     crate::init::run()
+}
+
+/// Exit 0 from the first line of `kernel_main` (the `profile-boot`
+/// feature), after recording the arrival: the boot protocol is read straight
+/// from the loader's `BootInfo`, so nothing else runs first.
+fn profile_exit(info: *mut BootInfo, tsc: u64) -> ! {
+    if !info.is_null() && info.is_aligned() {
+        // SAFETY: the `kernel_main` contract: a non-null `info` points to a
+        // readable BootInfo-sized area.
+        let (magic, protocol) = unsafe {
+            (
+                core::ptr::read_volatile(core::ptr::addr_of!((*info).magic)),
+                core::ptr::read_volatile(core::ptr::addr_of!((*info).protocol)),
+            )
+        };
+        if magic == torito_abi::boot_info::BOOT_INFO_MAGIC && protocol == BootProtocol::Direct as u32 {
+            LIVE.store(info, Ordering::Release);
+            record(TraceId::KernelMain, tsc);
+            arch::torito::exit(0);
+        }
+    }
+    crate::exit::exit_generic(0)
 }
 
 /// The boot information (after `kernel_main` started).

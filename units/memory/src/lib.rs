@@ -43,19 +43,21 @@ pub const MIN_FRAMES: u64 = 1 << 20;
 /// Decide the heap range and build the frame allocator from the usable
 /// ranges (already clipped to exclude the kernel image and boot data).
 ///
-/// The heap takes the top of the largest range, less a share for frames;
-/// the frame allocator gets every other byte.
+/// The heap takes the bottom of the largest range, less a share kept for
+/// frames at its top; the frame allocator gets every other byte. Keeping
+/// the heap low keeps the memory touched at boot low, where the monitor
+/// registers RAM first.
 pub fn plan(usable: &[PhysRange], phys_offset: u64) -> Option<(MemoryLayout, FrameAllocator)> {
     let largest = usable.iter().copied().filter(|r| !r.is_empty()).max_by_key(|r| r.len())?;
     let keep = (largest.len() / FRAME_SHARE).max(MIN_FRAMES).min(largest.len() / 2);
-    let heap_start = frame::align_up(largest.start + keep, frame::FRAME_SIZE);
-    let heap = PhysRange::new(heap_start, largest.end);
+    let heap_end = frame::align_down(largest.end - keep, frame::FRAME_SIZE);
+    let heap = PhysRange::new(largest.start, heap_end);
     if heap.is_empty() {
         return None;
     }
     let mut frames = FrameAllocator::new(phys_offset);
     for r in usable {
-        let r = if *r == largest { PhysRange::new(r.start, heap_start) } else { *r };
+        let r = if *r == largest { PhysRange::new(heap_end, r.end) } else { *r };
         // Ranges beyond the allocator's capacity are left unused.
         if frames.add_range(r).is_err() {
             break;
@@ -73,7 +75,7 @@ mod tests {
     fn plan_takes_the_largest_range_for_the_heap() {
         let usable = [PhysRange::new(0x20_0000, 0x40_0000), PhysRange::new(0x100_0000, 0x900_0000)];
         let (layout, frames) = plan(&usable, 0).unwrap();
-        assert_eq!(layout.heap.end, 0x900_0000);
+        assert_eq!(layout.heap.start, 0x100_0000);
         assert_eq!(layout.heap.len(), 0x800_0000 - 0x100_0000);
         // 2 MiB from the small range plus 1/8 of the large one.
         assert_eq!(frames.free_bytes(), 0x20_0000 + 0x100_0000);
