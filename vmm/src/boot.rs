@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn registers_start_at_cpl3() {
-        let note = crate::loader::check(&crate::loader::tests::tiny_elf(), 16 << 20).unwrap().note;
+        let note = crate::loader::check(&crate::loader::tests::tiny_elf()[..], 16 << 20).unwrap().note;
         let r = registers(&note);
         assert_eq!(r.cs.dpl, 3);
         assert_eq!(r.cs.selector & 3, 3);

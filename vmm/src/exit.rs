@@ -71,7 +71,8 @@ pub fn handle_exit(exit: Exit<'_>, devices: &mut Devices, mem: &GuestMemoryMmap)
             devices.mmio_read(addr, data);
             Step::Continue
         }
-        // No interrupt controller and no timer: a halted vCPU never wakes.
+        // `hlt` reaches user space only without an in-kernel LAPIC; then
+        // nothing can wake the vCPU.
         Exit::Hlt => Step::Halted,
         Exit::Shutdown => Step::TripleFault,
         Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Step::TripleFault,

@@ -29,7 +29,10 @@ use timeline::{Phase, Timeline};
 
 /// Boot the guest described by `cfg` and run it to the end.
 pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
-    let image = fs::read(&cfg.kernel).map_err(|e| Error::ReadKernel(cfg.kernel.clone(), e))?;
+    let mut image = fs::File::open(&cfg.kernel).map_err(|e| Error::ReadKernel(cfg.kernel.clone(), e))?;
+    if image.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::ReadKernel(cfg.kernel.clone(), std::io::Error::other("it is a directory")));
+    }
     if cfg.mem < torito_abi::layout::MIN_RAM || cfg.mem > torito_abi::layout::MAX_RAM {
         return Err(Error::Config(format!(
             "--mem {} MiB is out of range ({} MiB to {} GiB)",
@@ -50,7 +53,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         // registration, was measured: no gain, KVM serialises the two.)
         let (mem, deferred) = vm.add_memory(cfg.mem)?;
         tl.mark(Phase::MemoryReady);
-        loader::load(&mem, &image, &elf)?;
+        loader::load(&mem, &mut image, &cfg.kernel)?;
         boot::write_page_tables(&mem, cfg.mem)?;
         tl.mark(Phase::ElfLoaded);
         let mut vcpu = vm.create_vcpu()?;

@@ -47,6 +47,37 @@ pub struct ElfInfo {
     pub segments: Vec<Segment>,
 }
 
+/// Random access to a kernel image: a file (read in a few small pieces) or,
+/// in tests, bytes in memory.
+pub trait Image {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// `len` bytes at `offset`, or `None` past the end or on a read error.
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>>;
+}
+
+impl Image for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let start = usize::try_from(offset).ok()?;
+        self.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+}
+
+impl Image for std::fs::File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    }
+}
+
 fn rd<const N: usize>(b: &[u8], off: u64) -> Option<[u8; N]> {
     let off = usize::try_from(off).ok()?;
     b.get(off..off.checked_add(N)?)?.try_into().ok()
@@ -61,12 +92,16 @@ fn u64_at(b: &[u8], off: u64) -> Option<u64> {
     rd::<8>(b, off).map(u64::from_le_bytes)
 }
 
-/// Validate `image` for a guest with `mem` bytes of RAM. Errors are
-/// messages without the file name (the caller adds it).
-pub fn check(image: &[u8], mem: u64) -> Result<ElfInfo, String> {
-    if image.len() < 64 {
-        return Err(format!("too short to be an ELF file ({} bytes)", image.len()));
+/// Validate `file` for a guest with `mem` bytes of RAM, reading only its
+/// headers and notes. Errors are messages without the file name (the
+/// caller adds it).
+pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
+    let size = file.size();
+    if size < 64 {
+        return Err(format!("too short to be an ELF file ({size} bytes)"));
     }
+    let header = file.read(0, 64).ok_or("cannot read the ELF header")?;
+    let image = &header[..];
     if image[..4] != *b"\x7fELF" {
         return Err("not an ELF file (bad magic)".into());
     }
@@ -93,24 +128,24 @@ pub fn check(image: &[u8], mem: u64) -> Result<ElfInfo, String> {
         return Err(format!("bad program header table (entry size {phentsize}, {phnum} entries)"));
     }
     let ph_end = phnum.checked_mul(56).and_then(|n| n.checked_add(phoff));
-    if ph_end.is_none_or(|end| end > image.len() as u64) {
-        return Err(format!("truncated: program headers end beyond the file's {} bytes", image.len()));
+    if ph_end.is_none_or(|end| end > size) {
+        return Err(format!("truncated: program headers end beyond the file's {size} bytes"));
     }
+    let phdrs = file.read(phoff, (phnum * 56) as usize).ok_or("cannot read the program headers")?;
     let low_end = ram_ranges(mem)[0].1;
     let mut segments = Vec::new();
     let mut note = None;
     for i in 0..phnum {
-        let ph = phoff + i * 56;
-        let field = |o: u64| u64_at(image, ph + o).unwrap_or(0);
-        let ptype = u32_at(image, ph).unwrap_or(0);
-        let flags = u32_at(image, ph + 4).unwrap_or(0);
+        let ph = i * 56;
+        let field = |o: u64| u64_at(&phdrs, ph + o).unwrap_or(0);
+        let ptype = u32_at(&phdrs, ph).unwrap_or(0);
+        let flags = u32_at(&phdrs, ph + 4).unwrap_or(0);
         let (offset, paddr, filesz, memsz) = (field(8), field(24), field(32), field(40));
         let file_end = offset.checked_add(filesz);
-        if (ptype == PT_LOAD || ptype == PT_NOTE) && file_end.is_none_or(|e| e > image.len() as u64) {
+        if (ptype == PT_LOAD || ptype == PT_NOTE) && file_end.is_none_or(|e| e > size) {
             return Err(format!(
-                "truncated: segment {i} needs bytes up to {:#x}, the file has {:#x}",
+                "truncated: segment {i} needs bytes up to {:#x}, the file has {size:#x}",
                 file_end.unwrap_or(u64::MAX),
-                image.len()
             ));
         }
         match ptype {
@@ -132,9 +167,9 @@ pub fn check(image: &[u8], mem: u64) -> Result<ElfInfo, String> {
                 }
                 segments.push(Segment { paddr, memsz, exec: flags & PF_X != 0 });
             }
-            PT_NOTE => {
-                let data = &image[offset as usize..(offset + filesz) as usize];
-                if let Some(n) = find_note(data) {
+            PT_NOTE if filesz <= 1 << 20 => {
+                let data = file.read(offset, filesz as usize).ok_or("cannot read a note segment")?;
+                if let Some(n) = find_note(&data) {
                     note = Some(n);
                 }
             }
@@ -194,16 +229,19 @@ fn find_note(data: &[u8]) -> Option<KernelNote> {
     None
 }
 
-/// [`check`], with the file name in the error.
-pub fn inspect(image: &[u8], mem: u64) -> Result<ElfInfo, Error> {
-    check(image, mem).map_err(|m| Error::BadImage(Default::default(), m))
+/// Copy the segments of a checked image into guest memory, straight from
+/// the file (no intermediate buffer).
+pub fn load(mem: &GuestMemoryMmap, file: &mut std::fs::File, path: &std::path::Path) -> Result<(), Error> {
+    Elf::load(mem, None, file, None)
+        .map(|_| ())
+        .map_err(|e| Error::BadImage(path.to_owned(), format!("loading failed: {e}")))
 }
 
-/// Copy the segments of a checked image into guest memory.
-pub fn load(mem: &GuestMemoryMmap, image: &[u8], _info: &ElfInfo) -> Result<(), Error> {
+/// [`load`] from bytes in memory.
+pub fn load_bytes(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(), String> {
     Elf::load(mem, None, &mut Cursor::new(image), None)
         .map(|_| ())
-        .map_err(|e| Error::BadImage(Default::default(), format!("loading failed: {e}")))
+        .map_err(|e| format!("loading failed: {e}"))
 }
 
 #[cfg(test)]
@@ -268,13 +306,34 @@ pub(crate) mod tests {
 
     #[test]
     fn accepts_a_valid_image() {
-        let info = check(&tiny_elf(), MEM).unwrap();
+        let f = tiny_elf();
+        let info = check(&f[..], MEM).unwrap();
         assert_eq!(info.note.entry, 0x10_0000);
         assert_eq!(info.segments, [Segment { paddr: 0x10_0000, memsz: 0x4000, exec: true }]);
     }
 
     fn err(f: &[u8]) -> String {
         check(f, MEM).unwrap_err()
+    }
+
+    #[test]
+    fn loads_segments_at_their_addresses() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        load_bytes(&mem, &tiny_elf()).unwrap();
+        let mut code = [0u8; 3];
+        mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(code, [0xe6, 0xf4, 0xf4]);
+    }
+
+    #[test]
+    fn files_and_bytes_read_the_same() {
+        let dir = std::env::temp_dir().join(format!("torito-loader-{}", std::process::id()));
+        std::fs::write(&dir, tiny_elf()).unwrap();
+        let file = std::fs::File::open(&dir).unwrap();
+        assert_eq!(check(&file, MEM).unwrap().note, check(&tiny_elf()[..], MEM).unwrap().note);
+        assert_eq!(Image::read(&file, 0x2000, 1), None);
+        std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]
@@ -298,7 +357,7 @@ pub(crate) mod tests {
     #[test]
     fn rejects_segments_outside_ram_and_below_the_kernel_base() {
         let f = tiny_elf();
-        assert!(check(&f, 1 << 20).unwrap_err().contains("outside guest RAM"));
+        assert!(check(&f[..], 1 << 20).unwrap_err().contains("outside guest RAM"));
         let mut f = tiny_elf();
         f[64 + 24..64 + 32].copy_from_slice(&0x8000u64.to_le_bytes());
         assert!(err(&f).contains("below"));

