@@ -28,27 +28,25 @@ static BOOT: spin::Once<BootInfo> = spin::Once::new();
 static LIVE: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Storage the multiboot and PVH paths build their `BootInfo` and command
-/// line in. Written once, before `kernel_main`, by the boot core only.
-struct GenericBoot {
-    info: UnsafeCell<BootInfo>,
-    cmdline: UnsafeCell<[u8; torito_abi::layout::CMDLINE_MAX]>,
-}
+/// line in (two statics, so the zeroed buffer stays out of the file).
+/// Written once, before `kernel_main`, by the boot core only.
+struct GenericBoot<T>(UnsafeCell<T>);
 
 // SAFETY: written only by `_torito_generic_entry` on the boot core before
 // anything else runs; afterwards only `LIVE` (trace marks) touches it.
-unsafe impl Sync for GenericBoot {}
+unsafe impl<T> Sync for GenericBoot<T> {}
 
-static GENERIC: GenericBoot = GenericBoot {
-    info: UnsafeCell::new(BootInfo::new(BootProtocol::Multiboot)),
-    cmdline: UnsafeCell::new([0; torito_abi::layout::CMDLINE_MAX]),
-};
+static GENERIC_INFO: GenericBoot<BootInfo> =
+    GenericBoot(UnsafeCell::new(BootInfo::new(BootProtocol::Multiboot)));
+static GENERIC_CMDLINE: GenericBoot<[u8; torito_abi::layout::CMDLINE_MAX]> =
+    GenericBoot(UnsafeCell::new([0; torito_abi::layout::CMDLINE_MAX]));
 
 /// The first code of the multiboot and PVH paths at CPL3.
 #[unsafe(no_mangle)]
 extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
-    let info = GENERIC.info.get();
+    let info = GENERIC_INFO.0.get();
     // SAFETY: see `GenericBoot`: nothing else references these yet.
-    let (bi, cmd) = unsafe { (&mut *info, &mut *GENERIC.cmdline.get()) };
+    let (bi, cmd) = unsafe { (&mut *info, &mut *GENERIC_CMDLINE.0.get()) };
     // SAFETY: this is the multiboot/PVH path and no allocator exists yet.
     let mem = unsafe { LoaderMem::new() };
     let ok = match kind {
@@ -66,7 +64,7 @@ extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
     if !ok {
         crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
     }
-    // SAFETY: `info` is the static `GENERIC.info`, mapped for ever.
+    // SAFETY: `info` is the static `GENERIC_INFO`, mapped for ever.
     unsafe { kernel_main(info) }
 }
 
@@ -113,8 +111,7 @@ fn profile_exit(info: *mut BootInfo, tsc: u64) -> ! {
             )
         };
         if magic == torito_abi::boot_info::BOOT_INFO_MAGIC && protocol == BootProtocol::Direct as u32 {
-            LIVE.store(info, Ordering::Release);
-            record(TraceId::KernelMain, tsc);
+            record_in(info, TraceId::KernelMain, tsc);
             arch::torito::exit(0);
         }
     }
@@ -138,10 +135,14 @@ pub fn mark(id: TraceId) {
 
 fn record(id: TraceId, tsc: u64) {
     let p = LIVE.load(Ordering::Acquire);
-    if p.is_null() {
-        return;
+    if !p.is_null() {
+        record_in(p, id, tsc);
     }
-    // SAFETY: `p` is the live BootInfo (validated in `kernel_main`); only
+}
+
+/// Append a trace record to the BootInfo at `p` (non-null, validated).
+fn record_in(p: *mut BootInfo, id: TraceId, tsc: u64) {
+    // SAFETY: `p` is the loader's BootInfo, checked by the callers; only
     // the trace fields are written, through raw pointers, and no reference
     // to them is held anywhere (readers use the copy in `BOOT`).
     unsafe {
