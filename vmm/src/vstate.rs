@@ -201,7 +201,8 @@ impl Vm {
         for r in slots {
             // SAFETY: each slot is a part of one live mapping owned by the
             // `GuestMemoryMmap` made in `add_memory`, which `run` keeps until
-            // the VM is gone; slots do not overlap.
+            // the vCPU has stopped and this registration has finished; slots
+            // do not overlap.
             unsafe { self.fd.set_user_memory_region(*r) }
                 .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
         }

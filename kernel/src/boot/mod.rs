@@ -115,6 +115,7 @@ fn profile_exit(info: *mut BootInfo, tsc: u64) -> ! {
             arch::torito::exit(0);
         }
     }
+    arch::firecracker_boot_timer();
     crate::exit::exit_generic(0)
 }
 

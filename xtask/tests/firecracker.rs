@@ -1,0 +1,41 @@
+//! The PVH ELF on Firecracker, when a `firecracker` binary is on `PATH`
+//! (it is not a Debian package, so CI does not install it; the test then
+//! says so and is skipped).
+
+use std::process::Command;
+
+use xtask::Variant;
+
+#[test]
+fn pvh_elf_boots_on_firecracker_and_stops_through_the_i8042_reset() {
+    if !xtask::have("firecracker") {
+        eprintln!("SKIPPED: no `firecracker` on PATH; Firecracker boot test not run");
+        return;
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        eprintln!("SKIPPED: /dev/kvm is not usable; Firecracker boot test not run");
+        return;
+    }
+    let elf = xtask::build("hello", Variant { pvh_only: true, ..Default::default() }).unwrap();
+    let dir = std::env::temp_dir().join(format!("torito-fc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("vm.json");
+    let json = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "from firecracker"}}, "drives": [],
+            "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#,
+        elf.display()
+    );
+    std::fs::write(&cfg, json).unwrap();
+    let out = Command::new("timeout")
+        .args(["30", "firecracker", "--no-api", "--config-file"])
+        .arg(&cfg)
+        .output()
+        .expect("run firecracker");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(text.contains("Hello from Torito! (booted via pvh)"), "{text}");
+    assert!(text.contains("command line: from firecracker"), "{text}");
+    // Firecracker stops on the i8042 reset and exits 0 (it passes no code on).
+    assert_eq!(out.status.code(), Some(0));
+}
