@@ -44,8 +44,11 @@ pub struct KernelNote {
     pub user_cs: u16,
     /// Selector of the CPL3 data/stack segment (RPL 3 included).
     pub user_ss: u16,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Guest-physical address of a `PT_LOAD` segment that only the 32-bit
+    /// entries (multiboot, PVH) use: their link-time page tables. The
+    /// direct entry does not need it and the monitor does not load it.
+    /// 0: none.
+    pub boot_tables: u32,
     /// End of the kernel image in memory (end of `.bss`).
     pub image_end: u64,
 }
@@ -67,6 +70,7 @@ mod tests {
         assert_eq!(offset_of!(KernelNote, tss_base), 40);
         assert_eq!(offset_of!(KernelNote, gdt_limit), 48);
         assert_eq!(offset_of!(KernelNote, user_ss), 58);
+        assert_eq!(offset_of!(KernelNote, boot_tables), 60);
         assert_eq!(offset_of!(KernelNote, image_end), 64);
         assert_eq!(KERNEL_NOTE_SIZE, 72);
     }

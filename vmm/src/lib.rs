@@ -53,7 +53,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         // registration, was measured: no gain, KVM serialises the two.)
         let (mem, deferred) = vm.add_memory(cfg.mem)?;
         tl.mark(Phase::MemoryReady);
-        loader::load(&mem, &mut image, &cfg.kernel)?;
+        loader::load(&mem, &mut image, &elf).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
         boot::write_page_tables(&mem, cfg.mem)?;
         tl.mark(Phase::ElfLoaded);
         let mut vcpu = vm.create_vcpu()?;

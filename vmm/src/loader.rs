@@ -1,25 +1,26 @@
 //! Checking and loading the kernel ELF.
 //!
-//! [`inspect`] validates the file before anything is created, so a bad
-//! image fails fast with a precise message: class, byte order, machine,
-//! type, truncation, segments outside guest RAM, and the Torito note
-//! (entry, stack and descriptor tables inside the image, ABI version).
-//! [`load`] then copies the segments with linux-loader's `Elf` loader.
+//! [`check`] validates the file before anything is created, so a bad image
+//! fails fast with a precise message: class, byte order, machine, type,
+//! truncation, segments outside guest RAM, and the Torito note (entry,
+//! stack and descriptor tables inside the image, ABI version). It reads
+//! only the headers and notes. [`load`] then copies the segments straight
+//! from the file into guest memory, skipping the one the note marks as
+//! needed by the 32-bit entries only (their link-time page tables, about
+//! half of a small image).
 //!
-//! The header and note parsing is written here rather than taken from an
-//! ELF crate: linux-loader checks neither class nor machine and reads only
-//! the PVH note, and the few fields we need are cheaper to read directly
-//! than to pull a general ELF reader onto the launch path.
+//! Both are written here rather than taken from a crate: linux-loader's
+//! `Elf` loader checks neither class nor machine, reads only the PVH note
+//! and cannot skip a segment, and the few fields we need are cheaper to
+//! read directly than to pull a general ELF reader onto the launch path.
+//! Guest memory is written through vm-memory, which bounds-checks it.
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 
-use linux_loader::loader::{KernelLoader, elf::Elf};
 use torito_abi::layout::{KERNEL_BASE, ram_ranges};
 use torito_abi::note::{KERNEL_NOTE_SIZE, KernelNote, NOTE_NAME, NOTE_TYPE};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 use zerocopy::FromBytes;
-
-use crate::error::Error;
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -34,6 +35,10 @@ pub struct Segment {
     pub paddr: u64,
     /// Size in memory.
     pub memsz: u64,
+    /// Size in the file.
+    pub file_size: u64,
+    /// Offset in the file.
+    pub offset: u64,
     /// Whether it is executable.
     pub exec: bool,
 }
@@ -165,7 +170,7 @@ pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
                          give the guest more memory with --mem"
                     ));
                 }
-                segments.push(Segment { paddr, memsz, exec: flags & PF_X != 0 });
+                segments.push(Segment { paddr, memsz, file_size: filesz, offset, exec: flags & PF_X != 0 });
             }
             PT_NOTE if filesz <= 1 << 20 => {
                 let data = file.read(offset, filesz as usize).ok_or("cannot read a note segment")?;
@@ -230,18 +235,22 @@ fn find_note(data: &[u8]) -> Option<KernelNote> {
 }
 
 /// Copy the segments of a checked image into guest memory, straight from
-/// the file (no intermediate buffer).
-pub fn load(mem: &GuestMemoryMmap, file: &mut std::fs::File, path: &std::path::Path) -> Result<(), Error> {
-    Elf::load(mem, None, file, None)
-        .map(|_| ())
-        .map_err(|e| Error::BadImage(path.to_owned(), format!("loading failed: {e}")))
-}
-
-/// [`load`] from bytes in memory.
-pub fn load_bytes(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(), String> {
-    Elf::load(mem, None, &mut Cursor::new(image), None)
-        .map(|_| ())
-        .map_err(|e| format!("loading failed: {e}"))
+/// `src` (a file: no intermediate buffer). Bytes beyond a segment's file
+/// size are left as they are: fresh guest memory is zero.
+pub fn load<R: ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    src: &mut R,
+    info: &ElfInfo,
+) -> Result<(), String> {
+    for seg in &info.segments {
+        if info.note.boot_tables != 0 && seg.paddr == u64::from(info.note.boot_tables) {
+            continue;
+        }
+        src.seek(SeekFrom::Start(seg.offset)).map_err(|e| format!("loading failed: {e}"))?;
+        mem.read_exact_volatile_from(GuestAddress(seg.paddr), src, seg.file_size as usize)
+            .map_err(|e| format!("loading the segment at {:#x} failed: {e}", seg.paddr))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -309,7 +318,10 @@ pub(crate) mod tests {
         let f = tiny_elf();
         let info = check(&f[..], MEM).unwrap();
         assert_eq!(info.note.entry, 0x10_0000);
-        assert_eq!(info.segments, [Segment { paddr: 0x10_0000, memsz: 0x4000, exec: true }]);
+        assert_eq!(
+            info.segments,
+            [Segment { paddr: 0x10_0000, memsz: 0x4000, file_size: 0x1000, offset: 0x1000, exec: true }]
+        );
     }
 
     fn err(f: &[u8]) -> String {
@@ -318,12 +330,24 @@ pub(crate) mod tests {
 
     #[test]
     fn loads_segments_at_their_addresses() {
-        use vm_memory::{Bytes, GuestAddress};
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        load_bytes(&mem, &tiny_elf()).unwrap();
+        let f = tiny_elf();
+        load(&mem, &mut std::io::Cursor::new(&f[..]), &check(&f[..], MEM).unwrap()).unwrap();
         let mut code = [0u8; 3];
         mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
         assert_eq!(code, [0xe6, 0xf4, 0xf4]);
+    }
+
+    #[test]
+    fn the_32_bit_boot_tables_segment_is_skipped() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let f = tiny_elf();
+        let mut info = check(&f[..], MEM).unwrap();
+        info.note.boot_tables = 0x10_0000;
+        load(&mem, &mut std::io::Cursor::new(&f[..]), &info).unwrap();
+        let mut code = [0u8; 3];
+        mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(code, [0, 0, 0]);
     }
 
     #[test]

@@ -302,12 +302,14 @@ die:                            /* exit code 255 on every host we know */
     .word TSS_SEL
     .word UCODE
     .word UDATA
-    .long 0
+    .long _torito_boot_pml4     /* boot_tables: the segment of the link-time tables */
     .quad __bss_end             /* image_end */
     .popsection
 
-/* ---- Boot page tables: identity map of [0, 4 GiB), user pages ---------- */
-    .pushsection .data.torito_boot_pt, "aw"
+/* ---- Boot page tables: identity map of [0, 4 GiB), user pages ----------
+ * Only the 32-bit entries use them; the linker script puts them in a
+ * segment of their own, which the Torito monitor does not load. */
+    .pushsection .torito_boot_tables, "aw"
     .balign 4096
     .globl _torito_boot_pml4
 _torito_boot_pml4:
