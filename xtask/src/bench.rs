@@ -309,8 +309,11 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let mut samples: Vec<Vec<Sample>> = configs.iter().map(|_| Vec::new()).collect();
     for round in 0..opts.warmup + opts.runs {
         // A new order each round, so no configuration always follows the
-        // same one (a QEMU teardown slows whatever comes next).
-        for i in shuffled(configs.len(), round as u64) {
+        // same one (a QEMU teardown slows whatever comes next). The Torito
+        // configurations run as one block, in shuffled order inside it, so
+        // the pairs compared round by round (hello vs bare guest, 4 GiB vs
+        // 128 MiB) share their surroundings.
+        for i in round_order(&configs, round as u64) {
             let c = &configs[i];
             bar.set_message(c.name.clone());
             let s = launch(c)?;
@@ -332,6 +335,23 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         opts.out.join("launch.svg").display()
     );
     Ok(ok)
+}
+
+/// The order of one round: the Torito block and every other configuration
+/// shuffled, the block itself shuffled inside.
+fn round_order(configs: &[Config], seed: u64) -> Vec<usize> {
+    let torito: Vec<usize> = (0..configs.len()).filter(|&i| configs[i].kind == Kind::Torito).collect();
+    let others: Vec<usize> = (0..configs.len()).filter(|&i| configs[i].kind != Kind::Torito).collect();
+    let inner = shuffled(torito.len(), seed ^ 0x5bd1_e995);
+    let mut order = Vec::with_capacity(configs.len());
+    for g in shuffled(others.len() + 1, seed) {
+        if g == others.len() {
+            order.extend(inner.iter().map(|&k| torito[k]));
+        } else {
+            order.push(others[g]);
+        }
+    }
+    order
 }
 
 /// `0..n` in an order that depends on `seed` (Fisher–Yates with xorshift;
@@ -784,6 +804,26 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..8).collect::<Vec<_>>());
         assert!((2..10).any(|seed| shuffled(8, seed) != a));
+    }
+
+    #[test]
+    fn torito_runs_stay_together_in_a_round() {
+        let mk = |name: &str, kind| Config { name: name.into(), kind, program: "x".into(), args: vec![] };
+        let configs = vec![
+            mk("a", Kind::Torito),
+            mk("q", Kind::Process),
+            mk("b", Kind::Torito),
+            mk("f", Kind::Firecracker),
+            mk("c", Kind::Torito),
+        ];
+        for seed in 0..20 {
+            let order = round_order(&configs, seed);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2, 3, 4]);
+            let pos: Vec<usize> = [0, 2, 4].iter().map(|t| order.iter().position(|x| x == t).unwrap()).collect();
+            assert_eq!(pos.iter().max().unwrap() - pos.iter().min().unwrap(), 2, "{order:?}");
+        }
     }
 
     #[test]
