@@ -821,7 +821,8 @@ mod tests {
             let mut sorted = order.clone();
             sorted.sort();
             assert_eq!(sorted, [0, 1, 2, 3, 4]);
-            let pos: Vec<usize> = [0, 2, 4].iter().map(|t| order.iter().position(|x| x == t).unwrap()).collect();
+            let pos: Vec<usize> =
+                [0, 2, 4].iter().map(|t| order.iter().position(|x| x == t).unwrap()).collect();
             assert_eq!(pos.iter().max().unwrap() - pos.iter().min().unwrap(), 2, "{order:?}");
         }
     }

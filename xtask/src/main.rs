@@ -169,9 +169,50 @@ fn test() -> Result<i32, String> {
             }
         }
     }
-    let code = child.wait().map_err(|e| format!("cargo test: {e}"))?.code().unwrap_or(1);
+    let mut code = child.wait().map_err(|e| format!("cargo test: {e}"))?.code().unwrap_or(1);
+    // The README's first command runs the static release monitor, which
+    // `cargo test` does not build: boot hello on it once.
+    match smoke() {
+        Ok(true) => passed += 1,
+        Ok(false) => {}
+        Err(e) => {
+            println!("smoke test FAILED: {e}");
+            failed += 1;
+            code = code.max(1);
+        }
+    }
     println!("xtask test: {passed} passed, {failed} failed");
     Ok(code)
+}
+
+/// Build the static release monitor and boot hello on it. `Ok(false)`:
+/// skipped (no usable /dev/kvm).
+fn smoke() -> Result<bool, String> {
+    let monitor = xtask::build_monitor(true)?;
+    let elf = xtask::build("hello", Variant::default())?;
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        println!("SKIPPED: /dev/kvm is not usable; smoke test of the release monitor not run");
+        return Ok(false);
+    }
+    let out = Command::new(&monitor)
+        .args(["--timeout", "20"])
+        .arg(&elf)
+        .args(["--", "smoke"])
+        .output()
+        .map_err(|e| format!("{}: {e}", monitor.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() != Some(0)
+        || !text.contains("Hello from Torito!")
+        || !text.contains("command line: smoke")
+    {
+        return Err(format!(
+            "the release monitor did not boot hello (status {:?}): {text}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    println!("smoke test: the static release monitor boots hello ... ok");
+    Ok(true)
 }
 
 /// The number before `what` in a `test result:` line.
