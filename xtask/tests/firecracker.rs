@@ -26,8 +26,14 @@ fn pvh_elf_boots_on_firecracker_and_stops_through_the_i8042_reset() {
         elf.display()
     );
     std::fs::write(&cfg, json).unwrap();
+    // Firecracker's own log goes to a file, so that stdout carries only the
+    // guest's serial output (the two interleave otherwise).
+    let log = dir.join("firecracker.log");
+    std::fs::write(&log, "").unwrap();
     let out = Command::new("timeout")
-        .args(["30", "firecracker", "--no-api", "--config-file"])
+        .args(["30", "firecracker", "--no-api", "--log-path"])
+        .arg(&log)
+        .arg("--config-file")
         .arg(&cfg)
         .output()
         .expect("run firecracker");
