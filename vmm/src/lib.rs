@@ -65,15 +65,9 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         }
         tl.mark(Phase::VcpuReady);
 
-        // The rest of RAM is registered while the guest boots. (A scope
-        // joins its threads on every return, early ones too.)
-        let mut pending = if deferred.is_empty() {
-            vstate::PendingRam::none()
-        } else {
-            let ranges = deferred.ranges();
-            let vm = &vm;
-            vstate::PendingRam::new(ranges, s.spawn(move || vm.register(&deferred)))
-        };
+        // The rest of RAM is registered from the guest's first exit on.
+        // (A scope joins its threads on every return, early ones too.)
+        let mut pending = vstate::PendingRam::new(s, &vm, deferred);
         let mut devices = devices::Devices::new(cfg.console_out());
         let outcome = vcpu.run_until_stop(&mem, &mut devices, cfg.timeout, tl, &mut pending);
         tl.mark(Phase::GuestStopped);

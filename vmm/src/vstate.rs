@@ -53,8 +53,8 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// RAM registered with KVM before the vCPU starts; the rest follows while
-/// the guest boots. The kernel's image, boot data and heap start lie in it.
+/// RAM registered with KVM before the vCPU starts; the rest follows once the
+/// guest runs. The kernel's image, boot data and heap start lie in it.
 pub const BOOT_SLOT: u64 = 128 << 20;
 
 /// Guest RAM not yet registered with KVM.
@@ -75,36 +75,44 @@ impl DeferredRam {
     }
 }
 
-/// Deferred RAM being registered on another thread while the vCPU runs. A
-/// guest access to it before the registration is done reaches the monitor
-/// as MMIO; the vCPU thread then waits for the registration and performs
-/// that one access itself.
-pub struct PendingRam<'scope> {
+/// RAM whose registration with KVM was deferred, registered on another
+/// thread started at the guest's first exit: that is after `kernel_main`
+/// (hello's first console write, say), so launch-to-KernelMain does not pay
+/// for starting the thread, and a guest that stops at once never needs the
+/// rest of its RAM registered. A guest access to unregistered RAM reaches
+/// the monitor as MMIO; the vCPU thread then waits for the registration and
+/// performs that one access itself.
+pub struct PendingRam<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    vm: &'env Vm,
     ranges: Vec<(u64, u64)>,
+    deferred: Option<DeferredRam>,
     handle: Option<std::thread::ScopedJoinHandle<'scope, Result<(), Error>>>,
     /// Guest accesses the vCPU thread performed itself.
     pub accesses: u64,
 }
 
-impl<'scope> PendingRam<'scope> {
-    /// Nothing pending.
-    pub fn none() -> Self {
-        Self { ranges: Vec::new(), handle: None, accesses: 0 }
+impl<'scope, 'env> PendingRam<'scope, 'env> {
+    /// `deferred` RAM of `vm`, to be registered on a thread of `scope`.
+    pub fn new(scope: &'scope std::thread::Scope<'scope, 'env>, vm: &'env Vm, deferred: DeferredRam) -> Self {
+        let ranges = deferred.ranges();
+        let deferred = (!deferred.is_empty()).then_some(deferred);
+        Self { scope, vm, ranges, deferred, handle: None, accesses: 0 }
     }
 
-    /// RAM in `ranges` being registered by `handle`.
-    pub fn new(
-        ranges: Vec<(u64, u64)>,
-        handle: std::thread::ScopedJoinHandle<'scope, Result<(), Error>>,
-    ) -> Self {
-        Self { ranges, handle: Some(handle), accesses: 0 }
+    /// Start registering, if that has not started yet.
+    pub fn start(&mut self) {
+        if let Some(d) = self.deferred.take() {
+            let vm = self.vm;
+            self.handle = Some(self.scope.spawn(move || vm.register(&d)));
+        }
     }
 
     fn contains(&self, addr: u64) -> bool {
         self.ranges.iter().any(|&(start, size)| addr >= start && addr - start < size)
     }
 
-    /// Wait until the registration is done.
+    /// Wait until the registration, if started, is done.
     pub fn wait(&mut self) -> Result<(), Error> {
         match self.handle.take() {
             Some(h) => {
@@ -150,7 +158,7 @@ impl Vm {
     /// Map `ram` bytes of guest RAM (lazily: pages cost nothing until the
     /// guest touches them) and register the first [`BOOT_SLOT`] bytes with
     /// KVM. The rest is returned as [`DeferredRam`], to be registered with
-    /// [`Vm::register`] while the guest boots: registering a slot costs time
+    /// [`Vm::register`] once the guest runs: registering a slot costs time
     /// in proportion to its size on shadow-paging hosts (~1.4 ms for 4 GiB).
     pub fn add_memory(&self, ram: u64) -> Result<(GuestMemoryMmap, DeferredRam), Error> {
         let ranges: Vec<(GuestAddress, usize)> = ram_ranges(ram)
@@ -365,7 +373,7 @@ impl Vcpu {
         devices: &mut Devices,
         timeout: Option<Duration>,
         tl: &mut Timeline,
-        pending: &mut PendingRam<'_>,
+        pending: &mut PendingRam<'_, '_>,
     ) -> Result<Outcome, Error> {
         if let Some(d) = timeout {
             arm_timeout(d)?;
@@ -380,6 +388,7 @@ impl Vcpu {
                     tl.runs += 1;
                     let e = match exit {
                         VcpuExit::MmioRead(a, d) if pending.contains(a) => {
+                            pending.start();
                             pending.wait()?;
                             pending.accesses += 1;
                             if mem.read_slice(d, GuestAddress(a)).is_err() {
@@ -388,6 +397,7 @@ impl Vcpu {
                             continue;
                         }
                         VcpuExit::MmioWrite(a, d) if pending.contains(a) => {
+                            pending.start();
                             pending.wait()?;
                             pending.accesses += 1;
                             let _ = mem.write_slice(d, GuestAddress(a));
@@ -416,7 +426,8 @@ impl Vcpu {
                 Err(e) => return Err(Error::Kvm("KVM_RUN", e)),
             };
             match step {
-                Step::Continue => {}
+                // The guest goes on: time to register the rest of its RAM.
+                Step::Continue => pending.start(),
                 Step::Exit(code) => return Ok(Outcome::Exited(code)),
                 Step::Reset => return Ok(Outcome::Reset),
                 Step::TripleFault => return Ok(Outcome::TripleFault(self.crash_regs())),
