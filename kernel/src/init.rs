@@ -6,9 +6,23 @@ use torito_abi::boot_info::TraceId;
 
 pub(crate) fn run() -> ! {
     crate::memory::init();
-    // Further units (process, devices, fs, net) are initialised here, in
-    // this order, once they have an implementation.
+    #[cfg(feature = "process")]
+    unit_process::init(tsc_khz());
+    // Further units (devices, fs, net) are initialised here, in this
+    // order, once they have an implementation.
     crate::boot::mark(TraceId::AppMain);
     let code = crate::app::main();
     crate::exit::exit(code)
+}
+
+/// The TSC frequency: from the Torito monitor's boot information, else from
+/// CPUID (hypervisor leaf 0x4000_0010, then leaves 0x15 and 0x16); 0 when
+/// unknown.
+#[cfg(feature = "process")]
+fn tsc_khz() -> u64 {
+    let from_boot = crate::boot::info().tsc_khz;
+    if from_boot != 0 {
+        return from_boot;
+    }
+    crate::arch::tsc_khz_from_cpuid().unwrap_or(0)
 }

@@ -16,6 +16,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         // A panic while reporting a panic: stop without printing again.
         exit::exit(PANIC);
     }
+    #[cfg(feature = "process")]
+    if let Some(t) = unit_process::current_thread() {
+        println!("[torito] thread {} on core {} panicked", t.0, unit_process::current_core().0);
+    }
     match info.location() {
         Some(l) => {
             println!("[torito] panicked at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message())

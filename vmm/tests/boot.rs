@@ -268,3 +268,30 @@ fn unusable_kvm_device_is_a_clear_error() {
         assert!(err.contains(dev) && err.contains(what), "{err}");
     }
 }
+
+#[test]
+fn threads_mutex_channels_and_ping_pong() {
+    if !kvm() {
+        return;
+    }
+    let threads = guest("threads");
+    let r = run(&["--timeout", "60"], &threads, &["100000"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("threads: thread 1 on core 0"));
+    assert!(r.stdout.contains("cannot spawn on core 1: this machine has 1 core(s)"));
+    assert!(r.stdout.contains("counter 4000 (expected 4000)"));
+    assert!(r.stdout.contains("ping-pong 100000 round trips in"));
+    assert!(r.stdout.contains("ns per round trip"), "the TSC frequency must be known: {}", r.stdout);
+    assert!(r.stdout.contains("threads: ok"));
+}
+
+#[test]
+fn a_panicking_thread_says_which_thread_and_core() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "20"], &guest("threads"), &["panic"]);
+    assert_eq!(r.code, 101);
+    assert!(r.stdout.contains("[torito] thread 1 on core 0 panicked"), "{}", r.stdout);
+    assert!(r.stdout.contains("index out of bounds"));
+}

@@ -222,29 +222,28 @@ fn count(line: &str, what: &str) -> u64 {
 
 fn lint() -> Result<i32, String> {
     xtask::ensure_target()?;
-    let steps: [&[&str]; 3] = [
-        &["fmt", "--all", "--", "--check"],
-        &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
-        &[
-            "clippy",
-            "--quiet",
-            "--target",
-            xtask::TARGET,
-            "--target-dir",
-            "target/guest/clippy",
-            "-p",
-            "torito-kernel",
-            "-p",
-            "hello",
-            "-p",
-            "torito-testapps",
-            "--",
-            "-D",
-            "warnings",
-        ],
+    // Every guest package: the kernel and each app's package.
+    let mut guest: Vec<String> = vec!["torito-kernel".into()];
+    for app in xtask::apps() {
+        if !guest.contains(&app.package) {
+            guest.push(app.package);
+        }
+    }
+    let mut guest_clippy: Vec<String> =
+        ["clippy", "--quiet", "--target", xtask::TARGET, "--target-dir", "target/guest/clippy"]
+            .map(String::from)
+            .to_vec();
+    for p in &guest {
+        guest_clippy.extend(["-p".to_string(), p.clone()]);
+    }
+    guest_clippy.extend(["--", "-D", "warnings"].map(String::from));
+    let steps: [Vec<String>; 3] = [
+        ["fmt", "--all", "--", "--check"].map(String::from).to_vec(),
+        ["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"].map(String::from).to_vec(),
+        guest_clippy,
     ];
     for s in steps {
-        let code = status(xtask::cargo().args(s))?;
+        let code = status(xtask::cargo().args(&s))?;
         if code != 0 {
             return Err(format!("`cargo {}` failed", s.join(" ")));
         }

@@ -155,3 +155,19 @@ fn without_debug_exit_the_guest_stops_through_the_i8042_reset() {
     assert!(text.contains("exit42: returning 42"), "{text}");
     assert_eq!(out.status.code(), Some(0), "QEMU did not stop by itself: {text}");
 }
+
+#[test]
+fn threads_on_qemu() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("threads", false), "20000");
+    assert_eq!(code, 0);
+    assert!(out.contains("counter 4000 (expected 4000)"));
+    assert!(out.contains("threads: ok"));
+    if kvm() {
+        let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("threads", true), "20000");
+        assert_eq!(code, 0);
+        assert!(out.contains("threads: ok"));
+    }
+}

@@ -43,6 +43,35 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// The TSC frequency in kHz as CPUID tells it, if it does: the hypervisor
+/// leaf 0x4000_0010 (KVM, QEMU with invtsc, VMware), then leaf 0x15 (TSC to
+/// crystal ratio) and leaf 0x16 (base frequency). `cpuid` is allowed at
+/// CPL3 (a few µs where it traps).
+pub fn tsc_khz_from_cpuid() -> Option<u64> {
+    use core::arch::x86_64::__cpuid;
+    let hv = __cpuid(1).ecx & (1 << 31) != 0;
+    if hv && __cpuid(0x4000_0000).eax >= 0x4000_0010 {
+        let khz = u64::from(__cpuid(0x4000_0010).eax);
+        if khz != 0 {
+            return Some(khz);
+        }
+    }
+    let max = __cpuid(0).eax;
+    if max >= 0x15 {
+        let l = __cpuid(0x15);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            return Some(u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax) / 1000);
+        }
+    }
+    if max >= 0x16 {
+        let mhz = u64::from(__cpuid(0x16).eax & 0xffff);
+        if mhz != 0 {
+            return Some(mhz * 1000);
+        }
+    }
+    None
+}
+
 /// Busy-wait hint.
 #[inline(always)]
 pub fn spin_hint() {

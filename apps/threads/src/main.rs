@@ -1,0 +1,104 @@
+//! threads: Toro's Scheduler example on Torito.
+//!
+//! Threads print their core and thread ids; a mutex-protected counter is
+//! incremented by all of them across yields; then two threads pass a message
+//! back and forth through two channels N times (default 1,000,000; the
+//! first command-line word overrides it) and the round-trip time per message
+//! is printed. An argument `panic` makes a spawned thread panic instead.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+extern crate alloc;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use kernel::println;
+use kernel::process::{self, CoreId, channel, sync::Mutex};
+
+kernel::entry!(main);
+
+fn main() -> i32 {
+    let arg = kernel::args().next();
+    if arg == Some("panic") {
+        let h = process::spawn(|| {
+            let v: Vec<u32> = Vec::new();
+            v[3]
+        });
+        return h.join() as i32;
+    }
+    let rounds: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    println!("threads: {} core(s)", process::core_count());
+
+    // Threads on every core (one core for now) print who they are.
+    let mut hs = Vec::new();
+    for core in 0..process::core_count() as u32 {
+        for _ in 0..3 {
+            let h = process::spawn_on(CoreId(core), || {
+                let me = process::current_thread().map_or(0, |t| t.0);
+                println!("threads: thread {me} on core {}", process::current_core().0);
+                me
+            });
+            hs.push(h.expect("spawn on an existing core"));
+        }
+    }
+    let ids: Vec<u64> = hs.into_iter().map(|h| h.join()).collect();
+    if let Err(e) = process::spawn_on(CoreId(process::core_count() as u32), || ()) {
+        println!("threads: {e}");
+    }
+
+    // A counter under contention: every increment holds the lock across a yield.
+    let counter = Arc::new(Mutex::new(0u64));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let c = counter.clone();
+            process::spawn(move || {
+                for _ in 0..1000 {
+                    let mut g = c.lock();
+                    let v = *g;
+                    process::yield_now();
+                    *g = v + 1;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join();
+    }
+    let count = *counter.lock();
+    println!("threads: counter {count} (expected 4000)");
+
+    // Ping-pong.
+    let (to_pong, from_ping) = channel::bounded::<u64>(1);
+    let (to_ping, from_pong) = channel::bounded::<u64>(1);
+    let pong = process::spawn(move || {
+        let mut n = 0u64;
+        while let Some(v) = from_ping.recv() {
+            to_ping.send(v + 1).expect("ping is alive");
+            n += 1;
+        }
+        n
+    });
+    let t0 = process::clock::ticks();
+    let mut v = 0;
+    for _ in 0..rounds {
+        to_pong.send(v).expect("pong is alive");
+        v = from_pong.recv().expect("pong answers");
+    }
+    let ticks = process::clock::ticks() - t0;
+    drop(to_pong);
+    let answered = pong.join();
+    match process::clock::tsc_khz() {
+        Some(khz) => println!(
+            "threads: ping-pong {rounds} round trips in {} µs: {} ns per round trip",
+            process::clock::ticks_to_ns(ticks, khz) / 1000,
+            process::clock::ticks_to_ns(ticks, khz) / rounds.max(1)
+        ),
+        None => {
+            println!("threads: ping-pong {rounds} round trips in {ticks} TSC ticks (TSC frequency unknown)")
+        }
+    }
+    let ok = v == rounds && answered == rounds && count == 4000 && ids.iter().all(|&i| i != 0);
+    println!("threads: {}", if ok { "ok" } else { "FAILED" });
+    if ok { 0 } else { 1 }
+}
