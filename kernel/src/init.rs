@@ -7,7 +7,15 @@ use torito_abi::boot_info::TraceId;
 pub(crate) fn run() -> ! {
     crate::memory::init();
     #[cfg(feature = "process")]
-    unit_process::init(tsc_khz());
+    {
+        let khz = tsc_khz();
+        let platform = if khz != 0 && crate::arch::apic::init() {
+            unit_process::Platform { arm: Some(crate::arch::apic::arm), idle: crate::arch::gate::idle }
+        } else {
+            unit_process::Platform::SPIN
+        };
+        unit_process::init(khz, platform);
+    }
     // Further units (devices, fs, net) are initialised here, in this
     // order, once they have an implementation.
     crate::boot::mark(TraceId::AppMain);

@@ -151,7 +151,7 @@ pub struct BootRegisters {
     pub rsp: u64,
     /// First argument: the `BootInfo` address.
     pub rdi: u64,
-    /// Flags.
+    /// Flags: IF set, so interrupts reach CPL3 once a source is set up.
     pub rflags: u64,
     /// CS: 64-bit code at DPL3.
     pub cs: Segment,
@@ -179,7 +179,7 @@ pub fn registers(note: &KernelNote) -> BootRegisters {
         rip: note.entry,
         rsp: note.stack_top - 8,
         rdi: BOOT_INFO_ADDR,
-        rflags: 0x2,
+        rflags: 0x202,
         cs: Segment {
             selector: note.user_cs,
             base: 0,

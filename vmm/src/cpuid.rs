@@ -10,12 +10,13 @@
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 
 /// Feature bits of leaf 1 EDX kept from the host: FPU, TSC, MSR, PAE, CX8,
-/// SEP, PGE, CMOV, PAT, CLFLUSH, FXSR, SSE, SSE2.
+/// APIC, SEP, PGE, CMOV, PAT, CLFLUSH, FXSR, SSE, SSE2.
 const LEAF1_EDX: u32 = (1 << 0)
     | (1 << 4)
     | (1 << 5)
     | (1 << 6)
     | (1 << 8)
+    | (1 << 9)
     | (1 << 11)
     | (1 << 13)
     | (1 << 15)
@@ -26,6 +27,9 @@ const LEAF1_EDX: u32 = (1 << 0)
     | (1 << 26);
 /// Leaf 1 ECX kept: SSE3, SSSE3, CX16, SSE4.1, SSE4.2, POPCNT.
 const LEAF1_ECX: u32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23);
+/// Leaf 1 ECX bit 24: the LAPIC timer's TSC-deadline mode. KVM emulates it
+/// in its in-kernel LAPIC (the split irqchip), whatever the host CPU has.
+const TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX bit 31: running under a hypervisor.
 const HYPERVISOR: u32 = 1 << 31;
 /// Leaf 0x80000001 EDX kept: SYSCALL, NX, RDTSCP, LM.
@@ -40,8 +44,9 @@ fn entry(function: u32, (eax, ebx, ecx, edx): Regs) -> kvm_cpuid_entry2 {
     kvm_cpuid_entry2 { function, index: 0, flags: 0, eax, ebx, ecx, edx, ..Default::default() }
 }
 
-/// The entries, computed from `host(leaf)`.
-pub fn entries(host: impl Fn(u32) -> Regs) -> Vec<kvm_cpuid_entry2> {
+/// The entries, computed from `host(leaf)`; `lapic`: the VM has an
+/// in-kernel LAPIC (then its TSC-deadline mode is advertised).
+pub fn entries(host: impl Fn(u32) -> Regs, lapic: bool) -> Vec<kvm_cpuid_entry2> {
     let (_, vb, vc, vd) = host(0);
     let (sig, _, c1, d1) = host(1);
     let max_ext = host(0x8000_0000).0;
@@ -53,7 +58,15 @@ pub fn entries(host: impl Fn(u32) -> Regs) -> Vec<kvm_cpuid_entry2> {
     vec![
         entry(0, (1, vb, vc, vd)),
         // ebx: APIC id 0, one logical processor, CLFLUSH line 64 bytes.
-        entry(1, (sig, 8 << 8, (c1 & LEAF1_ECX) | HYPERVISOR, d1 & LEAF1_EDX)),
+        entry(
+            1,
+            (
+                sig,
+                8 << 8,
+                (c1 & LEAF1_ECX) | HYPERVISOR | if lapic { TSC_DEADLINE } else { 0 },
+                d1 & LEAF1_EDX,
+            ),
+        ),
         entry(0x4000_0000, (0x4000_0001, kvm, vm, m)),
         entry(0x4000_0001, (0, 0, 0, 0)),
         entry(0x8000_0000, (0x8000_0008, 0, 0, 0)),
@@ -63,8 +76,8 @@ pub fn entries(host: impl Fn(u32) -> Regs) -> Vec<kvm_cpuid_entry2> {
 }
 
 /// The table in the form `KVM_SET_CPUID2` takes.
-pub fn table(host: impl Fn(u32) -> Regs) -> CpuId {
-    let e = entries(host);
+pub fn table(host: impl Fn(u32) -> Regs, lapic: bool) -> CpuId {
+    let e = entries(host, lapic);
     debug_assert!(e.len() <= KVM_MAX_CPUID_ENTRIES);
     // The entry count is far below the wrapper's limit.
     CpuId::from_entries(&e).unwrap_or_else(|_| CpuId::new(0).expect("an empty CPUID table"))
@@ -87,12 +100,12 @@ mod tests {
 
     #[test]
     fn keeps_vendor_and_masks_features() {
-        let e = entries(fake);
+        let e = entries(fake, true);
         let find = |f: u32| *e.iter().find(|x| x.function == f).unwrap();
         assert_eq!(find(0).eax, 1);
         assert_eq!(find(0).ebx, 0x6874_7541);
         assert_eq!(find(1).edx, LEAF1_EDX);
-        assert_eq!(find(1).ecx, LEAF1_ECX | HYPERVISOR);
+        assert_eq!(find(1).ecx, LEAF1_ECX | HYPERVISOR | TSC_DEADLINE);
         assert_ne!(find(0x8000_0001).edx & (1 << 29), 0, "long mode");
         assert_eq!(find(0x8000_0008).eax, 0x3030);
         assert_eq!(&find(0x4000_0000).ebx.to_le_bytes(), b"KVMK");
@@ -100,10 +113,11 @@ mod tests {
 
     #[test]
     fn old_hosts_still_get_long_mode_and_sizes() {
-        let e = entries(|leaf| if leaf == 0x8000_0000 { (0x8000_0000, 0, 0, 0) } else { fake(leaf) });
+        let e = entries(|leaf| if leaf == 0x8000_0000 { (0x8000_0000, 0, 0, 0) } else { fake(leaf) }, false);
         let find = |f: u32| *e.iter().find(|x| x.function == f).unwrap();
         assert_ne!(find(0x8000_0001).edx & (1 << 29), 0);
         assert_eq!(find(0x8000_0008).eax, 0x3028);
-        assert_eq!(table(fake).as_slice().len(), e.len());
+        assert_eq!(table(fake, false).as_slice().len(), e.len());
+        assert_eq!(find(1).ecx & TSC_DEADLINE, 0, "no LAPIC, no TSC deadline");
     }
 }

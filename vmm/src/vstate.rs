@@ -225,7 +225,8 @@ impl Vm {
     /// the LAPIC is what timers and MSIs will need. Without the capability
     /// the vCPU is created without it.
     pub fn create_vcpu(&self) -> Result<Vcpu, Error> {
-        if self.fd.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
+        let lapic = self.fd.check_extension(kvm_ioctls::Cap::SplitIrqchip);
+        if lapic {
             let cap = kvm_bindings::kvm_enable_cap {
                 cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
                 args: [IOAPIC_PINS, 0, 0, 0],
@@ -234,7 +235,7 @@ impl Vm {
             self.fd.enable_cap(&cap).map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
         }
         let fd = self.fd.create_vcpu(0).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        let cpuid = crate::cpuid::table(host_cpuid);
+        let cpuid = crate::cpuid::table(host_cpuid, lapic);
         fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
         Ok(Vcpu { fd })
     }

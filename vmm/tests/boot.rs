@@ -270,18 +270,28 @@ fn unusable_kvm_device_is_a_clear_error() {
 }
 
 #[test]
-fn threads_mutex_channels_and_ping_pong() {
+fn threads_mutex_channels_sleep_and_ping_pong() {
     if !kvm() {
         return;
     }
     let threads = guest("threads");
-    let r = run(&["--timeout", "60"], &threads, &["100000"]);
+    let r = run(&["--timeout", "60", "--timeline=json"], &threads, &["100000"]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("threads: thread 1 on core 0"));
     assert!(r.stdout.contains("cannot spawn on core 1: this machine has 1 core(s)"));
     assert!(r.stdout.contains("counter 4000 (expected 4000)"));
     assert!(r.stdout.contains("ping-pong 100000 round trips in"));
     assert!(r.stdout.contains("ns per round trip"), "the TSC frequency must be known: {}", r.stdout);
+    // A 10 ms sleep: never early, and (loosely) not much late.
+    let line = r.stdout.lines().find(|l| l.contains("slept 10 ms, woke after")).expect("a sleep line");
+    let us: u64 = line.split("after ").nth(1).and_then(|x| x.split(' ').next()).unwrap().parse().unwrap();
+    assert!((10_000..200_000).contains(&us), "{line}");
+    assert!(line.contains("(timer: true)"), "{line}");
+    assert!(r.stdout.contains("sleepers woke in the order [10, 20, 30]"));
+    // The core halted while every thread slept, instead of spinning.
+    let halts =
+        json_u64(&r.stderr, "halt_exits").unwrap_or(0) + json_u64(&r.stderr, "halt_wakeup").unwrap_or(0);
+    assert!(halts >= 1, "no halt while sleeping: {}", r.stderr);
     assert!(r.stdout.contains("threads: ok"));
 }
 

@@ -12,11 +12,16 @@ extern crate alloc;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use kernel::println;
 use kernel::process::{self, CoreId, channel, sync::Mutex};
 
 kernel::entry!(main);
+
+fn ticks_us(ticks: u64) -> u64 {
+    process::clock::tsc_khz().map_or(0, |k| process::clock::ticks_to_ns(ticks, k) / 1000)
+}
 
 fn main() -> i32 {
     let arg = kernel::args().next();
@@ -68,6 +73,35 @@ fn main() -> i32 {
     let count = *counter.lock();
     println!("threads: counter {count} (expected 4000)");
 
+    // Sleep: the boot thread sleeps 10 ms; three threads sleep 30, 10 and
+    // 20 ms and must wake in deadline order.
+    let mut slept_ok = true;
+    if process::clock::tsc_khz().is_some() {
+        let t0 = process::clock::ticks();
+        process::sleep(Duration::from_millis(10));
+        let us = ticks_us(process::clock::ticks() - t0);
+        println!("threads: slept 10 ms, woke after {us} µs (timer: {})", process::has_timer());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let sleepers: Vec<_> = [30u64, 10, 20]
+            .into_iter()
+            .map(|ms| {
+                let order = order.clone();
+                process::spawn(move || {
+                    process::sleep(Duration::from_millis(ms));
+                    order.lock().push(ms);
+                })
+            })
+            .collect();
+        for h in sleepers {
+            h.join();
+        }
+        let order = order.lock().clone();
+        println!("threads: sleepers woke in the order {order:?}");
+        slept_ok = us >= 10_000 && order == [10, 20, 30];
+    } else {
+        println!("threads: the TSC frequency is unknown on this host: sleep not tried");
+    }
+
     // Ping-pong.
     let (to_pong, from_ping) = channel::bounded::<u64>(1);
     let (to_ping, from_pong) = channel::bounded::<u64>(1);
@@ -98,7 +132,7 @@ fn main() -> i32 {
             println!("threads: ping-pong {rounds} round trips in {ticks} TSC ticks (TSC frequency unknown)")
         }
     }
-    let ok = v == rounds && answered == rounds && count == 4000 && ids.iter().all(|&i| i != 0);
+    let ok = v == rounds && answered == rounds && count == 4000 && ids.iter().all(|&i| i != 0) && slept_ok;
     println!("threads: {}", if ok { "ok" } else { "FAILED" });
     if ok { 0 } else { 1 }
 }

@@ -18,7 +18,9 @@
     .set KCODE32, 0x28
     .set TSS_SEL, 0x30
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
-    .set GATE_OPS, 6
+    .set GATE_OPS, 8
+    .set TIMER_VECTOR, 0x40
+    .set LAPIC_EOI, 0xfee000b0
 
     .macro IDT_ENTRY handler, ist=0
     .word ((\handler - boot_base + BOOT_BASE) & 0xffff)
@@ -115,7 +117,11 @@ _torito_idt:
     IDT_ENTRY isr_29
     IDT_ENTRY isr_30
     IDT_ENTRY isr_31
-    .rept 224
+    .rept 32                    /* 32..63 */
+    IDT_ENTRY isr_ignore
+    .endr
+    IDT_ENTRY isr_timer         /* 64: the LAPIC timer */
+    .rept 191                   /* 65..255 */
     IDT_ENTRY isr_ignore
     .endr
 idt_end:
@@ -167,7 +173,7 @@ long_mode:
     movl %esi, %esi
     pushq $UDATA
     pushq $(boot_stack_top - 8)
-    pushq $0x2
+    pushq $0x202                /* IF: interrupts reach CPL3 once a source is set up */
     pushq $UCODE
     pushq $_torito_generic_entry
     iretq
@@ -208,6 +214,17 @@ gate_inb:                       /* eax = inb(dx = port) */
 gate_invlpg:                    /* invlpg(rdi = address) */
     invlpg (%rdi)
     jmp gate_done
+gate_idle:                      /* halt until an interrupt, unless the timer has fired */
+    cmpl $0, _torito_timer_fired
+    jne gate_done
+    sti                         /* the interrupt shadow of sti covers hlt: */
+    hlt                         /* no wake-up is lost between check and halt */
+    cli
+    jmp gate_done
+gate_wrmsr:                     /* wrmsr(ecx = msr, edx:eax = value) */
+    movl %edi, %eax
+    wrmsr
+    jmp gate_done
 gate_reset:                     /* triple fault: the last resort to stop */
     lidt null_idt_ptr
     ud2
@@ -220,6 +237,8 @@ gate_table:
     .quad gate_inb              /* 3 */
     .quad gate_invlpg           /* 4 */
     .quad gate_reset            /* 5 */
+    .quad gate_idle             /* 6 */
+    .quad gate_wrmsr            /* 7 */
 
 /* ---- Faults -------------------------------------------------------------
  * Record the frame in _torito_fault_info and return to CPL3 at
@@ -237,7 +256,15 @@ isr_\v:
     jmp fault_common
     .endr
 
-isr_ignore:                     /* vectors 32..255: nothing is routed yet */
+isr_ignore:                     /* other vectors: nothing is routed there */
+    iretq
+
+isr_timer:                      /* record the tick, end the interrupt */
+    movl $1, _torito_timer_fired
+    pushq %rax
+    movabsq $LAPIC_EOI, %rax
+    movl $0, (%rax)
+    popq %rax
     iretq
 
 fault_common:
@@ -256,7 +283,7 @@ fault_common:
     movq $cpl0_stack_top, tss+4 /* a broken RSP0 must not break the report */
     pushq $UDATA
     pushq $(fault_stack_top - 8)
-    pushq $0x2
+    pushq $0x202
     pushq $UCODE
     pushq $_torito_fault_upcall
     iretq
@@ -357,5 +384,8 @@ _torito_fault_info:
     .skip 64
     .globl _torito_fault_active
 _torito_fault_active:
+    .skip 8
+    .globl _torito_timer_fired
+_torito_timer_fired:
     .skip 8
     .popsection

@@ -5,6 +5,7 @@
 //! The kernel and the app run at CPL3; CPL0 runs only the stubs in
 //! `boot.s`, entered through exceptions (see [`gate`]).
 
+pub mod apic;
 pub mod fault;
 pub mod gate;
 pub mod torito;

@@ -57,7 +57,7 @@ impl<T> Sender<T> {
                     return Ok(());
                 }
             }
-            crate::yield_now();
+            crate::wait();
         }
     }
 }
@@ -86,7 +86,7 @@ impl<T> Receiver<T> {
             if self.shared.senders.load(Ordering::Acquire) == 0 {
                 return self.try_recv();
             }
-            crate::yield_now();
+            crate::wait();
         }
     }
 

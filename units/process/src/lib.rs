@@ -6,11 +6,12 @@
 //! it yields, blocks or ends. Everything here runs at CPL3 and never masks
 //! interrupts.
 //!
-//! Status (first step of the process issue): one core. Threads ([`spawn`],
-//! [`JoinHandle::join`], [`yield_now`]), a yielding [`sync::Mutex`], bounded
-//! MPSC [`channel`]s, and a TSC-based [`clock`]. Blocking calls wait by
-//! yielding to other threads. Still to come: sleeping with a timer and
-//! idling with `hlt`, interrupts, several cores.
+//! Status (steps 1–2 of the process issue): one core. Threads ([`spawn`],
+//! [`JoinHandle::join`], [`yield_now`]), [`sleep`], a yielding
+//! [`sync::Mutex`], bounded MPSC [`channel`]s, and a TSC-based [`clock`].
+//! Blocking calls wait by yielding to the other threads; when none is
+//! ready, the core halts until the next wake-up (with the kernel's timer,
+//! see [`Platform`]). Still to come: several cores.
 //!
 //! ```ignore
 //! let h = unit_process::spawn(|| 6 * 7);
@@ -67,11 +68,62 @@ impl core::error::Error for SpawnError {}
 /// The boot core's scheduler (one core for now).
 static BOOT_CORE: Scheduler = Scheduler::new();
 
+/// What the kernel provides for waiting without spinning.
+#[derive(Clone, Copy, Debug)]
+pub struct Platform {
+    /// Arm a one-shot timer interrupt at a TSC value; `None` when there is
+    /// no timer (waiting then spins on the clock).
+    pub arm: Option<fn(u64)>,
+    /// Halt until an interrupt; returns at once if the armed timer has
+    /// already fired.
+    pub idle: fn(),
+}
+
+impl Platform {
+    /// No timer, no halting: waiting spins (host tests, hosts without a
+    /// usable timer).
+    pub const SPIN: Platform = Platform { arm: None, idle: core::hint::spin_loop };
+}
+
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+
+pub(crate) fn platform() -> Platform {
+    PLATFORM.get().copied().unwrap_or(Platform::SPIN)
+}
+
 /// Set the process unit up on the boot core; `tsc_khz` is the TSC
 /// frequency (0 when unknown). The calling code becomes thread 0.
-pub fn init(tsc_khz: u64) {
+pub fn init(tsc_khz: u64, platform: Platform) {
     clock::set_tsc_khz(tsc_khz);
+    PLATFORM.call_once(|| platform);
     sched::install(&BOOT_CORE);
+}
+
+/// Whether waiting halts the core (a timer is available) rather than spins.
+pub fn has_timer() -> bool {
+    platform().arm.is_some()
+}
+
+/// Sleep for `d`: other threads run meanwhile; when none can, the core
+/// halts until the earliest wake-up.
+///
+/// Panics when the TSC frequency is unknown (see [`clock::tsc_khz`]).
+pub fn sleep(d: core::time::Duration) {
+    let khz = clock::tsc_khz().expect("sleep needs the TSC frequency, which this host does not give");
+    let ticks = (d.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 2)) as u64;
+    sleep_until_ticks(clock::ticks().saturating_add(ticks));
+}
+
+/// Sleep until the TSC reaches `deadline`.
+pub fn sleep_until_ticks(deadline: u64) {
+    match sched::current() {
+        Some(s) => s.sleep_until(deadline),
+        None => {
+            while clock::ticks() < deadline {
+                core::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Number of cores threads can run on.
@@ -114,10 +166,20 @@ where
 }
 
 /// Let the other threads of this core run; returns when this thread is
-/// scheduled again (at once when it is the only one).
+/// scheduled again (at once when it is the only one ready).
 pub fn yield_now() {
     match sched::current() {
         Some(s) => s.yield_now(),
+        None => core::hint::spin_loop(),
+    }
+}
+
+/// Wait for something another thread will do (used by blocking calls):
+/// like [`yield_now`], but when no thread is ready and some sleep, the core
+/// halts until the first of them wakes.
+pub(crate) fn wait() {
+    match sched::current() {
+        Some(s) => s.wait(),
         None => core::hint::spin_loop(),
     }
 }

@@ -43,7 +43,23 @@ struct Thread {
 struct Inner {
     current: Option<Arc<Thread>>,
     ready: VecDeque<Arc<Thread>>,
+    /// Sleeping threads and the TSC value they wake at.
+    sleepers: Vec<(u64, Arc<Thread>)>,
     zombies: Vec<Arc<Thread>>,
+}
+
+/// Why the current thread stops running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// It can go on: run the others first.
+    Yield,
+    /// It waits for another thread; when none is ready, halt until a
+    /// sleeper wakes.
+    Wait,
+    /// It sleeps until the TSC reaches this value.
+    Sleep(u64),
+    /// It has ended.
+    Exit,
 }
 
 /// The threads of one core.
@@ -63,7 +79,12 @@ impl Scheduler {
     /// A scheduler whose only thread is the caller of its first operation.
     pub const fn new() -> Self {
         Self {
-            inner: Mutex::new(Inner { current: None, ready: VecDeque::new(), zombies: Vec::new() }),
+            inner: Mutex::new(Inner {
+                current: None,
+                ready: VecDeque::new(),
+                sleepers: Vec::new(),
+                zombies: Vec::new(),
+            }),
             next_id: AtomicU64::new(1),
             switches: AtomicU64::new(0),
         }
@@ -136,35 +157,95 @@ impl Scheduler {
     /// Run the next ready thread, if any; the caller runs again after the
     /// threads ahead of it.
     pub fn yield_now(&self) {
-        self.switch_away(false);
+        self.switch_away(Leave::Yield);
     }
 
-    /// Switch to the next ready thread. `exiting`: the current thread has
-    /// ended and must not run again.
-    fn switch_away(&self, exiting: bool) {
-        let (save, next) = {
-            let mut g = self.inner.lock();
-            Self::adopt_boot_thread(&mut g);
-            let Some(next) = g.ready.pop_front() else {
-                if exiting {
-                    panic!("the last thread of core 0 ended with nothing left to run");
+    /// Let the others run while waiting for one of them; halt when nothing
+    /// is ready but a sleeper will wake.
+    pub fn wait(&self) {
+        self.switch_away(Leave::Wait);
+    }
+
+    /// Sleep until the TSC reaches `deadline`.
+    pub fn sleep_until(&self, deadline: u64) {
+        if arch::rdtsc() < deadline {
+            self.switch_away(Leave::Sleep(deadline));
+        }
+    }
+
+    /// Number of threads sleeping.
+    pub fn sleeping_count(&self) -> usize {
+        self.inner.lock().sleepers.len()
+    }
+
+    /// Leave the current thread as `leave` says and run the next one; when
+    /// none is ready, either return (the current thread goes on) or halt
+    /// until the earliest sleeper's deadline.
+    fn switch_away(&self, leave: Leave) {
+        loop {
+            let now = arch::rdtsc();
+            let earliest = {
+                let mut g = self.inner.lock();
+                Self::adopt_boot_thread(&mut g);
+                // Wake the sleepers whose time has come, earliest first.
+                if g.sleepers.iter().any(|(d, _)| *d <= now) {
+                    g.sleepers.sort_by_key(|(d, _)| *d);
+                    while g.sleepers.first().is_some_and(|(d, _)| *d <= now) {
+                        let (_, t) = g.sleepers.remove(0);
+                        g.ready.push_back(t);
+                    }
                 }
-                return;
+                if let Some(next) = g.ready.pop_front() {
+                    let prev = g.current.replace(next.clone()).expect("a current thread");
+                    let save = prev.rsp.as_ptr();
+                    match leave {
+                        Leave::Yield | Leave::Wait => g.ready.push_back(prev),
+                        Leave::Sleep(d) => g.sleepers.push((d, prev)),
+                        Leave::Exit => g.zombies.push(prev),
+                    }
+                    let next_rsp = next.rsp.load(Ordering::Relaxed);
+                    drop(g);
+                    self.switch_to(save, next_rsp);
+                    return;
+                }
+                let own = match leave {
+                    Leave::Sleep(d) if d <= now => return,
+                    Leave::Sleep(d) => Some(d),
+                    _ => None,
+                };
+                let first_sleeper = g.sleepers.iter().map(|(d, _)| *d).min();
+                match (leave, first_sleeper) {
+                    (Leave::Yield, _) | (Leave::Wait, None) => return,
+                    (Leave::Exit, None) => panic!("the last thread of core 0 ended with nothing left to run"),
+                    _ => {}
+                }
+                own.into_iter().chain(first_sleeper).min().expect("a deadline")
             };
-            let prev = g.current.replace(next.clone()).expect("a current thread");
-            let save = prev.rsp.as_ptr();
-            if exiting {
-                g.zombies.push(prev);
-            } else {
-                g.ready.push_back(prev);
+            // Nothing can run before `earliest`: halt until then.
+            let p = crate::platform();
+            match p.arm {
+                Some(arm) => {
+                    arm(earliest);
+                    if arch::rdtsc() < earliest {
+                        (p.idle)();
+                    }
+                }
+                None => {
+                    while arch::rdtsc() < earliest {
+                        (p.idle)();
+                    }
+                }
             }
-            (save, next.rsp.load(Ordering::Relaxed))
-        };
+        }
+    }
+
+    fn switch_to(&self, save: *mut usize, next: usize) {
         self.switches.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `save` points into a thread kept alive by the ready queue
-        // or the zombie list; `next` was saved by a switch or prepared by
-        // `arch::prepare`, and its thread is not running (it was queued).
-        // The one `unsafe` outside `arch`: only the scheduler knows these.
+        // SAFETY: `save` points into a thread kept alive by the ready queue,
+        // the sleepers or the zombie list; `next` was saved by a switch or
+        // prepared by `arch::prepare`, and its thread is not running (it was
+        // queued). The one `unsafe` outside `arch`: only the scheduler knows
+        // these.
         #[allow(unsafe_code)]
         unsafe {
             arch::switch(save, next)
@@ -186,7 +267,7 @@ impl Scheduler {
             f();
         }
         thread.finished.store(true, Ordering::Release);
-        self.switch_away(true);
+        self.switch_away(Leave::Exit);
         unreachable!("an ended thread was resumed");
     }
 }
@@ -224,7 +305,7 @@ impl<T> JoinHandle<T> {
     /// result.
     pub fn join(self) -> T {
         while !self.is_finished() {
-            crate::yield_now();
+            crate::wait();
         }
         self.result.lock().take().expect("a finished thread left its result")
     }
@@ -335,6 +416,37 @@ pub(crate) mod tests {
         assert!(s.switches() >= 1000);
         s.yield_now();
         assert!(s.inner.lock().zombies.is_empty());
+    }
+
+    #[test]
+    fn sleepers_wake_in_deadline_order_and_joiners_wait_for_them() {
+        let s = fresh();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let t0 = arch::rdtsc();
+        let hs: Vec<_> = [3_000_000u64, 1_000_000, 2_000_000]
+            .into_iter()
+            .map(|ticks| {
+                let log = log.clone();
+                s.spawn(move || {
+                    crate::sleep_until_ticks(t0 + ticks);
+                    assert!(arch::rdtsc() >= t0 + ticks, "woke early");
+                    log.lock().push(ticks);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join();
+        }
+        assert_eq!(*log.lock(), [1_000_000, 2_000_000, 3_000_000]);
+        assert_eq!(s.sleeping_count(), 0);
+    }
+
+    #[test]
+    fn the_only_thread_can_sleep() {
+        let s = fresh();
+        let t0 = arch::rdtsc();
+        s.sleep_until(t0 + 100_000);
+        assert!(arch::rdtsc() >= t0 + 100_000);
     }
 
     #[test]

@@ -25,7 +25,7 @@ impl<T> Mutex<T> {
             if let Some(guard) = self.inner.try_lock() {
                 return MutexGuard { guard };
             }
-            crate::yield_now();
+            crate::wait();
         }
     }
 
