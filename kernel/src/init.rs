@@ -8,11 +8,13 @@ pub(crate) fn run() -> ! {
     crate::memory::init();
     #[cfg(feature = "process")]
     {
-        let khz = tsc_khz();
-        let platform = if khz != 0 && crate::arch::apic::init() {
-            unit_process::Platform { arm: Some(crate::arch::apic::arm), idle: crate::arch::gate::idle }
-        } else {
-            unit_process::Platform::SPIN
+        let known = tsc_khz();
+        let (khz, platform) = match crate::arch::apic::init(known) {
+            Some(khz) => (
+                khz,
+                unit_process::Platform { arm: Some(crate::arch::apic::arm), idle: crate::arch::gate::idle },
+            ),
+            None => (known, unit_process::Platform::SPIN),
         };
         unit_process::init(khz, platform);
     }

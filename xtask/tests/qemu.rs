@@ -161,13 +161,17 @@ fn threads_on_qemu() {
     if !need("qemu-system-x86_64") {
         return;
     }
+    // On QEMU the TSC frequency is calibrated against the LAPIC timer.
     let (code, out) = boot(QemuMachine::PcTcg, &elf("threads", false), "20000");
     assert_eq!(code, 0);
     assert!(out.contains("counter 4000 (expected 4000)"));
+    assert!(out.contains("(timer: true)"), "{out}");
+    assert!(out.contains("sleepers woke in the order [10, 20, 30]"));
     assert!(out.contains("threads: ok"));
     if kvm() {
         let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("threads", true), "20000");
         assert_eq!(code, 0);
+        assert!(out.contains("sleepers woke in the order [10, 20, 30]"));
         assert!(out.contains("threads: ok"));
     }
 }

@@ -1,25 +1,39 @@
-//! The local APIC timer in TSC-deadline mode: one-shot wake-ups for
-//! sleeping threads.
+//! The local APIC timer: one-shot wake-ups for sleeping threads.
 //!
-//! Registers are reached through MMIO at 0xFEE0_0000 (identity-mapped,
-//! ~3 µs per access from CPL3 where CPL0 is emulated; handled by KVM's
-//! in-kernel LAPIC on the Torito monitor's split irqchip). The deadline is
-//! written with `wrmsr` through the gate. The interrupt stub (vector 0x40)
-//! sets `_torito_timer_fired` and sends EOI; `gate::idle` checks that flag
-//! before halting.
+//! One-shot mode, counting at the LAPIC timer's rate. KVM's in-kernel LAPIC
+//! and QEMU's LAPIC both count at 1 GHz (their APIC "bus" is 1 ns per
+//! cycle); this module assumes that rate under any hypervisor, which covers
+//! every host Torito runs on (the Torito monitor, QEMU, Firecracker). When
+//! no one gives the TSC frequency, it is calibrated against that counter
+//! over 1 ms.
+//!
+//! Why not TSC-deadline mode: arming it is a `wrmsr`, a CPL0 instruction
+//! (~20 µs through the gate where CPL0 is emulated) where one-shot mode is
+//! one MMIO store from CPL3 (~3 µs); and under QEMU microvm with KVM its
+//! interrupt never arrived (one-shot mode works there).
+//!
+//! Registers are reached through MMIO at 0xFEE0_0000 (identity-mapped;
+//! handled in KVM with an in-kernel LAPIC). The interrupt stub (vector
+//! 0x40) sets `_torito_timer_fired` and sends EOI; `gate::idle` checks that
+//! flag before halting.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::gate;
+use super::rdtsc;
 
 const LAPIC_BASE: usize = 0xfee0_0000;
 const SVR: usize = 0xf0;
 const LVT_TIMER: usize = 0x320;
+const INITIAL_COUNT: usize = 0x380;
+const CURRENT_COUNT: usize = 0x390;
+const DIVIDE_CONFIG: usize = 0x3e0;
+const DIVIDE_BY_1: u32 = 0b1011;
 const TIMER_VECTOR: u32 = 0x40;
-const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
-const IA32_TSC_DEADLINE: u32 = 0x6e0;
+const MASKED: u32 = 1 << 16;
+/// LAPIC timer counts per second under KVM and QEMU.
+const LAPIC_HZ: u64 = 1_000_000_000;
 
-static READY: AtomicBool = AtomicBool::new(false);
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
 fn fired_flag() -> &'static AtomicU32 {
     unsafe extern "C" {
@@ -32,35 +46,69 @@ fn fired_flag() -> &'static AtomicU32 {
 
 fn write(reg: usize, value: u32) {
     // SAFETY: a LAPIC register in the identity-mapped MMIO window; only
-    // reached after `init` found a LAPIC with TSC-deadline mode.
+    // reached after `init` found a LAPIC (CPUID.1:EDX bit 9).
     unsafe { core::ptr::write_volatile((LAPIC_BASE + reg) as *mut u32, value) }
 }
 
-/// Set the timer up if the CPU has a LAPIC with TSC-deadline mode
-/// (CPUID.1: EDX bit 9, ECX bit 24); returns whether it did.
-pub fn init() -> bool {
+fn read(reg: usize) -> u32 {
+    // SAFETY: as in `write`.
+    unsafe { core::ptr::read_volatile((LAPIC_BASE + reg) as *const u32) }
+}
+
+/// Set the timer up; `tsc_khz` is the TSC frequency if known (0 if not).
+/// Returns the TSC frequency the timer works with, or `None` when there is
+/// no usable LAPIC timer.
+pub fn init(tsc_khz: u64) -> Option<u64> {
     let l1 = core::arch::x86_64::__cpuid(1);
-    if l1.edx & (1 << 9) == 0 || l1.ecx & (1 << 24) == 0 {
-        return false;
+    let has_lapic = l1.edx & (1 << 9) != 0;
+    let under_hypervisor = l1.ecx & (1 << 31) != 0;
+    // The counting rate is known only under a hypervisor (see above).
+    if !has_lapic || !under_hypervisor {
+        return None;
     }
     write(SVR, 0x1ff); // software enable, spurious vector 0xff
-    write(LVT_TIMER, TIMER_VECTOR | TSC_DEADLINE_MODE);
-    READY.store(true, Ordering::Release);
-    true
+    let khz = match tsc_khz {
+        0 => calibrate()?,
+        k => k,
+    };
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+    write(DIVIDE_CONFIG, DIVIDE_BY_1);
+    write(LVT_TIMER, TIMER_VECTOR); // one-shot
+    Some(khz)
 }
 
-/// Whether [`init`] set the timer up.
-pub fn timer_ready() -> bool {
-    READY.load(Ordering::Acquire)
+/// Measure the TSC against the LAPIC counter over 1 ms (its rate: see the
+/// module documentation).
+fn calibrate() -> Option<u64> {
+    const SPAN: u32 = (LAPIC_HZ / 1000) as u32;
+    write(DIVIDE_CONFIG, DIVIDE_BY_1);
+    write(LVT_TIMER, TIMER_VECTOR | MASKED);
+    write(INITIAL_COUNT, u32::MAX);
+    let (t0, c0) = (rdtsc(), read(CURRENT_COUNT));
+    let give_up = t0.saturating_add(1 << 34);
+    let (mut t1, mut c1) = (t0, c0);
+    while c0.wrapping_sub(c1) < SPAN {
+        t1 = rdtsc();
+        c1 = read(CURRENT_COUNT);
+        if t1 > give_up {
+            write(INITIAL_COUNT, 0);
+            return None;
+        }
+    }
+    write(INITIAL_COUNT, 0);
+    let ns = u64::from(c0.wrapping_sub(c1)) * 1_000_000_000 / LAPIC_HZ;
+    Some((t1 - t0) * 1_000_000 / ns.max(1))
 }
 
-/// Fire the timer interrupt when the TSC reaches `deadline`.
+/// Fire the timer interrupt when the TSC reaches `deadline` (only after
+/// [`init`] returned `Some`).
 pub fn arm(deadline: u64) {
     fired_flag().store(0, Ordering::SeqCst);
-    gate::wrmsr(IA32_TSC_DEADLINE, deadline.max(1));
-}
-
-/// Whether the timer fired since it was last armed.
-pub fn fired() -> bool {
-    fired_flag().load(Ordering::SeqCst) != 0
+    let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
+    let ticks = deadline.saturating_sub(rdtsc());
+    let ns = (u128::from(ticks) * 1_000_000 / u128::from(khz)).min(u128::from(u64::MAX)) as u64;
+    let count = ns.saturating_mul(LAPIC_HZ / 1_000_000_000).clamp(1, u64::from(u32::MAX));
+    // A deadline beyond the counter's range (4.3 s) wakes early; the
+    // scheduler checks the time and arms again.
+    write(INITIAL_COUNT, count as u32);
 }

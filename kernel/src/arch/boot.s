@@ -18,7 +18,7 @@
     .set KCODE32, 0x28
     .set TSS_SEL, 0x30
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
-    .set GATE_OPS, 8
+    .set GATE_OPS, 7
     .set TIMER_VECTOR, 0x40
     .set LAPIC_EOI, 0xfee000b0
 
@@ -221,10 +221,6 @@ gate_idle:                      /* halt until an interrupt, unless the timer has
     hlt                         /* no wake-up is lost between check and halt */
     cli
     jmp gate_done
-gate_wrmsr:                     /* wrmsr(ecx = msr, edx:eax = value) */
-    movl %edi, %eax
-    wrmsr
-    jmp gate_done
 gate_reset:                     /* triple fault: the last resort to stop */
     lidt null_idt_ptr
     ud2
@@ -238,7 +234,6 @@ gate_table:
     .quad gate_invlpg           /* 4 */
     .quad gate_reset            /* 5 */
     .quad gate_idle             /* 6 */
-    .quad gate_wrmsr            /* 7 */
 
 /* ---- Faults -------------------------------------------------------------
  * Record the frame in _torito_fault_info and return to CPL3 at

@@ -22,7 +22,6 @@ const OP_INB: u32 = 3;
 const OP_INVLPG: u32 = 4;
 const OP_RESET: u32 = 5;
 const OP_IDLE: u32 = 6;
-const OP_WRMSR: u32 = 7;
 
 /// Write a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -82,16 +81,6 @@ pub fn idle() {
     // that wakes it is handled by the stubs and the gate returns normally.
     unsafe {
         asm!("ud2", inout("eax") OP_IDLE => _, in("r10d") GATE_MAGIC);
-    }
-}
-
-/// Write a model-specific register.
-pub fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: the gate runs `wrmsr` with ecx = msr, edx:eax = value; the
-    // callers write only the TSC-deadline MSR.
-    unsafe {
-        asm!("ud2", inout("eax") OP_WRMSR => _, in("r10d") GATE_MAGIC, in("ecx") msr,
-             in("edi") value as u32, in("edx") (value >> 32) as u32);
     }
 }
 

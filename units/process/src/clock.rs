@@ -2,7 +2,8 @@
 //!
 //! The TSC frequency comes from the host (the Torito monitor passes KVM's
 //! figure in its boot information) or, elsewhere, from CPUID leaves
-//! 0x4000_0010 (hypervisor), 0x15 or 0x16, read by the kernel.
+//! 0x4000_0010 (hypervisor), 0x15 or 0x16, or a calibration against the
+//! LAPIC timer, all done by the kernel.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
