@@ -305,3 +305,13 @@ fn a_panicking_thread_says_which_thread_and_core() {
     assert!(r.stdout.contains("[torito] thread 1 on core 0 panicked"), "{}", r.stdout);
     assert!(r.stdout.contains("index out of bounds"));
 }
+
+#[test]
+fn a_deadlock_is_reported_and_stops_the_guest() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "20"], &guest("threads"), &["deadlock"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    assert!(r.stdout.contains("deadlock: all 2 thread(s) of core 0 are blocked"), "{}", r.stdout);
+}

@@ -25,6 +25,20 @@ fn ticks_us(ticks: u64) -> u64 {
 
 fn main() -> i32 {
     let arg = kernel::args().next();
+    if arg == Some("deadlock") {
+        // Each thread waits for the other's message before sending its own.
+        let (tx_a, rx_a) = channel::bounded::<u8>(1);
+        let (tx_b, rx_b) = channel::bounded::<u8>(1);
+        let other = process::spawn(move || {
+            let got = rx_b.recv();
+            let _ = tx_a.send(1);
+            got
+        });
+        let _ = rx_a.recv();
+        let _ = tx_b.send(2);
+        let _ = other.join();
+        return 0;
+    }
     if arg == Some("panic") {
         let h = process::spawn(|| {
             let v: Vec<u32> = Vec::new();

@@ -54,6 +54,7 @@ impl<T> Sender<T> {
                 let mut q = self.shared.queue.lock();
                 if q.len() < self.shared.capacity {
                     q.push_back(value.take().expect("unsent value"));
+                    crate::note_progress();
                     return Ok(());
                 }
             }
@@ -72,6 +73,7 @@ impl<T> Clone for Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.shared.senders.fetch_sub(1, Ordering::AcqRel);
+        crate::note_progress();
     }
 }
 
@@ -92,13 +94,18 @@ impl<T> Receiver<T> {
 
     /// The next message if one is waiting.
     pub fn try_recv(&self) -> Option<T> {
-        self.shared.queue.lock().pop_front()
+        let v = self.shared.queue.lock().pop_front();
+        if v.is_some() {
+            crate::note_progress();
+        }
+        v
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.shared.receiver_alive.store(false, Ordering::Release);
+        crate::note_progress();
     }
 }
 

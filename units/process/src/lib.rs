@@ -174,6 +174,14 @@ pub fn yield_now() {
     }
 }
 
+/// Record that something a waiting thread may wait for has happened (used
+/// by the blocking primitives; see deadlock detection in [`Scheduler`]).
+pub(crate) fn note_progress() {
+    if let Some(s) = sched::current() {
+        s.note_progress();
+    }
+}
+
 /// Wait for something another thread will do (used by blocking calls):
 /// like [`yield_now`], but when no thread is ready and some sleep, the core
 /// halts until the first of them wakes.

@@ -67,6 +67,14 @@ pub struct Scheduler {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
     switches: AtomicU64,
+    /// Bumped whenever something a waiting thread could be waiting for
+    /// happens (a message sent or taken, a lock released, a thread started
+    /// or ended, a sleeper woken).
+    progress: AtomicU64,
+    /// `progress` as the last failed wait saw it, and how many failed waits
+    /// in a row saw it unchanged.
+    wait_epoch: AtomicU64,
+    wait_streak: AtomicU64,
 }
 
 impl Default for Scheduler {
@@ -87,7 +95,36 @@ impl Scheduler {
             }),
             next_id: AtomicU64::new(1),
             switches: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            wait_epoch: AtomicU64::new(u64::MAX),
+            wait_streak: AtomicU64::new(0),
         }
+    }
+
+    /// Record that something happened that a waiting thread may wait for.
+    pub fn note_progress(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a failed wait; returns the number of threads when every
+    /// thread has failed its wait at least twice in a row with nothing
+    /// happening meanwhile and nothing sleeps: then nothing can ever wake
+    /// them (no device can either, yet).
+    fn deadlocked(&self) -> Option<usize> {
+        let now = self.progress.load(Ordering::Relaxed);
+        let streak = if self.wait_epoch.swap(now, Ordering::Relaxed) == now {
+            self.wait_streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.wait_streak.store(1, Ordering::Relaxed);
+            1
+        };
+        // Short streaks are the common case: look at the queues only after.
+        if streak <= 2 {
+            return None;
+        }
+        let g = self.inner.lock();
+        let threads = g.ready.len() + 1;
+        (g.sleepers.is_empty() && streak > 2 * threads as u64).then_some(threads)
     }
 
     fn adopt_boot_thread(inner: &mut Inner) {
@@ -151,18 +188,25 @@ impl Scheduler {
         let mut g = self.inner.lock();
         Self::adopt_boot_thread(&mut g);
         g.ready.push_back(thread);
+        self.note_progress();
         JoinHandle { id, result, done }
     }
 
     /// Run the next ready thread, if any; the caller runs again after the
     /// threads ahead of it.
     pub fn yield_now(&self) {
+        // A thread that yields is busy, not blocked: that is progress.
+        self.note_progress();
         self.switch_away(Leave::Yield);
     }
 
     /// Let the others run while waiting for one of them; halt when nothing
-    /// is ready but a sleeper will wake.
+    /// is ready but a sleeper will wake. Panics with a clear message when
+    /// every thread waits and nothing can wake any of them (a deadlock).
     pub fn wait(&self) {
+        if let Some(threads) = self.deadlocked() {
+            panic!("deadlock: all {threads} thread(s) of core 0 are blocked and nothing can wake them");
+        }
         self.switch_away(Leave::Wait);
     }
 
@@ -189,6 +233,7 @@ impl Scheduler {
                 Self::adopt_boot_thread(&mut g);
                 // Wake the sleepers whose time has come, earliest first.
                 if g.sleepers.iter().any(|(d, _)| *d <= now) {
+                    self.note_progress();
                     g.sleepers.sort_by_key(|(d, _)| *d);
                     while g.sleepers.first().is_some_and(|(d, _)| *d <= now) {
                         let (_, t) = g.sleepers.remove(0);
@@ -267,6 +312,7 @@ impl Scheduler {
             f();
         }
         thread.finished.store(true, Ordering::Release);
+        self.note_progress();
         self.switch_away(Leave::Exit);
         unreachable!("an ended thread was resumed");
     }
@@ -447,6 +493,45 @@ pub(crate) mod tests {
         let t0 = arch::rdtsc();
         s.sleep_until(t0 + 100_000);
         assert!(arch::rdtsc() >= t0 + 100_000);
+    }
+
+    #[test]
+    fn a_deadlock_is_reported_not_a_hang() {
+        let result = std::thread::spawn(|| {
+            let s = fresh();
+            let (tx_a, rx_a) = crate::channel::bounded::<u8>(1);
+            let (tx_b, rx_b) = crate::channel::bounded::<u8>(1);
+            // Each waits for the other's message first: neither sends.
+            let a = s.spawn(move || {
+                let v = rx_b.recv();
+                let _ = tx_a.send(1);
+                v
+            });
+            let _ = rx_a.recv();
+            drop(tx_b);
+            a.join()
+        })
+        .join();
+        let err = result.expect_err("the deadlock must panic");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("deadlock: all 2 thread(s) of core 0 are blocked"), "{msg}");
+    }
+
+    #[test]
+    fn long_waits_with_progress_are_not_deadlocks() {
+        let s = fresh();
+        let (tx, rx) = crate::channel::bounded::<u32>(1);
+        let p = s.spawn(move || {
+            for i in 0..10_000 {
+                tx.send(i).unwrap();
+            }
+        });
+        let mut n = 0;
+        while rx.recv().is_some() {
+            n += 1;
+        }
+        p.join();
+        assert_eq!(n, 10_000);
     }
 
     #[test]

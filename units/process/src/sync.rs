@@ -40,6 +40,13 @@ impl<T> Mutex<T> {
     }
 }
 
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // The lock is released right after this (when `guard` drops).
+        crate::note_progress();
+    }
+}
+
 impl<T> Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
