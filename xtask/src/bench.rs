@@ -327,6 +327,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
 
     let report = Report { configs: &configs, samples: &samples, opts, notes };
     let ok = report.print(&hello);
+    process_figures(&monitor)?;
     report.write_json(&hello)?;
     report.write_svg()?;
     println!(
@@ -366,6 +367,28 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
         v.swap(i, (x % (i as u64 + 1)) as usize);
     }
     v
+}
+
+/// The process unit's figures (`threads bench`) on our monitor and, when
+/// available, QEMU microvm.
+fn process_figures(monitor: &Path) -> Result<(), String> {
+    println!("\nprocess unit (apps/threads bench, one core):");
+    let threads = crate::build("threads", Variant::default())?;
+    let mut runs: Vec<(&str, Command)> = Vec::new();
+    let mut c = Command::new(monitor);
+    c.args(["--timeout", "60"]).arg(&threads).args(["--", "bench"]);
+    runs.push(("torito", c));
+    if crate::have("qemu-system-x86_64") && std::fs::metadata("/dev/kvm").is_ok() {
+        let pvh = crate::build("threads", Variant { pvh_only: true, ..Default::default() })?;
+        runs.push(("qemu microvm", crate::qemu(QemuMachine::MicrovmKvm, &pvh, "bench")));
+    }
+    for (name, mut cmd) in runs {
+        let out = cmd.stderr(Stdio::null()).output().map_err(|e| format!("{name}: {e}"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("bench: ")) {
+            println!("  {name:<13} {}", line.trim_start_matches("bench: "));
+        }
+    }
+    Ok(())
 }
 
 struct Report<'a> {

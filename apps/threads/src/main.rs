@@ -25,6 +25,9 @@ fn ticks_us(ticks: u64) -> u64 {
 
 fn main() -> i32 {
     let arg = kernel::args().next();
+    if arg == Some("bench") {
+        return bench();
+    }
     if arg == Some("deadlock") {
         // Each thread waits for the other's message before sending its own.
         let (tx_a, rx_a) = channel::bounded::<u8>(1);
@@ -149,4 +152,63 @@ fn main() -> i32 {
     let ok = v == rounds && answered == rounds && count == 4000 && ids.iter().all(|&i| i != 0) && slept_ok;
     println!("threads: {}", if ok { "ok" } else { "FAILED" });
     if ok { 0 } else { 1 }
+}
+
+/// `threads bench`: the process unit's figures, one line each, for
+/// `cargo xtask bench`.
+fn bench() -> i32 {
+    let Some(khz) = process::clock::tsc_khz() else {
+        println!("bench: the TSC frequency is unknown");
+        return 1;
+    };
+    let ns = |ticks: u64| process::clock::ticks_to_ns(ticks, khz);
+    // Context switch: two threads yield to each other.
+    const SWITCHES: u64 = 200_000;
+    let other = process::spawn(|| {
+        for _ in 0..SWITCHES / 2 {
+            process::yield_now();
+        }
+    });
+    let t0 = process::clock::ticks();
+    for _ in 0..SWITCHES / 2 {
+        process::yield_now();
+    }
+    let t = process::clock::ticks() - t0;
+    other.join();
+    println!("bench: context switch {} ns", ns(t) / SWITCHES);
+    // Channel round trip between two threads.
+    let (to_pong, from_ping) = channel::bounded::<u64>(1);
+    let (to_ping, from_pong) = channel::bounded::<u64>(1);
+    let pong = process::spawn(move || {
+        while let Some(v) = from_ping.recv() {
+            let _ = to_ping.send(v);
+        }
+    });
+    const TRIPS: u64 = 100_000;
+    let t0 = process::clock::ticks();
+    for i in 0..TRIPS {
+        let _ = to_pong.send(i);
+        let _ = from_pong.recv();
+    }
+    let t = process::clock::ticks() - t0;
+    drop(to_pong);
+    pong.join();
+    println!("bench: channel round trip {} ns", ns(t) / TRIPS);
+    // Wake-up from a 1 ms sleep: how late.
+    let mut late: Vec<u64> = (0..50)
+        .map(|_| {
+            let t0 = process::clock::ticks();
+            process::sleep(Duration::from_millis(1));
+            ns(process::clock::ticks() - t0).saturating_sub(1_000_000) / 1000
+        })
+        .collect();
+    late.sort_unstable();
+    println!(
+        "bench: sleep 1 ms wakes late by {} / {} / {} us (min / median / max, 50 sleeps, timer: {})",
+        late[0],
+        late[late.len() / 2],
+        late[late.len() - 1],
+        process::has_timer()
+    );
+    0
 }
