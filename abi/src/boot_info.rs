@@ -175,6 +175,10 @@ pub struct BootInfo {
     pub mem_map: [MemRegion; MAX_MEM_REGIONS],
     /// Milestones written by the kernel.
     pub trace: TraceLog,
+    /// Host `CLOCK_REALTIME` (ns since the Unix epoch) just before the vCPU
+    /// first runs; 0 when the host gives no wall clock. The guest pairs it
+    /// with its TSC at `kernel_main` (error: the time to enter the guest).
+    pub boot_realtime_ns: u64,
 }
 
 impl BootInfo {
@@ -197,6 +201,7 @@ impl BootInfo {
                 reserved: 0,
                 entries: [TraceEntry { id: 0, reserved: 0, tsc: 0 }; MAX_TRACE],
             },
+            boot_realtime_ns: 0,
         }
     }
 
@@ -245,7 +250,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<MemRegion>(), 24);
         assert_eq!(core::mem::size_of::<TraceEntry>(), 16);
         assert_eq!(core::mem::offset_of!(BootInfo, mem_map), 64);
-        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 8);
+        assert_eq!(core::mem::offset_of!(BootInfo, boot_realtime_ns), 64 + 32 * 24 + 8 + 16 * 16);
     }
 
     #[test]

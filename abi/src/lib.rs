@@ -22,4 +22,4 @@ pub mod mmio;
 pub mod note;
 
 /// Version of this contract. Bump on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;

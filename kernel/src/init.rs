@@ -16,7 +16,11 @@ pub(crate) fn run() -> ! {
             ),
             None => (known, unit_process::Platform::SPIN),
         };
-        unit_process::init(khz, platform);
+        let info = crate::boot::info();
+        let wall = crate::boot::kernel_main_tsc()
+            .filter(|_| info.boot_realtime_ns != 0)
+            .map(|tsc| (info.boot_realtime_ns, tsc));
+        unit_process::init(khz, platform, wall);
     }
     // Further units (devices, fs, net) are initialised here, in this
     // order, once they have an implementation.

@@ -96,7 +96,9 @@ pub fn write_boot_info(
     tsc_khz: u64,
     launch_ns: u64,
 ) -> Result<(), Error> {
-    let bi = boot_info(ram, cmdline, tsc_khz, launch_ns);
+    let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns);
+    bi.boot_realtime_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let w = |bytes: &[u8], at: u64| {
         mem.write_slice(bytes, GuestAddress(at)).map_err(|e| Error::GuestWrite(e.to_string()))
     };

@@ -49,14 +49,14 @@ pub fn image() -> Vec<u8> {
         };
     ph(&mut f, 64, 1, 7, FILE_OFFSET as u64, BASE, IMAGE_SIZE as u64, STACK_TOP - BASE);
     ph(&mut f, 120, 4, 4, NOTE_OFFSET as u64, 0, 20 + NOTE_DESC as u64, 0);
-    // Torito note (layout: torito_abi::note::KernelNote, ABI version 1).
+    // Torito note (layout: torito_abi::note::KernelNote).
     let n = NOTE_OFFSET;
     put(&mut f, n, &7u32.to_le_bytes());
     put(&mut f, n + 4, &(NOTE_DESC as u32).to_le_bytes());
     put(&mut f, n + 8, &0x5430_0001u32.to_le_bytes());
     put(&mut f, n + 12, b"Torito\0");
     let d = n + 20;
-    put(&mut f, d, &1u32.to_le_bytes());
+    put(&mut f, d, &torito_abi::ABI_VERSION.to_le_bytes());
     put(&mut f, d + 8, &CODE.to_le_bytes());
     put(&mut f, d + 16, &STACK_TOP.to_le_bytes());
     put(&mut f, d + 24, &GDT.to_le_bytes());

@@ -51,6 +51,20 @@ fn main() -> i32 {
     }
     let rounds: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     println!("threads: {} core(s)", process::core_count());
+    match process::clock::wall_clock_ns() {
+        Some(ns) => {
+            let secs = ns / 1_000_000_000;
+            let (y, mo, d) = civil_date(secs / 86_400);
+            let t = secs % 86_400;
+            println!(
+                "threads: wall clock {secs} s since the Unix epoch ({y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC)",
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            );
+        }
+        None => println!("threads: no wall clock on this host"),
+    }
 
     // Threads on every core (one core for now) print who they are.
     let mut hs = Vec::new();
@@ -211,4 +225,19 @@ fn bench() -> i32 {
         process::has_timer()
     );
     0
+}
+
+/// Year, month, day of the `days`-th day since 1970-01-01 (H. Hinnant's
+/// civil-from-days).
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
 }

@@ -14,6 +14,9 @@ use core::arch::global_asm;
 
 global_asm!(include_str!("boot.s"), options(att_syntax));
 
+// `boot.s` writes the ABI version into the Torito note by hand.
+const _: () = assert!(torito_abi::ABI_VERSION == 2, "update abi_version in boot.s");
+
 // The multiboot1 header with the a.out-kludge address fields, so that
 // QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which
 // makes QEMU use the PVH note instead.

@@ -16,7 +16,7 @@ mod multiboot;
 mod pvh;
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use torito_abi::boot_info::{BootInfo, BootProtocol, MAX_TRACE, TraceEntry, TraceId};
 
@@ -26,6 +26,8 @@ use crate::arch;
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
 /// The live `BootInfo` (in guest memory), where trace marks are written.
 static LIVE: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
+/// The TSC at the first line of `kernel_main`.
+static KERNEL_MAIN_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Storage the multiboot and PVH paths build their `BootInfo` and command
 /// line in (two statics, so the zeroed buffer stays out of the file).
@@ -92,6 +94,7 @@ pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
         crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
     }
     LIVE.store(info, Ordering::Release);
+    KERNEL_MAIN_TSC.store(tsc, Ordering::Relaxed);
     record(TraceId::KernelMain, tsc);
     BOOT.call_once(|| copy);
     crate::init::run()
@@ -122,6 +125,11 @@ fn profile_exit(info: *mut BootInfo, tsc: u64) -> ! {
 /// The boot information (after `kernel_main` started).
 pub fn info() -> &'static BootInfo {
     BOOT.get().expect("boot information read before kernel_main")
+}
+
+/// The TSC at the first line of `kernel_main`.
+pub fn kernel_main_tsc() -> Option<u64> {
+    BOOT.get().map(|_| KERNEL_MAIN_TSC.load(Ordering::Relaxed)).filter(|&t| t != 0)
 }
 
 /// How this kernel was booted.

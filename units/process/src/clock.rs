@@ -10,6 +10,23 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch;
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+static WALL_NS: AtomicU64 = AtomicU64::new(0);
+static WALL_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// The host's wall clock at one TSC reading: `realtime_ns` (ns since the
+/// Unix epoch) when the TSC read `tsc`.
+pub(crate) fn set_wall_clock(realtime_ns: u64, tsc: u64) {
+    WALL_TSC.store(tsc, Ordering::Relaxed);
+    WALL_NS.store(realtime_ns, Ordering::Relaxed);
+}
+
+/// Wall-clock time in ns since the Unix epoch, `None` when the host gave
+/// none (or the TSC frequency is unknown).
+pub fn wall_clock_ns() -> Option<u64> {
+    let base = WALL_NS.load(Ordering::Relaxed);
+    let khz = tsc_khz()?;
+    (base != 0).then(|| base + ticks_to_ns(ticks().saturating_sub(WALL_TSC.load(Ordering::Relaxed)), khz))
+}
 
 pub(crate) fn set_tsc_khz(khz: u64) {
     TSC_KHZ.store(khz, Ordering::Relaxed);

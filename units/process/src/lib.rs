@@ -92,9 +92,14 @@ pub(crate) fn platform() -> Platform {
 }
 
 /// Set the process unit up on the boot core; `tsc_khz` is the TSC
-/// frequency (0 when unknown). The calling code becomes thread 0.
-pub fn init(tsc_khz: u64, platform: Platform) {
+/// frequency (0 when unknown); `wall_clock` is `(ns since the Unix epoch,
+/// TSC at that moment)` when the host gives the time. The calling code
+/// becomes thread 0.
+pub fn init(tsc_khz: u64, platform: Platform, wall_clock: Option<(u64, u64)>) {
     clock::set_tsc_khz(tsc_khz);
+    if let Some((ns, tsc)) = wall_clock {
+        clock::set_wall_clock(ns, tsc);
+    }
     PLATFORM.call_once(|| platform);
     sched::install(&BOOT_CORE);
 }
