@@ -4,7 +4,8 @@
 //! - QEMU: `isa-debug-exit` at port 0xf4 (QEMU then exits with
 //!   `(code << 1) | 1`); the Torito monitor honours this port too.
 //! - Firecracker: the i8042 reset command (0xfe to port 0x64); Firecracker
-//!   stops, but does not pass a code on.
+//!   stops, but does not pass a code on. It acts on it from another thread,
+//!   so the kernel waits ~0.1 s before the last resort.
 //! - Anything else: a triple fault.
 
 use torito_abi::boot_info::{BootProtocol, TraceId};
@@ -26,5 +27,12 @@ pub fn exit(code: i32) -> ! {
 pub(crate) fn exit_generic(code: i32) -> ! {
     gate::outl(DEBUG_EXIT_PORT, code as u32);
     gate::outb(0x64, 0xfe);
+    // Firecracker acts on the reset from another thread: give it time
+    // (~0.1 s; any TSC runs at 1 GHz or more) before the last resort, or
+    // it sees the triple fault first and reports an error.
+    let t0 = crate::arch::rdtsc();
+    while crate::arch::rdtsc().wrapping_sub(t0) < 200_000_000 {
+        crate::arch::spin_hint();
+    }
     gate::reset()
 }

@@ -17,9 +17,16 @@ pub(crate) fn run() -> ! {
             None => (known, unit_process::Platform::SPIN),
         };
         let info = crate::boot::info();
-        let wall = crate::boot::kernel_main_tsc()
-            .filter(|_| info.boot_realtime_ns != 0)
-            .map(|tsc| (info.boot_realtime_ns, tsc));
+        let wall = match crate::boot::kernel_main_tsc() {
+            // The Torito monitor hands its clock over.
+            Some(tsc) if info.boot_realtime_ns != 0 => Some((info.boot_realtime_ns, tsc)),
+            // Elsewhere, a CMOS RTC if there is one (to the second).
+            _ if info.protocol != torito_abi::boot_info::BootProtocol::Direct as u32 => {
+                let tsc = crate::arch::rdtsc();
+                crate::arch::rtc::unix_seconds().map(|s| (s * 1_000_000_000, tsc))
+            }
+            _ => None,
+        };
         unit_process::init(khz, platform, wall);
     }
     // Further units (devices, fs, net) are initialised here, in this

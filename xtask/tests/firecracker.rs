@@ -6,22 +6,26 @@ use std::process::Command;
 
 use xtask::Variant;
 
-#[test]
-fn pvh_elf_boots_on_firecracker_and_stops_through_the_i8042_reset() {
+fn usable() -> bool {
     if !xtask::have("firecracker") {
         eprintln!("SKIPPED: no `firecracker` on PATH; Firecracker boot test not run");
-        return;
+        return false;
     }
     if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         eprintln!("SKIPPED: /dev/kvm is not usable; Firecracker boot test not run");
-        return;
+        return false;
     }
-    let elf = xtask::build("hello", Variant { pvh_only: true, ..Default::default() }).unwrap();
-    let dir = std::env::temp_dir().join(format!("torito-fc-{}", std::process::id()));
+    true
+}
+
+/// Boot the PVH build of `app` on Firecracker; returns (status, console).
+fn boot(app: &str, args: &str) -> (Option<i32>, String) {
+    let elf = xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap();
+    let dir = std::env::temp_dir().join(format!("torito-fc-{app}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("vm.json");
     let json = format!(
-        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "from firecracker"}}, "drives": [],
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{args}"}}, "drives": [],
             "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#,
         elf.display()
     );
@@ -37,11 +41,31 @@ fn pvh_elf_boots_on_firecracker_and_stops_through_the_i8042_reset() {
         .arg(&cfg)
         .output()
         .expect("run firecracker");
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}{}", std::fs::read_to_string(&log).unwrap_or_default());
     std::fs::remove_dir_all(&dir).unwrap();
+    (out.status.code(), text)
+}
+
+#[test]
+fn pvh_elf_boots_on_firecracker_and_stops_through_the_i8042_reset() {
+    if !usable() {
+        return;
+    }
+    let (status, text) = boot("hello", "from firecracker");
     assert!(text.contains("Hello from Torito! (booted via pvh)"), "{text}");
     assert!(text.contains("command line: from firecracker"), "{text}");
     // Firecracker stops on the i8042 reset and exits 0 (it passes no code on).
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status, Some(0));
+}
+
+#[test]
+fn threads_and_sleep_on_firecracker() {
+    if !usable() {
+        return;
+    }
+    let (status, text) = boot("threads", "20000");
+    assert!(text.contains("sleepers woke in the order [10, 20, 30]"), "{text}");
+    assert!(text.contains("threads: ok"), "{text}");
+    assert_eq!(status, Some(0));
 }

@@ -168,6 +168,12 @@ fn threads_on_qemu() {
     assert!(out.contains("(timer: true)"), "{out}");
     assert!(out.contains("sleepers woke in the order [10, 20, 30]"));
     assert!(out.contains("threads: ok"));
+    // QEMU pc has a CMOS RTC: the guest reads the time of day from it.
+    let line = out.lines().find(|l| l.contains("wall clock")).expect("a wall clock line");
+    let secs: u64 =
+        line.split("wall clock ").nth(1).and_then(|x| x.split(' ').next()).unwrap().parse().unwrap();
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(secs.abs_diff(host) < 120, "{line} (host: {host})");
     if kvm() {
         let (code, out) = boot(QemuMachine::MicrovmKvm, &elf("threads", true), "20000");
         assert_eq!(code, 0);

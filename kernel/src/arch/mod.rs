@@ -8,6 +8,7 @@
 pub mod apic;
 pub mod fault;
 pub mod gate;
+pub mod rtc;
 pub mod torito;
 
 use core::arch::global_asm;
