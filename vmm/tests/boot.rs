@@ -20,7 +20,7 @@ fn guest(app: &str) -> PathBuf {
 
 /// Whether KVM tests can run here; says loudly when not.
 fn kvm() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = xtask::kvm_usable();
     if !ok {
         eprintln!("SKIPPED: /dev/kvm is not usable on this machine; KVM boot test not run");
     }

@@ -378,7 +378,7 @@ fn process_figures(monitor: &Path) -> Result<(), String> {
     let mut c = Command::new(monitor);
     c.args(["--timeout", "60"]).arg(&threads).args(["--", "bench"]);
     runs.push(("torito", c));
-    if crate::have("qemu-system-x86_64") && std::fs::metadata("/dev/kvm").is_ok() {
+    if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
         let pvh = crate::build("threads", Variant { pvh_only: true, ..Default::default() })?;
         runs.push(("qemu microvm", crate::qemu(QemuMachine::MicrovmKvm, &pvh, "bench")));
     }

@@ -204,6 +204,11 @@ pub fn build_monitor(release: bool) -> Result<PathBuf> {
         .join("torito"))
 }
 
+/// Whether `/dev/kvm` can be opened for reading and writing.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
 /// Whether a program is on `PATH`.
 pub fn have(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()

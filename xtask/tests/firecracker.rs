@@ -11,7 +11,7 @@ fn usable() -> bool {
         eprintln!("SKIPPED: no `firecracker` on PATH; Firecracker boot test not run");
         return false;
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if !xtask::kvm_usable() {
         eprintln!("SKIPPED: /dev/kvm is not usable; Firecracker boot test not run");
         return false;
     }

@@ -23,7 +23,7 @@ fn need(tool: &str) -> bool {
 }
 
 fn kvm() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = xtask::kvm_usable();
     if !ok {
         eprintln!("SKIPPED: /dev/kvm is not usable; QEMU KVM test not run");
     }
