@@ -179,6 +179,12 @@ pub struct BootInfo {
     /// first runs; 0 when the host gives no wall clock. The guest pairs it
     /// with its TSC at `kernel_main` (error: the time to enter the guest).
     pub boot_realtime_ns: u64,
+    /// Number of CPUs the monitor provides (vCPU `i` has local APIC ID
+    /// `i`); only core 0 runs at entry, the others start when the kernel
+    /// writes [`crate::mmio::START_CORES`]. 0 or 1: one core.
+    pub cpu_count: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 impl BootInfo {
@@ -202,6 +208,8 @@ impl BootInfo {
                 entries: [TraceEntry { id: 0, reserved: 0, tsc: 0 }; MAX_TRACE],
             },
             boot_realtime_ns: 0,
+            cpu_count: 1,
+            reserved: 0,
         }
     }
 
@@ -250,8 +258,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<MemRegion>(), 24);
         assert_eq!(core::mem::size_of::<TraceEntry>(), 16);
         assert_eq!(core::mem::offset_of!(BootInfo, mem_map), 64);
-        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 8);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 16);
         assert_eq!(core::mem::offset_of!(BootInfo, boot_realtime_ns), 64 + 32 * 24 + 8 + 16 * 16);
+        assert_eq!(core::mem::offset_of!(BootInfo, cpu_count), 64 + 32 * 24 + 8 + 16 * 16 + 8);
     }
 
     #[test]

@@ -22,4 +22,7 @@ pub mod mmio;
 pub mod note;
 
 /// Version of this contract. Bump on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+///
+/// v3: several cores (the note's per-core fields, `BootInfo::cpu_count`,
+/// the `START_CORES` register).
+pub const ABI_VERSION: u32 = 3;

@@ -14,6 +14,11 @@ pub const EXIT: u64 = 0x08;
 /// stamps it with its own clock. Guests normally record marks in
 /// [`crate::boot_info::BootInfo::trace`] instead, which costs no exit.
 pub const TRACE: u64 = 0x10;
+/// Start secondary cores: the value is the number of cores that should be
+/// running in all (core 0 included); the monitor starts vCPUs
+/// `1..value` that are not running yet, at the note's `ap_entry`, each on
+/// its own thread. Values beyond `BootInfo::cpu_count` are clipped.
+pub const START_CORES: u64 = 0x18;
 /// Size of the register page.
 pub const SIZE: u64 = 0x1000;
 

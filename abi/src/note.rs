@@ -51,6 +51,22 @@ pub struct KernelNote {
     pub boot_tables: u32,
     /// End of the kernel image in memory (end of `.bss`).
     pub image_end: u64,
+    /// Entry of secondary cores (ABI v3), entered at CPL3 like `entry` with
+    /// `rdi` = BootInfo address and `rsi` = core index; the kernel loads its
+    /// own stack there. 0: the kernel runs on one core only.
+    pub ap_entry: u64,
+    /// Address of core 0's per-core block; core `i`'s is at
+    /// `percpu_base + i * percpu_stride`. The monitor points each vCPU's GS
+    /// base at its block.
+    pub percpu_base: u64,
+    /// Bytes between per-core blocks.
+    pub percpu_stride: u32,
+    /// Number of cores the kernel has per-core state (TSS, stacks) for.
+    pub max_cores: u16,
+    /// Bytes between per-core TSSs (core `i`'s TSS is at
+    /// `tss_base + i * tss_stride`, its GDT selector
+    /// `tss_selector + 16 * i`).
+    pub tss_stride: u16,
 }
 
 /// Size of the descriptor in bytes.
@@ -72,6 +88,11 @@ mod tests {
         assert_eq!(offset_of!(KernelNote, user_ss), 58);
         assert_eq!(offset_of!(KernelNote, boot_tables), 60);
         assert_eq!(offset_of!(KernelNote, image_end), 64);
-        assert_eq!(KERNEL_NOTE_SIZE, 72);
+        assert_eq!(offset_of!(KernelNote, ap_entry), 72);
+        assert_eq!(offset_of!(KernelNote, percpu_base), 80);
+        assert_eq!(offset_of!(KernelNote, percpu_stride), 88);
+        assert_eq!(offset_of!(KernelNote, max_cores), 92);
+        assert_eq!(offset_of!(KernelNote, tss_stride), 94);
+        assert_eq!(KERNEL_NOTE_SIZE, 96);
     }
 }

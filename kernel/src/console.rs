@@ -15,6 +15,10 @@ use crate::arch::{gate, torito};
 const COM1: u16 = 0x3f8;
 const BUFFER: usize = 512;
 
+/// Serialises serial-port writes of different cores (a monitor console
+/// write is one exit, whole already).
+static SERIAL: spin::Mutex<()> = spin::Mutex::new(());
+
 /// Write raw bytes to the console now.
 pub fn write_bytes(bytes: &[u8]) {
     if bytes.is_empty() {
@@ -22,7 +26,10 @@ pub fn write_bytes(bytes: &[u8]) {
     }
     match crate::boot::protocol() {
         BootProtocol::Direct => torito::console_write(bytes),
-        BootProtocol::Multiboot | BootProtocol::Pvh => gate::outsb(COM1, bytes),
+        BootProtocol::Multiboot | BootProtocol::Pvh => {
+            let _g = SERIAL.lock();
+            gate::outsb(COM1, bytes)
+        }
     }
 }
 

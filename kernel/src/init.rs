@@ -9,13 +9,22 @@ pub(crate) fn run() -> ! {
     #[cfg(feature = "process")]
     {
         let known = tsc_khz();
-        let (khz, platform) = match crate::arch::apic::init(known) {
+        use crate::arch::{apic, gate, smp};
+        let (khz, platform) = match apic::init(known) {
             Some(khz) => (
                 khz,
-                unit_process::Platform { arm: Some(crate::arch::apic::arm), idle: crate::arch::gate::idle },
+                unit_process::Platform {
+                    arm: Some(apic::arm),
+                    idle: gate::idle,
+                    core: smp::current_core,
+                    clear_wake: smp::clear_wake,
+                    kick: smp::kick,
+                },
             ),
             None => (known, unit_process::Platform::SPIN),
         };
+        // Several cores need the local APIC (wake-ups, timers).
+        let cores = if platform.arm.is_some() { crate::boot::cpu_count() } else { 1 };
         let info = crate::boot::info();
         let wall = match crate::boot::kernel_main_tsc() {
             // The Torito monitor hands its clock over.
@@ -27,7 +36,8 @@ pub(crate) fn run() -> ! {
             }
             _ => None,
         };
-        unit_process::init(khz, platform, wall);
+        unit_process::init(khz, platform, wall, cores);
+        crate::boot::start_secondary(cores);
     }
     // Further units (devices, fs, net) are initialised here, in this
     // order, once they have an implementation.
@@ -47,3 +57,21 @@ fn tsc_khz() -> u64 {
     }
     crate::arch::tsc_khz_from_cpuid().unwrap_or(0)
 }
+
+/// A secondary core's way in (from `kernel_ap_main`): its local APIC, then
+/// its scheduler for ever.
+pub(crate) fn run_secondary(_core: usize) -> ! {
+    #[cfg(feature = "process")]
+    {
+        crate::arch::apic::init_secondary();
+        unit_process::run_secondary()
+    }
+    #[cfg(not(feature = "process"))]
+    loop {
+        // Without the process unit no core is ever started; halt if one is.
+        crate::arch::gate::idle();
+    }
+}
+
+#[cfg(feature = "process")]
+const _: () = assert!(unit_process::MAX_CORES == crate::arch::smp::MAX_CORES);

@@ -70,9 +70,10 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `BootInfo` for a guest with `ram` bytes.
-pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64) -> BootInfo {
+/// The `BootInfo` for a guest with `ram` bytes and `cpus` vCPUs.
+pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64, cpus: u32) -> BootInfo {
     let mut bi = BootInfo::new(BootProtocol::Direct);
+    bi.cpu_count = cpus;
     for (base, len) in ram_ranges(ram) {
         if len > 0 {
             bi.push_region(MemRegion::usable(base, len));
@@ -95,8 +96,9 @@ pub fn write_boot_info(
     cmdline: &str,
     tsc_khz: u64,
     launch_ns: u64,
+    cpus: u32,
 ) -> Result<(), Error> {
-    let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns);
+    let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns, cpus);
     bi.boot_realtime_ns =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let w = |bytes: &[u8], at: u64| {
@@ -153,6 +155,10 @@ pub struct BootRegisters {
     pub rsp: u64,
     /// First argument: the `BootInfo` address.
     pub rdi: u64,
+    /// Second argument: the core index.
+    pub rsi: u64,
+    /// GS base: the core's per-core block (0 if the kernel has none).
+    pub gs_base: u64,
     /// Flags: IF set, so interrupts reach CPL3 once a source is set up.
     pub rflags: u64,
     /// CS: 64-bit code at DPL3.
@@ -175,12 +181,18 @@ pub struct BootRegisters {
     pub efer: u64,
 }
 
-/// The registers for the direct 64-bit entry described by `note`.
-pub fn registers(note: &KernelNote) -> BootRegisters {
+/// The registers of vCPU `core` for the direct 64-bit entry described by
+/// `note`: core 0 starts at `entry` on the note's stack, the others at
+/// `ap_entry` (which loads its own stack); each has its own TSS and GS base.
+pub fn registers(note: &KernelNote, core: u32) -> BootRegisters {
+    let c = u64::from(core);
+    let (rip, rsp) = if core == 0 { (note.entry, note.stack_top - 8) } else { (note.ap_entry, 0) };
     BootRegisters {
-        rip: note.entry,
-        rsp: note.stack_top - 8,
+        rip,
+        rsp,
         rdi: BOOT_INFO_ADDR,
+        rsi: c,
+        gs_base: if note.percpu_base == 0 { 0 } else { note.percpu_base + c * u64::from(note.percpu_stride) },
         rflags: 0x202,
         cs: Segment {
             selector: note.user_cs,
@@ -205,8 +217,8 @@ pub fn registers(note: &KernelNote) -> BootRegisters {
             g: 1,
         },
         tr: Segment {
-            selector: note.tss_selector,
-            base: note.tss_base,
+            selector: note.tss_selector + 16 * core as u16,
+            base: note.tss_base + c * u64::from(note.tss_stride),
             limit: u32::from(note.tss_limit),
             type_: 0xb,
             dpl: 0,
@@ -276,12 +288,13 @@ mod tests {
 
     #[test]
     fn boot_info_describes_ram_and_cmdline() {
-        let bi = boot_info(4 << 30, "a b", 2_500_000, 7);
+        let bi = boot_info(4 << 30, "a b", 2_500_000, 7, 2);
+        assert_eq!(bi.cpu_count, 2);
         assert!(bi.is_valid());
         assert_eq!(bi.regions(), &[MemRegion::usable(0, 3 << 30), MemRegion::usable(4 << 30, 1 << 30)]);
         assert_eq!((bi.cmdline_addr, bi.cmdline_len), (CMDLINE_ADDR, 3));
         assert_eq!(bi.tsc_khz, 2_500_000);
-        let bi = boot_info(64 << 20, "", 0, 0);
+        let bi = boot_info(64 << 20, "", 0, 0, 1);
         assert_eq!(bi.cmdline_addr, 0);
         assert_eq!(bi.regions().len(), 1);
     }
@@ -296,7 +309,7 @@ mod tests {
     #[test]
     fn registers_start_at_cpl3() {
         let note = crate::loader::check(&crate::loader::tests::tiny_elf()[..], 16 << 20).unwrap().note;
-        let r = registers(&note);
+        let r = registers(&note, 0);
         assert_eq!(r.cs.dpl, 3);
         assert_eq!(r.cs.selector & 3, 3);
         assert_eq!(r.data.selector & 3, 3);
@@ -306,5 +319,20 @@ mod tests {
         assert_eq!(r.rdi, BOOT_INFO_ADDR);
         assert_eq!(r.cr0 & 0x8000_0001, 0x8000_0001);
         assert_eq!(r.efer, 0x500);
+    }
+
+    #[test]
+    fn secondary_cores_get_their_own_tss_and_block() {
+        let mut note = crate::loader::check(&crate::loader::tests::tiny_elf()[..], 16 << 20).unwrap().note;
+        note.ap_entry = 0x10_2000;
+        note.percpu_base = 0x10_3000;
+        note.percpu_stride = 64;
+        note.tss_stride = 128;
+        let r = registers(&note, 2);
+        assert_eq!((r.rip, r.rsi), (0x10_2000, 2));
+        assert_eq!(r.gs_base, 0x10_3000 + 128);
+        assert_eq!(r.tr.selector, note.tss_selector + 32);
+        assert_eq!(r.tr.base, note.tss_base + 256);
+        assert_eq!(registers(&note, 0).gs_base, 0x10_3000);
     }
 }

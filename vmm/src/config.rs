@@ -31,6 +31,8 @@ pub struct VmConfig {
     pub timeline: Option<TimelineFormat>,
     /// KVM device node (default `/dev/kvm`).
     pub kvm_device: PathBuf,
+    /// Number of vCPUs.
+    pub cpus: u32,
 }
 
 impl VmConfig {
@@ -43,6 +45,7 @@ impl VmConfig {
             cmdline: String::new(),
             timeline: None,
             kvm_device: PathBuf::from("/dev/kvm"),
+            cpus: 1,
         }
     }
 
@@ -71,6 +74,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 128M, 1G)"))?;
     n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parse a vCPU count (at least 1; the upper bound depends on the host and
+/// the kernel, checked when the VM is made).
+pub fn parse_cpus(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("a guest needs at least 1 vCPU".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of vCPUs (e.g. 2)")),
+    }
 }
 
 /// Parse a duration such as `500ms`, `2s`, `1.5` (seconds).
@@ -106,6 +119,13 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("2"), Ok(2));
+        assert!(parse_cpus("0").unwrap_err().contains("at least 1"));
+        assert!(parse_cpus("two").is_err());
     }
 
     #[test]

@@ -44,9 +44,9 @@ fn entry(function: u32, (eax, ebx, ecx, edx): Regs) -> kvm_cpuid_entry2 {
     kvm_cpuid_entry2 { function, index: 0, flags: 0, eax, ebx, ecx, edx, ..Default::default() }
 }
 
-/// The entries, computed from `host(leaf)`; `lapic`: the VM has an
-/// in-kernel LAPIC (then its TSC-deadline mode is advertised).
-pub fn entries(host: impl Fn(u32) -> Regs, lapic: bool) -> Vec<kvm_cpuid_entry2> {
+/// The entries of vCPU `apic_id`, computed from `host(leaf)`; `lapic`: the
+/// VM has an in-kernel LAPIC (then its TSC-deadline mode is advertised).
+pub fn entries(host: impl Fn(u32) -> Regs, lapic: bool, apic_id: u8) -> Vec<kvm_cpuid_entry2> {
     let (_, vb, vc, vd) = host(0);
     let (sig, _, c1, d1) = host(1);
     let max_ext = host(0x8000_0000).0;
@@ -57,12 +57,12 @@ pub fn entries(host: impl Fn(u32) -> Regs, lapic: bool) -> Vec<kvm_cpuid_entry2>
     let m = u32::from_le_bytes(*b"M\0\0\0");
     vec![
         entry(0, (1, vb, vc, vd)),
-        // ebx: APIC id 0, one logical processor, CLFLUSH line 64 bytes.
+        // ebx: initial APIC ID, CLFLUSH line 64 bytes.
         entry(
             1,
             (
                 sig,
-                8 << 8,
+                (u32::from(apic_id) << 24) | (8 << 8),
                 (c1 & LEAF1_ECX) | HYPERVISOR | if lapic { TSC_DEADLINE } else { 0 },
                 d1 & LEAF1_EDX,
             ),
@@ -76,8 +76,8 @@ pub fn entries(host: impl Fn(u32) -> Regs, lapic: bool) -> Vec<kvm_cpuid_entry2>
 }
 
 /// The table in the form `KVM_SET_CPUID2` takes.
-pub fn table(host: impl Fn(u32) -> Regs, lapic: bool) -> CpuId {
-    let e = entries(host, lapic);
+pub fn table(host: impl Fn(u32) -> Regs, lapic: bool, apic_id: u8) -> CpuId {
+    let e = entries(host, lapic, apic_id);
     debug_assert!(e.len() <= KVM_MAX_CPUID_ENTRIES);
     // The entry count is far below the wrapper's limit.
     CpuId::from_entries(&e).unwrap_or_else(|_| CpuId::new(0).expect("an empty CPUID table"))
@@ -100,8 +100,9 @@ mod tests {
 
     #[test]
     fn keeps_vendor_and_masks_features() {
-        let e = entries(fake, true);
+        let e = entries(fake, true, 3);
         let find = |f: u32| *e.iter().find(|x| x.function == f).unwrap();
+        assert_eq!(find(1).ebx >> 24, 3, "initial APIC ID");
         assert_eq!(find(0).eax, 1);
         assert_eq!(find(0).ebx, 0x6874_7541);
         assert_eq!(find(1).edx, LEAF1_EDX);
@@ -113,11 +114,12 @@ mod tests {
 
     #[test]
     fn old_hosts_still_get_long_mode_and_sizes() {
-        let e = entries(|leaf| if leaf == 0x8000_0000 { (0x8000_0000, 0, 0, 0) } else { fake(leaf) }, false);
+        let e =
+            entries(|leaf| if leaf == 0x8000_0000 { (0x8000_0000, 0, 0, 0) } else { fake(leaf) }, false, 0);
         let find = |f: u32| *e.iter().find(|x| x.function == f).unwrap();
         assert_ne!(find(0x8000_0001).edx & (1 << 29), 0);
         assert_eq!(find(0x8000_0008).eax, 0x3028);
-        assert_eq!(table(fake, false).as_slice().len(), e.len());
+        assert_eq!(table(fake, false, 0).as_slice().len(), e.len());
         assert_eq!(find(1).ecx & TSC_DEADLINE, 0, "no LAPIC, no TSC deadline");
     }
 }

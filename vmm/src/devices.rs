@@ -1,7 +1,7 @@
 //! The guest's devices, as seen from VM exits.
 //!
 //! - The Torito register page (`torito_abi::mmio`): console writes of a
-//!   whole buffer per exit, exit code, trace marks.
+//!   whole buffer per exit, exit code, trace marks, starting cores.
 //! - COM1 (a 16550 from vm-superio) for guests that use the serial port.
 //! - Port 0xf4 (QEMU's `isa-debug-exit`): exit code, for compatibility.
 //! - The i8042 reset command (port 0x64, 0xfe).
@@ -37,6 +37,8 @@ pub enum Action {
     Exit(i32),
     /// The guest asked for a reset.
     Reset,
+    /// The guest asked for this many cores to run in all.
+    StartCores(u32),
 }
 
 /// The serial port raises no interrupt: this monitor has no interrupt
@@ -111,6 +113,7 @@ impl Devices {
                 Action::Continue
             }
             mmio::EXIT => Action::Exit(value as u32 as i32),
+            mmio::START_CORES => Action::StartCores(value.min(u64::from(u32::MAX)) as u32),
             mmio::TRACE => {
                 self.host_marks.push((value as u32, crate::timeline::now_ns()));
                 Action::Continue

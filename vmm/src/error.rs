@@ -78,6 +78,8 @@ impl Error {
 /// Registers worth printing when a guest dies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CrashRegs {
+    /// The vCPU.
+    pub cpu: u32,
     /// Instruction pointer.
     pub rip: u64,
     /// Stack pointer.
@@ -98,7 +100,8 @@ impl std::fmt::Display for CrashRegs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={} cr0={:#x} cr2={:#x} cr3={:#x}",
+            "vcpu={} rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={} cr0={:#x} cr2={:#x} cr3={:#x}",
+            self.cpu,
             self.rip,
             self.rsp,
             self.rflags,

@@ -39,6 +39,8 @@ pub enum Step {
     Exit(i32),
     /// The guest asked for a reset.
     Reset,
+    /// The guest asked for this many cores to run in all.
+    StartCores(u32),
     /// The guest triple-faulted.
     TripleFault,
     /// The guest halted and nothing can wake it.
@@ -55,6 +57,7 @@ fn step(a: Action) -> Step {
         Action::Continue => Step::Continue,
         Action::Exit(code) => Step::Exit(code),
         Action::Reset => Step::Reset,
+        Action::StartCores(n) => Step::StartCores(n),
     }
 }
 
@@ -105,6 +108,10 @@ mod tests {
             Step::Exit(9)
         );
         assert_eq!(handle_exit(Exit::Shutdown, &mut d, &m), Step::TripleFault);
+        assert_eq!(
+            handle_exit(Exit::MmioWrite(TORITO_MMIO_BASE + 0x18, &2u64.to_le_bytes()), &mut d, &m),
+            Step::StartCores(2)
+        );
         assert_eq!(handle_exit(Exit::Hlt, &mut d, &m), Step::Halted);
         assert_eq!(handle_exit(Exit::SystemEvent(2), &mut d, &m), Step::Reset);
         assert!(

@@ -48,38 +48,67 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let kvm = vstate::Kvm::open(&cfg.kvm_device)?;
     tl.mark(Phase::KvmReady);
     let vm = kvm.create_vm()?;
-    std::thread::scope(|s| {
-        // (Creating the vCPU on a second thread, in parallel with memory
-        // registration, was measured: no gain, KVM serialises the two.)
-        let (mem, deferred) = vm.add_memory(cfg.mem)?;
-        tl.mark(Phase::MemoryReady);
-        loader::load(&mem, &mut image, &elf).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-        boot::write_page_tables(&mem, cfg.mem)?;
-        tl.mark(Phase::ElfLoaded);
-        let mut vcpu = vm.create_vcpu()?;
-        let tsc_khz = vcpu.tsc_khz();
-        boot::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns())?;
-        vcpu.set_boot_registers(&boot::registers(&elf.note))?;
-        if cfg.timeline.is_some() {
-            tl.set_clock_reference(vcpu.clock_reference(tsc_khz));
-        }
-        tl.mark(Phase::VcpuReady);
+    check_cpus(cfg.cpus, &elf.note, &vm)?;
+    // (Creating the vCPU on a second thread, in parallel with memory
+    // registration, was measured: no gain, KVM serialises the two.)
+    let (mem, deferred) = vm.add_memory(cfg.mem)?;
+    tl.mark(Phase::MemoryReady);
+    loader::load(&mem, &mut image, &elf).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
+    boot::write_page_tables(&mem, cfg.mem)?;
+    tl.mark(Phase::ElfLoaded);
+    let lapic = vm.enable_lapic()?;
+    let mut vcpu = vm.create_vcpu(0, lapic)?;
+    let tsc_khz = vcpu.tsc_khz();
+    // Without a LAPIC the kernel cannot wake or time other cores.
+    let cpus = if lapic { cfg.cpus } else { 1 };
+    boot::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus)?;
+    vcpu.set_boot_registers(&boot::registers(&elf.note, 0))?;
+    if cfg.timeline.is_some() {
+        tl.set_clock_reference(vcpu.clock_reference(tsc_khz));
+    }
+    tl.mark(Phase::VcpuReady);
 
-        // The rest of RAM is registered from the guest's first exit on.
-        // (A scope joins its threads on every return, early ones too.)
-        let mut pending = vstate::PendingRam::new(s, &vm, deferred);
-        let mut devices = devices::Devices::new(cfg.console_out());
-        let outcome = vcpu.run_until_stop(&mem, &mut devices, cfg.timeout, tl, &mut pending);
+    // The rest of RAM is registered from the guest's first exit on.
+    let pending = vstate::PendingRam::new(deferred);
+    let devices = devices::Devices::new(cfg.console_out());
+    let machine = vstate::Machine::new(&vm, &mem, elf.note, cpus, lapic, devices, pending, cfg.timeout)?;
+    // A scope joins its threads (secondary vCPUs, RAM registration) on
+    // every return.
+    std::thread::scope(|s| {
+        machine.run(s, &mut vcpu, tl);
         tl.mark(Phase::GuestStopped);
-        pending.wait()?;
-        tl.pending_ram_accesses = pending.accesses;
-        let outcome = outcome?;
-        tl.set_guest_trace(boot::read_trace(&mem));
-        if cfg.timeline.is_some() {
-            tl.set_stats(vcpu.stats());
-            tl.guest_touched_kib = vstate::resident_kib(&mem);
-            tl.peak_rss_kib = vstate::peak_rss_kib();
-        }
-        Ok(outcome)
-    })
+    });
+    machine.pending().wait()?;
+    tl.pending_ram_accesses = machine.pending().accesses();
+    tl.vcpus_started = machine.started();
+    let outcome = machine.into_outcome()?;
+    tl.set_guest_trace(boot::read_trace(&mem));
+    if cfg.timeline.is_some() {
+        tl.set_stats(vcpu.stats());
+        tl.guest_touched_kib = vstate::resident_kib(&mem);
+        tl.peak_rss_kib = vstate::peak_rss_kib();
+    }
+    Ok(outcome)
+}
+
+/// Check `--cpus` against the kernel's per-core tables, KVM and the host.
+fn check_cpus(cpus: u32, note: &torito_abi::note::KernelNote, vm: &vstate::Vm) -> Result<(), Error> {
+    let n = cpus as usize;
+    if n == 0 {
+        return Err(Error::Config("--cpus 0: a guest needs at least 1 vCPU".into()));
+    }
+    if n == 1 {
+        return Ok(());
+    }
+    let kernel = if note.ap_entry == 0 { 1 } else { usize::from(note.max_cores.max(1)) };
+    let kvm = vm.max_vcpus();
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (limit, who) = [(kernel, "the kernel supports"), (kvm, "KVM allows"), (host, "this host has")]
+        .into_iter()
+        .min_by_key(|(l, _)| *l)
+        .unwrap_or((1, "the kernel supports"));
+    if n > limit {
+        return Err(Error::Config(format!("--cpus {n}: {who} at most {limit} CPU(s)")));
+    }
+    Ok(())
 }

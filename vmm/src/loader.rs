@@ -203,7 +203,14 @@ pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
         ("IDT", note.idt_base, u64::from(note.idt_limit) + 1, false),
         ("TSS", note.tss_base, u64::from(note.tss_limit) + 1, false),
     ];
-    for (what, addr, len, exec) in checks {
+    let cores = u64::from(note.max_cores.max(1));
+    let smp = [
+        ("secondary entry", note.ap_entry, 1, true),
+        ("per-core blocks", note.percpu_base, cores * u64::from(note.percpu_stride), false),
+        ("TSSs", note.tss_base, cores * u64::from(note.tss_stride), false),
+    ];
+    let smp = if note.ap_entry != 0 && note.max_cores > 1 { &smp[..] } else { &[] };
+    for &(what, addr, len, exec) in checks.iter().chain(smp) {
         if !inside(addr, len, exec) {
             return Err(format!("the Torito note's {what} ({addr:#x}) is not inside a loaded segment"));
         }

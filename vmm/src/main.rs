@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use torito_vmm::config::{TimelineFormat, parse_duration, parse_size};
+use torito_vmm::config::{TimelineFormat, parse_cpus, parse_duration, parse_size};
 use torito_vmm::timeline::{Phase, Timeline};
 use torito_vmm::{Error, VmConfig};
 
@@ -25,6 +25,9 @@ struct Cli {
     /// Guest RAM, e.g. 128M or 1G.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
+    /// Number of vCPUs (secondary ones start when the kernel asks).
+    #[arg(long, default_value = "1", value_parser = parse_cpus)]
+    cpus: u32,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let mut cfg = VmConfig::new(&cli.elf);
     cfg.mem = cli.mem;
     cfg.timeout = cli.timeout;
+    cfg.cpus = cli.cpus;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {

@@ -98,6 +98,9 @@ pub struct Timeline {
     pub peak_rss_kib: Option<u64>,
     /// Guest accesses to RAM still being registered, done by the monitor.
     pub pending_ram_accesses: u64,
+    /// vCPUs that ran (1 unless the kernel started more); `runs` and the
+    /// stats are vCPU 0's.
+    pub vcpus_started: u32,
 }
 
 impl Timeline {
@@ -189,7 +192,7 @@ impl Timeline {
         for (name, t, guest) in self.events() {
             let _ = writeln!(s, "  {t:>10.1}  {}{name}", if guest { "guest: " } else { "" });
         }
-        let _ = write!(s, "  returns from KVM_RUN: {}", self.runs);
+        let _ = write!(s, "  vCPUs: {}; returns from KVM_RUN (vCPU 0): {}", self.vcpus_started, self.runs);
         if let Some(k) = self.guest_touched_kib {
             let _ = write!(s, "; guest RAM touched: {k} KiB");
         }
@@ -227,8 +230,8 @@ impl Timeline {
         s.push_str(&ev.join(","));
         let _ = write!(
             s,
-            "],\"kvm_run_returns\":{},\"pending_ram_accesses\":{},",
-            self.runs, self.pending_ram_accesses
+            "],\"vcpus\":{},\"kvm_run_returns\":{},\"pending_ram_accesses\":{},",
+            self.vcpus_started, self.runs, self.pending_ram_accesses
         );
         if let Some(k) = self.guest_touched_kib {
             let _ = write!(s, "\"guest_touched_kib\":{k},");

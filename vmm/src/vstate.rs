@@ -1,16 +1,20 @@
 //! KVM state: the device, the VM with its memory, the vCPU and its run
 //! loop. All of the monitor's `unsafe` code is here.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::Scope;
 use std::time::Duration;
 
 use kvm_bindings::{Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm as KvmFd, VcpuExit, VcpuFd, VmFd};
 use torito_abi::layout::ram_ranges;
+use torito_abi::note::KernelNote;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::errno;
 
@@ -82,44 +86,65 @@ impl DeferredRam {
 /// rest of its RAM registered. A guest access to unregistered RAM reaches
 /// the monitor as MMIO; the vCPU thread then waits for the registration and
 /// performs that one access itself.
-pub struct PendingRam<'scope, 'env> {
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    vm: &'env Vm,
+pub struct PendingRam {
     ranges: Vec<(u64, u64)>,
-    deferred: Option<DeferredRam>,
-    handle: Option<std::thread::ScopedJoinHandle<'scope, Result<(), Error>>>,
-    /// Guest accesses the vCPU thread performed itself.
-    pub accesses: u64,
+    state: Mutex<RamState>,
+    done: Condvar,
+    accesses: AtomicU64,
 }
 
-impl<'scope, 'env> PendingRam<'scope, 'env> {
-    /// `deferred` RAM of `vm`, to be registered on a thread of `scope`.
-    pub fn new(scope: &'scope std::thread::Scope<'scope, 'env>, vm: &'env Vm, deferred: DeferredRam) -> Self {
+enum RamState {
+    Deferred(DeferredRam),
+    Registering,
+    Done(Result<(), Error>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PendingRam {
+    /// `deferred` RAM, to be registered on a thread later.
+    pub fn new(deferred: DeferredRam) -> Self {
         let ranges = deferred.ranges();
-        let deferred = (!deferred.is_empty()).then_some(deferred);
-        Self { scope, vm, ranges, deferred, handle: None, accesses: 0 }
+        let state = if deferred.is_empty() { RamState::Done(Ok(())) } else { RamState::Deferred(deferred) };
+        Self { ranges, state: Mutex::new(state), done: Condvar::new(), accesses: AtomicU64::new(0) }
     }
 
-    /// Start registering, if that has not started yet.
-    pub fn start(&mut self) {
-        if let Some(d) = self.deferred.take() {
-            let vm = self.vm;
-            self.handle = Some(self.scope.spawn(move || vm.register(&d)));
+    /// Start registering on a thread of `scope`, if that has not started.
+    pub fn start<'scope, 'env>(&'scope self, scope: &'scope Scope<'scope, 'env>, vm: &'scope Vm) {
+        let mut g = lock(&self.state);
+        if !matches!(*g, RamState::Deferred(_)) {
+            return;
         }
+        let RamState::Deferred(d) = std::mem::replace(&mut *g, RamState::Registering) else { return };
+        drop(g);
+        scope.spawn(move || {
+            let r = vm.register(&d);
+            *lock(&self.state) = RamState::Done(r);
+            self.done.notify_all();
+        });
     }
 
     fn contains(&self, addr: u64) -> bool {
         self.ranges.iter().any(|&(start, size)| addr >= start && addr - start < size)
     }
 
-    /// Wait until the registration, if started, is done.
-    pub fn wait(&mut self) -> Result<(), Error> {
-        match self.handle.take() {
-            Some(h) => {
-                h.join().map_err(|_| Error::Config("the memory registration thread panicked".into()))?
-            }
-            None => Ok(()),
+    /// Wait until the registration, if started, is done; its error, once.
+    pub fn wait(&self) -> Result<(), Error> {
+        let mut g = lock(&self.state);
+        while matches!(*g, RamState::Registering) {
+            g = self.done.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+        match &mut *g {
+            RamState::Done(r) => std::mem::replace(r, Ok(())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Guest accesses the vCPU threads performed themselves.
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(Ordering::Relaxed)
     }
 }
 
@@ -217,27 +242,37 @@ impl Vm {
         Ok(())
     }
 
-    /// Create vCPU 0 with the minimal CPUID table.
+    /// Give the VM a split irqchip (LAPIC in KVM, no PIC/IOAPIC), before
+    /// any vCPU exists. Returns `false` when KVM lacks it (vCPUs then have
+    /// no LAPIC).
     ///
-    /// The VM gets a split irqchip first (LAPIC in KVM, no PIC/IOAPIC):
-    /// measured here, it makes `KVM_CREATE_VCPU` ~170 µs cheaper and adds
+    /// Measured here, it makes `KVM_CREATE_VCPU` ~170 µs cheaper and adds
     /// nothing to teardown (unlike a full in-kernel irqchip: 13–23 ms), and
-    /// the LAPIC is what timers and MSIs will need. Without the capability
-    /// the vCPU is created without it.
-    pub fn create_vcpu(&self) -> Result<Vcpu, Error> {
-        let lapic = self.fd.check_extension(kvm_ioctls::Cap::SplitIrqchip);
-        if lapic {
-            let cap = kvm_bindings::kvm_enable_cap {
-                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
-                args: [IOAPIC_PINS, 0, 0, 0],
-                ..Default::default()
-            };
-            self.fd.enable_cap(&cap).map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+    /// the LAPIC is what timers, wake-ups between cores and MSIs need.
+    pub fn enable_lapic(&self) -> Result<bool, Error> {
+        if !self.fd.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
+            return Ok(false);
         }
-        let fd = self.fd.create_vcpu(0).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        let cpuid = crate::cpuid::table(host_cpuid, lapic);
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+            args: [IOAPIC_PINS, 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd.enable_cap(&cap).map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+        Ok(true)
+    }
+
+    /// Most vCPUs KVM allows in one VM.
+    pub fn max_vcpus(&self) -> usize {
+        self.fd.check_extension_int(kvm_ioctls::Cap::MaxVcpus).max(1) as usize
+    }
+
+    /// Create vCPU `id` (local APIC ID `id`) with the minimal CPUID table.
+    pub fn create_vcpu(&self, id: u32, lapic: bool) -> Result<Vcpu, Error> {
+        let fd = self.fd.create_vcpu(u64::from(id)).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        let cpuid = crate::cpuid::table(host_cpuid, lapic, id as u8);
         fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
-        Ok(Vcpu { fd })
+        Ok(Vcpu { fd, id })
     }
 }
 
@@ -252,6 +287,7 @@ const IOAPIC_PINS: u64 = 24;
 /// A vCPU.
 pub struct Vcpu {
     fd: VcpuFd,
+    id: u32,
 }
 
 fn kvm_seg(s: &Segment) -> kvm_segment {
@@ -274,12 +310,41 @@ fn kvm_seg(s: &Segment) -> kvm_segment {
 
 static TIMED_OUT: AtomicBool = AtomicBool::new(false);
 
+std::thread_local! {
+    /// The `kvm_run` area of the vCPU this thread runs, for the signal
+    /// handlers (null when none).
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Make this thread's next (or current) `KVM_RUN` return at once.
+fn interrupt_this_vcpu() {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's vCPU's `kvm_run` mapping,
+            // set while the vCPU lives and cleared before it is dropped; a
+            // byte store is what KVM's `immediate_exit` protocol expects.
+            unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+        }
+    });
+}
+
 extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     TIMED_OUT.store(true, Ordering::SeqCst);
+    interrupt_this_vcpu();
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    interrupt_this_vcpu();
+}
+
+/// The signal that stops another vCPU thread.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
 }
 
 /// Deliver SIGALRM after `d`, then every 10 ms (so a signal that arrives
-/// while the monitor is outside `KVM_RUN` is followed by another).
+/// on a thread that runs no vCPU is followed by another).
 fn arm_timeout(d: Duration) -> Result<(), Error> {
     vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
         .map_err(|e| Error::Kvm("sigaction(SIGALRM)", e))?;
@@ -294,6 +359,252 @@ fn arm_timeout(d: Duration) -> Result<(), Error> {
         return Err(Error::Kvm("setitimer", errno::Error::last()));
     }
     Ok(())
+}
+
+/// A guest being run: what its vCPU threads share.
+///
+/// vCPU 0 runs on the caller's thread; the kernel starts the others with
+/// the `START_CORES` register, each on a thread of its own (created then,
+/// so a one-core launch pays nothing for them). Devices sit behind one
+/// lock. The first vCPU to stop the guest (exit, crash, timeout) records
+/// the outcome and stops the others: a signal makes their `KVM_RUN` return
+/// (`immediate_exit` covers a signal that arrives outside it).
+pub struct Machine<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    note: KernelNote,
+    cpus: u32,
+    lapic: bool,
+    devices: Mutex<Devices>,
+    pending: PendingRam,
+    timeout: Option<Duration>,
+    started: AtomicU32,
+    stop: AtomicBool,
+    result: Mutex<Option<Result<Outcome, Error>>>,
+    threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+impl<'a> Machine<'a> {
+    /// A machine of `cpus` vCPUs (vCPU 0 made by the caller).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: &'a Vm,
+        mem: &'a GuestMemoryMmap,
+        note: KernelNote,
+        cpus: u32,
+        lapic: bool,
+        devices: Devices,
+        pending: PendingRam,
+        timeout: Option<Duration>,
+    ) -> Result<Self, Error> {
+        if cpus > 1 {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .map_err(|e| Error::Kvm("sigaction(vCPU kick)", e))?;
+        }
+        if let Some(d) = timeout {
+            arm_timeout(d)?;
+        }
+        Ok(Self {
+            vm,
+            mem,
+            note,
+            cpus,
+            lapic,
+            devices: Mutex::new(devices),
+            pending,
+            timeout,
+            started: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            result: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The deferred RAM.
+    pub fn pending(&self) -> &PendingRam {
+        &self.pending
+    }
+
+    /// vCPUs that were started (vCPU 0 included).
+    pub fn started(&self) -> u32 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Run vCPU 0 on this thread until the guest stops; secondary vCPUs
+    /// run on threads of `scope`, which the caller joins.
+    pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
+        tl.mark(Phase::FirstRun);
+        let out = self.run_vcpu(scope, vcpu, Some(tl));
+        self.finish(out);
+    }
+
+    /// How the guest stopped (after every vCPU thread has been joined).
+    pub fn into_outcome(self) -> Result<Outcome, Error> {
+        let r = self.result.into_inner().unwrap_or_else(|e| e.into_inner());
+        r.unwrap_or_else(|| Err(Error::Config("the guest stopped without an outcome".into())))
+    }
+
+    fn finish(&self, out: Option<Result<Outcome, Error>>) {
+        if let Some(r) = out {
+            let mut g = lock(&self.result);
+            if g.is_none() {
+                *g = Some(r);
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        for &t in lock(&self.threads).iter() {
+            // SAFETY: each entry is a live vCPU thread of this machine: a
+            // thread removes itself (under this lock) before it ends.
+            if unsafe { libc::pthread_equal(t, me) } == 0 {
+                // SAFETY: as above; the handler only sets immediate_exit.
+                unsafe { libc::pthread_kill(t, kick_signal()) };
+            }
+        }
+    }
+
+    fn start_cores<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, want: u32) {
+        let want = want.min(self.cpus);
+        let mut cur = self.started.load(Ordering::SeqCst);
+        while cur < want {
+            match self.started.compare_exchange(cur, want, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    for id in cur..want {
+                        scope.spawn(move || {
+                            let out = self.run_secondary(scope, id);
+                            self.finish(out);
+                        });
+                    }
+                    return;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn run_secondary<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        id: u32,
+    ) -> Option<Result<Outcome, Error>> {
+        let made = self.vm.create_vcpu(id, self.lapic).and_then(|v| {
+            v.set_boot_registers(&crate::boot::registers(&self.note, id))?;
+            // With an in-kernel LAPIC, KVM makes every vCPU but the first
+            // wait for INIT-SIPI; this one starts in long mode right away.
+            v.fd.set_mp_state(kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE })
+                .map_err(|e| Error::Kvm("KVM_SET_MP_STATE", e))?;
+            Ok(v)
+        });
+        match made {
+            Ok(mut vcpu) => self.run_vcpu(scope, &mut vcpu, None),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Run `vcpu` until the guest stops (`Some`: this vCPU saw why) or
+    /// another vCPU stopped it (`None`).
+    fn run_vcpu<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        vcpu: &mut Vcpu,
+        mut tl: Option<&mut Timeline>,
+    ) -> Option<Result<Outcome, Error>> {
+        KVM_RUN.with(|p| p.set(vcpu.fd.get_kvm_run()));
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        lock(&self.threads).push(me);
+        let out = self.vcpu_loop(scope, vcpu, &mut tl);
+        if std::env::var_os("TORITO_DEBUG_VCPUS").is_some() {
+            eprintln!("torito: debug: {}", vcpu.crash_regs());
+        }
+        lock(&self.threads).retain(|&t| {
+            // SAFETY: comparing thread handles has no preconditions.
+            unsafe { libc::pthread_equal(t, me) == 0 }
+        });
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        out
+    }
+
+    fn vcpu_loop<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        vcpu: &mut Vcpu,
+        tl: &mut Option<&mut Timeline>,
+    ) -> Option<Result<Outcome, Error>> {
+        let (mem, pending) = (self.mem, &self.pending);
+        loop {
+            if TIMED_OUT.load(Ordering::SeqCst) {
+                return Some(Ok(Outcome::Timeout(self.timeout.unwrap_or_default())));
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            let exit = vcpu.fd.run();
+            if let Some(tl) = tl.as_deref_mut() {
+                tl.runs += 1;
+            }
+            let step = match exit {
+                Ok(exit) => {
+                    let e = match exit {
+                        VcpuExit::MmioRead(a, d) if pending.contains(a) => {
+                            pending.start(scope, self.vm);
+                            if let Err(e) = pending.wait() {
+                                return Some(Err(e));
+                            }
+                            pending.accesses.fetch_add(1, Ordering::Relaxed);
+                            if mem.read_slice(d, GuestAddress(a)).is_err() {
+                                d.fill(0xff);
+                            }
+                            continue;
+                        }
+                        VcpuExit::MmioWrite(a, d) if pending.contains(a) => {
+                            pending.start(scope, self.vm);
+                            if let Err(e) = pending.wait() {
+                                return Some(Err(e));
+                            }
+                            pending.accesses.fetch_add(1, Ordering::Relaxed);
+                            let _ = mem.write_slice(d, GuestAddress(a));
+                            continue;
+                        }
+                        VcpuExit::IoOut(p, d) => Exit::IoOut(p, d),
+                        VcpuExit::IoIn(p, d) => Exit::IoIn(p, d),
+                        VcpuExit::MmioRead(a, d) => Exit::MmioRead(a, d),
+                        VcpuExit::MmioWrite(a, d) => Exit::MmioWrite(a, d),
+                        VcpuExit::Hlt => Exit::Hlt,
+                        VcpuExit::Shutdown => Exit::Shutdown,
+                        VcpuExit::FailEntry(r, _) => Exit::FailEntry(r),
+                        VcpuExit::InternalError => Exit::InternalError,
+                        VcpuExit::SystemEvent(t, _) => Exit::SystemEvent(t),
+                        VcpuExit::Intr => Exit::Other("Intr"),
+                        VcpuExit::Debug(_) => Exit::Other("Debug"),
+                        VcpuExit::Exception => Exit::Other("Exception"),
+                        _ => Exit::Other("unknown exit reason"),
+                    };
+                    handle_exit(e, &mut lock(&self.devices), mem)
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A signal: the checks at the top of the loop say why.
+                    vcpu.fd.set_kvm_immediate_exit(0);
+                    Step::Continue
+                }
+                Err(e) => return Some(Err(Error::Kvm("KVM_RUN", e))),
+            };
+            match step {
+                // The guest goes on: time to register the rest of its RAM.
+                Step::Continue => pending.start(scope, self.vm),
+                Step::StartCores(n) => {
+                    pending.start(scope, self.vm);
+                    self.start_cores(scope, n);
+                }
+                Step::Exit(code) => return Some(Ok(Outcome::Exited(code))),
+                Step::Reset => return Some(Ok(Outcome::Reset)),
+                Step::TripleFault => return Some(Ok(Outcome::TripleFault(vcpu.crash_regs()))),
+                Step::Halted => return Some(Ok(Outcome::Halted(vcpu.crash_regs()))),
+                Step::Crash(why) => return Some(Ok(Outcome::Crashed(why, vcpu.crash_regs()))),
+            }
+        }
+    }
 }
 
 mod stats_ioctl {
@@ -317,7 +628,7 @@ impl Vcpu {
         sregs.ds = data;
         sregs.es = data;
         sregs.fs = data;
-        sregs.gs = data;
+        sregs.gs = kvm_segment { base: r.gs_base, ..data };
         sregs.ss = data;
         sregs.tr = kvm_seg(&r.tr);
         sregs.gdt.base = r.gdt.0;
@@ -333,6 +644,7 @@ impl Vcpu {
             rip: r.rip,
             rsp: r.rsp,
             rdi: r.rdi,
+            rsi: r.rsi,
             rflags: r.rflags,
             ..Default::default()
         };
@@ -357,6 +669,7 @@ impl Vcpu {
         let regs = self.fd.get_regs().unwrap_or_default();
         let sregs = self.fd.get_sregs().unwrap_or_default();
         CrashRegs {
+            cpu: self.id,
             rip: regs.rip,
             rsp: regs.rsp,
             rflags: regs.rflags,
@@ -364,77 +677,6 @@ impl Vcpu {
             cr0: sregs.cr0,
             cr2: sregs.cr2,
             cr3: sregs.cr3,
-        }
-    }
-
-    /// Run the guest until it stops or `timeout` expires.
-    pub fn run_until_stop(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        devices: &mut Devices,
-        timeout: Option<Duration>,
-        tl: &mut Timeline,
-        pending: &mut PendingRam<'_, '_>,
-    ) -> Result<Outcome, Error> {
-        if let Some(d) = timeout {
-            arm_timeout(d)?;
-        }
-        tl.mark(Phase::FirstRun);
-        loop {
-            if TIMED_OUT.load(Ordering::SeqCst) {
-                return Ok(Outcome::Timeout(timeout.unwrap_or_default()));
-            }
-            let step = match self.fd.run() {
-                Ok(exit) => {
-                    tl.runs += 1;
-                    let e = match exit {
-                        VcpuExit::MmioRead(a, d) if pending.contains(a) => {
-                            pending.start();
-                            pending.wait()?;
-                            pending.accesses += 1;
-                            if mem.read_slice(d, GuestAddress(a)).is_err() {
-                                d.fill(0xff);
-                            }
-                            continue;
-                        }
-                        VcpuExit::MmioWrite(a, d) if pending.contains(a) => {
-                            pending.start();
-                            pending.wait()?;
-                            pending.accesses += 1;
-                            let _ = mem.write_slice(d, GuestAddress(a));
-                            continue;
-                        }
-                        VcpuExit::IoOut(p, d) => Exit::IoOut(p, d),
-                        VcpuExit::IoIn(p, d) => Exit::IoIn(p, d),
-                        VcpuExit::MmioRead(a, d) => Exit::MmioRead(a, d),
-                        VcpuExit::MmioWrite(a, d) => Exit::MmioWrite(a, d),
-                        VcpuExit::Hlt => Exit::Hlt,
-                        VcpuExit::Shutdown => Exit::Shutdown,
-                        VcpuExit::FailEntry(r, _) => Exit::FailEntry(r),
-                        VcpuExit::InternalError => Exit::InternalError,
-                        VcpuExit::SystemEvent(t, _) => Exit::SystemEvent(t),
-                        VcpuExit::Intr => Exit::Other("Intr"),
-                        VcpuExit::Debug(_) => Exit::Other("Debug"),
-                        VcpuExit::Exception => Exit::Other("Exception"),
-                        _ => Exit::Other("unknown exit reason"),
-                    };
-                    handle_exit(e, devices, mem)
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    tl.runs += 1;
-                    Step::Continue
-                }
-                Err(e) => return Err(Error::Kvm("KVM_RUN", e)),
-            };
-            match step {
-                // The guest goes on: time to register the rest of its RAM.
-                Step::Continue => pending.start(),
-                Step::Exit(code) => return Ok(Outcome::Exited(code)),
-                Step::Reset => return Ok(Outcome::Reset),
-                Step::TripleFault => return Ok(Outcome::TripleFault(self.crash_regs())),
-                Step::Halted => return Ok(Outcome::Halted(self.crash_regs())),
-                Step::Crash(why) => return Ok(Outcome::Crashed(why, self.crash_regs())),
-            }
         }
     }
 

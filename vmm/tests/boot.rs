@@ -277,10 +277,11 @@ fn threads_mutex_channels_sleep_and_ping_pong() {
     let threads = guest("threads");
     let r = run(&["--timeout", "60", "--timeline=json"], &threads, &["100000"]);
     assert_eq!(r.code, 0);
-    assert!(r.stdout.contains("threads: thread 1 on core 0"));
+    assert!(r.stdout.contains("threads: thread 16 on core 0"));
     assert!(r.stdout.contains("cannot spawn on core 1: this machine has 1 core(s)"));
     assert!(r.stdout.contains("counter 4000 (expected 4000)"));
-    assert!(r.stdout.contains("ping-pong 100000 round trips in"));
+    assert!(r.stdout.contains("20000 messages from 2 senders on 1 core(s), each once and in order"));
+    assert!(r.stdout.contains("ping-pong core 0 <-> core 0: 100000 round trips in"));
     assert!(r.stdout.contains("ns per round trip"), "the TSC frequency must be known: {}", r.stdout);
     // A 10 ms sleep: never early, and (loosely) not much late.
     let line = r.stdout.lines().find(|l| l.contains("slept 10 ms, woke after")).expect("a sleep line");
@@ -308,8 +309,11 @@ fn a_panicking_thread_says_which_thread_and_core() {
     }
     let r = run(&["--timeout", "20"], &guest("threads"), &["panic"]);
     assert_eq!(r.code, 101);
-    assert!(r.stdout.contains("[torito] thread 1 on core 0 panicked"), "{}", r.stdout);
+    assert!(r.stdout.contains("[torito] thread 16 on core 0 panicked"), "{}", r.stdout);
     assert!(r.stdout.contains("index out of bounds"));
+    let r = run(&["--timeout", "20", "--cpus", "2"], &guest("threads"), &["panic"]);
+    assert_eq!(r.code, 101);
+    assert!(r.stdout.contains("[torito] thread 16 on core 1 panicked"), "{}", r.stdout);
 }
 
 #[test]
@@ -319,5 +323,72 @@ fn a_deadlock_is_reported_and_stops_the_guest() {
     }
     let r = run(&["--timeout", "20"], &guest("threads"), &["deadlock"]);
     assert_eq!(r.code, 101, "{}", r.stdout);
-    assert!(r.stdout.contains("deadlock: all 2 thread(s) of core 0 are blocked"), "{}", r.stdout);
+    assert!(r.stdout.contains("deadlock: all 2 thread(s) on 1 core(s) are blocked"), "{}", r.stdout);
+    // Across cores: a thread on core 1 and the main thread wait for each other.
+    let r = run(&["--timeout", "20", "--cpus", "2"], &guest("threads"), &["deadlock"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    assert!(r.stdout.contains("deadlock: all 2 thread(s) on 2 core(s) are blocked"), "{}", r.stdout);
+}
+
+/// Two vCPUs: threads on both cores, a mutex from both, messages across
+/// cores once and in order, a sleep on core 1, the cross-core ping-pong.
+#[test]
+fn two_cores_share_threads_locks_and_channels() {
+    if !kvm() {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED: this host has one CPU; --cpus 2 is refused here");
+        return;
+    }
+    let r = run(&["--timeout", "60", "--cpus", "2", "--timeline=json"], &guest("threads"), &["100000"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("threads: 2 core(s)"));
+    for core in 0..2 {
+        assert_eq!(r.stdout.matches(&format!(" on core {core}\n")).count(), 3, "{}", r.stdout);
+    }
+    assert!(r.stdout.contains("cannot spawn on core 2: this machine has 2 core(s)"));
+    assert!(r.stdout.contains("counter 4000 (expected 4000)"));
+    assert!(r.stdout.contains("40000 messages from 4 senders on 2 core(s), each once and in order"));
+    let line = r.stdout.lines().find(|l| l.contains("on core 1, slept 10 ms")).expect("a core 1 sleep line");
+    let us: u64 = line.split("after ").nth(1).and_then(|x| x.split(' ').next()).unwrap().parse().unwrap();
+    assert!((10_000..200_000).contains(&us), "{line}");
+    assert!(r.stdout.contains("ping-pong core 0 <-> core 1: 100000 round trips in"));
+    assert!(r.stdout.contains("threads: ok"));
+    assert_eq!(json_u64(&r.stderr, "vcpus"), Some(2), "{}", r.stderr);
+    // --timeout stops both vCPUs (both busy with a ping-pong that would
+    // take minutes).
+    let t = std::time::Instant::now();
+    let r = run(&["--timeout", "1", "--cpus", "2"], &guest("threads"), &["1000000000"]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(t.elapsed().as_secs() < 20);
+}
+
+/// `--cpus` beyond what the host, KVM or the kernel allow is refused
+/// before anything runs; so is 0; one core never starts a second vCPU.
+#[test]
+fn cpu_counts_are_checked() {
+    let threads = guest("threads");
+    let r = run(&["--cpus", "0"], &threads, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("at least 1 vCPU"), "{}", r.stderr);
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--cpus", "1000"], &threads, &[]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(r.stderr.contains("--cpus 1000:") && r.stderr.contains("at most"), "{}", r.stderr);
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if host < 16 {
+        let n = (host + 1).to_string();
+        let r = run(&["--cpus", &n], &threads, &[]);
+        assert_eq!(r.code, 78, "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("this host has at most {host} CPU(s)")), "{}", r.stderr);
+    }
+    // hello has no process unit: it never asks for the second vCPU.
+    if host >= 2 {
+        let r = run(&["--cpus", "2", "--timeline=json"], &guest("hello"), &[]);
+        assert_eq!(r.code, 0);
+        assert_eq!(json_u64(&r.stderr, "vcpus"), Some(1), "{}", r.stderr);
+    }
 }

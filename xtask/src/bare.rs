@@ -17,7 +17,7 @@ const TSS: u64 = BASE + 0x200;
 const IDT: u64 = BASE + 0x300;
 const STACK_TOP: u64 = BASE + 0x2000;
 const IMAGE_SIZE: usize = 0x400;
-const NOTE_DESC: usize = 72;
+const NOTE_DESC: usize = torito_abi::note::KERNEL_NOTE_SIZE; // ap_entry etc. stay 0: one core
 
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     buf[at..at + bytes.len()].copy_from_slice(bytes);

@@ -1,10 +1,15 @@
 //! threads: Toro's Scheduler example on Torito.
 //!
-//! Threads print their core and thread ids; a mutex-protected counter is
-//! incremented by all of them across yields; then two threads pass a message
-//! back and forth through two channels N times (default 1,000,000; the
-//! first command-line word overrides it) and the round-trip time per message
-//! is printed. An argument `panic` makes a spawned thread panic instead.
+//! Threads on every core print their core and thread ids; a mutex-protected
+//! counter is incremented by threads on every core across yields; producers
+//! on every core send numbered messages to one receiver, which checks that
+//! each arrives once and in order; threads sleep on every core; then two
+//! threads, on different cores when there are several, pass a message back
+//! and forth through two channels N times (default 1,000,000; the first
+//! command-line word overrides it) and the round-trip time per message is
+//! printed. `panic` makes a thread on the last core panic, `deadlock` makes
+//! two threads (on different cores when there are several) wait for each
+//! other, `bench` prints the figures `cargo xtask bench` collects.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -28,25 +33,28 @@ fn main() -> i32 {
     if arg == Some("bench") {
         return bench();
     }
+    let last = CoreId(process::core_count() as u32 - 1);
     if arg == Some("deadlock") {
         // Each thread waits for the other's message before sending its own.
         let (tx_a, rx_a) = channel::bounded::<u8>(1);
         let (tx_b, rx_b) = channel::bounded::<u8>(1);
-        let other = process::spawn(move || {
+        let other = process::spawn_on(last, move || {
             let got = rx_b.recv();
             let _ = tx_a.send(1);
             got
-        });
+        })
+        .expect("the last core exists");
         let _ = rx_a.recv();
         let _ = tx_b.send(2);
         let _ = other.join();
         return 0;
     }
     if arg == Some("panic") {
-        let h = process::spawn(|| {
+        let h = process::spawn_on(last, || {
             let v: Vec<u32> = Vec::new();
             v[3]
-        });
+        })
+        .expect("the last core exists");
         return h.join() as i32;
     }
     let rounds: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
@@ -66,7 +74,8 @@ fn main() -> i32 {
         None => println!("threads: no wall clock on this host"),
     }
 
-    // Threads on every core (one core for now) print who they are.
+    let cores = process::core_count() as u32;
+    // Threads on every core print who they are.
     let mut hs = Vec::new();
     for core in 0..process::core_count() as u32 {
         for _ in 0..3 {
@@ -83,12 +92,13 @@ fn main() -> i32 {
         println!("threads: {e}");
     }
 
-    // A counter under contention: every increment holds the lock across a yield.
+    // A counter under contention from every core: every increment holds
+    // the lock across a yield.
     let counter = Arc::new(Mutex::new(0u64));
     let workers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let c = counter.clone();
-            process::spawn(move || {
+            process::spawn_on(CoreId(i % cores), move || {
                 for _ in 0..1000 {
                     let mut g = c.lock();
                     let v = *g;
@@ -96,6 +106,7 @@ fn main() -> i32 {
                     *g = v + 1;
                 }
             })
+            .expect("an existing core")
         })
         .collect();
     for w in workers {
@@ -103,6 +114,39 @@ fn main() -> i32 {
     }
     let count = *counter.lock();
     println!("threads: counter {count} (expected 4000)");
+
+    // Producers on every core, one receiver: every message once, in order
+    // per sender.
+    const PER_SENDER: u32 = 10_000;
+    let senders = 2 * cores;
+    let (tx, rx) = channel::bounded::<(u32, u32)>(16);
+    let producers: Vec<_> = (0..senders)
+        .map(|p| {
+            let tx = tx.clone();
+            process::spawn_on(CoreId(p % cores), move || {
+                for i in 0..PER_SENDER {
+                    tx.send((p, i)).expect("the receiver is alive");
+                }
+            })
+            .expect("an existing core")
+        })
+        .collect();
+    drop(tx);
+    let mut next = Vec::from_iter((0..senders).map(|_| 0u32));
+    let (mut received, mut in_order) = (0u32, true);
+    while let Some((p, i)) = rx.recv() {
+        in_order &= next[p as usize] == i;
+        next[p as usize] = i + 1;
+        received += 1;
+    }
+    for p in producers {
+        p.join();
+    }
+    let messages_ok = in_order && received == senders * PER_SENDER;
+    println!(
+        "threads: {received} messages from {senders} senders on {cores} core(s), {}",
+        if in_order { "each once and in order" } else { "OUT OF ORDER" }
+    );
 
     // Sleep: the boot thread sleeps 10 ms; three threads sleep 30, 10 and
     // 20 ms and must wake in deadline order.
@@ -128,22 +172,32 @@ fn main() -> i32 {
         }
         let order = order.lock().clone();
         println!("threads: sleepers woke in the order {order:?}");
-        slept_ok = us >= 10_000 && order == [10, 20, 30];
+        // The same 10 ms sleep on the last core.
+        let there = process::spawn_on(last, || {
+            let t0 = process::clock::ticks();
+            process::sleep(Duration::from_millis(10));
+            ticks_us(process::clock::ticks() - t0)
+        })
+        .expect("the last core exists")
+        .join();
+        println!("threads: on core {}, slept 10 ms, woke after {there} µs", last.0);
+        slept_ok = us >= 10_000 && there >= 10_000 && order == [10, 20, 30];
     } else {
         println!("threads: the TSC frequency is unknown on this host: sleep not tried");
     }
 
-    // Ping-pong.
+    // Ping-pong, with the other side on the last core.
     let (to_pong, from_ping) = channel::bounded::<u64>(1);
     let (to_ping, from_pong) = channel::bounded::<u64>(1);
-    let pong = process::spawn(move || {
+    let pong = process::spawn_on(last, move || {
         let mut n = 0u64;
         while let Some(v) = from_ping.recv() {
             to_ping.send(v + 1).expect("ping is alive");
             n += 1;
         }
         n
-    });
+    })
+    .expect("the last core exists");
     let t0 = process::clock::ticks();
     let mut v = 0;
     for _ in 0..rounds {
@@ -155,7 +209,8 @@ fn main() -> i32 {
     let answered = pong.join();
     match process::clock::tsc_khz() {
         Some(khz) => println!(
-            "threads: ping-pong {rounds} round trips in {} µs: {} ns per round trip",
+            "threads: ping-pong core 0 <-> core {}: {rounds} round trips in {} µs: {} ns per round trip",
+            last.0,
             process::clock::ticks_to_ns(ticks, khz) / 1000,
             process::clock::ticks_to_ns(ticks, khz) / rounds.max(1)
         ),
@@ -163,7 +218,12 @@ fn main() -> i32 {
             println!("threads: ping-pong {rounds} round trips in {ticks} TSC ticks (TSC frequency unknown)")
         }
     }
-    let ok = v == rounds && answered == rounds && count == 4000 && ids.iter().all(|&i| i != 0) && slept_ok;
+    let ok = v == rounds
+        && answered == rounds
+        && count == 4000
+        && messages_ok
+        && ids.iter().all(|&i| i != 0)
+        && slept_ok;
     println!("threads: {}", if ok { "ok" } else { "FAILED" });
     if ok { 0 } else { 1 }
 }
@@ -208,6 +268,9 @@ fn bench() -> i32 {
     drop(to_pong);
     pong.join();
     println!("bench: channel round trip {} ns", ns(t) / TRIPS);
+    if process::core_count() > 1 {
+        cross_core_bench(khz);
+    }
     // Wake-up from a 1 ms sleep: how late.
     let mut late: Vec<u64> = (0..50)
         .map(|_| {
@@ -225,6 +288,57 @@ fn bench() -> i32 {
         process::has_timer()
     );
     0
+}
+
+/// Cross-core figures: a channel round trip with the other side on core 1
+/// (both cores busy), and the latency of a message to a core that halted
+/// waiting for it (the wake-up interrupt included).
+fn cross_core_bench(khz: u64) {
+    let ns = |ticks: u64| process::clock::ticks_to_ns(ticks, khz);
+    let (to_pong, from_ping) = channel::bounded::<u64>(1);
+    let (to_ping, from_pong) = channel::bounded::<u64>(1);
+    let pong = process::spawn_on(CoreId(1), move || {
+        while let Some(v) = from_ping.recv() {
+            let _ = to_ping.send(v);
+        }
+    })
+    .expect("core 1 exists");
+    const TRIPS: u64 = 100_000;
+    let t0 = process::clock::ticks();
+    for i in 0..TRIPS {
+        let _ = to_pong.send(i);
+        let _ = from_pong.recv();
+    }
+    let t = process::clock::ticks() - t0;
+    drop(to_pong);
+    pong.join();
+    println!("bench: cross-core channel round trip {} ns", ns(t) / TRIPS);
+    // Wake-up: core 1 waits (halted) for a message stamped with the TSC.
+    let (tx, rx) = channel::bounded::<u64>(1);
+    let (ack, acked) = channel::bounded::<u64>(1);
+    let waiter = process::spawn_on(CoreId(1), move || {
+        while let Some(sent) = rx.recv() {
+            let _ = ack.send(process::clock::ticks().saturating_sub(sent));
+        }
+    })
+    .expect("core 1 exists");
+    let mut lat: Vec<u64> = (0..50)
+        .map(|_| {
+            // Give core 1 time to halt.
+            process::sleep(Duration::from_millis(1));
+            let _ = tx.send(process::clock::ticks());
+            ns(acked.recv().unwrap_or(0)) / 1000
+        })
+        .collect();
+    drop(tx);
+    waiter.join();
+    lat.sort_unstable();
+    println!(
+        "bench: wake a halted core with a message {} / {} / {} us (min / median / max, 50 messages)",
+        lat[0],
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
 }
 
 /// Year, month, day of the `days`-th day since 1970-01-01 (H. Hinnant's

@@ -14,10 +14,11 @@
 //!
 //! Registers are reached through MMIO at 0xFEE0_0000 (identity-mapped;
 //! handled in KVM with an in-kernel LAPIC). The interrupt stub (vector
-//! 0x40) sets `_torito_timer_fired` and sends EOI; `gate::idle` checks that
-//! flag before halting.
+//! 0x40) sets the core's wake flag (see `smp`) and sends EOI; `gate::idle`
+//! checks that flag before halting. Each core programs its own LAPIC (the
+//! MMIO page is per CPU); [`send_ipi`] interrupts another core.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::rdtsc;
 
@@ -27,6 +28,10 @@ const LVT_TIMER: usize = 0x320;
 const INITIAL_COUNT: usize = 0x380;
 const CURRENT_COUNT: usize = 0x390;
 const DIVIDE_CONFIG: usize = 0x3e0;
+const ICR_LOW: usize = 0x300;
+const ICR_HIGH: usize = 0x310;
+/// ICR: level "assert" (required for fixed IPIs on older APICs).
+const ICR_ASSERT: u32 = 1 << 14;
 const DIVIDE_BY_1: u32 = 0b1011;
 const TIMER_VECTOR: u32 = 0x40;
 const MASKED: u32 = 1 << 16;
@@ -34,15 +39,6 @@ const MASKED: u32 = 1 << 16;
 const LAPIC_HZ: u64 = 1_000_000_000;
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
-
-fn fired_flag() -> &'static AtomicU32 {
-    unsafe extern "C" {
-        static _torito_timer_fired: AtomicU32;
-    }
-    // SAFETY: a 4-byte-aligned, zero-initialised `.bss` word that only the
-    // timer stub (a plain store) and this module touch.
-    unsafe { &*core::ptr::addr_of!(_torito_timer_fired) }
-}
 
 fn write(reg: usize, value: u32) {
     // SAFETY: a LAPIC register in the identity-mapped MMIO window; only
@@ -66,15 +62,36 @@ pub fn init(tsc_khz: u64) -> Option<u64> {
     if !has_lapic || !under_hypervisor {
         return None;
     }
-    write(SVR, 0x1ff); // software enable, spurious vector 0xff
+    enable();
     let khz = match tsc_khz {
         0 => calibrate()?,
         k => k,
     };
     TSC_KHZ.store(khz, Ordering::Relaxed);
+    init_timer();
+    Some(khz)
+}
+
+fn enable() {
+    write(SVR, 0x1ff); // software enable, spurious vector 0xff
+}
+
+fn init_timer() {
     write(DIVIDE_CONFIG, DIVIDE_BY_1);
     write(LVT_TIMER, TIMER_VECTOR); // one-shot
-    Some(khz)
+}
+
+/// Set a secondary core's local APIC up like the boot core's (after
+/// [`init`] succeeded there).
+pub fn init_secondary() {
+    enable();
+    init_timer();
+}
+
+/// Send interrupt `vector` to the core whose local APIC ID is `apic_id`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    write(ICR_HIGH, apic_id << 24);
+    write(ICR_LOW, ICR_ASSERT | u32::from(vector));
 }
 
 /// Measure the TSC against the LAPIC counter over 1 ms (its rate: see the
@@ -100,10 +117,10 @@ fn calibrate() -> Option<u64> {
     Some((t1 - t0) * 1_000_000 / ns.max(1))
 }
 
-/// Fire the timer interrupt when the TSC reaches `deadline` (only after
-/// [`init`] returned `Some`).
+/// Fire this core's timer interrupt when the TSC reaches `deadline` (only
+/// after [`init`] returned `Some`). The interrupt sets the core's wake
+/// flag; the caller clears that flag before arming.
 pub fn arm(deadline: u64) {
-    fired_flag().store(0, Ordering::SeqCst);
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
     let ticks = deadline.saturating_sub(rdtsc());
     let ns = (u128::from(ticks) * 1_000_000 / u128::from(khz)).min(u128::from(u64::MAX)) as u64;

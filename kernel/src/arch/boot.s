@@ -16,11 +16,29 @@
     .set UDATA, 0x1b            /* 0x18 | RPL 3 */
     .set UCODE, 0x23            /* 0x20 | RPL 3 */
     .set KCODE32, 0x28
-    .set TSS_SEL, 0x30
+    .set TSS_SEL, 0x30          /* core i's TSS: TSS_SEL + 16 * i */
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
     .set GATE_OPS, 7
     .set TIMER_VECTOR, 0x40
+    .set WAKE_VECTOR, 0x41      /* inter-processor wake-up */
     .set LAPIC_EOI, 0xfee000b0
+    .set GS_BASE_MSR, 0xc0000101
+
+    /* Per-core state. Each core's GS base points at its block in
+     * _torito_percpu (the monitor sets it; the 32-bit paths write the MSR),
+     * so `%gs:` loads reach it from CPL3 and CPL0 alike. The offsets are
+     * mirrored in kernel/src/arch/smp.rs. */
+    .set MAX_CORES, 16
+    .set PERCPU_STRIDE, 64
+    .set PC_ID, 0               /* core index */
+    .set PC_SELF, 8             /* address of this block */
+    .set PC_WAKE, 16            /* set by the timer and wake-up stubs */
+    .set PC_STACK, 24           /* CPL3 stack top of a secondary core */
+    .set PC_TSS, 32             /* this core's TSS */
+    .set PC_RSP0, 40            /* this core's CPL0 stack top */
+    .set TSS_STRIDE, 128
+    .set CPL0_STACK_SIZE, 8192
+    .set IST_STACK_SIZE, 4096
 
     .macro IDT_ENTRY handler, ist=0
     .word ((\handler - boot_base + BOOT_BASE) & 0xffff)
@@ -45,15 +63,18 @@ _torito_gdt:
     .quad 0x00cff3000000ffff    /* 0x18 user data (DPL3) */
     .quad 0x00affb000000ffff    /* 0x20 user code, 64-bit (DPL3) */
     .quad 0x00cf9b000000ffff    /* 0x28 kernel code, 32-bit (trampoline) */
-gdt_tss:                        /* 0x30 64-bit TSS, available */
+    .set c, 0                   /* 0x30 + 16 * c: core c's 64-bit TSS, available */
+    .rept MAX_CORES
     .word 0x67
-    .word ((tss - boot_base + BOOT_BASE) & 0xffff)
-    .byte (((tss - boot_base + BOOT_BASE) >> 16) & 0xff)
+    .word ((_torito_tss - boot_base + BOOT_BASE + c * TSS_STRIDE) & 0xffff)
+    .byte (((_torito_tss - boot_base + BOOT_BASE + c * TSS_STRIDE) >> 16) & 0xff)
     .byte 0x89
     .byte 0x00
-    .byte (((tss - boot_base + BOOT_BASE) >> 24) & 0xff)
+    .byte (((_torito_tss - boot_base + BOOT_BASE + c * TSS_STRIDE) >> 24) & 0xff)
     .long 0
     .long 0
+    .set c, c + 1
+    .endr
 gdt_end:
 
 gdt_ptr:
@@ -66,20 +87,44 @@ null_idt_ptr:
     .word 0
     .quad 0
 
-/* ---- TSS ------------------------------------------------------------- */
-    .balign 16
+/* ---- TSSs, one per core ---------------------------------------------- */
+    .balign 128
     .globl _torito_tss
 _torito_tss:
-tss:
+    .set c, 0
+    .rept MAX_CORES
     .long 0
-    .quad cpl0_stack_top        /* RSP0: stack of every CPL3 -> CPL0 entry */
+    .quad cpl0_stacks + (c + 1) * CPL0_STACK_SIZE   /* RSP0: every CPL3 -> CPL0 entry */
     .quad 0, 0
     .quad 0
-    .quad ist1_stack_top        /* IST1: double fault */
+    .quad ist_stacks + (c + 1) * IST_STACK_SIZE     /* IST1: double fault */
     .quad 0, 0, 0, 0, 0, 0
     .quad 0
     .word 0
     .word 104                   /* no I/O permission bitmap */
+    .fill TSS_STRIDE - 104, 1, 0
+    .set c, c + 1
+    .endr
+
+/* ---- Per-core blocks ---------------------------------------------------- */
+    .balign 64
+    .globl _torito_percpu
+_torito_percpu:
+    .set c, 0
+    .rept MAX_CORES
+    .quad c                                         /* PC_ID */
+    .quad _torito_percpu + c * PERCPU_STRIDE        /* PC_SELF */
+    .quad 0                                         /* PC_WAKE */
+    .quad 0                                         /* PC_STACK */
+    .quad _torito_tss + c * TSS_STRIDE              /* PC_TSS */
+    .quad cpl0_stacks + (c + 1) * CPL0_STACK_SIZE   /* PC_RSP0 */
+    .quad 0, 0
+    .set c, c + 1
+    .endr
+    /* The core an INIT-SIPI start is bringing up (written by core 0). */
+    .globl _torito_ap_booting
+_torito_ap_booting:
+    .long 0
 
 /* ---- IDT ------------------------------------------------------------- */
     .balign 16
@@ -120,8 +165,9 @@ _torito_idt:
     .rept 32                    /* 32..63 */
     IDT_ENTRY isr_ignore
     .endr
-    IDT_ENTRY isr_timer         /* 64: the LAPIC timer */
-    .rept 191                   /* 65..255 */
+    IDT_ENTRY isr_wake          /* 64: the LAPIC timer */
+    IDT_ENTRY isr_wake          /* 65: a wake-up from another core */
+    .rept 190                   /* 66..255 */
     IDT_ENTRY isr_ignore
     .endr
 idt_end:
@@ -143,7 +189,7 @@ _torito_pvh_entry:
     movl %ebx, %esi             /* hvm_start_info */
 
 enter_long_mode:
-    movl $cpl0_stack_top, %esp
+    movl $(cpl0_stacks + CPL0_STACK_SIZE), %esp
     lgdt gdt_ptr
     movl $0x20, %eax            /* CR4.PAE */
     movl %eax, %cr4
@@ -169,6 +215,10 @@ long_mode:
     movw $TSS_SEL, %ax
     ltr %ax
     lidt idt_ptr
+    movl $GS_BASE_MSR, %ecx     /* core 0's per-core block */
+    movl $_torito_percpu, %eax
+    xorl %edx, %edx
+    wrmsr
     movl %edi, %edi             /* zero-extend kind and info */
     movl %esi, %esi
     pushq $UDATA
@@ -176,6 +226,82 @@ long_mode:
     pushq $0x202                /* IF: interrupts reach CPL3 once a source is set up */
     pushq $UCODE
     pushq $_torito_generic_entry
+    iretq
+
+/* ---- Secondary cores ----------------------------------------------------
+ * _torito_ap_entry is CPL3 code: the Torito monitor starts a secondary
+ * vCPU there directly (GS base and TR set per core). It takes the stack
+ * core 0 left in the per-core block and calls kernel_ap_main(core). */
+    .globl _torito_ap_entry
+_torito_ap_entry:
+    movq %gs:PC_STACK, %rsp
+    movq %gs:PC_ID, %rdi
+    call kernel_ap_main
+    ud2
+
+/* On other hosts core 0 starts each secondary core with INIT-SIPI: it
+ * copies this real-mode trampoline below 1 MiB, sets _torito_ap_booting
+ * and sends the SIPI. The trampoline enters protected mode on the kernel's
+ * GDT and jumps to ap_pm32, which continues like the 32-bit boot path, sets
+ * the core's GS base and TSS, and drops to CPL3 at _torito_ap_entry. */
+    .code16
+    .globl _torito_ap_trampoline
+_torito_ap_trampoline:
+    cli
+    lgdtl %cs:(ap_trampoline_gdtp - _torito_ap_trampoline)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $KCODE32, $ap_pm32
+    .balign 4
+ap_trampoline_gdtp:
+    .word gdt_end - _torito_gdt - 1
+    .long _torito_gdt
+    .globl _torito_ap_trampoline_end
+_torito_ap_trampoline_end:
+
+    .code32
+ap_pm32:
+    movl $KDATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl _torito_ap_booting, %ebx
+    shll $6, %ebx               /* * PERCPU_STRIDE */
+    addl $_torito_percpu, %ebx
+    movl PC_RSP0(%ebx), %esp
+    movl $0x20, %eax            /* CR4.PAE */
+    movl %eax, %cr4
+    movl $_torito_boot_pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx      /* EFER.LME */
+    movl $0x100, %eax
+    xorl %edx, %edx
+    wrmsr
+    movl $0x80010011, %eax      /* CR0: PG | WP | ET | PE */
+    movl %eax, %cr0
+    ljmp $KCODE, $ap_long_mode
+
+    .code64
+ap_long_mode:
+    movl $KDATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl $GS_BASE_MSR, %ecx
+    movl %ebx, %eax
+    xorl %edx, %edx
+    wrmsr
+    movq %gs:PC_ID, %rax
+    shlq $4, %rax
+    addq $TSS_SEL, %rax
+    ltr %ax
+    lidt idt_ptr
+    pushq $UDATA
+    pushq %gs:PC_STACK
+    pushq $0x202
+    pushq $UCODE
+    pushq $_torito_ap_entry
     iretq
 
 /* ---- #UD: the CPL3 -> CPL0 gate -----------------------------------------
@@ -214,8 +340,8 @@ gate_inb:                       /* eax = inb(dx = port) */
 gate_invlpg:                    /* invlpg(rdi = address) */
     invlpg (%rdi)
     jmp gate_done
-gate_idle:                      /* halt until an interrupt, unless the timer has fired */
-    cmpl $0, _torito_timer_fired
+gate_idle:                      /* halt until an interrupt, unless a wake-up is pending */
+    cmpl $0, %gs:PC_WAKE
     jne gate_done
     sti                         /* the interrupt shadow of sti covers hlt: */
     hlt                         /* no wake-up is lost between check and halt */
@@ -254,8 +380,8 @@ isr_\v:
 isr_ignore:                     /* other vectors: nothing is routed there */
     iretq
 
-isr_timer:                      /* record the tick, end the interrupt */
-    movl $1, _torito_timer_fired
+isr_wake:                       /* timer or wake-up: record it, end the interrupt */
+    movl $1, %gs:PC_WAKE
     pushq %rax
     movabsq $LAPIC_EOI, %rax
     movl $0, (%rax)
@@ -263,9 +389,8 @@ isr_timer:                      /* record the tick, end the interrupt */
     iretq
 
 fault_common:
-    cmpb $0, _torito_fault_active
-    jne die
-    movb $1, _torito_fault_active
+    lock btsq $0, _torito_fault_active  /* first fault of any core wins */
+    jc die
     popq _torito_fault_info+0   /* vector */
     popq _torito_fault_info+8   /* error code */
     popq _torito_fault_info+16  /* rip */
@@ -275,7 +400,9 @@ fault_common:
     popq _torito_fault_info+48  /* ss */
     movq %cr2, %rax
     movq %rax, _torito_fault_info+56
-    movq $cpl0_stack_top, tss+4 /* a broken RSP0 must not break the report */
+    movq %gs:PC_TSS, %rax       /* a broken RSP0 must not break the report */
+    movq %gs:PC_RSP0, %rcx
+    movq %rcx, 4(%rax)
     pushq $UDATA
     pushq $(fault_stack_top - 8)
     pushq $0x202
@@ -307,11 +434,11 @@ die:                            /* exit code 255 on every host we know */
     .pushsection .note.torito, "a"
     .balign 4
     .long 7                     /* namesz: "Torito\0" */
-    .long 72                    /* descsz: size_of::<KernelNote>() */
+    .long 96                    /* descsz: size_of::<KernelNote>() */
     .long 0x54300001            /* torito_abi::note::NOTE_TYPE */
     .asciz "Torito"
     .balign 4
-    .long 2                     /* abi_version (torito_abi::ABI_VERSION) */
+    .long 3                     /* abi_version (torito_abi::ABI_VERSION) */
     .long 0                     /* flags */
     .quad kernel_main           /* entry */
     .quad boot_stack_top        /* stack_top */
@@ -326,6 +453,11 @@ die:                            /* exit code 255 on every host we know */
     .word UDATA
     .long _torito_boot_pml4     /* boot_tables: the segment of the link-time tables */
     .quad __bss_end             /* image_end */
+    .quad _torito_ap_entry      /* ap_entry */
+    .quad _torito_percpu        /* percpu_base */
+    .long PERCPU_STRIDE
+    .word MAX_CORES
+    .word TSS_STRIDE
     .popsection
 
 /* ---- Boot page tables: identity map of [0, 4 GiB), user pages ----------
@@ -364,11 +496,11 @@ boot_pt0:                       /* until the loader's data is read, see unmap_nu
 /* ---- Stacks and fault record ------------------------------------------- */
     .pushsection .bss.torito_stacks, "aw", @nobits
     .balign 4096
-    .skip 16384
-cpl0_stack_top:
-    .skip 8192
-ist1_stack_top:
-    .skip 32768
+cpl0_stacks:                    /* one per core */
+    .skip CPL0_STACK_SIZE * MAX_CORES
+ist_stacks:
+    .skip IST_STACK_SIZE * MAX_CORES
+    .skip 32768                 /* the fault report's (one fault at a time) */
 fault_stack_top:
     .skip 131072
     .globl boot_stack_top
@@ -379,8 +511,5 @@ _torito_fault_info:
     .skip 64
     .globl _torito_fault_active
 _torito_fault_active:
-    .skip 8
-    .globl _torito_timer_fired
-_torito_timer_fired:
     .skip 8
     .popsection

@@ -73,9 +73,10 @@ pub fn invlpg(addr: u64) {
     }
 }
 
-/// Halt until the next interrupt, unless the timer has already fired since
-/// it was armed (checked at CPL0, with interrupts off, right before `hlt`,
-/// so a tick that arrives in between is not lost).
+/// Halt until the next interrupt, unless a wake-up (timer or another
+/// core's IPI) has arrived since the core's wake flag was cleared (checked
+/// at CPL0, with interrupts off, right before `hlt`, so a wake-up that
+/// arrives in between is not lost).
 pub fn idle() {
     // SAFETY: the gate checks a flag, then runs `sti; hlt`; the interrupt
     // that wakes it is handled by the stubs and the gate returns normally.

@@ -9,6 +9,7 @@ pub mod apic;
 pub mod fault;
 pub mod gate;
 pub mod rtc;
+pub mod smp;
 pub mod torito;
 
 use core::arch::global_asm;
@@ -16,7 +17,7 @@ use core::arch::global_asm;
 global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
-const _: () = assert!(torito_abi::ABI_VERSION == 2, "update abi_version in boot.s");
+const _: () = assert!(torito_abi::ABI_VERSION == 3, "update abi_version in boot.s");
 
 // The multiboot1 header with the a.out-kludge address fields, so that
 // QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which

@@ -23,3 +23,9 @@ pub fn console_write(bytes: &[u8]) {
 pub fn exit(code: i32) {
     write(mmio::EXIT, u64::from(code as u32));
 }
+
+/// Ask the monitor to run `count` cores in all (see
+/// `torito_abi::mmio::START_CORES`).
+pub fn start_cores(count: usize) {
+    write(mmio::START_CORES, count as u64);
+}

@@ -100,6 +100,26 @@ pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
     crate::init::run()
 }
 
+/// The first Rust code of a secondary core, at CPL3 on the stack core 0
+/// gave it (see `arch::smp`), from `_torito_ap_entry` in `boot.s`.
+#[unsafe(no_mangle)]
+extern "sysv64" fn kernel_ap_main(core: u64) -> ! {
+    crate::init::run_secondary(core as usize)
+}
+
+/// Number of CPUs the loader offers (1 when it does not say).
+pub fn cpu_count() -> usize {
+    BOOT.get().map_or(1, |b| b.cpu_count.max(1) as usize)
+}
+
+/// Start cores `1..count` (at most); returns how many cores run.
+pub fn start_secondary(count: usize) -> usize {
+    match protocol() {
+        BootProtocol::Direct => arch::smp::start_secondary_torito(count),
+        BootProtocol::Multiboot | BootProtocol::Pvh => 1,
+    }
+}
+
 /// Exit 0 from the first line of `kernel_main` (the `profile-boot`
 /// feature), after recording the arrival: the boot protocol is read straight
 /// from the loader's `BootInfo`, so nothing else runs first.

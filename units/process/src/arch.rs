@@ -82,13 +82,6 @@ pub(crate) fn deref<T>(addr: usize) -> &'static T {
     unsafe { &*(addr as *const T) }
 }
 
-/// [`deref`] for a pointer that may be null.
-#[cfg(not(test))]
-pub(crate) fn deref_opt<T>(p: *mut T) -> Option<&'static T> {
-    // SAFETY: only `install` stores here, with a `&'static` reference.
-    unsafe { p.as_ref() }
-}
-
 /// Read the time-stamp counter (native at CPL3).
 pub(crate) fn rdtsc() -> u64 {
     // SAFETY: `rdtsc` has no side effects and CR4.TSD is clear.

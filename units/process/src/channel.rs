@@ -1,19 +1,27 @@
-//! Bounded multi-producer, single-consumer channels.
+//! Bounded multi-producer, single-consumer channels, within a core and
+//! across cores.
 //!
-//! `send` waits (yielding) while the channel is full, `recv` while it is
-//! empty. Messages from one sender arrive in the order they were sent.
-//! Within one core this needs no more than a short lock; the cross-core
-//! version comes with several cores.
+//! `send` waits while the channel is full, `recv` while it is empty; a
+//! waiting thread lets its core's other threads run, and a core with
+//! nothing to run halts until the other side notifies it. Messages from
+//! one sender arrive in the order they were sent, each exactly once. The
+//! queue is guarded by a spin lock held only to push or pop one message.
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::sched::Waiters;
 
 struct Shared<T> {
     queue: spin::Mutex<VecDeque<T>>,
     capacity: usize,
     senders: AtomicUsize,
     receiver_alive: AtomicBool,
+    /// The receiver's core, while it waits for a message.
+    receiver_waits: Waiters,
+    /// Senders' cores, while they wait for room.
+    senders_wait: Waiters,
 }
 
 /// The sending side; clone it for more producers.
@@ -38,28 +46,33 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         capacity,
         senders: AtomicUsize::new(1),
         receiver_alive: AtomicBool::new(true),
+        receiver_waits: Waiters::new(),
+        senders_wait: Waiters::new(),
     });
     (Sender { shared: shared.clone() }, Receiver { shared })
 }
 
 impl<T> Sender<T> {
-    /// Send `value`, waiting while the channel is full.
+    /// Send `value`, waiting while the channel is full; fails when the
+    /// receiver is gone.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         let mut value = Some(value);
-        loop {
-            if !self.shared.receiver_alive.load(Ordering::Acquire) {
-                return Err(SendError(value.take().expect("unsent value")));
+        let sh = &*self.shared;
+        let r = sh.senders_wait.wait_for(|| {
+            if !sh.receiver_alive.load(Ordering::Acquire) {
+                return Some(Err(SendError(value.take().expect("unsent value"))));
             }
-            {
-                let mut q = self.shared.queue.lock();
-                if q.len() < self.shared.capacity {
-                    q.push_back(value.take().expect("unsent value"));
-                    crate::note_progress();
-                    return Ok(());
-                }
-            }
-            crate::wait();
+            let mut q = sh.queue.lock();
+            (q.len() < sh.capacity).then(|| {
+                q.push_back(value.take().expect("unsent value"));
+                Ok(())
+            })
+        });
+        if r.is_ok() {
+            crate::note_progress();
+            sh.receiver_waits.notify();
         }
+        r
     }
 }
 
@@ -74,6 +87,7 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.shared.senders.fetch_sub(1, Ordering::AcqRel);
         crate::note_progress();
+        self.shared.receiver_waits.notify();
     }
 }
 
@@ -81,15 +95,15 @@ impl<T> Receiver<T> {
     /// The next message, waiting while there is none; `None` once every
     /// sender is gone and the channel is empty.
     pub fn recv(&self) -> Option<T> {
-        loop {
+        let sh = &*self.shared;
+        sh.receiver_waits.wait_for(|| {
             if let Some(v) = self.try_recv() {
-                return Some(v);
+                return Some(Some(v));
             }
-            if self.shared.senders.load(Ordering::Acquire) == 0 {
-                return self.try_recv();
-            }
-            crate::wait();
-        }
+            // Look at the queue again after seeing no sender: the last one
+            // may have sent just before it went.
+            (sh.senders.load(Ordering::Acquire) == 0).then(|| self.try_recv())
+        })
     }
 
     /// The next message if one is waiting.
@@ -97,6 +111,7 @@ impl<T> Receiver<T> {
         let v = self.shared.queue.lock().pop_front();
         if v.is_some() {
             crate::note_progress();
+            self.shared.senders_wait.notify();
         }
         v
     }
@@ -106,23 +121,25 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.shared.receiver_alive.store(false, Ordering::Release);
         crate::note_progress();
+        self.shared.senders_wait.notify();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::tests::fresh;
+    use crate::CoreId;
+    use crate::sched::tests::{fresh, machine};
     use alloc::vec::Vec;
 
     #[test]
     fn every_message_arrives_once_in_order_per_sender() {
-        let s = fresh();
+        let _s = fresh();
         let (tx, rx) = bounded::<(u32, u32)>(4);
         let producers: Vec<_> = (0..3u32)
             .map(|p| {
                 let tx = tx.clone();
-                s.spawn(move || {
+                crate::spawn(move || {
                     for i in 0..500 {
                         tx.send((p, i)).unwrap();
                     }
@@ -144,11 +161,40 @@ mod tests {
     }
 
     #[test]
+    fn across_cores_every_message_arrives_once_in_order_per_sender() {
+        let (_sys, _cores) = machine(3);
+        let (tx, rx) = bounded::<(u32, u32)>(8);
+        let producers: Vec<_> = (0..6u32)
+            .map(|p| {
+                let tx = tx.clone();
+                crate::spawn_on(CoreId(p % 3), move || {
+                    for i in 0..20_000 {
+                        tx.send((p, i)).unwrap();
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        drop(tx);
+        let mut next = [0u32; 6];
+        let mut total = 0;
+        while let Some((p, i)) = rx.recv() {
+            assert_eq!(i, next[p as usize], "sender {p} out of order");
+            next[p as usize] += 1;
+            total += 1;
+        }
+        assert_eq!(total, 120_000);
+        for h in producers {
+            h.join();
+        }
+    }
+
+    #[test]
     fn ping_pong_between_two_threads() {
-        let s = fresh();
+        let _s = fresh();
         let (to_b, from_a) = bounded::<u64>(1);
         let (to_a, from_b) = bounded::<u64>(1);
-        let b = s.spawn(move || {
+        let b = crate::spawn(move || {
             while let Some(v) = from_a.recv() {
                 to_a.send(v + 1).unwrap();
             }
@@ -161,6 +207,28 @@ mod tests {
         drop(to_b);
         b.join();
         assert_eq!(v, 10_000);
+    }
+
+    #[test]
+    fn ping_pong_across_cores() {
+        let (_sys, _cores) = machine(2);
+        let (to_b, from_a) = bounded::<u64>(1);
+        let (to_a, from_b) = bounded::<u64>(1);
+        let b = crate::spawn_on(CoreId(1), move || {
+            while let Some(v) = from_a.recv() {
+                to_a.send(v + 1).unwrap();
+            }
+            crate::current_core()
+        })
+        .unwrap();
+        let mut v = 0;
+        for _ in 0..20_000 {
+            to_b.send(v).unwrap();
+            v = from_b.recv().unwrap();
+        }
+        drop(to_b);
+        assert_eq!(b.join(), CoreId(1));
+        assert_eq!(v, 20_000);
     }
 
     #[test]

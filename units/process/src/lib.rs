@@ -1,20 +1,25 @@
-//! Torito process unit: threads, cooperative scheduling, synchronisation,
-//! channels and a monotonic clock.
+//! Torito process unit: threads, cooperative scheduling on every core,
+//! synchronisation, channels and a monotonic clock.
 //!
 //! Toro's model: each core runs its own queue of cooperative threads; a
-//! thread is created on a chosen core and stays there; a thread runs until
-//! it yields, blocks or ends. Everything here runs at CPL3 and never masks
-//! interrupts.
+//! thread is created on a chosen core ([`spawn_on`]) and stays there; a
+//! thread runs until it yields, blocks or ends. Everything here runs at
+//! CPL3 and never masks interrupts.
 //!
-//! Status (steps 1–2 of the process issue): one core. Threads ([`spawn`],
-//! [`JoinHandle::join`], [`yield_now`]), [`sleep`], a yielding
-//! [`sync::Mutex`], bounded MPSC [`channel`]s, and a TSC-based [`clock`].
-//! Blocking calls wait by yielding to the other threads; when none is
-//! ready, the core halts until the next wake-up (with the kernel's timer,
-//! see [`Platform`]). Still to come: several cores.
+//! - Threads: [`spawn`], [`spawn_on`], [`JoinHandle::join`], [`yield_now`],
+//!   [`sleep`], [`current_thread`], [`current_core`], [`core_count`].
+//! - Synchronisation: [`sync::Mutex`], [`sync::Condvar`], bounded MPSC
+//!   [`channel`]s; all of them work across cores.
+//! - Per-core data: [`PerCore`].
+//! - Time: [`clock`] (TSC, wall clock when the host gives it).
+//!
+//! Blocking calls let the core's other threads run; when none can, the
+//! core halts until a sleeper's deadline or until another core notifies it
+//! (a wake-up interrupt, see [`Platform`]). Cores share nothing but the
+//! objects threads hand each other; a short spin lock guards each of them.
 //!
 //! ```ignore
-//! let h = unit_process::spawn(|| 6 * 7);
+//! let h = unit_process::spawn_on(unit_process::CoreId(1), || 6 * 7)?;
 //! assert_eq!(h.join(), 42);
 //! ```
 
@@ -27,10 +32,18 @@ extern crate alloc;
 mod arch;
 pub mod channel;
 pub mod clock;
+mod percore;
 mod sched;
 pub mod sync;
 
-pub use sched::{JoinHandle, Scheduler, ThreadId};
+pub use percore::{CacheLine, PerCore};
+pub use sched::{
+    DEADLOCK_CHECK_MS, JoinHandle, SPIN_BEFORE_HALT_US, STACK_SIZE, Scheduler, System, ThreadId,
+};
+
+/// The most cores the process unit (and the kernel's per-core tables)
+/// support.
+pub const MAX_CORES: usize = 16;
 
 use core::fmt;
 
@@ -65,24 +78,29 @@ impl fmt::Display for SpawnError {
 
 impl core::error::Error for SpawnError {}
 
-/// The boot core's scheduler (one core for now).
-static BOOT_CORE: Scheduler = Scheduler::new();
-
-/// What the kernel provides for waiting without spinning.
+/// What the kernel provides for waiting without spinning and for
+/// several cores.
 #[derive(Clone, Copy, Debug)]
 pub struct Platform {
-    /// Arm a one-shot timer interrupt at a TSC value; `None` when there is
-    /// no timer (waiting then spins on the clock).
+    /// Arm this core's one-shot timer interrupt at a TSC value; `None`
+    /// when there is no timer (waiting then spins on the clock).
     pub arm: Option<fn(u64)>,
-    /// Halt until an interrupt; returns at once if the armed timer has
-    /// already fired.
+    /// Halt until an interrupt; returns at once if a wake-up (timer or
+    /// [`Platform::kick`]) arrived since the last [`Platform::clear_wake`].
     pub idle: fn(),
+    /// The calling core's index.
+    pub core: fn() -> usize,
+    /// Forget this core's pending wake-ups (before looking for work).
+    pub clear_wake: fn(),
+    /// Interrupt core `i` so that it leaves [`Platform::idle`].
+    pub kick: fn(usize),
 }
 
 impl Platform {
-    /// No timer, no halting: waiting spins (host tests, hosts without a
-    /// usable timer).
-    pub const SPIN: Platform = Platform { arm: None, idle: core::hint::spin_loop };
+    /// One core, no timer, no halting: waiting spins (host tests, hosts
+    /// without a usable timer).
+    pub const SPIN: Platform =
+        Platform { arm: None, idle: core::hint::spin_loop, core: || 0, clear_wake: || {}, kick: |_| {} };
 }
 
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
@@ -91,17 +109,36 @@ pub(crate) fn platform() -> Platform {
     PLATFORM.get().copied().unwrap_or(Platform::SPIN)
 }
 
-/// Set the process unit up on the boot core; `tsc_khz` is the TSC
+#[cfg(not(test))]
+pub(crate) fn initialised() -> bool {
+    PLATFORM.is_completed()
+}
+
+/// Set the process unit up, on the boot core: `tsc_khz` is the TSC
 /// frequency (0 when unknown); `wall_clock` is `(ns since the Unix epoch,
-/// TSC at that moment)` when the host gives the time. The calling code
-/// becomes thread 0.
-pub fn init(tsc_khz: u64, platform: Platform, wall_clock: Option<(u64, u64)>) {
+/// TSC at that moment)` when the host gives the time; `cores` is the
+/// number of cores (each other core then calls [`run_secondary`]). The
+/// calling code becomes thread 0 of core 0.
+pub fn init(tsc_khz: u64, platform: Platform, wall_clock: Option<(u64, u64)>, cores: usize) {
     clock::set_tsc_khz(tsc_khz);
     if let Some((ns, tsc)) = wall_clock {
         clock::set_wall_clock(ns, tsc);
     }
+    #[cfg(not(test))]
+    sched::SYSTEM.set_core_count(cores);
+    #[cfg(test)]
+    let _ = cores;
     PLATFORM.call_once(|| platform);
-    sched::install(&BOOT_CORE);
+}
+
+/// The scheduler loop of a secondary core (after [`init`] on core 0): its
+/// boot thread becomes the idle thread, which waits for ever while the
+/// threads spawned on this core run.
+pub fn run_secondary() -> ! {
+    let s = sched::current().expect("unit_process::run_secondary before unit_process::init");
+    loop {
+        s.wait();
+    }
 }
 
 /// Whether waiting halts the core (a timer is available) rather than spins.
@@ -133,12 +170,16 @@ pub fn sleep_until_ticks(deadline: u64) {
 
 /// Number of cores threads can run on.
 pub fn core_count() -> usize {
-    1
+    sched::system().map_or(1, |s| s.core_count())
 }
 
 /// The core the caller runs on.
 pub fn current_core() -> CoreId {
-    CoreId(0)
+    CoreId(current_core_index().unwrap_or(0) as u32)
+}
+
+pub(crate) fn current_core_index() -> Option<usize> {
+    sched::core_index()
 }
 
 /// The calling thread's identifier (`None` before [`init`]).
@@ -152,22 +193,21 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match sched::current() {
-        Some(s) => s.spawn(f),
-        None => panic!("unit_process::spawn called before unit_process::init"),
+    match spawn_on(current_core(), f) {
+        Ok(h) => h,
+        Err(e) => panic!("unit_process::spawn: {e}"),
     }
 }
 
-/// Run `f` on a new thread of `core`.
+/// Run `f` on a new thread of `core`. The thread stays on that core; it
+/// runs once the core's current thread yields, waits or sleeps (a halted
+/// core is woken).
 pub fn spawn_on<F, T>(core: CoreId, f: F) -> Result<JoinHandle<T>, SpawnError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    if core.0 as usize >= core_count() {
-        return Err(SpawnError::NoSuchCore { core, cores: core_count() });
-    }
-    sched::current().map(|s| s.spawn(f)).ok_or(SpawnError::NotInitialised)
+    sched::system().ok_or(SpawnError::NotInitialised)?.spawn_on(core, f)
 }
 
 /// Let the other threads of this core run; returns when this thread is
@@ -187,12 +227,19 @@ pub(crate) fn note_progress() {
     }
 }
 
-/// Wait for something another thread will do (used by blocking calls):
-/// like [`yield_now`], but when no thread is ready and some sleep, the core
-/// halts until the first of them wakes.
+/// Wait for a notification (used by blocking calls, after registering in
+/// the object's waiters): see [`Scheduler::wait`].
 pub(crate) fn wait() {
     match sched::current() {
         Some(s) => s.wait(),
         None => core::hint::spin_loop(),
     }
+}
+
+pub(crate) fn total_progress() -> u64 {
+    sched::system().map_or(0, |s| s.total_progress())
+}
+
+pub(crate) fn deadlocked(me: &Scheduler) -> Option<usize> {
+    sched::system()?.deadlocked(me)
 }

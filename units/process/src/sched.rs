@@ -1,43 +1,72 @@
-//! The per-core cooperative scheduler.
+//! The per-core cooperative schedulers and the machine they make up.
 //!
 //! A [`Scheduler`] owns the threads of one core: the running one, a FIFO of
-//! ready ones, and finished ones whose stacks are freed by the next thread
-//! to run (a thread cannot free the stack it stands on). Switching happens
-//! only in [`Scheduler::yield_now`] and when a thread ends; the lock is
-//! never held across a switch.
+//! ready ones, sleepers, and finished ones whose stacks are freed by the
+//! next thread to run (a thread cannot free the stack it stands on).
+//! Switching happens only when a thread yields, waits, sleeps or ends; a
+//! scheduler's lock is never held across a switch. A [`System`] is the set
+//! of per-core schedulers.
+//!
+//! **Waiting.** A thread that cannot go on (an empty channel, a held lock,
+//! a thread not finished) registers its core in the object's [`Waiters`],
+//! re-checks, and calls [`Scheduler::wait`]: it stays in the ready queue
+//! but is skipped until something is *notified* to its core. Whoever
+//! changes such an object notifies the registered cores: a store on the
+//! same core, plus a wake-up interrupt ([`crate::Platform::kick`]) for a
+//! core that is halted. When no thread of a core can run, the core halts
+//! until the next sleeper's deadline or a wake-up; on a machine of several
+//! cores it first watches for a notification for [`SPIN_BEFORE_HALT_US`]
+//! µs, since a reply from another core often comes sooner than a halted
+//! core can be woken.
+//!
+//! **Deadlock.** A core with nothing to run and no sleeper is *stuck*; it
+//! still wakes every [`DEADLOCK_CHECK_MS`] ms. When every core is stuck,
+//! none has a pending notification and no thread anywhere has made
+//! progress over a whole period, nothing can ever wake them: that is
+//! reported as a panic instead of a silent hang.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 use spin::Mutex;
 
-use crate::arch;
+use crate::{CoreId, MAX_CORES, SpawnError, arch};
 
 /// Stack size of a spawned thread. Stacks come from the heap and are not
 /// zeroed, so only the pages a thread really uses are ever touched.
 pub const STACK_SIZE: usize = 64 * 1024;
 
-/// Identifier of a thread, unique on its core; the boot thread is 0.
+/// How often a stuck core (nothing to run, nothing sleeping) wakes to look
+/// for a deadlock; also the longest a lost wake-up could delay a waiter.
+pub const DEADLOCK_CHECK_MS: u64 = 20;
+/// [`DEADLOCK_CHECK_MS`] in TSC ticks when the TSC frequency is unknown.
+const DEADLOCK_CHECK_TICKS_UNKNOWN: u64 = 1 << 26;
+
+/// Identifier of a thread, unique in the machine; each core's boot (or
+/// idle) thread has an id below [`MAX_CORES`], equal to its core index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ThreadId(pub u64);
 
 type Entry = Box<dyn FnOnce() + Send>;
 
+/// Marks a thread that is not waiting.
+const NOT_WAITING: u64 = u64::MAX;
+
 struct Thread {
     id: ThreadId,
-    // Read only through `rsp` and `arch::prepare`; owned so that it is
-    // freed with the thread.
     /// Saved stack pointer while the thread is not running.
     rsp: AtomicUsize,
-    /// `None` for the boot thread, which runs on the boot stack.
-    #[allow(dead_code)]
+    /// `None` for a core's boot thread, which runs on the boot stack.
+    #[allow(dead_code)] // owned so that it is freed with the thread
     stack: Option<Box<[MaybeUninit<u8>]>>,
     entry: Mutex<Option<Entry>>,
-    finished: AtomicBool,
+    /// The scheduler generation in which the thread started waiting, or
+    /// [`NOT_WAITING`]. Written under the scheduler's lock.
+    waiting_since: AtomicU64,
 }
 
 struct Inner {
@@ -46,6 +75,45 @@ struct Inner {
     /// Sleeping threads and the TSC value they wake at.
     sleepers: Vec<(u64, Arc<Thread>)>,
     zombies: Vec<Arc<Thread>>,
+    /// Bumped by each notification: every waiting thread runs again once.
+    generation: u64,
+    /// Threads in `ready` waiting in the current generation.
+    waiting: usize,
+}
+
+impl Inner {
+    fn is_waiting(&self, t: &Thread) -> bool {
+        t.waiting_since.load(Ordering::Relaxed) == self.generation
+    }
+
+    /// Take the first ready thread that is not waiting (waiting ones are
+    /// rotated to the back); with `any`, a waiting one if that is all.
+    fn pick(&mut self, any: bool) -> Option<Arc<Thread>> {
+        if self.ready.len() > self.waiting {
+            for _ in 0..self.ready.len() {
+                let t = self.ready.pop_front()?;
+                if !self.is_waiting(&t) {
+                    t.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+                    return Some(t);
+                }
+                self.ready.push_back(t);
+            }
+        }
+        if any && let Some(t) = self.ready.pop_front() {
+            if self.is_waiting(&t) {
+                self.waiting -= 1;
+            }
+            t.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+            return Some(t);
+        }
+        None
+    }
+
+    /// A notification arrived: every waiting thread runs again.
+    fn wake_waiters(&mut self) {
+        self.generation += 1;
+        self.waiting = 0;
+    }
 }
 
 /// Why the current thread stops running.
@@ -53,8 +121,7 @@ struct Inner {
 enum Leave {
     /// It can go on: run the others first.
     Yield,
-    /// It waits for another thread; when none is ready, halt until a
-    /// sleeper wakes.
+    /// It waits for a notification (see the module documentation).
     Wait,
     /// It sleeps until the TSC reaches this value.
     Sleep(u64),
@@ -63,42 +130,52 @@ enum Leave {
 }
 
 /// The threads of one core.
+#[repr(align(128))] // per-core state on cache lines of its own
 pub struct Scheduler {
+    core: usize,
     inner: Mutex<Inner>,
-    next_id: AtomicU64,
     switches: AtomicU64,
-    /// Bumped whenever something a waiting thread could be waiting for
-    /// happens (a message sent or taken, a lock released, a thread started
-    /// or ended, a sleeper woken).
+    /// Bumped whenever something a waiting thread could wait for happens
+    /// on this core (a message sent or taken, a lock released, a thread
+    /// started or ended, a sleeper woken).
     progress: AtomicU64,
-    /// `progress` as the last failed wait saw it, and how many failed waits
-    /// in a row saw it unchanged.
-    wait_epoch: AtomicU64,
-    wait_streak: AtomicU64,
-}
-
-impl Default for Scheduler {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Something was notified to this core since it last looked.
+    notified: AtomicBool,
+    /// The core is about to halt or halted: notifying it needs a kick.
+    idle: AtomicBool,
+    /// The core has nothing to run and no sleeper.
+    stuck: AtomicBool,
+    /// Total progress when the core became stuck.
+    stuck_progress: AtomicU64,
+    /// The core runs its scheduler (its boot thread has been adopted).
+    online: AtomicBool,
 }
 
 impl Scheduler {
-    /// A scheduler whose only thread is the caller of its first operation.
-    pub const fn new() -> Self {
+    const fn new(core: usize) -> Self {
         Self {
+            core,
             inner: Mutex::new(Inner {
                 current: None,
                 ready: VecDeque::new(),
                 sleepers: Vec::new(),
                 zombies: Vec::new(),
+                generation: 0,
+                waiting: 0,
             }),
-            next_id: AtomicU64::new(1),
             switches: AtomicU64::new(0),
             progress: AtomicU64::new(0),
-            wait_epoch: AtomicU64::new(u64::MAX),
-            wait_streak: AtomicU64::new(0),
+            notified: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
+            stuck_progress: AtomicU64::new(0),
+            online: AtomicBool::new(false),
         }
+    }
+
+    /// This scheduler's core.
+    pub fn core(&self) -> CoreId {
+        CoreId(self.core as u32)
     }
 
     /// Record that something happened that a waiting thread may wait for.
@@ -106,44 +183,24 @@ impl Scheduler {
         self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count a failed wait; returns the number of threads when every
-    /// thread has failed its wait at least twice in a row with nothing
-    /// happening meanwhile and nothing sleeps: then nothing can ever wake
-    /// them (no device can either, yet).
-    fn deadlocked(&self) -> Option<usize> {
-        let now = self.progress.load(Ordering::Relaxed);
-        let streak = if self.wait_epoch.swap(now, Ordering::Relaxed) == now {
-            self.wait_streak.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.wait_streak.store(1, Ordering::Relaxed);
-            1
-        };
-        // Short streaks are the common case: look at the queues only after.
-        if streak <= 2 {
-            return None;
-        }
-        let g = self.inner.lock();
-        let threads = g.ready.len() + 1;
-        (g.sleepers.is_empty() && streak > 2 * threads as u64).then_some(threads)
-    }
-
-    fn adopt_boot_thread(inner: &mut Inner) {
+    fn adopt_boot_thread(&self, inner: &mut Inner) {
         if inner.current.is_none() {
             inner.current = Some(Arc::new(Thread {
-                id: ThreadId(0),
+                id: ThreadId(self.core as u64),
                 rsp: AtomicUsize::new(0),
                 stack: None,
                 entry: Mutex::new(None),
-                finished: AtomicBool::new(false),
+                waiting_since: AtomicU64::new(NOT_WAITING),
             }));
+            self.online.store(true, Ordering::Release);
         }
     }
 
     /// The running thread's id.
     pub fn current_id(&self) -> ThreadId {
         let mut g = self.inner.lock();
-        Self::adopt_boot_thread(&mut g);
-        g.current.as_ref().map_or(ThreadId(0), |t| t.id)
+        self.adopt_boot_thread(&mut g);
+        g.current.as_ref().map_or(ThreadId(self.core as u64), |t| t.id)
     }
 
     /// Number of context switches so far.
@@ -151,45 +208,21 @@ impl Scheduler {
         self.switches.load(Ordering::Relaxed)
     }
 
-    /// Number of threads waiting to run.
+    /// Number of threads waiting to run (waiting threads included).
     pub fn ready_count(&self) -> usize {
         self.inner.lock().ready.len()
     }
 
-    /// Start `f` on a new thread of this core; it runs when the current
-    /// thread yields.
-    pub fn spawn<F, T>(&'static self, f: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let result: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
-        let done = Arc::new(AtomicBool::new(false));
-        let (r, d) = (result.clone(), done.clone());
-        let entry: Entry = Box::new(move || {
-            let v = f();
-            *r.lock() = Some(v);
-            d.store(true, Ordering::Release);
-        });
-        let id = ThreadId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut stack = Box::<[u8]>::new_uninit_slice(STACK_SIZE);
-        // Moving the box into the thread does not move the stack itself.
-        let base = stack.as_mut_ptr().cast::<u8>();
-        let thread = Arc::new(Thread {
-            id,
-            rsp: AtomicUsize::new(0),
-            stack: Some(stack),
-            entry: Mutex::new(Some(entry)),
-            finished: AtomicBool::new(false),
-        });
-        let sp =
-            arch::prepare(base, STACK_SIZE, self as *const Scheduler as usize, Arc::as_ptr(&thread) as usize);
-        thread.rsp.store(sp, Ordering::Relaxed);
+    /// Number of threads sleeping.
+    pub fn sleeping_count(&self) -> usize {
+        self.inner.lock().sleepers.len()
+    }
+
+    fn enqueue(&self, thread: Arc<Thread>) {
         let mut g = self.inner.lock();
-        Self::adopt_boot_thread(&mut g);
         g.ready.push_back(thread);
+        drop(g);
         self.note_progress();
-        JoinHandle { id, result, done }
     }
 
     /// Run the next ready thread, if any; the caller runs again after the
@@ -200,13 +233,14 @@ impl Scheduler {
         self.switch_away(Leave::Yield);
     }
 
-    /// Let the others run while waiting for one of them; halt when nothing
-    /// is ready but a sleeper will wake. Panics with a clear message when
-    /// every thread waits and nothing can wake any of them (a deadlock).
+    /// Wait for a notification (the caller has registered in the
+    /// [`Waiters`] of what it waits for, and re-checked): other threads run
+    /// meanwhile; when none can, the core halts. Returns after a
+    /// notification, or at the latest after [`DEADLOCK_CHECK_MS`]; the
+    /// caller re-checks its condition either way. Panics with a clear
+    /// message when every thread of every core waits and nothing can wake
+    /// any of them (a deadlock).
     pub fn wait(&self) {
-        if let Some(threads) = self.deadlocked() {
-            panic!("deadlock: all {threads} thread(s) of core 0 are blocked and nothing can wake them");
-        }
         self.switch_away(Leave::Wait);
     }
 
@@ -217,68 +251,116 @@ impl Scheduler {
         }
     }
 
-    /// Number of threads sleeping.
-    pub fn sleeping_count(&self) -> usize {
-        self.inner.lock().sleepers.len()
-    }
-
     /// Leave the current thread as `leave` says and run the next one; when
-    /// none is ready, either return (the current thread goes on) or halt
-    /// until the earliest sleeper's deadline.
+    /// none can run, either return (the current thread goes on) or halt
+    /// until a deadline or a notification.
     fn switch_away(&self, leave: Leave) {
+        let p = crate::platform();
         loop {
+            (p.clear_wake)();
             let now = arch::rdtsc();
-            let earliest = {
-                let mut g = self.inner.lock();
-                Self::adopt_boot_thread(&mut g);
-                // Wake the sleepers whose time has come, earliest first.
-                if g.sleepers.iter().any(|(d, _)| *d <= now) {
-                    self.note_progress();
-                    g.sleepers.sort_by_key(|(d, _)| *d);
-                    while g.sleepers.first().is_some_and(|(d, _)| *d <= now) {
-                        let (_, t) = g.sleepers.remove(0);
-                        g.ready.push_back(t);
+            let mut g = self.inner.lock();
+            self.adopt_boot_thread(&mut g);
+            let mut woke = false;
+            // Wake the sleepers whose time has come, earliest first.
+            if g.sleepers.iter().any(|(d, _)| *d <= now) {
+                woke = true;
+                g.sleepers.sort_by_key(|(d, _)| *d);
+                while g.sleepers.first().is_some_and(|(d, _)| *d <= now) {
+                    let (_, t) = g.sleepers.remove(0);
+                    g.ready.push_back(t);
+                }
+            }
+            if self.notified.swap(false, Ordering::SeqCst) {
+                woke = true;
+                g.wake_waiters();
+            }
+            if woke {
+                self.note_progress();
+                self.stuck.store(false, Ordering::SeqCst);
+            }
+            // A notification consumed here may be the one the current
+            // thread waits for: it must look again, not wait on.
+            let leave = if woke && leave == Leave::Wait { Leave::Yield } else { leave };
+            if let Some(next) = g.pick(leave == Leave::Exit) {
+                self.stuck.store(false, Ordering::SeqCst);
+                let prev = g.current.replace(next.clone()).expect("a current thread");
+                let save = prev.rsp.as_ptr();
+                match leave {
+                    Leave::Yield => g.ready.push_back(prev),
+                    Leave::Wait => {
+                        prev.waiting_since.store(g.generation, Ordering::Relaxed);
+                        g.waiting += 1;
+                        g.ready.push_back(prev);
                     }
+                    Leave::Sleep(d) => g.sleepers.push((d, prev)),
+                    Leave::Exit => g.zombies.push(prev),
                 }
-                if let Some(next) = g.ready.pop_front() {
-                    let prev = g.current.replace(next.clone()).expect("a current thread");
-                    let save = prev.rsp.as_ptr();
-                    match leave {
-                        Leave::Yield | Leave::Wait => g.ready.push_back(prev),
-                        Leave::Sleep(d) => g.sleepers.push((d, prev)),
-                        Leave::Exit => g.zombies.push(prev),
-                    }
-                    let next_rsp = next.rsp.load(Ordering::Relaxed);
-                    drop(g);
-                    self.switch_to(save, next_rsp);
-                    return;
+                let next_rsp = next.rsp.load(Ordering::Relaxed);
+                drop(g);
+                self.switch_to(save, next_rsp);
+                return;
+            }
+            // Nothing else can run.
+            match leave {
+                Leave::Yield => return,
+                Leave::Sleep(d) if d <= now => return,
+                Leave::Exit if g.sleepers.is_empty() && self.core == 0 => {
+                    panic!("the last thread of core 0 ended with nothing left to run")
                 }
-                let own = match leave {
-                    Leave::Sleep(d) if d <= now => return,
-                    Leave::Sleep(d) => Some(d),
-                    _ => None,
-                };
-                let first_sleeper = g.sleepers.iter().map(|(d, _)| *d).min();
-                match (leave, first_sleeper) {
-                    (Leave::Yield, _) | (Leave::Wait, None) => return,
-                    (Leave::Exit, None) => panic!("the last thread of core 0 ended with nothing left to run"),
-                    _ => {}
-                }
-                own.into_iter().chain(first_sleeper).min().expect("a deadline")
+                _ => {}
+            }
+            let own = match leave {
+                Leave::Sleep(d) => Some(d),
+                _ => None,
             };
-            // Nothing can run before `earliest`: halt until then.
-            let p = crate::platform();
-            match p.arm {
-                Some(arm) => {
-                    arm(earliest);
-                    if arch::rdtsc() < earliest {
-                        (p.idle)();
+            let deadline = own.into_iter().chain(g.sleepers.iter().map(|(d, _)| *d)).min();
+            drop(g);
+            let stuck = deadline.is_none();
+            let until = deadline.unwrap_or_else(|| now.saturating_add(deadlock_check_ticks()));
+            if stuck && !self.stuck.load(Ordering::SeqCst) {
+                self.stuck_progress.store(crate::total_progress(), Ordering::SeqCst);
+                self.stuck.store(true, Ordering::SeqCst);
+            }
+            // Before halting, watch for a notification for a while: waking a
+            // halted core costs an interrupt (~30 µs where exits are dear),
+            // and a reply from another core often comes sooner.
+            if crate::core_count() > 1 {
+                let spin_until = now.saturating_add(spin_before_halt_ticks()).min(until);
+                while arch::rdtsc() < spin_until && !self.notified.load(Ordering::Relaxed) {
+                    core::hint::spin_loop();
+                }
+            }
+            // Halt, unless a notification slipped in: a notifier sets
+            // `notified` and then looks at `idle` (and kicks); this core sets
+            // `idle` and then looks at `notified`. One of them sees the other.
+            self.idle.store(true, Ordering::SeqCst);
+            if !self.notified.load(Ordering::SeqCst) {
+                match p.arm {
+                    Some(arm) => {
+                        arm(until);
+                        if arch::rdtsc() < until {
+                            (p.idle)();
+                        }
+                    }
+                    None => {
+                        while arch::rdtsc() < until && !self.notified.load(Ordering::SeqCst) {
+                            (p.idle)();
+                        }
                     }
                 }
-                None => {
-                    while arch::rdtsc() < earliest {
-                        (p.idle)();
-                    }
+            }
+            self.idle.store(false, Ordering::SeqCst);
+            if stuck && arch::rdtsc() >= until {
+                if let Some(threads) = crate::deadlocked(self) {
+                    panic!(
+                        "deadlock: all {threads} thread(s) on {} core(s) are blocked and nothing can wake them",
+                        crate::core_count()
+                    );
+                }
+                // A waiter re-checks now and then, whatever happened.
+                if leave == Leave::Wait {
+                    return;
                 }
             }
         }
@@ -304,6 +386,12 @@ impl Scheduler {
         drop(zombies);
     }
 
+    /// Threads of this core, the running one included.
+    fn thread_count(&self) -> usize {
+        let g = self.inner.lock();
+        g.ready.len() + g.sleepers.len() + usize::from(g.current.is_some())
+    }
+
     /// Body of every spawned thread (called from `arch`).
     fn run_thread(&self, thread: &Thread) -> ! {
         self.reap();
@@ -311,7 +399,6 @@ impl Scheduler {
         if let Some(f) = entry {
             f();
         }
-        thread.finished.store(true, Ordering::Release);
         self.note_progress();
         self.switch_away(Leave::Exit);
         unreachable!("an ended thread was resumed");
@@ -321,19 +408,217 @@ impl Scheduler {
 /// First Rust code of a new thread: `sched` and `thread` come from the
 /// registers `arch::prepare` set up.
 pub(crate) extern "C" fn thread_start(sched: usize, thread: usize) -> ! {
-    // SAFETY of the casts: `spawn` passed a `&'static Scheduler` and a
-    // pointer to the thread, which the scheduler keeps alive (ready queue,
-    // then `current`) while it runs.
+    // `spawn` passed a `&'static Scheduler` and a pointer to the thread,
+    // which the scheduler keeps alive (ready queue, then `current`) while
+    // it runs.
     let sched = arch::deref::<Scheduler>(sched);
     let thread = arch::deref::<Thread>(thread);
     sched.run_thread(thread)
 }
 
+/// All cores' schedulers.
+pub struct System {
+    cores: [Scheduler; MAX_CORES],
+    count: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl System {
+    /// A machine with one core (see [`System::set_core_count`]).
+    pub const fn new() -> Self {
+        let mut cores = [const { Scheduler::new(0) }; MAX_CORES];
+        let mut i = 0;
+        while i < MAX_CORES {
+            cores[i].core = i;
+            i += 1;
+        }
+        Self { cores, count: AtomicUsize::new(1), next_id: AtomicU64::new(MAX_CORES as u64) }
+    }
+
+    /// Set the number of cores (1 to [`MAX_CORES`]).
+    pub fn set_core_count(&self, n: usize) {
+        self.count.store(n.clamp(1, MAX_CORES), Ordering::Relaxed);
+    }
+
+    /// Number of cores.
+    pub fn core_count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The scheduler of `core`.
+    pub fn core(&self, core: usize) -> &Scheduler {
+        &self.cores[core]
+    }
+
+    fn cores(&self) -> &[Scheduler] {
+        &self.cores[..self.core_count()]
+    }
+
+    /// Start `f` on a new thread of `core`; it runs when that core's
+    /// current thread yields, waits or sleeps.
+    pub fn spawn_on<F, T>(&'static self, core: CoreId, f: F) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let c = core.0 as usize;
+        if c >= self.core_count() {
+            return Err(SpawnError::NoSuchCore { core, cores: self.core_count() });
+        }
+        let target = &self.cores[c];
+        let shared = Arc::new(Joint {
+            result: Mutex::new(None),
+            done: AtomicBool::new(false),
+            waiters: Waiters::new(),
+        });
+        let s = shared.clone();
+        let entry: Entry = Box::new(move || {
+            let v = f();
+            *s.result.lock() = Some(v);
+            s.done.store(true, Ordering::Release);
+            s.waiters.notify();
+        });
+        let id = ThreadId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut stack = Box::<[u8]>::new_uninit_slice(STACK_SIZE);
+        // Moving the box into the thread does not move the stack itself.
+        let base = stack.as_mut_ptr().cast::<u8>();
+        let thread = Arc::new(Thread {
+            id,
+            rsp: AtomicUsize::new(0),
+            stack: Some(stack),
+            entry: Mutex::new(Some(entry)),
+            waiting_since: AtomicU64::new(NOT_WAITING),
+        });
+        let sp = arch::prepare(
+            base,
+            STACK_SIZE,
+            target as *const Scheduler as usize,
+            Arc::as_ptr(&thread) as usize,
+        );
+        thread.rsp.store(sp, Ordering::Relaxed);
+        target.enqueue(thread);
+        self.notify(c);
+        Ok(JoinHandle { id, core, shared })
+    }
+
+    /// Tell `core` that something it may wait for happened; kick it out of
+    /// a halt when it is not the caller's core.
+    pub(crate) fn notify(&self, core: usize) {
+        let t = &self.cores[core];
+        t.notified.store(true, Ordering::SeqCst);
+        if t.idle.load(Ordering::SeqCst) && Some(core) != crate::current_core_index() {
+            (crate::platform().kick)(core);
+        }
+    }
+
+    /// Sum of every core's progress counter.
+    pub(crate) fn total_progress(&self) -> u64 {
+        self.cores().iter().map(|c| c.progress.load(Ordering::SeqCst)).fold(0, u64::wrapping_add)
+    }
+
+    /// Called by a stuck core whose check period passed: the number of
+    /// threads when every core is stuck, none has a notification pending,
+    /// and nothing progressed since `me` got stuck.
+    pub(crate) fn deadlocked(&self, me: &Scheduler) -> Option<usize> {
+        let cores = self.cores();
+        let all_stuck = cores.iter().all(|c| {
+            (c.stuck.load(Ordering::SeqCst) || !c.online.load(Ordering::SeqCst))
+                && !c.notified.load(Ordering::SeqCst)
+        });
+        if !all_stuck || self.total_progress() != me.stuck_progress.load(Ordering::SeqCst) {
+            me.stuck_progress.store(self.total_progress(), Ordering::SeqCst);
+            return None;
+        }
+        let threads: usize =
+            cores.iter().filter(|c| c.online.load(Ordering::SeqCst)).map(|c| c.thread_count()).sum();
+        // Secondary cores' idle threads are not the app's.
+        let idle = cores.iter().skip(1).filter(|c| c.online.load(Ordering::SeqCst)).count();
+        Some(threads.saturating_sub(idle))
+    }
+}
+
+/// How long a core with nothing to run watches for a notification before
+/// it halts (about what a wake-up interrupt costs on a paravirtual host;
+/// spinning that long at most doubles the cost of any wait).
+pub const SPIN_BEFORE_HALT_US: u64 = 30;
+
+fn spin_before_halt_ticks() -> u64 {
+    crate::clock::tsc_khz().map_or(1 << 16, |k| k * SPIN_BEFORE_HALT_US / 1000)
+}
+
+fn deadlock_check_ticks() -> u64 {
+    crate::clock::tsc_khz().map_or(DEADLOCK_CHECK_TICKS_UNKNOWN, |k| k * DEADLOCK_CHECK_MS)
+}
+
+/// The cores that wait for something: a bit per core. A waiter registers
+/// its core, re-checks its condition, then waits; whoever changes the
+/// condition calls [`Waiters::notify`] afterwards. One of the two sees the
+/// other's write, so no wake-up is lost.
+pub(crate) struct Waiters(AtomicU32);
+
+const _: () = assert!(MAX_CORES <= 32);
+
+impl Waiters {
+    pub(crate) const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// Register the calling core.
+    pub(crate) fn register(&self) {
+        if let Some(c) = crate::current_core_index() {
+            self.0.fetch_or(1 << c, Ordering::SeqCst);
+        }
+    }
+
+    /// Notify every registered core.
+    pub(crate) fn notify(&self) {
+        // Order the caller's change before the look at the mask.
+        fence(Ordering::SeqCst);
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(sys) = system() else { return };
+        let mut mask = self.0.swap(0, Ordering::SeqCst);
+        while mask != 0 {
+            let c = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            sys.notify(c);
+        }
+    }
+
+    /// Wait until `poll` returns `Some`, registering before each re-check.
+    pub(crate) fn wait_for<T>(&self, mut poll: impl FnMut() -> Option<T>) -> T {
+        loop {
+            if let Some(v) = poll() {
+                return v;
+            }
+            self.register();
+            if let Some(v) = poll() {
+                return v;
+            }
+            crate::wait();
+        }
+    }
+}
+
+/// What a thread and its [`JoinHandle`] share.
+struct Joint<T> {
+    result: Mutex<Option<T>>,
+    done: AtomicBool,
+    waiters: Waiters,
+}
+
 /// Owner of a spawned thread's result.
 pub struct JoinHandle<T> {
     id: ThreadId,
-    result: Arc<Mutex<Option<T>>>,
-    done: Arc<AtomicBool>,
+    core: CoreId,
+    shared: Arc<Joint<T>>,
 }
 
 impl<T> JoinHandle<T> {
@@ -342,76 +627,133 @@ impl<T> JoinHandle<T> {
         self.id
     }
 
+    /// The core the thread runs on.
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+
     /// Whether the thread has finished.
     pub fn is_finished(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.shared.done.load(Ordering::Acquire)
     }
 
     /// Wait for the thread to end (letting the others run) and take its
     /// result.
     pub fn join(self) -> T {
-        while !self.is_finished() {
-            crate::wait();
-        }
-        self.result.lock().take().expect("a finished thread left its result")
+        self.shared.waiters.wait_for(|| self.is_finished().then_some(()));
+        self.shared.result.lock().take().expect("a finished thread left its result")
     }
 }
 
-/// The scheduler of the calling core. In the guest, one static per core;
-/// in host tests, one per test thread.
+/// The machine and the calling core. In the guest, one static machine and
+/// the core from the platform; in host tests, per test thread.
 #[cfg(not(test))]
-mod current_core {
-    use core::sync::atomic::{AtomicPtr, Ordering};
+mod here {
+    use super::System;
 
-    use super::Scheduler;
+    pub(crate) static SYSTEM: System = System::new();
 
-    static CURRENT: AtomicPtr<Scheduler> = AtomicPtr::new(core::ptr::null_mut());
-
-    pub(crate) fn install(s: &'static Scheduler) {
-        CURRENT.store(s as *const Scheduler as *mut Scheduler, Ordering::Release);
+    pub(crate) fn system() -> Option<&'static System> {
+        crate::initialised().then_some(&SYSTEM)
     }
 
-    pub(crate) fn current() -> Option<&'static Scheduler> {
-        crate::arch::deref_opt(CURRENT.load(Ordering::Acquire))
+    pub(crate) fn core_index() -> Option<usize> {
+        crate::initialised().then(|| (crate::platform().core)())
     }
 }
 
 #[cfg(test)]
-mod current_core {
+mod here {
     use std::cell::Cell;
 
-    use super::Scheduler;
+    use super::System;
 
     std::thread_local! {
-        static CURRENT: Cell<Option<&'static Scheduler>> = const { Cell::new(None) };
+        static HERE: Cell<Option<(&'static System, usize)>> = const { Cell::new(None) };
     }
 
-    pub(crate) fn install(s: &'static Scheduler) {
-        CURRENT.with(|c| c.set(Some(s)));
+    /// Make the calling test thread core `core` of `sys`.
+    pub(crate) fn install(sys: &'static System, core: usize) {
+        HERE.with(|c| c.set(Some((sys, core))));
     }
 
-    pub(crate) fn current() -> Option<&'static Scheduler> {
-        CURRENT.with(|c| c.get())
+    pub(crate) fn system() -> Option<&'static System> {
+        HERE.with(|c| c.get()).map(|(s, _)| s)
+    }
+
+    pub(crate) fn core_index() -> Option<usize> {
+        HERE.with(|c| c.get()).map(|(_, i)| i)
     }
 }
 
-pub(crate) use current_core::{current, install};
+#[cfg(not(test))]
+pub(crate) use here::SYSTEM;
+#[cfg(test)]
+pub(crate) use here::install;
+pub(crate) use here::{core_index, system};
+
+/// The scheduler of the calling core.
+pub(crate) fn current() -> Option<&'static Scheduler> {
+    let sys = system()?;
+    Some(sys.core(core_index()?))
+}
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool as StdBool;
 
-    /// A fresh scheduler for the calling test thread.
+    /// A fresh one-core machine for the calling test thread.
     pub(crate) fn fresh() -> &'static Scheduler {
-        let s: &'static Scheduler = Box::leak(Box::new(Scheduler::new()));
-        install(s);
-        s
+        let sys: &'static System = Box::leak(Box::new(System::new()));
+        install(sys, 0);
+        sys.core(0)
+    }
+
+    /// A fresh machine of `n` cores: the calling thread is core 0, and a
+    /// host thread runs each other core's scheduler until the returned
+    /// guard is dropped.
+    pub(crate) fn machine(n: usize) -> (&'static System, Cores) {
+        let sys: &'static System = Box::leak(Box::new(System::new()));
+        sys.set_core_count(n);
+        install(sys, 0);
+        let stop: &'static StdBool = Box::leak(Box::new(StdBool::new(false)));
+        let threads = (1..n)
+            .map(|c| {
+                std::thread::spawn(move || {
+                    install(sys, c);
+                    while !stop.load(Ordering::SeqCst) {
+                        sys.core(c).wait();
+                    }
+                })
+            })
+            .collect();
+        // Wait until every core runs its scheduler.
+        while !(1..n).all(|c| sys.core(c).online.load(Ordering::SeqCst)) {
+            std::thread::yield_now();
+        }
+        (sys, Cores { stop, threads })
+    }
+
+    /// The host threads standing in for secondary cores.
+    pub(crate) struct Cores {
+        stop: &'static StdBool,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Cores {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
     }
 
     #[test]
     fn spawned_threads_run_and_return_results() {
         let s = fresh();
-        let handles: Vec<_> = (0..10u64).map(|i| s.spawn(move || i * i)).collect();
+        let handles: Vec<_> = (0..10u64).map(|i| crate::spawn(move || i * i)).collect();
         let sum: u64 = handles.into_iter().map(|h| h.join()).sum();
         assert_eq!(sum, (0..10).map(|i| i * i).sum());
         assert_eq!(s.ready_count(), 0);
@@ -419,11 +761,11 @@ pub(crate) mod tests {
 
     #[test]
     fn yield_interleaves_threads_in_order() {
-        let s = fresh();
+        let _s = fresh();
         let log = Arc::new(Mutex::new(Vec::new()));
         let mk = |name: &'static str| {
             let log = log.clone();
-            s.spawn(move || {
+            crate::spawn(move || {
                 for i in 0..3 {
                     log.lock().push((name, i));
                     crate::yield_now();
@@ -440,7 +782,7 @@ pub(crate) mod tests {
     #[test]
     fn threads_can_spawn_threads_and_ids_are_distinct() {
         let s = fresh();
-        let outer = s.spawn(move || {
+        let outer = crate::spawn(move || {
             let inner = crate::spawn(|| crate::current_thread().unwrap());
             (crate::current_thread().unwrap(), inner.join())
         });
@@ -454,7 +796,7 @@ pub(crate) mod tests {
     fn many_threads_and_switches_free_their_stacks() {
         let s = fresh();
         for round in 0..50u64 {
-            let hs: Vec<_> = (0..20u64).map(|i| s.spawn(move || round + i)).collect();
+            let hs: Vec<_> = (0..20u64).map(|i| crate::spawn(move || round + i)).collect();
             for (i, h) in hs.into_iter().enumerate() {
                 assert_eq!(h.join(), round + i as u64);
             }
@@ -473,7 +815,7 @@ pub(crate) mod tests {
             .into_iter()
             .map(|ticks| {
                 let log = log.clone();
-                s.spawn(move || {
+                crate::spawn(move || {
                     crate::sleep_until_ticks(t0 + ticks);
                     assert!(arch::rdtsc() >= t0 + ticks, "woke early");
                     log.lock().push(ticks);
@@ -495,33 +837,58 @@ pub(crate) mod tests {
         assert!(arch::rdtsc() >= t0 + 100_000);
     }
 
+    fn deadlock_message(r: std::thread::Result<u8>) -> String {
+        let err = r.expect_err("the deadlock must panic");
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
     #[test]
     fn a_deadlock_is_reported_not_a_hang() {
         let result = std::thread::spawn(|| {
-            let s = fresh();
+            let _s = fresh();
             let (tx_a, rx_a) = crate::channel::bounded::<u8>(1);
             let (tx_b, rx_b) = crate::channel::bounded::<u8>(1);
             // Each waits for the other's message first: neither sends.
-            let a = s.spawn(move || {
+            let a = crate::spawn(move || {
                 let v = rx_b.recv();
                 let _ = tx_a.send(1);
                 v
             });
             let _ = rx_a.recv();
             drop(tx_b);
-            a.join()
+            a.join().unwrap_or(0)
         })
         .join();
-        let err = result.expect_err("the deadlock must panic");
-        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(msg.contains("deadlock: all 2 thread(s) of core 0 are blocked"), "{msg}");
+        let msg = deadlock_message(result);
+        assert!(msg.contains("deadlock: all 2 thread(s) on 1 core(s) are blocked"), "{msg}");
+    }
+
+    #[test]
+    fn a_deadlock_across_cores_is_reported() {
+        let result = std::thread::spawn(|| {
+            let (_sys, _cores) = machine(2);
+            let (tx_a, rx_a) = crate::channel::bounded::<u8>(1);
+            let (tx_b, rx_b) = crate::channel::bounded::<u8>(1);
+            let a = crate::spawn_on(CoreId(1), move || {
+                let v = rx_b.recv();
+                let _ = tx_a.send(1);
+                v
+            })
+            .unwrap();
+            let _ = rx_a.recv();
+            drop(tx_b);
+            a.join().unwrap_or(0)
+        })
+        .join();
+        let msg = deadlock_message(result);
+        assert!(msg.contains("deadlock: all 2 thread(s) on 2 core(s) are blocked"), "{msg}");
     }
 
     #[test]
     fn long_waits_with_progress_are_not_deadlocks() {
-        let s = fresh();
+        let _s = fresh();
         let (tx, rx) = crate::channel::bounded::<u32>(1);
-        let p = s.spawn(move || {
+        let p = crate::spawn(move || {
             for i in 0..10_000 {
                 tx.send(i).unwrap();
             }
@@ -539,5 +906,35 @@ pub(crate) mod tests {
         let s = fresh();
         s.yield_now();
         assert_eq!(s.switches(), 0);
+    }
+
+    #[test]
+    fn threads_run_on_the_core_they_were_spawned_on() {
+        let (_sys, _cores) = machine(3);
+        let hs: Vec<_> = (0..3u32)
+            .map(|c| crate::spawn_on(CoreId(c), move || (crate::current_core(), c)).unwrap())
+            .collect();
+        for (c, h) in hs.into_iter().enumerate() {
+            assert_eq!(h.core(), CoreId(c as u32));
+            let (ran_on, asked) = h.join();
+            assert_eq!(ran_on, CoreId(asked));
+        }
+        assert!(matches!(
+            crate::spawn_on(CoreId(3), || ()),
+            Err(SpawnError::NoSuchCore { core: CoreId(3), cores: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_thread_that_waits_for_another_core_sleeps_meanwhile() {
+        let (_sys, _cores) = machine(2);
+        let t0 = arch::rdtsc();
+        let h = crate::spawn_on(CoreId(1), move || {
+            crate::sleep_until_ticks(t0 + 5_000_000);
+            7
+        })
+        .unwrap();
+        assert_eq!(h.join(), 7);
+        assert!(arch::rdtsc() >= t0 + 5_000_000);
     }
 }
