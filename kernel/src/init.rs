@@ -23,8 +23,9 @@ pub(crate) fn run() -> ! {
             ),
             None => (known, unit_process::Platform::SPIN),
         };
-        // Several cores need the local APIC (wake-ups, timers).
-        let cores = if platform.arm.is_some() { crate::boot::cpu_count() } else { 1 };
+        // Several cores need the local APIC (wake-ups, timers). They are
+        // started now and wait until the process unit is ready.
+        let cores = if platform.arm.is_some() { crate::boot::start_secondary() } else { 1 };
         let info = crate::boot::info();
         let wall = match crate::boot::kernel_main_tsc() {
             // The Torito monitor hands its clock over.
@@ -37,7 +38,7 @@ pub(crate) fn run() -> ! {
             _ => None,
         };
         unit_process::init(khz, platform, wall, cores);
-        crate::boot::start_secondary(cores);
+        crate::arch::smp::release();
     }
     // Further units (devices, fs, net) are initialised here, in this
     // order, once they have an implementation.

@@ -20,13 +20,18 @@ fn usable() -> bool {
 
 /// Boot the PVH build of `app` on Firecracker; returns (status, console).
 fn boot(app: &str, args: &str) -> (Option<i32>, String) {
+    boot_cpus(app, args, 1)
+}
+
+/// [`boot`] with `vcpus` vCPUs.
+fn boot_cpus(app: &str, args: &str, vcpus: u32) -> (Option<i32>, String) {
     let elf = xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap();
-    let dir = std::env::temp_dir().join(format!("torito-fc-{app}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("torito-fc-{app}-{vcpus}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("vm.json");
     let json = format!(
         r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{args}"}}, "drives": [],
-            "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#,
+            "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": 128}}}}"#,
         elf.display()
     );
     std::fs::write(&cfg, json).unwrap();
@@ -66,6 +71,23 @@ fn threads_and_sleep_on_firecracker() {
     }
     let (status, text) = boot("threads", "20000");
     assert!(text.contains("sleepers woke in the order [10, 20, 30]"), "{text}");
+    assert!(text.contains("threads: ok"), "{text}");
+    assert_eq!(status, Some(0));
+}
+
+#[test]
+fn two_cores_on_firecracker() {
+    if !usable() {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED: this host has one CPU");
+        return;
+    }
+    let (status, text) = boot_cpus("threads", "100000", 2);
+    assert!(text.contains("threads: 2 core(s)"), "{text}");
+    assert!(text.contains("40000 messages from 4 senders on 2 core(s), each once and in order"), "{text}");
+    assert!(text.contains("ping-pong core 0 <-> core 1"), "{text}");
     assert!(text.contains("threads: ok"), "{text}");
     assert_eq!(status, Some(0));
 }

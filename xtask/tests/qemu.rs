@@ -37,11 +37,17 @@ fn elf(app: &str, pvh_only: bool) -> PathBuf {
 /// Boot `elf` on `machine` (at most 60 s); returns (guest exit code,
 /// console output).
 fn boot(machine: QemuMachine, elf: &Path, cmdline: &str) -> (i32, String) {
+    boot_with(machine, elf, cmdline, &[])
+}
+
+/// [`boot`] with more QEMU arguments.
+fn boot_with(machine: QemuMachine, elf: &Path, cmdline: &str, extra: &[&str]) -> (i32, String) {
     let qemu = xtask::qemu(machine, elf, cmdline);
     let out = Command::new("timeout")
         .arg("60")
         .arg(qemu.get_program())
         .args(qemu.get_args())
+        .args(extra)
         .output()
         .expect("run qemu");
     let status = out.status.code().unwrap_or(-1);
@@ -180,4 +186,37 @@ fn threads_on_qemu() {
         assert!(out.contains("sleepers woke in the order [10, 20, 30]"));
         assert!(out.contains("threads: ok"));
     }
+}
+
+/// `-smp 2`: the second core is found in ACPI's MADT and started with
+/// INIT-SIPI (multiboot on pc, PVH on pc with qboot under TCG, PVH on
+/// microvm under KVM); threads, locks and channels work across the cores.
+#[test]
+fn two_cores_on_qemu() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    let smp = ["-smp", "2"];
+    let mut runs = vec![
+        (QemuMachine::PcTcg, elf("threads", false), "10000"),
+        (QemuMachine::PcQbootTcg, elf("threads", true), "10000"),
+    ];
+    if kvm() {
+        runs.push((QemuMachine::MicrovmKvm, elf("threads", true), "100000"));
+    }
+    for (machine, elf, rounds) in runs {
+        let (code, out) = boot_with(machine, &elf, rounds, &smp);
+        assert_eq!(code, 0, "{machine:?}");
+        assert!(out.contains("threads: 2 core(s)"), "{machine:?}: {out}");
+        assert_eq!(out.matches(" on core 1\n").count(), 3, "{machine:?}: {out}");
+        assert!(out.contains("counter 4000 (expected 4000)"));
+        assert!(out.contains("40000 messages from 4 senders on 2 core(s), each once and in order"));
+        assert!(out.contains("on core 1, slept 10 ms"), "{out}");
+        assert!(out.contains("ping-pong core 0 <-> core 1"), "{out}");
+        assert!(out.contains("threads: ok"), "{machine:?}: {out}");
+    }
+    // A panic on core 1 says so.
+    let (code, out) = boot_with(QemuMachine::PcTcg, &elf("threads", false), "panic", &smp);
+    assert_eq!(code, 101);
+    assert!(out.contains("[torito] thread 16 on core 1 panicked"), "{out}");
 }

@@ -32,6 +32,9 @@ const ICR_LOW: usize = 0x300;
 const ICR_HIGH: usize = 0x310;
 /// ICR: level "assert" (required for fixed IPIs on older APICs).
 const ICR_ASSERT: u32 = 1 << 14;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ID: usize = 0x20;
 const DIVIDE_BY_1: u32 = 0b1011;
 const TIMER_VECTOR: u32 = 0x40;
 const MASKED: u32 = 1 << 16;
@@ -86,6 +89,28 @@ fn init_timer() {
 pub fn init_secondary() {
     enable();
     init_timer();
+}
+
+/// The TSC frequency the timer works with (after [`init`]).
+pub fn tsc_khz() -> Option<u64> {
+    Some(TSC_KHZ.load(Ordering::Relaxed)).filter(|&k| k != 0)
+}
+
+/// This core's local APIC ID.
+pub fn id() -> u32 {
+    read(ID) >> 24
+}
+
+/// Send INIT to the core whose local APIC ID is `apic_id`.
+pub fn send_init(apic_id: u32) {
+    write(ICR_HIGH, apic_id << 24);
+    write(ICR_LOW, ICR_ASSERT | ICR_INIT);
+}
+
+/// Send a start-up IPI: the core starts in real mode at `page << 12`.
+pub fn send_startup(apic_id: u32, page: u8) {
+    write(ICR_HIGH, apic_id << 24);
+    write(ICR_LOW, ICR_ASSERT | ICR_STARTUP | u32::from(page));
 }
 
 /// Send interrupt `vector` to the core whose local APIC ID is `apic_id`.

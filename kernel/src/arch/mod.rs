@@ -5,6 +5,8 @@
 //! The kernel and the app run at CPL3; CPL0 runs only the stubs in
 //! `boot.s`, entered through exceptions (see [`gate`]).
 
+#[cfg(feature = "process")]
+pub mod acpi;
 pub mod apic;
 pub mod fault;
 pub mod gate;

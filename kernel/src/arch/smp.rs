@@ -12,9 +12,9 @@
 //! elsewhere with INIT-SIPI (see [`start_secondary`]).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use super::apic;
+use super::{apic, rdtsc};
 
 /// Cores the per-core tables in `boot.s` have room for.
 pub const MAX_CORES: usize = 16;
@@ -27,6 +27,13 @@ const AP_STACK_SIZE: usize = 64 * 1024;
 
 /// Local APIC ID of each core.
 static APIC_IDS: [AtomicU32; MAX_CORES] = [const { AtomicU32::new(0) }; MAX_CORES];
+/// Secondary cores that reached `kernel_ap_main`.
+static ARRIVED: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; MAX_CORES];
+/// Set once core 0 has set the process unit up: secondary cores wait for it.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+/// Where the INIT-SIPI trampoline is copied: page 8, below 1 MiB, which
+/// the memory unit never hands out (it keeps the first MiB).
+const TRAMPOLINE: usize = 0x8000;
 
 /// The calling core's index.
 #[inline]
@@ -75,6 +82,22 @@ fn prepare(core: usize, apic_id: u32) {
     unsafe { core::ptr::write_volatile(percpu_block(core).byte_add(PC_STACK), top as u64) };
 }
 
+/// A secondary core reached `kernel_ap_main`: note it, then wait until
+/// core 0 releases it.
+pub fn arrived(core: usize) {
+    if core < MAX_CORES {
+        ARRIVED[core].store(true, Ordering::SeqCst);
+    }
+    while !RELEASED.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Let the secondary cores run their schedulers.
+pub fn release() {
+    RELEASED.store(true, Ordering::Release);
+}
+
 /// Start cores `1..count` on the Torito monitor (vCPU `i` has local APIC
 /// ID `i`). Returns the number of cores.
 pub fn start_secondary_torito(count: usize) -> usize {
@@ -86,4 +109,72 @@ pub fn start_secondary_torito(count: usize) -> usize {
         super::torito::start_cores(count);
     }
     count
+}
+
+/// Start the secondary cores whose local APIC IDs are listed (the boot
+/// core's among them) with INIT-SIPI-SIPI, one after the other, through
+/// the real-mode trampoline in `boot.s`. A core that has not arrived 100 ms
+/// after its start-up IPIs ends the start-up with a warning. Returns the
+/// number of cores that run.
+pub fn start_secondary_sipi(apic_ids: &[u32]) -> usize {
+    if apic_ids.len() < 2 {
+        return 1;
+    }
+    let Some(khz) = apic::tsc_khz() else { return 1 };
+    copy_trampoline();
+    let me = apic::id();
+    APIC_IDS[0].store(me, Ordering::Relaxed);
+    let mut core = 1;
+    for &id in apic_ids.iter().filter(|&&id| id != me) {
+        if core == MAX_CORES {
+            break;
+        }
+        prepare(core, id);
+        set_booting(core);
+        let wait = |us: u64, core: usize| {
+            let until = rdtsc() + khz * us / 1000;
+            while rdtsc() < until && !ARRIVED[core].load(Ordering::SeqCst) {
+                core::hint::spin_loop();
+            }
+            ARRIVED[core].load(Ordering::SeqCst)
+        };
+        apic::send_init(id);
+        wait(10, core);
+        apic::send_startup(id, (TRAMPOLINE >> 12) as u8);
+        if !wait(10_000, core) {
+            apic::send_startup(id, (TRAMPOLINE >> 12) as u8);
+            if !wait(100_000, core) {
+                crate::println!(
+                    "[torito] warning: CPU with APIC ID {id} did not start; running on {core} core(s)"
+                );
+                break;
+            }
+        }
+        core += 1;
+    }
+    core
+}
+
+fn set_booting(core: usize) {
+    unsafe extern "C" {
+        static _torito_ap_booting: AtomicU32;
+    }
+    // SAFETY: a 4-byte word in boot.s that only core 0 writes (here) and a
+    // starting core reads.
+    unsafe { &*core::ptr::addr_of!(_torito_ap_booting) }.store(core as u32, Ordering::SeqCst);
+}
+
+/// Copy the real-mode trampoline to [`TRAMPOLINE`].
+fn copy_trampoline() {
+    unsafe extern "C" {
+        static _torito_ap_trampoline: u8;
+        static _torito_ap_trampoline_end: u8;
+    }
+    let start = core::ptr::addr_of!(_torito_ap_trampoline);
+    let len = core::ptr::addr_of!(_torito_ap_trampoline_end) as usize - start as usize;
+    assert!(len <= 4096, "the AP trampoline fits a page");
+    // SAFETY: the trampoline is `len` bytes of the kernel image; the
+    // destination page is RAM below 1 MiB, identity-mapped and writable,
+    // which nothing else uses once the loader's data has been read.
+    unsafe { core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len) };
 }

@@ -62,6 +62,12 @@ extern "sysv64" fn _torito_generic_entry(kind: u64, loader_info: u64) -> ! {
         }
     };
     bi.page_table_root = arch::boot_page_table();
+    // Where ACPI's tables are (to find the other CPUs), while the loader's
+    // low memory is still mapped.
+    #[cfg(feature = "process")]
+    if ok {
+        arch::acpi::find_rsdp(if kind == 2 { 0 } else { pvh::rsdp(&mem, loader_info) });
+    }
     arch::unmap_null_page();
     if !ok {
         crate::exit::exit_generic(torito_abi::exit::BOOT_FAILURE);
@@ -104,6 +110,7 @@ pub unsafe extern "sysv64" fn kernel_main(info: *mut BootInfo) -> ! {
 /// gave it (see `arch::smp`), from `_torito_ap_entry` in `boot.s`.
 #[unsafe(no_mangle)]
 extern "sysv64" fn kernel_ap_main(core: u64) -> ! {
+    arch::smp::arrived(core as usize);
     crate::init::run_secondary(core as usize)
 }
 
@@ -112,11 +119,19 @@ pub fn cpu_count() -> usize {
     BOOT.get().map_or(1, |b| b.cpu_count.max(1) as usize)
 }
 
-/// Start cores `1..count` (at most); returns how many cores run.
-pub fn start_secondary(count: usize) -> usize {
+/// Start the secondary cores: as many as the Torito monitor offers, or as
+/// the ACPI MADT lists elsewhere (at most `arch::smp::MAX_CORES`). They
+/// wait in `kernel_ap_main` until [`arch::smp::release`]. Returns how many
+/// cores run, core 0 included.
+#[cfg(feature = "process")]
+pub fn start_secondary() -> usize {
     match protocol() {
-        BootProtocol::Direct => arch::smp::start_secondary_torito(count),
-        BootProtocol::Multiboot | BootProtocol::Pvh => 1,
+        BootProtocol::Direct => arch::smp::start_secondary_torito(cpu_count()),
+        BootProtocol::Multiboot | BootProtocol::Pvh => {
+            let mut ids = [0u32; arch::smp::MAX_CORES];
+            let n = arch::acpi::cpu_apic_ids(&mut ids);
+            arch::smp::start_secondary_sipi(&ids[..n])
+        }
     }
 }
 

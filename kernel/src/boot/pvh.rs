@@ -39,3 +39,10 @@ pub(super) fn parse(mem: &LoaderMem, si: u64, bi: &mut BootInfo, cmd: &mut [u8])
     }
     bi.mem_map_len > 0
 }
+
+/// The RSDP address the loader gives (0: none), from a start_info that
+/// [`parse`] accepted.
+#[cfg(feature = "process")]
+pub(super) fn rsdp(mem: &LoaderMem, si: u64) -> u64 {
+    mem.read(si + 32)
+}
