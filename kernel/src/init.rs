@@ -37,6 +37,9 @@ pub(crate) fn run() -> ! {
             }
             _ => None,
         };
+        // Each core allocates small blocks from a cache of its own.
+        #[cfg(target_os = "none")]
+        unit_memory::heap::HEAP.enable_core_caches(smp::current_core);
         unit_process::init(khz, platform, wall, cores);
         crate::arch::smp::release();
     }
@@ -76,3 +79,4 @@ pub(crate) fn run_secondary(_core: usize) -> ! {
 
 #[cfg(feature = "process")]
 const _: () = assert!(unit_process::MAX_CORES == crate::arch::smp::MAX_CORES);
+const _: () = assert!(unit_memory::heap::MAX_CORES == crate::arch::smp::MAX_CORES);

@@ -313,6 +313,28 @@ fn cross_core_bench(khz: u64) {
     drop(to_pong);
     pong.join();
     println!("bench: cross-core channel round trip {} ns", ns(t) / TRIPS);
+    // The heap (one allocator behind a spin lock): alloc + free of 64
+    // bytes, on one core alone, then on every core at once.
+    const ALLOCS: u64 = 200_000;
+    fn churn() -> u64 {
+        let t0 = process::clock::ticks();
+        for i in 0..ALLOCS {
+            let b = alloc::boxed::Box::new([i; 8]);
+            core::hint::black_box(&b);
+        }
+        process::clock::ticks() - t0
+    }
+    let alone = churn();
+    let all: Vec<_> = (0..process::core_count() as u32)
+        .map(|c| process::spawn_on(CoreId(c), churn).expect("an existing core"))
+        .collect();
+    let together = all.into_iter().map(|h| h.join()).max().unwrap_or(0);
+    println!(
+        "bench: heap alloc+free 64 B {} ns on one core, {} ns with {} cores at once",
+        ns(alone) / ALLOCS,
+        ns(together) / ALLOCS,
+        process::core_count()
+    );
     // Wake-up: core 1 waits (halted) for a message stamped with the TSC.
     let (tx, rx) = channel::bounded::<u64>(1);
     let (ack, acked) = channel::bounded::<u64>(1);

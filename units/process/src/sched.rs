@@ -30,7 +30,7 @@ use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -179,8 +179,10 @@ impl Scheduler {
     }
 
     /// Record that something happened that a waiting thread may wait for.
+    /// Only the core itself counts its progress (one writer: no atomic
+    /// read-modify-write needed); others only read it.
     pub fn note_progress(&self) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
+        self.progress.store(self.progress.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     fn adopt_boot_thread(&self, inner: &mut Inner) {
@@ -222,7 +224,7 @@ impl Scheduler {
         let mut g = self.inner.lock();
         g.ready.push_back(thread);
         drop(g);
-        self.note_progress();
+        crate::note_progress();
     }
 
     /// Run the next ready thread, if any; the caller runs again after the
@@ -271,19 +273,19 @@ impl Scheduler {
                     g.ready.push_back(t);
                 }
             }
-            if self.notified.swap(false, Ordering::SeqCst) {
+            if self.notified.load(Ordering::Relaxed) && self.notified.swap(false, Ordering::SeqCst) {
                 woke = true;
                 g.wake_waiters();
             }
             if woke {
                 self.note_progress();
-                self.stuck.store(false, Ordering::SeqCst);
+                self.unstick();
             }
             // A notification consumed here may be the one the current
             // thread waits for: it must look again, not wait on.
             let leave = if woke && leave == Leave::Wait { Leave::Yield } else { leave };
             if let Some(next) = g.pick(leave == Leave::Exit) {
-                self.stuck.store(false, Ordering::SeqCst);
+                self.unstick();
                 let prev = g.current.replace(next.clone()).expect("a current thread");
                 let save = prev.rsp.as_ptr();
                 match leave {
@@ -363,6 +365,12 @@ impl Scheduler {
                     return;
                 }
             }
+        }
+    }
+
+    fn unstick(&self) {
+        if self.stuck.load(Ordering::Relaxed) {
+            self.stuck.store(false, Ordering::SeqCst);
         }
     }
 
@@ -511,8 +519,13 @@ impl System {
     /// a halt when it is not the caller's core.
     pub(crate) fn notify(&self, core: usize) {
         let t = &self.cores[core];
+        if Some(core) == crate::current_core_index() {
+            // The core itself: it looks at the flag before it halts.
+            t.notified.store(true, Ordering::Relaxed);
+            return;
+        }
         t.notified.store(true, Ordering::SeqCst);
-        if t.idle.load(Ordering::SeqCst) && Some(core) != crate::current_core_index() {
+        if t.idle.load(Ordering::SeqCst) {
             (crate::platform().kick)(core);
         }
     }
@@ -578,13 +591,13 @@ impl Waiters {
 
     /// Notify every registered core.
     pub(crate) fn notify(&self) {
-        // Order the caller's change before the look at the mask.
-        fence(Ordering::SeqCst);
-        if self.0.load(Ordering::Relaxed) == 0 {
+        // One locked exchange both orders the caller's change before the
+        // look at the mask and takes the mask.
+        let mut mask = self.0.swap(0, Ordering::SeqCst);
+        if mask == 0 {
             return;
         }
         let Some(sys) = system() else { return };
-        let mut mask = self.0.swap(0, Ordering::SeqCst);
         while mask != 0 {
             let c = mask.trailing_zeros() as usize;
             mask &= mask - 1;
