@@ -381,8 +381,16 @@ pub struct Machine<'a> {
     started: AtomicU32,
     stop: AtomicBool,
     result: Mutex<Option<Result<Outcome, Error>>>,
-    threads: Mutex<Vec<libc::pthread_t>>,
+    threads: Mutex<Vec<ThreadHandle>>,
 }
+
+/// A vCPU thread's handle, to signal it.
+#[derive(Clone, Copy)]
+struct ThreadHandle(libc::pthread_t);
+
+// SAFETY: a `pthread_t` is an opaque id (a pointer on musl) that any thread
+// may pass to `pthread_kill`/`pthread_equal`; it is never dereferenced here.
+unsafe impl Send for ThreadHandle {}
 
 impl<'a> Machine<'a> {
     /// A machine of `cpus` vCPUs (vCPU 0 made by the caller).
@@ -454,7 +462,7 @@ impl<'a> Machine<'a> {
         self.stop.store(true, Ordering::SeqCst);
         // SAFETY: `pthread_self` has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        for &t in lock(&self.threads).iter() {
+        for &ThreadHandle(t) in lock(&self.threads).iter() {
             // SAFETY: each entry is a live vCPU thread of this machine: a
             // thread removes itself (under this lock) before it ends.
             if unsafe { libc::pthread_equal(t, me) } == 0 {
@@ -513,12 +521,12 @@ impl<'a> Machine<'a> {
         KVM_RUN.with(|p| p.set(vcpu.fd.get_kvm_run()));
         // SAFETY: `pthread_self` has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        lock(&self.threads).push(me);
+        lock(&self.threads).push(ThreadHandle(me));
         let out = self.vcpu_loop(scope, vcpu, &mut tl);
         if std::env::var_os("TORITO_DEBUG_VCPUS").is_some() {
             eprintln!("torito: debug: {}", vcpu.crash_regs());
         }
-        lock(&self.threads).retain(|&t| {
+        lock(&self.threads).retain(|&ThreadHandle(t)| {
             // SAFETY: comparing thread handles has no preconditions.
             unsafe { libc::pthread_equal(t, me) == 0 }
         });
