@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask build <app> [--pvh] [--profile-boot] [--debug]   prints the ELF path last
-//! cargo xtask run <app> [--mem 128M] [--qemu MACHINE] [-- args]
+//! cargo xtask run <app> [--mem 128M] [--cpus N] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
 //! cargo xtask bench [-n 30]                                     launch-time benchmark
@@ -58,6 +58,9 @@ enum Cmd {
         /// Guest RAM.
         #[arg(long, default_value = "128M")]
         mem: String,
+        /// Number of CPUs (`--cpus` of the monitor, `-smp` of QEMU).
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
         /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
         #[arg(long)]
         qemu: Option<String>,
@@ -99,7 +102,7 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run { app, variant, mem, qemu, timeline, args } => {
+        Cmd::Run { app, variant, mem, cpus, qemu, timeline, args } => {
             let cmdline = args.join(" ");
             if let Some(machine) = qemu {
                 let machine = QemuMachine::parse(&machine)?;
@@ -114,14 +117,16 @@ fn run() -> Result<i32, String> {
                     v.pvh_only = true;
                 }
                 let elf = xtask::build(&app, v)?;
-                let code = status(&mut xtask::qemu(machine, &elf, &cmdline))?;
+                let mut q = xtask::qemu(machine, &elf, &cmdline);
+                q.args(["-smp", &cpus.to_string()]);
+                let code = status(&mut q)?;
                 // QEMU's isa-debug-exit reports (code << 1) | 1.
                 return Ok(torito_status(code));
             }
             let monitor = xtask::build_monitor(true)?;
             let elf = xtask::build(&app, variant.into())?;
             let mut c = Command::new(monitor);
-            c.arg("--mem").arg(mem).arg(&elf);
+            c.arg("--mem").arg(mem).arg("--cpus").arg(cpus.to_string()).arg(&elf);
             if timeline {
                 c.arg("--timeline");
             }

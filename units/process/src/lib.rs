@@ -38,7 +38,7 @@ pub mod sync;
 
 pub use percore::{CacheLine, PerCore};
 pub use sched::{
-    DEADLOCK_CHECK_MS, JoinHandle, SPIN_BEFORE_HALT_US, STACK_SIZE, Scheduler, System, ThreadId,
+    DEADLOCK_CHECK_MS, JoinHandle, SPIN_BEFORE_HALT_US, SPIN_MAX_US, STACK_SIZE, Scheduler, System, ThreadId,
 };
 
 /// The most cores the process unit (and the kernel's per-core tables)

@@ -149,6 +149,9 @@ pub struct Scheduler {
     stuck_progress: AtomicU64,
     /// The core runs its scheduler (its boot thread has been adopted).
     online: AtomicBool,
+    /// How long to watch for a notification before halting, in ticks (0:
+    /// the default); see [`Scheduler::adapt_spin`].
+    spin: AtomicU64,
 }
 
 impl Scheduler {
@@ -170,6 +173,7 @@ impl Scheduler {
             stuck: AtomicBool::new(false),
             stuck_progress: AtomicU64::new(0),
             online: AtomicBool::new(false),
+            spin: AtomicU64::new(0),
         }
     }
 
@@ -325,10 +329,12 @@ impl Scheduler {
                 self.stuck.store(true, Ordering::SeqCst);
             }
             // Before halting, watch for a notification for a while: waking a
-            // halted core costs an interrupt (~30 µs where exits are dear),
-            // and a reply from another core often comes sooner.
-            if crate::core_count() > 1 {
-                let spin_until = now.saturating_add(spin_before_halt_ticks()).min(until);
+            // halted core costs an interrupt and a host wake-up (~65 µs
+            // here, sometimes several hundred), and a reply from another
+            // core often comes sooner. See `SPIN_BEFORE_HALT_US`.
+            let multi = crate::core_count() > 1;
+            if multi {
+                let spin_until = now.saturating_add(self.spin_ticks()).min(until);
                 while arch::rdtsc() < spin_until && !self.notified.load(Ordering::Relaxed) {
                     core::hint::spin_loop();
                 }
@@ -337,6 +343,7 @@ impl Scheduler {
             // `notified` and then looks at `idle` (and kicks); this core sets
             // `idle` and then looks at `notified`. One of them sees the other.
             self.idle.store(true, Ordering::SeqCst);
+            let halted = arch::rdtsc();
             if !self.notified.load(Ordering::SeqCst) {
                 match p.arm {
                     Some(arm) => {
@@ -353,6 +360,9 @@ impl Scheduler {
                 }
             }
             self.idle.store(false, Ordering::SeqCst);
+            if multi {
+                self.adapt_spin(arch::rdtsc() - halted, self.notified.load(Ordering::Relaxed));
+            }
             if stuck && arch::rdtsc() >= until {
                 if let Some(threads) = crate::deadlocked(self) {
                     panic!(
@@ -366,6 +376,29 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// The current spin window, in TSC ticks.
+    fn spin_ticks(&self) -> u64 {
+        match self.spin.load(Ordering::Relaxed) {
+            0 => us_to_ticks(SPIN_BEFORE_HALT_US),
+            t => t,
+        }
+    }
+
+    /// Adapt the spin window after a halt of `halted` ticks: a core woken
+    /// by another soon after it halted (a message exchange whose replies
+    /// take longer than the window) watches twice that long next time, up
+    /// to [`SPIN_MAX_US`]; a long halt brings the window back to
+    /// [`SPIN_BEFORE_HALT_US`].
+    fn adapt_spin(&self, halted: u64, notified: bool) {
+        let max = us_to_ticks(SPIN_MAX_US);
+        let next = if notified && halted < max {
+            halted.saturating_mul(2).clamp(us_to_ticks(SPIN_BEFORE_HALT_US), max)
+        } else {
+            0
+        };
+        self.spin.store(next, Ordering::Relaxed);
     }
 
     fn unstick(&self) {
@@ -557,12 +590,18 @@ impl System {
 }
 
 /// How long a core with nothing to run watches for a notification before
-/// it halts (about what a wake-up interrupt costs on a paravirtual host;
-/// spinning that long at most doubles the cost of any wait).
-pub const SPIN_BEFORE_HALT_US: u64 = 30;
+/// it halts. It must exceed what waking a halted core costs (41–101 µs
+/// measured on the paravirtual development host, `threads bench`):
+/// otherwise two cores that pass messages fall into step, each halting
+/// before the other's wake-up completes, and every round trip costs two
+/// wake-ups (~150 µs instead of ~0.3 µs; seen with 30 µs).
+pub const SPIN_BEFORE_HALT_US: u64 = 200;
+/// The longest spin window (see [`Scheduler::adapt_spin`]): a wake-up of
+/// the host's vCPU thread took up to ~0.6 ms on the development host.
+pub const SPIN_MAX_US: u64 = 2000;
 
-fn spin_before_halt_ticks() -> u64 {
-    crate::clock::tsc_khz().map_or(1 << 16, |k| k * SPIN_BEFORE_HALT_US / 1000)
+fn us_to_ticks(us: u64) -> u64 {
+    crate::clock::tsc_khz().map_or(us << 11, |k| k * us / 1000)
 }
 
 fn deadlock_check_ticks() -> u64 {
