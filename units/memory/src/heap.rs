@@ -303,7 +303,7 @@ mod tests {
         // SAFETY: non-zero layouts; every pointer is freed once with its own.
         unsafe {
             let a = h.alloc(l);
-            assert!(!a.is_null() && a as usize % 8 == 0);
+            assert!(!a.is_null() && (a as usize).is_multiple_of(8));
             // One refill took REFILL blocks of the 64-byte class.
             assert_eq!(h.stats().used, REFILL * 64);
             h.dealloc(a, l);
@@ -323,7 +323,7 @@ mod tests {
             // Large or over-aligned requests bypass the caches.
             let big = Layout::from_size_align(4096, 4096).unwrap();
             let b = h.alloc(big);
-            assert_eq!(b as usize % 4096, 0);
+            assert!((b as usize).is_multiple_of(4096));
             h.dealloc(b, big);
         }
     }
