@@ -115,6 +115,7 @@ extern "sysv64" fn kernel_ap_main(core: u64) -> ! {
 }
 
 /// Number of CPUs the loader offers (1 when it does not say).
+#[cfg(feature = "process")]
 pub fn cpu_count() -> usize {
     BOOT.get().map_or(1, |b| b.cpu_count.max(1) as usize)
 }
@@ -163,6 +164,7 @@ pub fn info() -> &'static BootInfo {
 }
 
 /// The TSC at the first line of `kernel_main`.
+#[cfg(feature = "process")]
 pub fn kernel_main_tsc() -> Option<u64> {
     BOOT.get().map(|_| KERNEL_MAIN_TSC.load(Ordering::Relaxed)).filter(|&t| t != 0)
 }
