@@ -19,6 +19,11 @@ pub const TRACE: u64 = 0x10;
 /// `1..value` that are not running yet, at the note's `ap_entry`, each on
 /// its own thread. Values beyond `BootInfo::cpu_count` are clipped.
 pub const START_CORES: u64 = 0x18;
+/// Test interrupt, the counterpart of QEMU's `pc-testdev` for tests of the
+/// interrupt path: the monitor sends an MSI (through KVM, as its devices
+/// will) with vector = bits 0–7 to the local APIC ID in bits 8–15, after
+/// the delay in µs in bits 32–63 (at most one second).
+pub const TEST_INTERRUPT: u64 = 0x20;
 /// Size of the register page.
 pub const SIZE: u64 = 0x1000;
 
@@ -35,6 +40,16 @@ pub const fn console_decode(value: u64) -> (u64, usize) {
     (value & 0xffff_ffff_ffff, (value >> 48) as usize)
 }
 
+/// Encode a [`TEST_INTERRUPT`] request.
+pub const fn test_interrupt_value(vector: u8, apic_id: u8, delay_us: u32) -> u64 {
+    vector as u64 | (apic_id as u64) << 8 | (delay_us as u64) << 32
+}
+
+/// Decode a [`TEST_INTERRUPT`] request: `(vector, apic_id, delay_us)`.
+pub const fn test_interrupt_decode(value: u64) -> (u8, u8, u32) {
+    (value as u8, (value >> 8) as u8, (value >> 32) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +59,10 @@ mod tests {
         let v = console_value(0x12_3456, 300);
         assert_eq!(console_decode(v), (0x12_3456, 300));
         assert_eq!(console_decode(console_value(0x1000, CONSOLE_MAX_LEN)).1, 0xffff);
+    }
+
+    #[test]
+    fn test_interrupt_round_trip() {
+        assert_eq!(test_interrupt_decode(test_interrupt_value(0x51, 1, 50_000)), (0x51, 1, 50_000));
     }
 }

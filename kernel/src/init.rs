@@ -41,6 +41,12 @@ pub(crate) fn run() -> ! {
         #[cfg(target_os = "none")]
         unit_memory::heap::HEAP.enable_core_caches(smp::current_core);
         unit_process::init(khz, platform, wall, cores);
+        // Device interrupts notify the process unit of the core they reach.
+        for core in 0..cores {
+            if let Some(flag) = unit_process::notification_flag(unit_process::CoreId(core as u32)) {
+                crate::arch::irq::connect(core, flag);
+            }
+        }
         crate::arch::smp::release();
     }
     // Further units (devices, fs, net) are initialised here, in this

@@ -1,7 +1,8 @@
 //! The guest's devices, as seen from VM exits.
 //!
 //! - The Torito register page (`torito_abi::mmio`): console writes of a
-//!   whole buffer per exit, exit code, trace marks, starting cores.
+//!   whole buffer per exit, exit code, trace marks, starting cores, test
+//!   interrupts.
 //! - COM1 (a 16550 from vm-superio) for guests that use the serial port.
 //! - Port 0xf4 (QEMU's `isa-debug-exit`): exit code, for compatibility.
 //! - The i8042 reset command (port 0x64, 0xfe).
@@ -39,6 +40,8 @@ pub enum Action {
     Reset,
     /// The guest asked for this many cores to run in all.
     StartCores(u32),
+    /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
+    TestInterrupt(u8, u8, u32),
 }
 
 /// The serial port raises no interrupt: this monitor has no interrupt
@@ -114,6 +117,10 @@ impl Devices {
             }
             mmio::EXIT => Action::Exit(value as u32 as i32),
             mmio::START_CORES => Action::StartCores(value.min(u64::from(u32::MAX)) as u32),
+            mmio::TEST_INTERRUPT => {
+                let (vector, apic, delay) = mmio::test_interrupt_decode(value);
+                Action::TestInterrupt(vector, apic, delay.min(1_000_000))
+            }
             mmio::TRACE => {
                 self.host_marks.push((value as u32, crate::timeline::now_ns()));
                 Action::Continue

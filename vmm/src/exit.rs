@@ -41,6 +41,8 @@ pub enum Step {
     Reset,
     /// The guest asked for this many cores to run in all.
     StartCores(u32),
+    /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
+    TestInterrupt(u8, u8, u32),
     /// The guest triple-faulted.
     TripleFault,
     /// The guest halted and nothing can wake it.
@@ -58,6 +60,7 @@ fn step(a: Action) -> Step {
         Action::Exit(code) => Step::Exit(code),
         Action::Reset => Step::Reset,
         Action::StartCores(n) => Step::StartCores(n),
+        Action::TestInterrupt(v, a, d) => Step::TestInterrupt(v, a, d),
     }
 }
 
@@ -111,6 +114,12 @@ mod tests {
         assert_eq!(
             handle_exit(Exit::MmioWrite(TORITO_MMIO_BASE + 0x18, &2u64.to_le_bytes()), &mut d, &m),
             Step::StartCores(2)
+        );
+        let v = torito_abi::mmio::test_interrupt_value(0x50, 1, 5_000_000);
+        assert_eq!(
+            handle_exit(Exit::MmioWrite(TORITO_MMIO_BASE + 0x20, &v.to_le_bytes()), &mut d, &m),
+            Step::TestInterrupt(0x50, 1, 1_000_000),
+            "the delay is capped at a second"
         );
         assert_eq!(handle_exit(Exit::Hlt, &mut d, &m), Step::Halted);
         assert_eq!(handle_exit(Exit::SystemEvent(2), &mut d, &m), Step::Reset);

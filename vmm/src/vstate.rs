@@ -472,6 +472,27 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Send the MSI the guest asked for through `TEST_INTERRUPT`, after
+    /// `delay_us` (cut short if the guest stops).
+    fn test_interrupt(&self, vector: u8, apic: u8, delay_us: u32) {
+        let until = std::time::Instant::now() + Duration::from_micros(u64::from(delay_us));
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                let msi = kvm_bindings::kvm_msi {
+                    address_lo: 0xfee0_0000 | (u32::from(apic) << 12),
+                    data: u32::from(vector),
+                    ..Default::default()
+                };
+                if let Err(e) = self.vm.fd.signal_msi(msi) {
+                    eprintln!("torito: warning: test interrupt not delivered: KVM_SIGNAL_MSI: {e}");
+                }
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+    }
+
     fn start_cores<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, want: u32) {
         let want = want.min(self.cpus);
         let mut cur = self.started.load(Ordering::SeqCst);
@@ -604,6 +625,10 @@ impl<'a> Machine<'a> {
                 Step::StartCores(n) => {
                     pending.start(scope, self.vm);
                     self.start_cores(scope, n);
+                }
+                Step::TestInterrupt(vector, apic, delay_us) => {
+                    pending.start(scope, self.vm);
+                    scope.spawn(move || self.test_interrupt(vector, apic, delay_us));
                 }
                 Step::Exit(code) => return Some(Ok(Outcome::Exited(code))),
                 Step::Reset => return Some(Ok(Outcome::Reset)),

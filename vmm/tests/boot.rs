@@ -392,3 +392,26 @@ fn cpu_counts_are_checked() {
         assert_eq!(json_u64(&r.stderr, "vcpus"), Some(1), "{}", r.stderr);
     }
 }
+
+/// An MSI (the monitor's test interrupt, through KVM_SIGNAL_MSI as virtio
+/// devices will) reaches a thread waiting for it on core 0 and on core 1;
+/// the 50 ms wait, longer than the deadlock check's period, is no deadlock,
+/// and the core halts meanwhile.
+#[test]
+fn a_device_interrupt_wakes_the_thread_waiting_for_it() {
+    if !kvm() {
+        return;
+    }
+    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    for cpus in if two { &["1", "2"][..] } else { &["1"][..] } {
+        let r = run(&["--timeout", "20", "--cpus", cpus, "--timeline=json"], &guest("threads"), &["irq"]);
+        assert_eq!(r.code, 0, "{}", r.stdout);
+        let core = if *cpus == "1" { 0 } else { 1 };
+        let line =
+            r.stdout.lines().find(|l| l.contains("interrupt 0x53 reached")).expect("the interrupt line");
+        assert!(line.contains(&format!("on core {core} after")), "{line}");
+        let halts =
+            json_u64(&r.stderr, "halt_exits").unwrap_or(0) + json_u64(&r.stderr, "halt_wakeup").unwrap_or(0);
+        assert!(halts >= 1, "no halt while waiting: {}", r.stderr);
+    }
+}

@@ -49,6 +49,9 @@ fn main() -> i32 {
         let _ = other.join();
         return 0;
     }
+    if arg == Some("irq") {
+        return irq(last);
+    }
     if arg == Some("panic") {
         let h = process::spawn_on(last, || {
             let v: Vec<u32> = Vec::new();
@@ -226,6 +229,35 @@ fn main() -> i32 {
         && slept_ok;
     println!("threads: {}", if ok { "ok" } else { "FAILED" });
     if ok { 0 } else { 1 }
+}
+
+/// `threads irq`: a thread on the last core waits for a device interrupt
+/// (an MSI the Torito monitor sends 50 ms later), longer than the deadlock
+/// check's period, with the core halted meanwhile.
+fn irq(last: CoreId) -> i32 {
+    use kernel::abi::boot_info::BootProtocol;
+    use kernel::arch::{irq, smp, torito};
+    if kernel::boot_protocol() != BootProtocol::Direct {
+        println!("threads: the interrupt test needs the Torito monitor's test interrupt");
+        return 0;
+    }
+    let waiter = process::spawn_on(last, move || {
+        let vector = irq::FIRST_VECTOR + 3;
+        let core = process::current_core().0 as usize;
+        let t0 = process::clock::ticks();
+        torito::test_interrupt(vector, smp::apic_id(core) as u8, 50_000);
+        irq::wait(vector);
+        let us = ticks_us(process::clock::ticks() - t0);
+        // Consumed: no longer pending; another vector never was.
+        let clean = !irq::take(vector) && !irq::take(vector + 1);
+        (vector, core, us, clean)
+    })
+    .expect("the last core exists");
+    let (vector, core, us, clean) = waiter.join();
+    println!(
+        "threads: interrupt {vector:#x} reached the thread on core {core} after {us} µs (sent after 50000)"
+    );
+    if us >= 50_000 && clean { 0 } else { 1 }
 }
 
 /// `threads bench`: the process unit's figures, one line each, for

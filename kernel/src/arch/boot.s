@@ -36,6 +36,9 @@
     .set PC_STACK, 24           /* CPL3 stack top of a secondary core */
     .set PC_TSS, 32             /* this core's TSS */
     .set PC_RSP0, 40            /* this core's CPL0 stack top */
+    .set PC_IRQ, 48             /* device interrupts pending: bit n = vector IRQ_BASE + n */
+    .set PC_NOTIFY, 56          /* the process unit's "notified" flag of this core, or 0 */
+    .set IRQ_BASE, 0x50         /* device vectors: IRQ_BASE .. IRQ_BASE + 31 */
     .set TSS_STRIDE, 128
     .set CPL0_STACK_SIZE, 8192
     .set IST_STACK_SIZE, 4096
@@ -118,7 +121,8 @@ _torito_percpu:
     .quad 0                                         /* PC_STACK */
     .quad _torito_tss + c * TSS_STRIDE              /* PC_TSS */
     .quad cpl0_stacks + (c + 1) * CPL0_STACK_SIZE   /* PC_RSP0 */
-    .quad 0, 0
+    .quad 0                                         /* PC_IRQ */
+    .quad 0                                         /* PC_NOTIFY */
     .set c, c + 1
     .endr
     /* The core an INIT-SIPI start is bringing up (written by core 0). */
@@ -167,7 +171,13 @@ _torito_idt:
     .endr
     IDT_ENTRY isr_wake          /* 64: the LAPIC timer */
     IDT_ENTRY isr_wake          /* 65: a wake-up from another core */
-    .rept 190                   /* 66..255 */
+    .rept 14                    /* 66..79 */
+    IDT_ENTRY isr_ignore
+    .endr
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    IDT_ENTRY isr_irq_\n       /* 80..111: device interrupts (MSI) */
+    .endr
+    .rept 144                   /* 112..255 */
     IDT_ENTRY isr_ignore
     .endr
 idt_end:
@@ -384,6 +394,26 @@ isr_wake:                       /* timer or wake-up: record it, end the interrup
     movl $1, %gs:PC_WAKE
     pushq %rax
     movabsq $LAPIC_EOI, %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
+/* Device interrupt: mark it pending on this core, wake the core (the idle
+ * gate's flag and the process unit's notification), end the interrupt. */
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+isr_irq_\n:
+    lock btsl $\n, %gs:PC_IRQ
+    jmp irq_common
+    .endr
+
+irq_common:
+    movl $1, %gs:PC_WAKE
+    pushq %rax
+    movq %gs:PC_NOTIFY, %rax
+    testq %rax, %rax
+    jz 1f
+    movb $1, (%rax)
+1:  movabsq $LAPIC_EOI, %rax
     movl $0, (%rax)
     popq %rax
     iretq

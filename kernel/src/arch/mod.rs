@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod apic;
 pub mod fault;
 pub mod gate;
+pub mod irq;
 pub mod rtc;
 pub mod smp;
 pub mod torito;

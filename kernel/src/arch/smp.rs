@@ -57,11 +57,22 @@ pub fn clear_wake() {
     }
 }
 
+/// The local APIC ID of core `core`.
+pub fn apic_id(core: usize) -> u32 {
+    APIC_IDS.get(core).map_or(0, |a| a.load(Ordering::Relaxed))
+}
+
 /// Interrupt core `core` so that it leaves its idle halt.
 pub fn kick(core: usize) {
     if core < MAX_CORES {
         apic::send_ipi(APIC_IDS[core].load(Ordering::Relaxed), WAKE_VECTOR);
     }
+}
+
+/// A field of core `core`'s block, `offset` bytes in.
+pub(crate) fn percpu_field(core: usize, offset: usize) -> *mut u64 {
+    assert!(core < MAX_CORES && offset < PERCPU_STRIDE);
+    percpu_block(core).wrapping_byte_add(offset)
 }
 
 fn percpu_block(core: usize) -> *mut u64 {

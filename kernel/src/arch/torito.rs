@@ -29,3 +29,9 @@ pub fn exit(code: i32) {
 pub fn start_cores(count: usize) {
     write(mmio::START_CORES, count as u64);
 }
+
+/// Ask the monitor for a test MSI: `vector` to the core with local APIC ID
+/// `apic_id`, `delay_us` from now (see `torito_abi::mmio::TEST_INTERRUPT`).
+pub fn test_interrupt(vector: u8, apic_id: u8, delay_us: u32) {
+    write(mmio::TEST_INTERRUPT, mmio::test_interrupt_value(vector, apic_id, delay_us));
+}

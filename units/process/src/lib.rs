@@ -219,6 +219,38 @@ pub fn yield_now() {
     }
 }
 
+/// Wait until `poll` returns `Some`, for an event that an interrupt
+/// signals to the calling core (a device's): the interrupt must mark the
+/// core notified (see [`notification_flag`]). Other threads run meanwhile;
+/// the core halts when none can. A core waiting so is never taken for
+/// deadlocked: the device may take its time.
+pub fn wait_for_event<T>(mut poll: impl FnMut() -> Option<T>) -> T {
+    let s = sched::current();
+    if let Some(s) = s {
+        s.event_waits(1);
+    }
+    let v = loop {
+        if let Some(v) = poll() {
+            break v;
+        }
+        wait();
+    };
+    if let Some(s) = s {
+        s.event_waits(-1);
+    }
+    note_progress();
+    v
+}
+
+/// The address of core `core`'s "notified" flag, for interrupt handlers
+/// that wake threads waiting in [`wait_for_event`]: storing a non-zero byte
+/// there (and waking the core from its halt) makes them look again.
+/// `None` before [`init`] or for a core that does not exist.
+pub fn notification_flag(core: CoreId) -> Option<*const core::sync::atomic::AtomicBool> {
+    let sys = sched::system()?;
+    ((core.0 as usize) < sys.core_count()).then(|| sys.core(core.0 as usize).notified_flag())
+}
+
 /// Record that something a waiting thread may wait for has happened (used
 /// by the blocking primitives; see deadlock detection in [`Scheduler`]).
 pub(crate) fn note_progress() {

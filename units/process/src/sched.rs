@@ -152,6 +152,8 @@ pub struct Scheduler {
     /// How long to watch for a notification before halting, in ticks (0:
     /// the default); see [`Scheduler::adapt_spin`].
     spin: AtomicU64,
+    /// Threads of this core waiting for an interrupt (`wait_for_event`).
+    event_waiters: AtomicU32,
 }
 
 impl Scheduler {
@@ -174,7 +176,22 @@ impl Scheduler {
             stuck_progress: AtomicU64::new(0),
             online: AtomicBool::new(false),
             spin: AtomicU64::new(0),
+            event_waiters: AtomicU32::new(0),
         }
+    }
+
+    /// Count a thread that starts (`1`) or stops (`-1`) waiting for an
+    /// interrupt.
+    pub(crate) fn event_waits(&self, delta: i32) {
+        if delta > 0 {
+            self.event_waiters.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.event_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn notified_flag(&self) -> *const AtomicBool {
+        &self.notified
     }
 
     /// This scheduler's core.
@@ -576,6 +593,7 @@ impl System {
         let all_stuck = cores.iter().all(|c| {
             (c.stuck.load(Ordering::SeqCst) || !c.online.load(Ordering::SeqCst))
                 && !c.notified.load(Ordering::SeqCst)
+                && c.event_waiters.load(Ordering::SeqCst) == 0
         });
         if !all_stuck || self.total_progress() != me.stuck_progress.load(Ordering::SeqCst) {
             me.stuck_progress.store(self.total_progress(), Ordering::SeqCst);
