@@ -30,10 +30,13 @@ pub(crate) fn run() -> ! {
         let wall = match crate::boot::kernel_main_tsc() {
             // The Torito monitor hands its clock over.
             Some(tsc) if info.boot_realtime_ns != 0 => Some((info.boot_realtime_ns, tsc)),
-            // Elsewhere, a CMOS RTC if there is one (to the second).
+            // Elsewhere KVM's paravirtual clock, else a CMOS RTC if there
+            // is one (to the second).
             _ if info.protocol != torito_abi::boot_info::BootProtocol::Direct as u32 => {
-                let tsc = crate::arch::rdtsc();
-                crate::arch::rtc::unix_seconds().map(|s| (s * 1_000_000_000, tsc))
+                crate::arch::kvmclock::wall_clock().or_else(|| {
+                    let tsc = crate::arch::rdtsc();
+                    crate::arch::rtc::unix_seconds().map(|s| (s * 1_000_000_000, tsc))
+                })
             }
             _ => None,
         };

@@ -18,7 +18,7 @@
     .set KCODE32, 0x28
     .set TSS_SEL, 0x30          /* core i's TSS: TSS_SEL + 16 * i */
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
-    .set GATE_OPS, 7
+    .set GATE_OPS, 8
     .set TIMER_VECTOR, 0x40
     .set WAKE_VECTOR, 0x41      /* inter-processor wake-up */
     .set LAPIC_EOI, 0xfee000b0
@@ -357,6 +357,12 @@ gate_idle:                      /* halt until an interrupt, unless a wake-up is 
     hlt                         /* no wake-up is lost between check and halt */
     cli
     jmp gate_done
+gate_wrmsr:                     /* wrmsr(ecx = MSR, rdi = value) */
+    movl %edi, %eax
+    movq %rdi, %rdx
+    shrq $32, %rdx
+    wrmsr
+    jmp gate_done
 gate_reset:                     /* triple fault: the last resort to stop */
     lidt null_idt_ptr
     ud2
@@ -370,6 +376,7 @@ gate_table:
     .quad gate_invlpg           /* 4 */
     .quad gate_reset            /* 5 */
     .quad gate_idle             /* 6 */
+    .quad gate_wrmsr            /* 7 */
 
 /* ---- Faults -------------------------------------------------------------
  * Record the frame in _torito_fault_info and return to CPL3 at

@@ -22,6 +22,7 @@ const OP_INB: u32 = 3;
 const OP_INVLPG: u32 = 4;
 const OP_RESET: u32 = 5;
 const OP_IDLE: u32 = 6;
+const OP_WRMSR: u32 = 7;
 
 /// Write a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -82,6 +83,18 @@ pub fn idle() {
     // that wakes it is handled by the stubs and the gate returns normally.
     unsafe {
         asm!("ud2", inout("eax") OP_IDLE => _, in("r10d") GATE_MAGIC);
+    }
+}
+
+/// Write `value` to model-specific register `msr`. The caller checks
+/// (CPUID) that the MSR exists: writing one that does not is a #GP, which
+/// is reported as a CPU exception.
+pub fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the gate runs `wrmsr` with ecx and edx:eax from these
+    // registers; it clobbers eax and edx.
+    unsafe {
+        asm!("ud2", inout("eax") OP_WRMSR => _, in("r10d") GATE_MAGIC, in("ecx") msr,
+             in("rdi") value, out("edx") _);
     }
 }
 

@@ -11,6 +11,8 @@ pub mod apic;
 pub mod fault;
 pub mod gate;
 pub mod irq;
+#[cfg(feature = "process")]
+pub mod kvmclock;
 pub mod rtc;
 pub mod smp;
 pub mod torito;
