@@ -312,6 +312,18 @@ fn bench() -> i32 {
         })
         .collect();
     late.sort_unstable();
+    let mut ten: Vec<u64> = (0..5)
+        .map(|_| {
+            let t0 = process::clock::ticks();
+            process::sleep(Duration::from_millis(10));
+            ns(process::clock::ticks() - t0) / 1000
+        })
+        .collect();
+    ten.sort_unstable();
+    println!(
+        "bench: sleep 10 ms wakes after {} / {} / {} us (min / median / max, 5 sleeps)",
+        ten[0], ten[2], ten[4]
+    );
     println!(
         "bench: sleep 1 ms wakes late by {} / {} / {} us (min / median / max, 50 sleeps, timer: {})",
         late[0],
@@ -324,7 +336,8 @@ fn bench() -> i32 {
 
 /// Cross-core figures: a channel round trip with the other side on core 1
 /// (both cores busy), and the latency of a message to a core that halted
-/// waiting for it (the wake-up interrupt included).
+/// waiting for it (the wake-up interrupt included; 5 ms apart, longer than
+/// the longest spin before halting).
 fn cross_core_bench(khz: u64) {
     let ns = |ticks: u64| process::clock::ticks_to_ns(ticks, khz);
     let (to_pong, from_ping) = channel::bounded::<u64>(1);
@@ -378,8 +391,8 @@ fn cross_core_bench(khz: u64) {
     .expect("core 1 exists");
     let mut lat: Vec<u64> = (0..50)
         .map(|_| {
-            // Give core 1 time to halt.
-            process::sleep(Duration::from_millis(1));
+            // Give core 1 time to halt (past its longest spin window).
+            process::sleep(Duration::from_millis(5));
             let _ = tx.send(process::clock::ticks());
             ns(acked.recv().unwrap_or(0)) / 1000
         })
