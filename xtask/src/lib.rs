@@ -204,6 +204,20 @@ pub fn build_monitor(release: bool) -> Result<PathBuf> {
         .join("torito"))
 }
 
+/// For tests: check that the `threads` app's "wall clock N s" line is
+/// within two minutes of the host's clock; panics with the line if not.
+pub fn assert_guest_wall_clock(console: &str) {
+    let line = console.lines().find(|l| l.contains("wall clock")).expect("a wall clock line");
+    let secs: u64 = line
+        .split("wall clock ")
+        .nth(1)
+        .and_then(|x| x.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no time in: {line}"));
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    assert!(secs.abs_diff(host) < 120, "{line} (host: {host})");
+}
+
 /// Whether `/dev/kvm` can be opened for reading and writing.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

@@ -190,26 +190,7 @@ fn main() -> i32 {
     }
 
     // Ping-pong, with the other side on the last core.
-    let (to_pong, from_ping) = channel::bounded::<u64>(1);
-    let (to_ping, from_pong) = channel::bounded::<u64>(1);
-    let pong = process::spawn_on(last, move || {
-        let mut n = 0u64;
-        while let Some(v) = from_ping.recv() {
-            to_ping.send(v + 1).expect("ping is alive");
-            n += 1;
-        }
-        n
-    })
-    .expect("the last core exists");
-    let t0 = process::clock::ticks();
-    let mut v = 0;
-    for _ in 0..rounds {
-        to_pong.send(v).expect("pong is alive");
-        v = from_pong.recv().expect("pong answers");
-    }
-    let ticks = process::clock::ticks() - t0;
-    drop(to_pong);
-    let answered = pong.join();
+    let (v, answered, ticks) = ping_pong(last, rounds);
     match process::clock::tsc_khz() {
         Some(khz) => println!(
             "threads: ping-pong core 0 <-> core {}: {rounds} round trips in {} µs: {} ns per round trip",
@@ -229,6 +210,33 @@ fn main() -> i32 {
         && slept_ok;
     println!("threads: {}", if ok { "ok" } else { "FAILED" });
     if ok { 0 } else { 1 }
+}
+
+/// Pass a number back and forth `rounds` times through two channels
+/// between this thread and one on `core`, which adds 1 each time. Returns
+/// the final number, how many the other thread answered, and the TSC
+/// ticks it took.
+fn ping_pong(core: CoreId, rounds: u64) -> (u64, u64, u64) {
+    let (to_pong, from_ping) = channel::bounded::<u64>(1);
+    let (to_ping, from_pong) = channel::bounded::<u64>(1);
+    let pong = process::spawn_on(core, move || {
+        let mut n = 0u64;
+        while let Some(v) = from_ping.recv() {
+            to_ping.send(v + 1).expect("ping is alive");
+            n += 1;
+        }
+        n
+    })
+    .expect("an existing core");
+    let t0 = process::clock::ticks();
+    let mut v = 0;
+    for _ in 0..rounds {
+        to_pong.send(v).expect("pong is alive");
+        v = from_pong.recv().expect("pong answers");
+    }
+    let ticks = process::clock::ticks() - t0;
+    drop(to_pong);
+    (v, pong.join(), ticks)
 }
 
 /// `threads irq`: a thread on the last core waits for a device interrupt
@@ -283,22 +291,8 @@ fn bench() -> i32 {
     other.join();
     println!("bench: context switch {} ns", ns(t) / SWITCHES);
     // Channel round trip between two threads.
-    let (to_pong, from_ping) = channel::bounded::<u64>(1);
-    let (to_ping, from_pong) = channel::bounded::<u64>(1);
-    let pong = process::spawn(move || {
-        while let Some(v) = from_ping.recv() {
-            let _ = to_ping.send(v);
-        }
-    });
     const TRIPS: u64 = 100_000;
-    let t0 = process::clock::ticks();
-    for i in 0..TRIPS {
-        let _ = to_pong.send(i);
-        let _ = from_pong.recv();
-    }
-    let t = process::clock::ticks() - t0;
-    drop(to_pong);
-    pong.join();
+    let (_, _, t) = ping_pong(process::current_core(), TRIPS);
     println!("bench: channel round trip {} ns", ns(t) / TRIPS);
     if process::core_count() > 1 {
         cross_core_bench(khz);
@@ -340,23 +334,8 @@ fn bench() -> i32 {
 /// the longest spin before halting).
 fn cross_core_bench(khz: u64) {
     let ns = |ticks: u64| process::clock::ticks_to_ns(ticks, khz);
-    let (to_pong, from_ping) = channel::bounded::<u64>(1);
-    let (to_ping, from_pong) = channel::bounded::<u64>(1);
-    let pong = process::spawn_on(CoreId(1), move || {
-        while let Some(v) = from_ping.recv() {
-            let _ = to_ping.send(v);
-        }
-    })
-    .expect("core 1 exists");
     const TRIPS: u64 = 100_000;
-    let t0 = process::clock::ticks();
-    for i in 0..TRIPS {
-        let _ = to_pong.send(i);
-        let _ = from_pong.recv();
-    }
-    let t = process::clock::ticks() - t0;
-    drop(to_pong);
-    pong.join();
+    let (_, _, t) = ping_pong(CoreId(1), TRIPS);
     println!("bench: cross-core channel round trip {} ns", ns(t) / TRIPS);
     // The heap (one allocator behind a spin lock): alloc + free of 64
     // bytes, on one core alone, then on every core at once.

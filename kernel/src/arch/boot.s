@@ -43,6 +43,22 @@
     .set CPL0_STACK_SIZE, 8192
     .set IST_STACK_SIZE, 4096
 
+    /* From 32-bit protected mode: paging on the link-time tables, long
+     * mode, then a far jump to 64-bit `target` (clobbers eax, ecx, edx). */
+    .macro ENTER_LONG_MODE target
+    movl $0x20, %eax            /* CR4.PAE */
+    movl %eax, %cr4
+    movl $_torito_boot_pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx      /* EFER.LME */
+    movl $0x100, %eax
+    xorl %edx, %edx
+    wrmsr
+    movl $0x80010011, %eax      /* CR0: PG | WP | ET | PE */
+    movl %eax, %cr0
+    ljmp $KCODE, $\target
+    .endm
+
     .macro IDT_ENTRY handler, ist=0
     .word ((\handler - boot_base + BOOT_BASE) & 0xffff)
     .word KCODE
@@ -201,17 +217,7 @@ _torito_pvh_entry:
 enter_long_mode:
     movl $(cpl0_stacks + CPL0_STACK_SIZE), %esp
     lgdt gdt_ptr
-    movl $0x20, %eax            /* CR4.PAE */
-    movl %eax, %cr4
-    movl $_torito_boot_pml4, %eax
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx      /* EFER.LME */
-    movl $0x100, %eax
-    xorl %edx, %edx
-    wrmsr
-    movl $0x80010011, %eax      /* CR0: PG | WP | ET | PE */
-    movl %eax, %cr0
-    ljmp $KCODE, $long_mode
+    ENTER_LONG_MODE long_mode
 
     .code64
 long_mode:
@@ -280,17 +286,7 @@ ap_pm32:
     shll $6, %ebx               /* * PERCPU_STRIDE */
     addl $_torito_percpu, %ebx
     movl PC_RSP0(%ebx), %esp
-    movl $0x20, %eax            /* CR4.PAE */
-    movl %eax, %cr4
-    movl $_torito_boot_pml4, %eax
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx      /* EFER.LME */
-    movl $0x100, %eax
-    xorl %edx, %edx
-    wrmsr
-    movl $0x80010011, %eax      /* CR0: PG | WP | ET | PE */
-    movl %eax, %cr0
-    ljmp $KCODE, $ap_long_mode
+    ENTER_LONG_MODE ap_long_mode
 
     .code64
 ap_long_mode:
