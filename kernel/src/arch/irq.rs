@@ -9,13 +9,12 @@
 //! with [`take`]. Interrupts are delivered to the core the MSI names, so a
 //! driver runs its waiting thread on the core its device interrupts.
 
-use core::sync::atomic::Ordering;
-
 /// First device vector.
 pub const FIRST_VECTOR: u8 = 0x50;
 /// Number of device vectors.
 pub const VECTORS: u8 = 32;
 const PC_IRQ: usize = 48;
+#[cfg(feature = "process")]
 const PC_NOTIFY: usize = 56;
 
 /// Take (clear) the pending mark of `vector` on the calling core; whether
@@ -52,7 +51,7 @@ pub(crate) fn connect(core: usize, flag: *const core::sync::atomic::AtomicBool) 
     // SAFETY: `percpu_field` returns a field of an existing block; the
     // stubs only read it, and it is written here once at start-up.
     unsafe { core::ptr::write_volatile(slot, flag as u64) };
-    core::sync::atomic::fence(Ordering::SeqCst);
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Wait (letting the core's other threads run, the core halting when none

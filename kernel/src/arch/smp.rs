@@ -70,6 +70,7 @@ pub fn kick(core: usize) {
 }
 
 /// A field of core `core`'s block, `offset` bytes in.
+#[cfg(feature = "process")]
 pub(crate) fn percpu_field(core: usize, offset: usize) -> *mut u64 {
     assert!(core < MAX_CORES && offset < PERCPU_STRIDE);
     percpu_block(core).wrapping_byte_add(offset)
