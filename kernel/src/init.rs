@@ -52,8 +52,16 @@ pub(crate) fn run() -> ! {
         }
         crate::arch::smp::release();
     }
-    // Further units (devices, fs, net) are initialised here, in this
-    // order, once they have an implementation.
+    // The devices the loader named (virtio-mmio on the command line).
+    #[cfg(feature = "devices")]
+    {
+        let report = unit_devices::init(crate::boot::cmdline());
+        for p in &report.problems {
+            crate::println!("[torito] devices: {p}");
+        }
+    }
+    // Further units (fs, net) are initialised here, in this order, once
+    // they have an implementation.
     crate::boot::mark(TraceId::AppMain);
     let code = crate::app::main();
     crate::exit::exit(code)

@@ -1,15 +1,33 @@
-//! Torito devices unit: device traits the other units build on.
+//! Torito devices unit: the devices the loader names, behind interfaces
+//! the other units build on.
 //!
-//! Status: API sketch. The virtio transports (MMIO, PCI) and drivers
-//! (virtio-drivers: blk, net, vsock) arrive with the devices issue. What is
-//! here is the interface the filesystem and networking units will depend on,
-//! so they never depend on virtio itself. Nothing in this crate pretends to
-//! drive hardware yet.
+//! - [`BlockDevice`]: blocks of a fixed size, typed errors; the filesystem
+//!   unit depends on this, never on virtio.
+//! - [`cmdline`]: virtio-mmio devices from the kernel command line
+//!   (`virtio_mmio.device=<size>@<base>:<irq>`), the way QEMU microvm,
+//!   Firecracker and the Torito monitor describe them.
+//! - [`virtio`]: drivers from the `virtio-drivers` crate (block now; net and
+//!   vsock with the networking unit) over a HAL for identity-mapped guests.
+//! - [`init`] probes every device once and keeps them in one list,
+//!   [`block_devices`].
+//!
+//! Status (devices issue, step 1): virtio-mmio and virtio-blk, requests
+//! completed by polling. Still to come: completion by interrupt, the PCI
+//! transport, the monitor's device side.
 
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+extern crate alloc;
+
+pub mod cmdline;
+mod hal;
+pub mod virtio;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// Errors of block devices.
@@ -23,6 +41,8 @@ pub enum BlockError {
     ReadOnly,
     /// The device reported an I/O error.
     Io,
+    /// The device does not support the request.
+    Unsupported,
 }
 
 impl fmt::Display for BlockError {
@@ -32,6 +52,7 @@ impl fmt::Display for BlockError {
             Self::Unaligned => "buffer is not a whole number of blocks",
             Self::ReadOnly => "device is read-only",
             Self::Io => "device I/O error",
+            Self::Unsupported => "request not supported by the device",
         })
     }
 }
@@ -50,6 +71,58 @@ pub trait BlockDevice {
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError>;
     /// Make completed writes durable.
     fn flush(&mut self) -> Result<(), BlockError>;
+}
+
+/// The block devices found at [`init`], in the order the loader named them.
+static BLOCKS: spin::Mutex<Vec<Box<dyn BlockDevice + Send>>> = spin::Mutex::new(Vec::new());
+
+/// The block devices (lock held while the guard lives).
+pub fn block_devices() -> spin::MutexGuard<'static, Vec<Box<dyn BlockDevice + Send>>> {
+    BLOCKS.lock()
+}
+
+/// What [`init`] found, one line each, for the kernel to print when asked.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Devices set up.
+    pub found: Vec<String>,
+    /// Entries that could not be used, and why.
+    pub problems: Vec<String>,
+}
+
+/// Probe every virtio-mmio device named in `cmdline` and keep the block
+/// devices. Called once by the kernel, before the app runs.
+pub fn init(cmdline: &str) -> Report {
+    use alloc::format;
+    let mut report = Report::default();
+    let mut blocks = BLOCKS.lock();
+    for entry in cmdline::mmio_devices(cmdline) {
+        let d = match entry {
+            Ok(d) => d,
+            Err(text) => {
+                report.problems.push(format!("malformed virtio_mmio.device={text}"));
+                continue;
+            }
+        };
+        // SAFETY: the loader named this window on the command line; the
+        // kernel identity-maps the MMIO range and probes each entry once.
+        #[allow(unsafe_code)]
+        match unsafe { virtio::probe_mmio(d) } {
+            Ok(virtio::Probed::Block(b)) => {
+                report.found.push(format!(
+                    "virtio-blk at {:#x} (irq {}): {} blocks{}",
+                    d.base,
+                    d.irq,
+                    b.num_blocks(),
+                    if b.readonly() { ", read-only" } else { "" }
+                ));
+                blocks.push(Box::new(b));
+            }
+            Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
+            Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
+        }
+    }
+    report
 }
 
 /// Check a request against a device's geometry; drivers call this first.

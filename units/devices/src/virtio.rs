@@ -1,0 +1,126 @@
+//! virtio devices through `virtio-drivers`: probing a virtio-mmio register
+//! window, and the block driver behind [`BlockDevice`].
+//!
+//! Requests complete by polling the used ring (memory, no exit) for now;
+//! completion by interrupt is the next step of the devices issue.
+#![allow(unsafe_code)]
+
+use core::ptr::NonNull;
+
+use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::{DeviceType, Transport};
+
+use crate::cmdline::MmioDevice;
+use crate::hal::ToritoHal;
+use crate::{BlockDevice, BlockError, check_request};
+
+/// A virtio block device on the MMIO transport.
+pub struct VirtioBlock {
+    dev: VirtIOBlk<ToritoHal, MmioTransport<'static>>,
+    blocks: u64,
+    readonly: bool,
+    /// Where the device is.
+    pub location: MmioDevice,
+}
+
+/// What a virtio-mmio window holds.
+pub enum Probed {
+    /// A block device, ready.
+    Block(VirtioBlock),
+    /// A device this unit has no driver for (yet).
+    Other(DeviceType),
+}
+
+/// Why a window could not be used.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// Not a virtio-mmio window, or a version `virtio-drivers` does not know.
+    Transport(MmioError),
+    /// The driver could not set the device up.
+    Driver(virtio_drivers::Error),
+}
+
+impl core::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ProbeError::Transport(e) => write!(f, "not a usable virtio-mmio device: {e}"),
+            ProbeError::Driver(e) => write!(f, "driver set-up failed: {e}"),
+        }
+    }
+}
+
+/// Set up the device in the virtio-mmio window `d`.
+///
+/// # Safety
+/// `d` must describe a register window the platform really has (the
+/// loader named it), identity-mapped, and not used by anything else for
+/// the rest of the program.
+pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
+    let header = NonNull::new(d.base as *mut VirtIOHeader)
+        .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
+    // SAFETY: forwarded from the caller; the window lasts for ever.
+    let transport = unsafe { MmioTransport::new(header, d.size as usize) }.map_err(ProbeError::Transport)?;
+    match transport.device_type() {
+        DeviceType::Block => {
+            let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
+            let (blocks, readonly) = (dev.capacity(), dev.readonly());
+            Ok(Probed::Block(VirtioBlock { dev, blocks, readonly, location: d }))
+        }
+        other => Ok(Probed::Other(other)),
+    }
+}
+
+fn io(e: virtio_drivers::Error) -> BlockError {
+    match e {
+        virtio_drivers::Error::Unsupported => BlockError::Unsupported,
+        _ => BlockError::Io,
+    }
+}
+
+impl VirtioBlock {
+    /// Whether the device refuses writes.
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// The device's identifier string (`get-id`), if it has one.
+    pub fn id(&mut self) -> Result<alloc::string::String, BlockError> {
+        let mut buf = [0u8; 20];
+        let n = self.dev.device_id(&mut buf).map_err(io)?;
+        Ok(alloc::string::String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl BlockDevice for VirtioBlock {
+    fn block_size(&self) -> usize {
+        SECTOR_SIZE
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        check_request(self, lba, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.dev.read_blocks(lba as usize, buf).map_err(io)
+    }
+
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
+        check_request(self, lba, buf.len())?;
+        if self.readonly {
+            return Err(BlockError::ReadOnly);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.dev.write_blocks(lba as usize, buf).map_err(io)
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.dev.flush().map_err(io)
+    }
+}
