@@ -116,7 +116,7 @@ pub fn init(cmdline: &str) -> Report {
                     b.num_blocks(),
                     if b.readonly() { ", read-only" } else { "" }
                 ));
-                blocks.push(Box::new(b));
+                blocks.push(b);
             }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),

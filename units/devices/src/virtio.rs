@@ -27,7 +27,7 @@ pub struct VirtioBlock {
 /// What a virtio-mmio window holds.
 pub enum Probed {
     /// A block device, ready.
-    Block(VirtioBlock),
+    Block(alloc::boxed::Box<VirtioBlock>),
     /// A device this unit has no driver for (yet).
     Other(DeviceType),
 }
@@ -65,7 +65,7 @@ pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
         DeviceType::Block => {
             let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
             let (blocks, readonly) = (dev.capacity(), dev.readonly());
-            Ok(Probed::Block(VirtioBlock { dev, blocks, readonly, location: d }))
+            Ok(Probed::Block(alloc::boxed::Box::new(VirtioBlock { dev, blocks, readonly, location: d })))
         }
         other => Ok(Probed::Other(other)),
     }
