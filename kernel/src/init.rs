@@ -55,7 +55,8 @@ pub(crate) fn run() -> ! {
     // The devices the loader named (virtio-mmio on the command line).
     #[cfg(feature = "devices")]
     {
-        let report = unit_devices::init(crate::boot::cmdline());
+        let irq = unit_devices::Irq { route: route_device_irq, wait: wait_device_irq };
+        let report = unit_devices::init(crate::boot::cmdline(), Some(irq));
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }
@@ -97,3 +98,25 @@ pub(crate) fn run_secondary(_core: usize) -> ! {
 #[cfg(feature = "process")]
 const _: () = assert!(unit_process::MAX_CORES == crate::arch::smp::MAX_CORES);
 const _: () = assert!(unit_memory::heap::MAX_CORES == crate::arch::smp::MAX_CORES);
+
+/// Route a device's interrupt line to vector `0x50 + line` on core 0: the
+/// Torito monitor sends MSIs there itself; elsewhere the IOAPIC pin is
+/// programmed.
+#[cfg(feature = "devices")]
+fn route_device_irq(line: u32) -> bool {
+    use crate::arch::{irq, smp};
+    if line >= u32::from(irq::VECTORS) || !crate::arch::apic::available() {
+        return false;
+    }
+    crate::arch::apic::enable();
+    match crate::boot::protocol() {
+        torito_abi::boot_info::BootProtocol::Direct => true,
+        _ => crate::arch::ioapic::route(line, irq::FIRST_VECTOR + line as u8, smp::apic_id(0)),
+    }
+}
+
+/// Wait for a device's interrupt line (see [`route_device_irq`]).
+#[cfg(feature = "devices")]
+fn wait_device_irq(line: u32) {
+    crate::arch::irq::wait(crate::arch::irq::FIRST_VECTOR + line as u8);
+}

@@ -228,7 +228,8 @@ fn pattern_image(name: &str, len: usize) -> PathBuf {
 }
 
 /// virtio-blk over virtio-mmio on QEMU microvm (devices named on the
-/// command line, as QEMU does with `acpi=off`): blkcheck reads the pattern,
+/// command line, as QEMU does with `acpi=off`; completion by interrupt
+/// through the IOAPIC): blkcheck reads the pattern,
 /// writes its own, flushes; the image is checked byte for byte. A
 /// read-only drive refuses the write and stays as it was.
 #[test]
@@ -249,6 +250,8 @@ fn virtio_blk_on_microvm() {
         let extra = ["-machine", "acpi=off", "-drive", &drive, "-device", "virtio-blk-device,drive=d0"];
         let (code, out) = boot_with(QemuMachine::MicrovmKvm, &elf, if readonly { "ro" } else { "" }, &extra);
         assert_eq!(code, 0, "{out}");
+        // Requests complete by interrupt (the IOAPIC pin QEMU named).
+        assert!(out.contains("virtio-blk at 0xfeb00e00 (irq 12, interrupts): 8192 blocks"), "{out}");
         assert!(out.contains("read 65536 bytes, pattern ok"), "{out}");
         assert!(out.contains("bad requests refused: true"), "{out}");
         let after = std::fs::read(&img).unwrap();

@@ -32,6 +32,9 @@ fn pattern_out(o: usize) -> u8 {
 
 fn main() -> i32 {
     let readonly = kernel::args().any(|a| a == "ro");
+    for line in kernel::devices::report_lines() {
+        println!("blkcheck: {line}");
+    }
     let mut disks = block_devices();
     println!("blkcheck: {} block device(s)", disks.len());
     let Some(disk) = disks.first_mut() else {

@@ -75,8 +75,10 @@ pub fn init(tsc_khz: u64) -> Option<u64> {
     Some(khz)
 }
 
-fn enable() {
-    write(SVR, 0x1ff); // software enable, spurious vector 0xff
+/// Software-enable this core's local APIC (spurious vector 0xff), so it
+/// accepts interrupts.
+pub fn enable() {
+    write(SVR, 0x1ff);
 }
 
 fn init_timer() {
@@ -89,6 +91,11 @@ fn init_timer() {
 pub fn init_secondary() {
     enable();
     init_timer();
+}
+
+/// Whether this CPU has a local APIC (interrupts can be delivered).
+pub fn available() -> bool {
+    core::arch::x86_64::__cpuid(1).edx & (1 << 9) != 0
 }
 
 /// The TSC frequency the timer works with (after [`init`]).

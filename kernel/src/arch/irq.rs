@@ -56,7 +56,20 @@ pub(crate) fn connect(core: usize, flag: *const core::sync::atomic::AtomicBool) 
 
 /// Wait (letting the core's other threads run, the core halting when none
 /// can) until `vector` has fired on this core, and consume it.
-#[cfg(feature = "process")]
 pub fn wait(vector: u8) {
-    unit_process::wait_for_event(|| take(vector).then_some(()));
+    #[cfg(feature = "process")]
+    if unit_process::current_thread().is_some() {
+        unit_process::wait_for_event(|| take(vector).then_some(()));
+        return;
+    }
+    // No scheduler: halt until the next interrupt, as long as it is not
+    // this one (the idle gate returns at once if any interrupt came since
+    // the wake flag was cleared).
+    loop {
+        super::smp::clear_wake();
+        if take(vector) {
+            return;
+        }
+        super::gate::idle();
+    }
 }

@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod apic;
 pub mod fault;
 pub mod gate;
+pub mod ioapic;
 pub mod irq;
 #[cfg(feature = "process")]
 pub mod kvmclock;

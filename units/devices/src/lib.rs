@@ -76,13 +76,21 @@ pub trait BlockDevice {
 /// The block devices found at [`init`], in the order the loader named them.
 static BLOCKS: spin::Mutex<Vec<Box<dyn BlockDevice + Send>>> = spin::Mutex::new(Vec::new());
 
+/// What [`init`] reported, kept for apps that want to list it.
+static REPORT: spin::Mutex<Option<Report>> = spin::Mutex::new(None);
+
+/// The lines of [`init`]'s report (devices set up, then problems).
+pub fn report_lines() -> Vec<String> {
+    REPORT.lock().as_ref().map(|r| r.found.iter().chain(&r.problems).cloned().collect()).unwrap_or_default()
+}
+
 /// The block devices (lock held while the guard lives).
 pub fn block_devices() -> spin::MutexGuard<'static, Vec<Box<dyn BlockDevice + Send>>> {
     BLOCKS.lock()
 }
 
 /// What [`init`] found, one line each, for the kernel to print when asked.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Report {
     /// Devices set up.
     pub found: Vec<String>,
@@ -90,9 +98,21 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
+/// How devices' interrupts reach their drivers (the kernel provides it).
+#[derive(Clone, Copy, Debug)]
+pub struct Irq {
+    /// Route interrupt line `n` (the command line's `:irq`) to the calling
+    /// core; `false` when it cannot be (the driver then polls).
+    pub route: fn(u32) -> bool,
+    /// Wait until line `n` has interrupted (the waiting thread sleeps).
+    pub wait: fn(u32),
+}
+
 /// Probe every virtio-mmio device named in `cmdline` and keep the block
-/// devices. Called once by the kernel, before the app runs.
-pub fn init(cmdline: &str) -> Report {
+/// devices. Called once by the kernel, before the app runs. With `irq`,
+/// requests complete by interrupt where the line can be routed; without,
+/// by polling.
+pub fn init(cmdline: &str, irq: Option<Irq>) -> Report {
     use alloc::format;
     let mut report = Report::default();
     let mut blocks = BLOCKS.lock();
@@ -108,11 +128,15 @@ pub fn init(cmdline: &str) -> Report {
         // kernel identity-maps the MMIO range and probes each entry once.
         #[allow(unsafe_code)]
         match unsafe { virtio::probe_mmio(d) } {
-            Ok(virtio::Probed::Block(b)) => {
+            Ok(virtio::Probed::Block(mut b)) => {
+                if let Some(irq) = irq.filter(|i| (i.route)(d.irq)) {
+                    b.use_interrupts(d.irq, irq.wait);
+                }
                 report.found.push(format!(
-                    "virtio-blk at {:#x} (irq {}): {} blocks{}",
+                    "virtio-blk at {:#x} (irq {}, {}): {} blocks{}",
                     d.base,
                     d.irq,
+                    if b.interrupts() { "interrupts" } else { "polled" },
                     b.num_blocks(),
                     if b.readonly() { ", read-only" } else { "" }
                 ));
@@ -122,6 +146,7 @@ pub fn init(cmdline: &str) -> Report {
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
     }
+    *REPORT.lock() = Some(report.clone());
     report
 }
 

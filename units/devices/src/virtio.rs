@@ -1,13 +1,16 @@
 //! virtio devices through `virtio-drivers`: probing a virtio-mmio register
 //! window, and the block driver behind [`BlockDevice`].
 //!
-//! Requests complete by polling the used ring (memory, no exit) for now;
-//! completion by interrupt is the next step of the devices issue.
+//! Reads and writes complete by interrupt when the kernel routed the
+//! device's line (the thread sleeps; on wake-up the driver acknowledges
+//! the interrupt first, then looks at the used ring, so no completion is
+//! missed), else by polling the used ring (memory reads, no exit). Flush
+//! and get-id always poll (`virtio-drivers` has no non-blocking form).
 #![allow(unsafe_code)]
 
 use core::ptr::NonNull;
 
-use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE, VirtIOBlk};
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
 
@@ -20,6 +23,8 @@ pub struct VirtioBlock {
     dev: VirtIOBlk<ToritoHal, MmioTransport<'static>>,
     blocks: u64,
     readonly: bool,
+    /// The interrupt line and how to wait for it, when routed.
+    irq: Option<(u32, fn(u32))>,
     /// Where the device is.
     pub location: MmioDevice,
 }
@@ -65,7 +70,13 @@ pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
         DeviceType::Block => {
             let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
             let (blocks, readonly) = (dev.capacity(), dev.readonly());
-            Ok(Probed::Block(alloc::boxed::Box::new(VirtioBlock { dev, blocks, readonly, location: d })))
+            Ok(Probed::Block(alloc::boxed::Box::new(VirtioBlock {
+                dev,
+                blocks,
+                readonly,
+                irq: None,
+                location: d,
+            })))
         }
         other => Ok(Probed::Other(other)),
     }
@@ -79,6 +90,27 @@ fn io(e: virtio_drivers::Error) -> BlockError {
 }
 
 impl VirtioBlock {
+    /// Complete requests by interrupt on `line`, waiting with `wait`.
+    pub fn use_interrupts(&mut self, line: u32, wait: fn(u32)) {
+        self.dev.enable_interrupts();
+        self.irq = Some((line, wait));
+    }
+
+    /// Whether requests complete by interrupt.
+    pub fn interrupts(&self) -> bool {
+        self.irq.is_some()
+    }
+
+    /// Sleep until request `token` is in the used ring.
+    fn wait_for(&mut self, token: u16, (line, wait): (u32, fn(u32))) {
+        while self.dev.peek_used() != Some(token) {
+            wait(line);
+            // Acknowledge before looking again: a completion after this
+            // raises the line anew.
+            self.dev.ack_interrupt();
+        }
+    }
+
     /// Whether the device refuses writes.
     pub fn readonly(&self) -> bool {
         self.readonly
@@ -106,7 +138,15 @@ impl BlockDevice for VirtioBlock {
         if buf.is_empty() {
             return Ok(());
         }
-        self.dev.read_blocks(lba as usize, buf).map_err(io)
+        let Some(irq) = self.irq else { return self.dev.read_blocks(lba as usize, buf).map_err(io) };
+        let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
+        // SAFETY: `req`, `buf` and `resp` stay borrowed here, untouched,
+        // until the request is completed below with the same buffers.
+        let token = unsafe { self.dev.read_blocks_nb(lba as usize, &mut req, buf, &mut resp) }.map_err(io)?;
+        self.wait_for(token, irq);
+        // SAFETY: the same buffers as `read_blocks_nb` got; the device is
+        // done with them (the token is in the used ring).
+        unsafe { self.dev.complete_read_blocks(token, &req, buf, &mut resp) }.map_err(io)
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
@@ -117,7 +157,14 @@ impl BlockDevice for VirtioBlock {
         if buf.is_empty() {
             return Ok(());
         }
-        self.dev.write_blocks(lba as usize, buf).map_err(io)
+        let Some(irq) = self.irq else { return self.dev.write_blocks(lba as usize, buf).map_err(io) };
+        let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
+        // SAFETY: as in `read_blocks`.
+        let token =
+            unsafe { self.dev.write_blocks_nb(lba as usize, &mut req, buf, &mut resp) }.map_err(io)?;
+        self.wait_for(token, irq);
+        // SAFETY: as in `read_blocks`.
+        unsafe { self.dev.complete_write_blocks(token, &req, buf, &mut resp) }.map_err(io)
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
