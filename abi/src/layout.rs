@@ -49,6 +49,15 @@ pub const MMIO_END: u64 = 0x1_0000_0000;
 /// Base of the Torito monitor's own register page (see [`crate::mmio`]).
 pub const TORITO_MMIO_BASE: u64 = MMIO_BASE;
 
+/// First virtio-mmio device window of the Torito monitor; device `i` is at
+/// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE`, with interrupt line `i`
+/// (delivered as an MSI to vector `0x50 + i` on core 0).
+pub const VIRTIO_MMIO_BASE: u64 = 0xD000_0000;
+/// Distance between virtio-mmio device windows.
+pub const VIRTIO_MMIO_STRIDE: u64 = 0x1000;
+/// Most virtio-mmio devices the monitor offers.
+pub const VIRTIO_MMIO_MAX: u64 = 16;
+
 /// Smallest guest RAM the monitor accepts.
 pub const MIN_RAM: u64 = 2 * 1024 * 1024;
 /// Largest guest RAM the monitor accepts (bounded by [`MAX_PDS`] less the

@@ -33,6 +33,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Number of vCPUs.
     pub cpus: u32,
+    /// Virtio block devices, in order.
+    pub disks: Vec<crate::virtio_blk::DiskConfig>,
 }
 
 impl VmConfig {
@@ -46,6 +48,7 @@ impl VmConfig {
             timeline: None,
             kvm_device: PathBuf::from("/dev/kvm"),
             cpus: 1,
+            disks: Vec::new(),
         }
     }
 

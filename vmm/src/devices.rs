@@ -17,9 +17,12 @@ use std::io::Write;
 
 use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
 use torito_abi::layout::TORITO_MMIO_BASE;
+use torito_abi::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use torito_abi::mmio;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::Trigger;
+
+use crate::virtio_blk::{Effect, VirtioBlk};
 use vm_superio::serial::{NoEvents, Serial};
 
 /// Distinct unmapped-access warnings printed before the rest are dropped.
@@ -42,6 +45,8 @@ pub enum Action {
     StartCores(u32),
     /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
     TestInterrupt(u8, u8, u32),
+    /// Virtio device `n` raises its interrupt line `n`.
+    Interrupt(u32),
 }
 
 /// The serial port raises no interrupt: this monitor has no interrupt
@@ -60,6 +65,8 @@ pub struct Devices {
     console: Box<dyn Write + Send>,
     serial: Serial<NoInterrupt, NoEvents, Box<dyn Write + Send>>,
     warned: BTreeSet<(bool, u64)>,
+    /// Virtio block devices, at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE`.
+    pub disks: Vec<VirtioBlk>,
     /// Trace marks the guest sent through the register page: `(id, host ns)`.
     pub host_marks: Vec<(u32, u64)>,
 }
@@ -83,6 +90,7 @@ impl Devices {
             console,
             serial: Serial::new(NoInterrupt, serial),
             warned: BTreeSet::new(),
+            disks: Vec::new(),
             host_marks: Vec::new(),
         }
     }
@@ -100,8 +108,21 @@ impl Devices {
         eprintln!("torito: warning: guest {how} unmapped {what} {addr:#x} (ignored; reads return all ones)");
     }
 
+    /// The virtio device whose window holds `addr`, and the offset in it.
+    fn disk_at(&self, addr: u64) -> Option<(usize, u64)> {
+        let rel = addr.checked_sub(VIRTIO_MMIO_BASE)?;
+        let i = (rel / VIRTIO_MMIO_STRIDE) as usize;
+        (i < self.disks.len()).then_some((i, rel % VIRTIO_MMIO_STRIDE))
+    }
+
     /// A guest store to MMIO address `addr`.
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
+        if let Some((i, off)) = self.disk_at(addr) {
+            return match self.disks[i].write(off, data, mem) {
+                Effect::Interrupt => Action::Interrupt(i as u32),
+                Effect::None => Action::Continue,
+            };
+        }
         let value = value_of(data);
         match addr.wrapping_sub(TORITO_MMIO_BASE) {
             mmio::CONSOLE_WRITE => {
@@ -134,7 +155,9 @@ impl Devices {
 
     /// A guest load from MMIO address `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        if (TORITO_MMIO_BASE..TORITO_MMIO_BASE + mmio::SIZE).contains(&addr) {
+        if let Some((i, off)) = self.disk_at(addr) {
+            self.disks[i].read(off, data);
+        } else if (TORITO_MMIO_BASE..TORITO_MMIO_BASE + mmio::SIZE).contains(&addr) {
             data.fill(0);
         } else {
             self.warn(true, false, addr);

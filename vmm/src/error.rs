@@ -45,6 +45,9 @@ pub enum Error {
     /// Something about the configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// A disk cannot be used.
+    #[error("{0}")]
+    Disk(String),
     /// Writing into guest memory failed (a bug: the layout was checked).
     #[error("writing the guest's boot data failed: {0}")]
     GuestWrite(String),
@@ -66,7 +69,7 @@ impl Error {
     /// Process exit status for this error.
     pub fn exit_status(&self) -> i32 {
         match self {
-            Error::ReadKernel(..) => EXIT_NO_INPUT,
+            Error::ReadKernel(..) | Error::Disk(_) => EXIT_NO_INPUT,
             Error::BadImage(..) => EXIT_BAD_IMAGE,
             Error::KvmOpen(..) | Error::KvmCapability(_) => EXIT_KVM_UNAVAILABLE,
             Error::Kvm(..) | Error::Memory(..) | Error::GuestWrite(_) => EXIT_OS,

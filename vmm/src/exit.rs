@@ -43,6 +43,8 @@ pub enum Step {
     StartCores(u32),
     /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
     TestInterrupt(u8, u8, u32),
+    /// Raise device interrupt line `n`.
+    Interrupt(u32),
     /// The guest triple-faulted.
     TripleFault,
     /// The guest halted and nothing can wake it.
@@ -61,6 +63,7 @@ fn step(a: Action) -> Step {
         Action::Reset => Step::Reset,
         Action::StartCores(n) => Step::StartCores(n),
         Action::TestInterrupt(v, a, d) => Step::TestInterrupt(v, a, d),
+        Action::Interrupt(n) => Step::Interrupt(n),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod exit;
 pub mod loader;
 pub mod timeline;
+pub mod virtio_blk;
 #[allow(unsafe_code)]
 pub mod vstate;
 
@@ -43,7 +44,28 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     }
     let elf = loader::check(&image, cfg.mem).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
 
-    let cmdline = boot::check_cmdline(&cfg.cmdline)?;
+    // Disks: opened and checked before anything else is made; the guest
+    // finds them on its command line.
+    if cfg.disks.len() as u64 > torito_abi::layout::VIRTIO_MMIO_MAX {
+        return Err(Error::Config(format!(
+            "{} disks: the monitor offers at most {}",
+            cfg.disks.len(),
+            torito_abi::layout::VIRTIO_MMIO_MAX
+        )));
+    }
+    let disks = cfg
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| virtio_blk::VirtioBlk::open(d, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Disk)?;
+    let mut full_cmdline = cfg.cmdline.clone();
+    for i in 0..disks.len() as u64 {
+        let base = torito_abi::layout::VIRTIO_MMIO_BASE + i * torito_abi::layout::VIRTIO_MMIO_STRIDE;
+        full_cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{i}"));
+    }
+    let cmdline = boot::check_cmdline(full_cmdline.trim_start())?;
 
     let kvm = vstate::Kvm::open(&cfg.kvm_device)?;
     tl.mark(Phase::KvmReady);
@@ -70,7 +92,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 
     // The rest of RAM is registered from the guest's first exit on.
     let pending = vstate::PendingRam::new(deferred);
-    let devices = devices::Devices::new(cfg.console_out());
+    let mut devices = devices::Devices::new(cfg.console_out());
+    devices.disks = disks;
     let machine = vstate::Machine::new(&vm, &mem, elf.note, cpus, lapic, devices, pending, cfg.timeout)?;
     // A scope joins its threads (secondary vCPUs, RAM registration) on
     // every return.

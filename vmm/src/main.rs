@@ -28,6 +28,10 @@ struct Cli {
     /// Number of vCPUs (secondary ones start when the kernel asks).
     #[arg(long, default_value = "1", value_parser = parse_cpus)]
     cpus: u32,
+    /// A virtio-blk disk backed by a host file; `,ro` refuses writes.
+    /// Repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = torito_vmm::virtio_blk::DiskConfig::parse)]
+    disks: Vec<torito_vmm::virtio_blk::DiskConfig>,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
     cfg.mem = cli.mem;
     cfg.timeout = cli.timeout;
     cfg.cpus = cli.cpus;
+    cfg.disks = cli.disks;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {

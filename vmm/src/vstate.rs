@@ -472,6 +472,15 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Raise device line `line`: an MSI to vector `0x50 + line` on core 0
+    /// (the contract in `torito_abi::layout::VIRTIO_MMIO_BASE`).
+    fn device_interrupt(&self, line: u32) {
+        let msi = kvm_bindings::kvm_msi { address_lo: 0xfee0_0000, data: 0x50 + line, ..Default::default() };
+        if let Err(e) = self.vm.fd.signal_msi(msi) {
+            eprintln!("torito: warning: device interrupt not delivered: KVM_SIGNAL_MSI: {e}");
+        }
+    }
+
     /// Send the MSI the guest asked for through `TEST_INTERRUPT`, after
     /// `delay_us` (cut short if the guest stops).
     fn test_interrupt(&self, vector: u8, apic: u8, delay_us: u32) {
@@ -625,6 +634,10 @@ impl<'a> Machine<'a> {
                 Step::StartCores(n) => {
                     pending.start(scope, self.vm);
                     self.start_cores(scope, n);
+                }
+                Step::Interrupt(line) => {
+                    pending.start(scope, self.vm);
+                    self.device_interrupt(line);
                 }
                 Step::TestInterrupt(vector, apic, delay_us) => {
                     pending.start(scope, self.vm);

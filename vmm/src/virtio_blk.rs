@@ -1,0 +1,556 @@
+//! A virtio-blk device on the virtio-mmio transport (version 2), backed by
+//! a host file.
+//!
+//! The guest drives it through MMIO exits: register reads and writes, and
+//! a write to `QueueNotify`, on which the vCPU thread processes every
+//! available request at once (read, write, flush, get-id) and asks for an
+//! interrupt. The queue itself is `virtio-queue`'s: descriptor chains are
+//! walked with its checks (a chain that loops or is longer than the queue
+//! ends; every buffer is checked against guest memory by its `Reader` and
+//! `Writer`, lengths included). A request that does not make sense gets
+//! the status `IOERR`, or, when not even the status byte can be written,
+//! is returned used with length 0; nothing a guest puts in the queue can
+//! make the monitor read or write outside guest RAM, or fail.
+//!
+//! Why registers by hand: the rust-vmm crate with the virtio-mmio
+//! register logic (`virtio-device`) is not published; the layout is short
+//! and fixed by the virtio 1.2 specification, §4.2.2.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+/// Size of a sector: the unit of `capacity` and of request offsets.
+pub const SECTOR: u64 = 512;
+/// Largest queue the device offers.
+pub const QUEUE_MAX: u16 = 256;
+/// Largest data transfer in one request (bigger ones fail with IOERR).
+pub const MAX_TRANSFER: usize = 4 << 20;
+/// Size of the register window.
+pub const MMIO_SIZE: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VENDOR: u32 = 0x4f54_5254; // "TRTO"
+const DEVICE_BLOCK: u32 = 2;
+
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_VERSION_1: u64 = 1 << 32;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const STATUS_FAILED: u32 = 0x80;
+const NEEDS_RESET: u32 = 0x40;
+
+/// A disk as the command line names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Host file.
+    pub path: PathBuf,
+    /// Refuse writes.
+    pub readonly: bool,
+}
+
+impl DiskConfig {
+    /// Parse `PATH[,ro]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (path, readonly) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((_, opt)) if !opt.contains('/') => {
+                return Err(format!("unknown disk option '{opt}' in '{s}' (only 'ro')"));
+            }
+            _ => (s, false),
+        };
+        if path.is_empty() {
+            return Err("a disk needs a file: --disk PATH[,ro]".into());
+        }
+        Ok(Self { path: PathBuf::from(path), readonly })
+    }
+
+    /// Open the file as the device will use it; every reason it cannot
+    /// be used is one line for the user.
+    pub fn open(&self) -> Result<(File, u64), String> {
+        let p = &self.path;
+        let meta = std::fs::metadata(p).map_err(|e| format!("disk {}: {e}", p.display()))?;
+        if meta.is_dir() {
+            return Err(format!("disk {}: is a directory", p.display()));
+        }
+        let file = std::fs::OpenOptions::new().read(true).write(!self.readonly).open(p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied && !self.readonly {
+                format!("disk {}: {e} (for a read-only disk, add ',ro')", p.display())
+            } else {
+                format!("disk {}: {e}", p.display())
+            }
+        })?;
+        let len = file.metadata().map_err(|e| format!("disk {}: {e}", p.display()))?.len();
+        if len < SECTOR {
+            return Err(format!("disk {}: {len} bytes, smaller than one {SECTOR}-byte sector", p.display()));
+        }
+        Ok((file, len))
+    }
+}
+
+/// The device.
+pub struct VirtioBlk {
+    file: File,
+    sectors: u64,
+    readonly: bool,
+    id: String,
+    features_sel: u32,
+    driver_features: u64,
+    driver_features_sel: u32,
+    status: u32,
+    queue: Queue,
+    queue_sel: u32,
+    interrupt_status: u32,
+    /// Requests completed (for tests and statistics).
+    pub completed: u64,
+}
+
+/// What a register write asks of the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing more.
+    None,
+    /// Raise the device's interrupt.
+    Interrupt,
+}
+
+impl VirtioBlk {
+    /// A device over `file` of `len` bytes (whole sectors are used).
+    pub fn new(file: File, len: u64, readonly: bool, id: String) -> Self {
+        Self {
+            file,
+            sectors: len / SECTOR,
+            readonly,
+            id,
+            features_sel: 0,
+            driver_features: 0,
+            driver_features_sel: 0,
+            status: 0,
+            queue: Queue::new(QUEUE_MAX).expect("a valid queue size"),
+            queue_sel: 0,
+            interrupt_status: 0,
+            completed: 0,
+        }
+    }
+
+    /// Open `cfg` and make its device.
+    pub fn open(cfg: &DiskConfig, index: usize) -> Result<Self, String> {
+        let (file, len) = cfg.open()?;
+        Ok(Self::new(file, len, cfg.readonly, format!("torito-disk{index}")))
+    }
+
+    /// The disk's size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1 | F_FLUSH | F_BLK_SIZE | if self.readonly { F_RO } else { 0 }
+    }
+
+    fn config(&self) -> [u8; 0x18] {
+        let mut c = [0u8; 0x18];
+        c[0..8].copy_from_slice(&self.sectors.to_le_bytes());
+        // size_max 0x08, seg_max 0x0c, geometry 0x10: 0 (not offered).
+        c[0x14..0x18].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        c
+    }
+
+    /// A guest load at `offset` in the register window.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            let cfg = self.config();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = cfg.get((offset - 0x100) as usize + i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        let v: u32 = match offset {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => DEVICE_BLOCK,
+            0x00c => VENDOR,
+            0x010 => match self.features_sel {
+                0 => self.features() as u32,
+                1 => (self.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 if self.queue_sel == 0 => u32::from(QUEUE_MAX),
+            0x044 => u32::from(self.queue_sel == 0 && self.queue.ready()),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x0fc => 0, // config generation: the configuration never changes
+            _ => 0,
+        };
+        let bytes = v.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    /// A guest store at `offset` in the register window.
+    pub fn write(&mut self, offset: u64, data: &[u8], mem: &GuestMemoryMmap) -> Effect {
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u32::from_le_bytes(b);
+        let q0 = self.queue_sel == 0;
+        match offset {
+            0x014 => self.features_sel = v,
+            0x020 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                _ => {}
+            },
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x038 if q0 => self.queue.set_size(v.min(u32::from(u16::MAX)) as u16),
+            0x044 if q0 => {
+                self.queue.set_ready(v == 1);
+                if v == 1 && !self.queue.is_valid(mem) {
+                    // A queue that does not fit guest memory: the device
+                    // refuses to work (the driver sees DEVICE_NEEDS_RESET).
+                    self.queue.set_ready(false);
+                    self.status |= NEEDS_RESET;
+                }
+            }
+            0x050 if v == 0 => return self.process(mem),
+            0x064 => self.interrupt_status &= !v,
+            0x070 => {
+                if v == 0 {
+                    self.reset();
+                } else {
+                    // The driver sets bits; DEVICE_NEEDS_RESET stays ours.
+                    self.status = v | (self.status & NEEDS_RESET);
+                }
+            }
+            0x080 if q0 => self.queue.set_desc_table_address(Some(v), None),
+            0x084 if q0 => self.queue.set_desc_table_address(None, Some(v)),
+            0x090 if q0 => self.queue.set_avail_ring_address(Some(v), None),
+            0x094 if q0 => self.queue.set_avail_ring_address(None, Some(v)),
+            0x0a0 if q0 => self.queue.set_used_ring_address(Some(v), None),
+            0x0a4 if q0 => self.queue.set_used_ring_address(None, Some(v)),
+            _ => {}
+        }
+        Effect::None
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.queue.reset();
+        self.interrupt_status = 0;
+        self.driver_features = 0;
+        self.features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+    }
+
+    /// Serve every available request; ask for an interrupt if any was
+    /// completed.
+    fn process(&mut self, mem: &GuestMemoryMmap) -> Effect {
+        if !self.queue.ready() || self.status & (STATUS_FAILED | NEEDS_RESET) != 0 {
+            return Effect::None;
+        }
+        let mut done = 0;
+        while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = self.serve(chain, mem);
+            if self.queue.add_used(mem, head, len).is_err() {
+                // The used ring is not in guest memory: stop serving.
+                self.status |= NEEDS_RESET;
+                break;
+            }
+            done += 1;
+        }
+        self.completed += done;
+        if done > 0 {
+            self.interrupt_status |= 1;
+            Effect::Interrupt
+        } else {
+            Effect::None
+        }
+    }
+
+    /// Serve one request; returns the bytes written into the chain.
+    fn serve(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+    ) -> u32 {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
+            return 0;
+        };
+        let writable = writer.available_bytes();
+        if writable == 0 {
+            return 0;
+        }
+        let Ok(mut status) = writer.split_at(writable - 1) else { return 0 };
+        let code = self.execute(&mut reader, &mut writer);
+        let written = writer.bytes_written();
+        if status.write_all(&[code]).is_err() {
+            return 0;
+        }
+        (written + 1) as u32
+    }
+
+    fn execute(&mut self, reader: &mut Reader<'_>, writer: &mut Writer<'_>) -> u8 {
+        let mut header = [0u8; 16];
+        if reader.read_exact(&mut header).is_err() {
+            return S_IOERR;
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        match kind {
+            T_IN | T_OUT => {
+                let mut buf = Vec::new();
+                if kind == T_OUT {
+                    if self.readonly {
+                        return S_IOERR;
+                    }
+                    if reader.take(MAX_TRANSFER as u64 + 1).read_to_end(&mut buf).is_err() {
+                        return S_IOERR;
+                    }
+                }
+                // The data part of an IN request is the writable space
+                // before the status byte.
+                let len = if kind == T_IN { writer.available_bytes() } else { buf.len() };
+                if len > MAX_TRANSFER || !(len as u64).is_multiple_of(SECTOR) {
+                    return S_IOERR;
+                }
+                let Some(off) = sector.checked_mul(SECTOR) else { return S_IOERR };
+                if sector.checked_add(len as u64 / SECTOR).is_none_or(|end| end > self.sectors) {
+                    return S_IOERR;
+                }
+                if kind == T_IN {
+                    buf.resize(len, 0);
+                    if self.file.read_exact_at(&mut buf, off).is_err() || writer.write_all(&buf).is_err() {
+                        return S_IOERR;
+                    }
+                } else if self.file.write_all_at(&buf, off).is_err() {
+                    return S_IOERR;
+                }
+                S_OK
+            }
+            T_FLUSH => {
+                if self.file.sync_data().is_err() {
+                    return S_IOERR;
+                }
+                S_OK
+            }
+            T_GET_ID => {
+                let mut id = [0u8; 20];
+                let n = self.id.len().min(20);
+                id[..n].copy_from_slice(&self.id.as_bytes()[..n]);
+                let room = writer.available_bytes().min(20);
+                if writer.write_all(&id[..room]).is_err() {
+                    return S_IOERR;
+                }
+                S_OK
+            }
+            _ => S_UNSUPP,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+
+    fn disk(name: &str, readonly: bool) -> (VirtioBlk, PathBuf) {
+        let path = std::env::temp_dir().join(format!("torito-vblk-{name}-{}", std::process::id()));
+        let data: Vec<u8> = (0..8 * SECTOR as usize).map(|i| (i / 512) as u8 + 1).collect();
+        std::fs::write(&path, data).unwrap();
+        let dev = VirtioBlk::open(&DiskConfig { path: path.clone(), readonly }, 0).unwrap();
+        (dev, path)
+    }
+
+    fn reg(dev: &mut VirtioBlk, off: u64, v: u32, mem: &GuestMemoryMmap) -> Effect {
+        dev.write(off, &v.to_le_bytes(), mem)
+    }
+
+    /// Point the device's queue at the mock queue's rings, as a driver does.
+    fn configure(dev: &mut VirtioBlk, q: &MockSplitQueue<GuestMemoryMmap>, mem: &GuestMemoryMmap) {
+        reg(dev, 0x038, 16, mem);
+        reg(dev, 0x080, q.desc_table_addr().0 as u32, mem);
+        reg(dev, 0x090, q.avail_addr().0 as u32, mem);
+        reg(dev, 0x0a0, q.used_addr().0 as u32, mem);
+        reg(dev, 0x044, 1, mem);
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// A request header for `kind` at `sector`, written at `at`.
+    fn header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(at)).unwrap();
+    }
+
+    /// The used ring's entry `i`: (head, length).
+    fn used(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> (u32, u32) {
+        let at = q.used_addr().0 + 4 + 8 * i;
+        (mem.read_obj(GuestAddress(at)).unwrap(), mem.read_obj(GuestAddress(at + 4)).unwrap())
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn registers_identify_a_block_device() {
+        let (dev, path) = disk("regs", true);
+        let mut b = [0u8; 4];
+        let r = |off: u64, b: &mut [u8; 4]| {
+            dev.read(off, b);
+            u32::from_le_bytes(*b)
+        };
+        assert_eq!(r(0, &mut b), MAGIC);
+        assert_eq!(r(4, &mut b), 2);
+        assert_eq!(r(8, &mut b), DEVICE_BLOCK);
+        assert_ne!(r(0x10, &mut b) as u64 & F_RO, 0, "read-only is offered");
+        assert_eq!(r(0x100, &mut b), 8, "capacity in sectors");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_read_request_fills_the_buffer_and_interrupts() {
+        let mem = memory();
+        let (mut dev, path) = disk("read", false);
+        let q = MockSplitQueue::new(&mem, 16);
+        configure(&mut dev, &q, &mem);
+        header(&mem, 0x10_0000, T_IN, 2);
+        q.add_desc_chains(
+            &[
+                desc(0x10_0000, 16, NEXT, 1),
+                desc(0x10_1000, 1024, WRITE | NEXT, 2),
+                desc(0x10_2000, 1, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(reg(&mut dev, 0x050, 0, &mem), Effect::Interrupt);
+        let mut data = [0u8; 1024];
+        mem.read_slice(&mut data, GuestAddress(0x10_1000)).unwrap();
+        assert!(data[..512].iter().all(|&b| b == 3) && data[512..].iter().all(|&b| b == 4));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_2000)).unwrap(), S_OK);
+        assert_eq!(used(&mem, &q, 0), (0, 1025));
+        let mut b = [0u8; 4];
+        dev.read(0x060, &mut b);
+        assert_eq!(b[0], 1, "interrupt status");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn bad_requests_fail_and_leave_the_file_alone() {
+        let mem = memory();
+        let (mut dev, path) = disk("bad", true);
+        let before = std::fs::read(&path).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        configure(&mut dev, &q, &mem);
+        // A write to a read-only disk; a read past the end; an unknown type.
+        header(&mem, 0x10_0000, T_OUT, 0);
+        header(&mem, 0x10_0100, T_IN, 7);
+        header(&mem, 0x10_0200, 99, 0);
+        q.add_desc_chains(
+            &[
+                desc(0x10_0000, 16, NEXT, 1),
+                desc(0x10_1000, 512, NEXT, 2),
+                desc(0x10_3000, 1, WRITE, 0),
+                desc(0x10_0100, 16, NEXT, 4),
+                desc(0x10_1000, 1024, WRITE | NEXT, 5),
+                desc(0x10_3001, 1, WRITE, 0),
+                desc(0x10_0200, 16, NEXT, 7),
+                desc(0x10_3002, 1, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        reg(&mut dev, 0x050, 0, &mem);
+        let status: [u8; 3] = mem.read_obj(GuestAddress(0x10_3000)).unwrap();
+        assert_eq!(status, [S_IOERR, S_IOERR, S_UNSUPP]);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn chains_outside_memory_or_looping_cannot_hurt_the_monitor() {
+        let mem = memory();
+        let (mut dev, path) = disk("evil", false);
+        let before = std::fs::read(&path).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        configure(&mut dev, &q, &mem);
+        header(&mem, 0x10_0000, T_IN, 0);
+        // Data far outside guest RAM; a length that wraps the address
+        // space; a chain whose last descriptor points back at its first.
+        q.add_desc_chains(
+            &[
+                desc(0x10_0000, 16, NEXT, 1),
+                desc(0xffff_0000_0000, 512, WRITE | NEXT, 2),
+                desc(0x10_3000, 1, WRITE, 0),
+                desc(0x10_0000, 16, NEXT, 4),
+                desc(u64::MAX - 8, u32::MAX, WRITE, 0),
+                desc(0x10_0000, 16, NEXT, 5),
+            ],
+            0,
+        )
+        .unwrap();
+        reg(&mut dev, 0x050, 0, &mem);
+        // Every chain was returned, none with data the device wrote
+        // outside RAM, and the monitor is still here.
+        assert_eq!(used(&mem, &q, 0).1, 0);
+        assert_eq!(used(&mem, &q, 1).1, 0);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_queue_outside_memory_is_refused() {
+        let mem = memory();
+        let (mut dev, path) = disk("q", false);
+        reg(&mut dev, 0x038, 16, &mem);
+        reg(&mut dev, 0x080, 0xfff0_0000, &mem);
+        reg(&mut dev, 0x044, 1, &mem);
+        let mut b = [0u8; 4];
+        dev.read(0x044, &mut b);
+        assert_eq!(b[0], 0, "not ready");
+        dev.read(0x070, &mut b);
+        assert_ne!(u32::from_le_bytes(b) & NEEDS_RESET, 0);
+        assert_eq!(reg(&mut dev, 0x050, 0, &mem), Effect::None);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn disk_options_and_open_errors() {
+        assert_eq!(DiskConfig::parse("a.img,ro"), Ok(DiskConfig { path: "a.img".into(), readonly: true }));
+        assert_eq!(DiskConfig::parse("a.img"), Ok(DiskConfig { path: "a.img".into(), readonly: false }));
+        assert!(DiskConfig::parse("a.img,rw").unwrap_err().contains("unknown disk option 'rw'"));
+        assert!(DiskConfig::parse(",ro").is_err());
+        let missing = DiskConfig { path: "/nonexistent/disk.img".into(), readonly: false };
+        assert!(missing.open().unwrap_err().contains("/nonexistent/disk.img"));
+        let dir = DiskConfig { path: std::env::temp_dir(), readonly: false };
+        assert!(dir.open().unwrap_err().contains("is a directory"));
+    }
+}
