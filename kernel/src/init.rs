@@ -56,7 +56,12 @@ pub(crate) fn run() -> ! {
     #[cfg(feature = "devices")]
     {
         let irq = unit_devices::Irq { route: route_device_irq, wait: wait_device_irq };
-        let report = unit_devices::init(crate::boot::cmdline(), Some(irq));
+        // PCI through the configuration ports, except on the Torito monitor,
+        // which has no PCI.
+        let pci = (crate::boot::protocol() != torito_abi::boot_info::BootProtocol::Direct).then_some(
+            unit_devices::pci::PortIo { outl: crate::arch::gate::outl, inl: crate::arch::gate::inl },
+        );
+        let report = unit_devices::init(crate::boot::cmdline(), Some(irq), pci);
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }

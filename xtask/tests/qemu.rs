@@ -269,3 +269,30 @@ fn virtio_blk_on_microvm() {
         }
     }
 }
+
+/// virtio-blk over PCI on QEMU pc and q35 (TCG, multiboot): found by
+/// scanning bus 0, the same ELF as on microvm and our monitor.
+#[test]
+fn virtio_blk_pci_on_pc_and_q35() {
+    if !need("qemu-system-x86_64") {
+        return;
+    }
+    const SPAN: usize = 64 * 1024;
+    let elf = elf("blkcheck", false);
+    for machine in [QemuMachine::PcTcg, QemuMachine::Q35Tcg] {
+        let img = pattern_image("pci", 4 << 20);
+        let before = std::fs::read(&img).unwrap();
+        let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+        let extra = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
+        let (code, out) = boot_with(machine, &elf, "", &extra);
+        let after = std::fs::read(&img).unwrap();
+        std::fs::remove_file(&img).unwrap();
+        assert_eq!(code, 0, "{machine:?}: {out}");
+        assert!(out.contains("virtio-blk at PCI 00:") && out.contains("8192 blocks"), "{out}");
+        assert!(out.contains("blkcheck: ok"), "{out}");
+        for (o, &b) in after.iter().enumerate() {
+            let want = if (SPAN..2 * SPAN).contains(&o) { ((o * 13) >> 3) as u8 ^ 0x5a } else { before[o] };
+            assert_eq!(b, want, "byte {o} of the image");
+        }
+    }
+}

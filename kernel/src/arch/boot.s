@@ -18,7 +18,7 @@
     .set KCODE32, 0x28
     .set TSS_SEL, 0x30          /* core i's TSS: TSS_SEL + 16 * i */
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
-    .set GATE_OPS, 8
+    .set GATE_OPS, 9
     .set TIMER_VECTOR, 0x40
     .set WAKE_VECTOR, 0x41      /* inter-processor wake-up */
     .set LAPIC_EOI, 0xfee000b0
@@ -353,6 +353,9 @@ gate_idle:                      /* halt until an interrupt, unless a wake-up is 
     hlt                         /* no wake-up is lost between check and halt */
     cli
     jmp gate_done
+gate_inl:                       /* eax = inl(dx = port) */
+    inl %dx, %eax
+    jmp gate_done
 gate_wrmsr:                     /* wrmsr(ecx = MSR, rdi = value) */
     movl %edi, %eax
     movq %rdi, %rdx
@@ -373,6 +376,7 @@ gate_table:
     .quad gate_reset            /* 5 */
     .quad gate_idle             /* 6 */
     .quad gate_wrmsr            /* 7 */
+    .quad gate_inl              /* 8 */
 
 /* ---- Faults -------------------------------------------------------------
  * Record the frame in _torito_fault_info and return to CPL3 at

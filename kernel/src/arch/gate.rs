@@ -23,6 +23,7 @@ const OP_INVLPG: u32 = 4;
 const OP_RESET: u32 = 5;
 const OP_IDLE: u32 = 6;
 const OP_WRMSR: u32 = 7;
+const OP_INL: u32 = 8;
 
 /// Write a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -64,6 +65,17 @@ pub fn inb(port: u16) -> u8 {
              in("edx") u32::from(port));
     }
     value as u8
+}
+
+/// Read a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: the gate runs `in eax, dx` and returns the value in eax.
+    unsafe {
+        asm!("ud2", inout("eax") OP_INL => value, in("r10d") GATE_MAGIC,
+             in("edx") u32::from(port));
+    }
+    value
 }
 
 /// Invalidate the TLB entry of `addr` after a mapping changed.

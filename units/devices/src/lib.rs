@@ -23,6 +23,7 @@ extern crate alloc;
 
 pub mod cmdline;
 mod hal;
+pub mod pci;
 pub mod virtio;
 
 use alloc::boxed::Box;
@@ -108,11 +109,11 @@ pub struct Irq {
     pub wait: fn(u32),
 }
 
-/// Probe every virtio-mmio device named in `cmdline` and keep the block
-/// devices. Called once by the kernel, before the app runs. With `irq`,
-/// requests complete by interrupt where the line can be routed; without,
-/// by polling.
-pub fn init(cmdline: &str, irq: Option<Irq>) -> Report {
+/// Probe every virtio-mmio device named in `cmdline` and, with `pci`, the
+/// virtio devices on PCI bus 0; keep the block devices. Called once by the
+/// kernel, before the app runs. With `irq`, virtio-mmio requests complete
+/// by interrupt where the line can be routed; otherwise by polling.
+pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report {
     use alloc::format;
     let mut report = Report::default();
     let mut blocks = BLOCKS.lock();
@@ -144,6 +145,22 @@ pub fn init(cmdline: &str, irq: Option<Irq>) -> Report {
             }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
+        }
+    }
+    for (location, probed) in pci.map(pci::probe).unwrap_or_default() {
+        match probed {
+            Ok(virtio::Probed::Block(b)) => {
+                report.found.push(format!(
+                    "virtio-blk at {location} (polled): {} blocks{}",
+                    b.num_blocks(),
+                    if b.readonly() { ", read-only" } else { "" }
+                ));
+                blocks.push(b);
+            }
+            Ok(virtio::Probed::Other(t)) => {
+                report.found.push(format!("{t:?} at PCI {location:?}: no driver"))
+            }
+            Err(e) => report.problems.push(format!("{location}: {e}")),
         }
     }
     *REPORT.lock() = Some(report.clone());

@@ -12,7 +12,7 @@ use core::ptr::NonNull;
 
 use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE, VirtIOBlk};
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
 use crate::cmdline::MmioDevice;
 use crate::hal::ToritoHal;
@@ -20,13 +20,22 @@ use crate::{BlockDevice, BlockError, check_request};
 
 /// A virtio block device on the MMIO transport.
 pub struct VirtioBlock {
-    dev: VirtIOBlk<ToritoHal, MmioTransport<'static>>,
+    dev: VirtIOBlk<ToritoHal, SomeTransport<'static>>,
     blocks: u64,
     readonly: bool,
     /// The interrupt line and how to wait for it, when routed.
     irq: Option<(u32, fn(u32))>,
     /// Where the device is.
-    pub location: MmioDevice,
+    pub location: Location,
+}
+
+/// Where a device was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A virtio-mmio window from the command line.
+    Mmio(MmioDevice),
+    /// A PCI function: bus, device, function.
+    Pci(u8, u8, u8),
 }
 
 /// What a virtio-mmio window holds.
@@ -42,6 +51,8 @@ pub enum Probed {
 pub enum ProbeError {
     /// Not a virtio-mmio window, or a version `virtio-drivers` does not know.
     Transport(MmioError),
+    /// A virtio PCI function `virtio-drivers` cannot use.
+    Pci(virtio_drivers::transport::pci::VirtioPciError),
     /// The driver could not set the device up.
     Driver(virtio_drivers::Error),
 }
@@ -50,6 +61,7 @@ impl core::fmt::Display for ProbeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ProbeError::Transport(e) => write!(f, "not a usable virtio-mmio device: {e}"),
+            ProbeError::Pci(e) => write!(f, "not a usable virtio PCI device: {e}"),
             ProbeError::Driver(e) => write!(f, "driver set-up failed: {e}"),
         }
     }
@@ -66,6 +78,11 @@ pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
         .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
     // SAFETY: forwarded from the caller; the window lasts for ever.
     let transport = unsafe { MmioTransport::new(header, d.size as usize) }.map_err(ProbeError::Transport)?;
+    attach(SomeTransport::from(transport), Location::Mmio(d))
+}
+
+/// Put the driver for its type on a transport.
+pub(crate) fn attach(transport: SomeTransport<'static>, location: Location) -> Result<Probed, ProbeError> {
     match transport.device_type() {
         DeviceType::Block => {
             let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
@@ -75,7 +92,7 @@ pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
                 blocks,
                 readonly,
                 irq: None,
-                location: d,
+                location,
             })))
         }
         other => Ok(Probed::Other(other)),
@@ -169,5 +186,14 @@ impl BlockDevice for VirtioBlock {
 
     fn flush(&mut self) -> Result<(), BlockError> {
         self.dev.flush().map_err(io)
+    }
+}
+
+impl core::fmt::Display for Location {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Location::Mmio(d) => write!(f, "{:#x}", d.base),
+            Location::Pci(b, d, func) => write!(f, "PCI {b:02x}:{d:02x}.{func}"),
+        }
     }
 }
