@@ -328,6 +328,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let report = Report { configs: &configs, samples: &samples, opts, notes };
     let ok = report.print(&hello);
     process_figures(&monitor)?;
+    block_figures(&monitor, &opts.out)?;
     report.write_json(&hello)?;
     report.write_svg()?;
     println!(
@@ -395,6 +396,64 @@ fn process_figures(monitor: &Path) -> Result<(), String> {
         let out = cmd.stderr(Stdio::null()).output().map_err(|e| format!("{name}: {e}"))?;
         for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("bench: ")) {
             println!("  {name:<11} {}", line.trim_start_matches("bench: "));
+        }
+    }
+    Ok(())
+}
+
+/// Block device figures (`blkcheck bench`): sequential read and 4 KiB
+/// random reads of a 256 MiB image, on our monitor (`--disk`) and QEMU
+/// microvm (virtio-blk-device), and the exits each request costs on ours.
+fn block_figures(monitor: &Path, out: &Path) -> Result<(), String> {
+    println!("\nblock device (apps/blkcheck bench, 256 MiB image, read-only):");
+    // A written (not sparse) image, kept between runs; each guest reads
+    // it once to warm the host's page cache, then the second run counts.
+    let img = out.join("disk-256M.img");
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if std::fs::metadata(&img).map_or(true, |m| m.len() != 256 << 20) {
+        let data: Vec<u8> = (0..256usize << 20).map(|i| (i >> 12) as u8).collect();
+        std::fs::write(&img, data).map_err(|e| format!("{}: {e}", img.display()))?;
+    }
+    let elf = crate::build("blkcheck", Variant::default())?;
+    let mut runs: Vec<(&str, Command)> = Vec::new();
+    let mut c = Command::new(monitor);
+    c.args(["--timeout", "120", "--timeline=json", "--disk"])
+        .arg(format!("{},ro", img.display()))
+        .arg(&elf)
+        .args(["--", "bench"]);
+    runs.push(("torito", c));
+    if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
+        let pvh = crate::build("blkcheck", Variant { pvh_only: true, ..Default::default() })?;
+        let mut q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, "bench");
+        q.args(["-machine", "acpi=off", "-drive"])
+            .arg(format!("file={},if=none,id=d0,format=raw,readonly=on", img.display()))
+            .args(["-device", "virtio-blk-device,drive=d0"]);
+        runs.push(("qemu microvm", q));
+    }
+    for (name, mut cmd) in runs {
+        cmd.output().map_err(|e| format!("{name}: {e}"))?;
+        let o = cmd.output().map_err(|e| format!("{name}: {e}"))?;
+        for line in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("bench: ")) {
+            println!("  {name:<13} {}", line.trim_start_matches("bench: "));
+        }
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        if let Some(json) = stderr.lines().rev().find(|l| l.starts_with('{')) {
+            let get = |k: &str| {
+                json.find(&format!("\"{k}\":")).and_then(|i| {
+                    json[i + k.len() + 3..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect::<String>()
+                        .parse::<u64>()
+                        .ok()
+                })
+            };
+            if let (Some(mmio), Some(exits)) = (get("mmio_exits"), get("exits")) {
+                let requests = 4096 + 2000;
+                println!(
+                    "  {name:<13} {mmio} MMIO exits, {exits} exits in all, for ~{requests} requests plus set-up"
+                );
+            }
         }
     }
     Ok(())

@@ -31,6 +31,9 @@ fn pattern_out(o: usize) -> u8 {
 }
 
 fn main() -> i32 {
+    if kernel::args().any(|a| a == "bench") {
+        return bench();
+    }
     let readonly = kernel::args().any(|a| a == "ro");
     for line in kernel::devices::report_lines() {
         println!("blkcheck: {line}");
@@ -91,4 +94,57 @@ fn main() -> i32 {
     println!("blkcheck: wrote {SPAN} bytes at {SPAN}, flushed, read back");
     println!("blkcheck: {}", if refused { "ok" } else { "FAILED" });
     if refused { 0 } else { 1 }
+}
+
+/// `blkcheck bench`: sequential read of the whole first disk in 64 KiB
+/// requests, then 2,000 reads of 4 KiB at random aligned offsets; MB/s
+/// and IOPS from the TSC.
+fn bench() -> i32 {
+    // The TSC frequency: from the boot information, CPUID, or measured
+    // against the local APIC timer.
+    let khz = match kernel::boot_info().tsc_khz {
+        0 => kernel::arch::tsc_khz_from_cpuid().or_else(|| kernel::arch::apic::init(0)).unwrap_or(0),
+        k => k,
+    };
+    let mut disks = block_devices();
+    let Some(disk) = disks.first_mut() else {
+        println!("bench: no block device");
+        return 1;
+    };
+    if khz == 0 {
+        println!("bench: the TSC frequency is unknown");
+        return 1;
+    }
+    let ns = |t: u64| t * 1_000_000 / khz;
+    let bs = disk.block_size() as u64;
+    let total = disk.num_blocks() * bs;
+    let mut buf = vec![0u8; 64 * 1024];
+    let t0 = kernel::arch::rdtsc();
+    let mut off = 0;
+    while off + buf.len() as u64 <= total {
+        if disk.read_blocks(off / bs, &mut buf).is_err() {
+            println!("bench: read failed at {off}");
+            return 1;
+        }
+        off += buf.len() as u64;
+    }
+    let t = ns(kernel::arch::rdtsc() - t0).max(1);
+    println!("bench: sequential read {} MiB in 64 KiB requests: {} MB/s", off >> 20, off * 1000 / t);
+    const READS: u64 = 2000;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let pages = total / 4096;
+    let t0 = kernel::arch::rdtsc();
+    for _ in 0..READS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let lba = (x % pages) * 4096 / bs;
+        if disk.read_blocks(lba, &mut buf[..4096]).is_err() {
+            println!("bench: random read failed at block {lba}");
+            return 1;
+        }
+    }
+    let t = ns(kernel::arch::rdtsc() - t0).max(1);
+    println!("bench: 4 KiB random reads: {} IOPS ({} us each)", READS * 1_000_000_000 / t, t / READS / 1000);
+    0
 }

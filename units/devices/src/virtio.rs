@@ -108,8 +108,12 @@ fn io(e: virtio_drivers::Error) -> BlockError {
 
 impl VirtioBlock {
     /// Complete requests by interrupt on `line`, waiting with `wait`.
+    /// Interrupts stay suppressed (the avail ring's NO_INTERRUPT flag)
+    /// except while a thread waits: a device that completes a request
+    /// during the notification's exit (the Torito monitor does) needs
+    /// none, and each costs the guest an interrupt.
     pub fn use_interrupts(&mut self, line: u32, wait: fn(u32)) {
-        self.dev.enable_interrupts();
+        self.dev.disable_interrupts();
         self.irq = Some((line, wait));
     }
 
@@ -120,12 +124,20 @@ impl VirtioBlock {
 
     /// Sleep until request `token` is in the used ring.
     fn wait_for(&mut self, token: u16, (line, wait): (u32, fn(u32))) {
+        if self.dev.peek_used() == Some(token) {
+            return;
+        }
+        self.dev.enable_interrupts();
+        // The flag store before the look at the used ring: a device that
+        // completes after the look sees the flag and interrupts.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         while self.dev.peek_used() != Some(token) {
             wait(line);
             // Acknowledge before looking again: a completion after this
             // raises the line anew.
             self.dev.ack_interrupt();
         }
+        self.dev.disable_interrupts();
     }
 
     /// Whether the device refuses writes.
