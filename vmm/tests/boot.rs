@@ -484,3 +484,24 @@ fn bad_disks_are_clear_errors() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("unknown disk option 'rw'"), "{}", r.stderr);
 }
+
+/// A guest that misuses the disk on purpose (queue outside RAM, buffers
+/// outside RAM or wrapping, a looping chain, a successor past the table, a
+/// write past the end): the monitor refuses or fails each, serves the good
+/// read after them, writes nothing, and does not fail.
+#[test]
+fn a_misbehaving_guest_cannot_break_the_disk_device() {
+    if !kvm() {
+        return;
+    }
+    let img = pattern_image("evil");
+    let before = std::fs::read(&img).unwrap();
+    let r = run(&["--timeout", "20", "--disk", img.to_str().unwrap()], &guest("evilblk"), &[]);
+    let after = std::fs::read(&img).unwrap();
+    std::fs::remove_file(&img).unwrap();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("queue outside RAM refused: true"), "{}", r.stdout);
+    assert!(r.stdout.contains("4 bad chains returned"), "{}", r.stdout);
+    assert!(r.stdout.contains("good read: status 0, data ok"), "{}", r.stdout);
+    assert!(after == before, "the image changed");
+}
