@@ -79,6 +79,9 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     boot::write_page_tables(&mem, cfg.mem)?;
     tl.mark(Phase::ElfLoaded);
     let lapic = vm.enable_lapic()?;
+    if std::env::var_os("TORITO_DEBUG_IOEVENTFD").is_some() {
+        vm.debug_ioeventfd()?;
+    }
     let mut vcpu = vm.create_vcpu(0, lapic)?;
     let tsc_khz = vcpu.tsc_khz();
     // Without a LAPIC the kernel cannot wake or time other cores.
