@@ -55,7 +55,7 @@ pub(crate) fn run() -> ! {
     // The devices the loader named (virtio-mmio on the command line).
     #[cfg(feature = "devices")]
     {
-        let irq = unit_devices::Irq { route: route_device_irq, wait: wait_device_irq };
+        let irq = unit_devices::Irq { route: route_device_irq, wait: wait_device_irq, msi: device_msi };
         // PCI through the configuration ports, except on the Torito monitor,
         // which has no PCI.
         let pci = (crate::boot::protocol() != torito_abi::boot_info::BootProtocol::Direct).then_some(
@@ -124,4 +124,15 @@ fn route_device_irq(line: u32) -> bool {
 #[cfg(feature = "devices")]
 fn wait_device_irq(line: u32) {
     crate::arch::irq::wait(crate::arch::irq::FIRST_VECTOR + line as u8);
+}
+
+/// The MSI for device line `line`: vector `0x50 + line` on core 0.
+#[cfg(feature = "devices")]
+fn device_msi(line: u32) -> Option<(u64, u32)> {
+    use crate::arch::{irq, smp};
+    if line >= u32::from(irq::VECTORS) || !crate::arch::apic::available() {
+        return None;
+    }
+    crate::arch::apic::enable();
+    Some(irq::msi(smp::apic_id(0), irq::FIRST_VECTOR + line as u8))
 }

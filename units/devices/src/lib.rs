@@ -107,6 +107,9 @@ pub struct Irq {
     pub route: fn(u32) -> bool,
     /// Wait until line `n` has interrupted (the waiting thread sleeps).
     pub wait: fn(u32),
+    /// The MSI `(address, data)` that interrupts line `n` (for devices
+    /// that signal with messages: PCI MSI-X), if the platform takes MSIs.
+    pub msi: fn(u32) -> Option<(u64, u32)>,
 }
 
 /// Probe every virtio-mmio device named in `cmdline` and, with `pci`, the
@@ -147,11 +150,13 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
     }
-    for (location, probed) in pci.map(pci::probe).unwrap_or_default() {
+    let msi = irq.map(|i| (i.msi, i.wait));
+    for (location, probed) in pci.map(|io| pci::probe(io, msi)).unwrap_or_default() {
         match probed {
             Ok(virtio::Probed::Block(b)) => {
                 report.found.push(format!(
-                    "virtio-blk at {location} (polled): {} blocks{}",
+                    "virtio-blk at {location} ({}): {} blocks{}",
+                    if b.interrupts() { "MSI-X" } else { "polled" },
                     b.num_blocks(),
                     if b.readonly() { ", read-only" } else { "" }
                 ));

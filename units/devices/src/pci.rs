@@ -3,9 +3,12 @@
 //! through its CPL0 gate; `virtio-drivers` reads the virtio capabilities
 //! and maps the BARs the firmware assigned.
 //!
-//! Interrupts: none yet (INTx needs the ACPI routing table, MSI-X a table
-//! in a BAR): PCI devices complete by polling.
-#![allow(unsafe_code)] // implementing `ConfigurationAccess::unsafe_clone`
+//! Interrupts: MSI-X, which `virtio-drivers` does not set up: this module
+//! finds the MSI-X table and the virtio common configuration from the
+//! function's capabilities, points table entry 0 at the kernel's vector
+//! for the device, enables MSI-X and tells the device to signal queue 0's
+//! completions on entry 0. A function without MSI-X is polled.
+#![allow(unsafe_code)] // `ConfigurationAccess::unsafe_clone`, MSI-X table stores
 
 use virtio_drivers::transport::SomeTransport;
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
@@ -59,9 +62,89 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
+const CAP_POINTER: u8 = 0x34;
+const CAP_MSIX: u8 = 0x11;
+const CAP_VENDOR: u8 = 0x09;
+const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
+
+/// The memory address BAR `bar` decodes (as the firmware assigned it).
+fn bar_address(cam: &PortCam, df: DeviceFunction, bar: u8) -> Option<u64> {
+    if bar > 5 {
+        return None;
+    }
+    let low = cam.read_word(df, 0x10 + 4 * bar);
+    if low & 1 != 0 {
+        return None; // an I/O BAR
+    }
+    let high = if (low >> 1) & 3 == 2 && bar < 5 { u64::from(cam.read_word(df, 0x14 + 4 * bar)) } else { 0 };
+    Some((high << 32) | u64::from(low & !0xf)).filter(|&a| a != 0)
+}
+
+fn store32(addr: u64, v: u32) {
+    // SAFETY: `addr` lies in a BAR the firmware assigned to this function
+    // (identity-mapped MMIO), at an MSI-X table entry or a register of the
+    // virtio common configuration, found from the function's capabilities.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+fn store16(addr: u64, v: u16) {
+    // SAFETY: as in `store32`.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
+}
+
+fn load16(addr: u64) -> u16 {
+    // SAFETY: as in `store32`.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+
+/// Route queue 0 of function `df` to the MSI `(address, data)`; whether
+/// the device accepted it.
+fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32)) -> bool {
+    let (mut msix, mut common) = (None, None);
+    let mut off = (cam.read_word(df, CAP_POINTER) & 0xfc) as u8;
+    for _ in 0..48 {
+        if off == 0 {
+            break;
+        }
+        let head = cam.read_word(df, off);
+        match head as u8 {
+            CAP_MSIX => msix = Some(off),
+            CAP_VENDOR if (head >> 24) as u8 == VIRTIO_PCI_CAP_COMMON_CFG => {
+                let bar = cam.read_word(df, off + 4) as u8;
+                common = bar_address(cam, df, bar).map(|b| b + u64::from(cam.read_word(df, off + 8)));
+            }
+            _ => {}
+        }
+        off = ((head >> 8) & 0xfc) as u8;
+    }
+    let (Some(msix), Some(common)) = (msix, common) else { return false };
+    let table = cam.read_word(df, msix + 4);
+    let Some(bar) = bar_address(cam, df, (table & 7) as u8) else { return false };
+    let entry = bar + u64::from(table & !7);
+    store32(entry, address as u32);
+    store32(entry + 4, (address >> 32) as u32);
+    store32(entry + 8, data);
+    store32(entry + 12, 0); // unmasked
+    // Message control is the upper half of the capability's first word:
+    // enable (bit 15), no function mask (bit 14).
+    let head = cam.read_word(df, msix);
+    cam.write_word(df, msix, (head | 1 << 31) & !(1 << 30));
+    // virtio_pci_common_cfg: msix_config at 0x10, queue_select 0x16,
+    // queue_msix_vector 0x1a. No configuration-change interrupts.
+    store16(common + 0x10, 0xffff);
+    store16(common + 0x16, 0);
+    store16(common + 0x1a, 0);
+    load16(common + 0x1a) == 0
+}
+
 /// The virtio devices on PCI bus 0, set up. Nothing when there is no PCI
-/// (the configuration ports read all ones).
-pub fn probe(io: PortIo) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError>)> {
+/// (the configuration ports read all ones). With `msi`, block devices
+/// complete by MSI-X: `msi(line)` gives the message for interrupt line
+/// `line` (16 and up, one per function), `wait` waits for it.
+pub fn probe(
+    io: PortIo,
+    msi: Option<(fn(u32) -> Option<(u64, u32)>, fn(u32))>,
+) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError>)> {
     let mut root = PciRoot::new(PortCam(io));
     let found: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
@@ -74,9 +157,17 @@ pub fn probe(io: PortIo) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError
             // Memory decoding for the BARs, bus mastering for the queues.
             root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
             let location = Location::Pci(df.bus, df.device, df.function);
-            let probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
+            let mut probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
                 .map_err(ProbeError::Pci)
                 .and_then(|t| attach(SomeTransport::from(t), location));
+            if let (Ok(Probed::Block(b)), Some((msg, wait))) = (&mut probed, msi) {
+                let line = 16 + u32::from(df.device);
+                if let Some(m) = msg(line)
+                    && enable_msix(&mut PortCam(io), df, m)
+                {
+                    b.use_interrupts(line, wait);
+                }
+            }
             (location, probed)
         })
         .collect()
