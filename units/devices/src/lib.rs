@@ -150,8 +150,7 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
     }
-    let msi = irq.map(|i| (i.msi, i.wait));
-    for (location, probed) in pci.map(|io| pci::probe(io, msi)).unwrap_or_default() {
+    for (location, probed) in pci.map(|io| pci::probe(io, irq)).unwrap_or_default() {
         match probed {
             Ok(virtio::Probed::Block(b)) => {
                 report.found.push(format!(

@@ -138,13 +138,10 @@ fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32
 }
 
 /// The virtio devices on PCI bus 0, set up. Nothing when there is no PCI
-/// (the configuration ports read all ones). With `msi`, block devices
-/// complete by MSI-X: `msi(line)` gives the message for interrupt line
-/// `line` (16 and up, one per function), `wait` waits for it.
-pub fn probe(
-    io: PortIo,
-    msi: Option<(fn(u32) -> Option<(u64, u32)>, fn(u32))>,
-) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError>)> {
+/// (the configuration ports read all ones). With `irq`, block devices
+/// complete by MSI-X: `irq.msi(line)` gives the message for interrupt line
+/// `line` (16 and up, one per function), `irq.wait` waits for it.
+pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError>)> {
     let mut root = PciRoot::new(PortCam(io));
     let found: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
@@ -160,12 +157,12 @@ pub fn probe(
             let mut probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
                 .map_err(ProbeError::Pci)
                 .and_then(|t| attach(SomeTransport::from(t), location));
-            if let (Ok(Probed::Block(b)), Some((msg, wait))) = (&mut probed, msi) {
+            if let (Ok(Probed::Block(b)), Some(irq)) = (&mut probed, irq) {
                 let line = 16 + u32::from(df.device);
-                if let Some(m) = msg(line)
+                if let Some(m) = (irq.msi)(line)
                     && enable_msix(&mut PortCam(io), df, m)
                 {
-                    b.use_interrupts(line, wait);
+                    b.use_interrupts(line, irq.wait);
                 }
             }
             (location, probed)
