@@ -55,13 +55,20 @@ pub(crate) fn run() -> ! {
     // The devices the loader named (virtio-mmio on the command line).
     #[cfg(feature = "devices")]
     {
-        let irq = unit_devices::Irq { route: route_device_irq, wait: wait_device_irq, msi: device_msi };
+        // `devices.poll` on the command line: complete requests by polling
+        // (lower latency where interrupts are dear, a busy core).
+        let poll = crate::args().any(|a| a == "devices.poll");
+        let irq = (!poll).then_some(unit_devices::Irq {
+            route: route_device_irq,
+            wait: wait_device_irq,
+            msi: device_msi,
+        });
         // PCI through the configuration ports, except on the Torito monitor,
         // which has no PCI.
         let pci = (crate::boot::protocol() != torito_abi::boot_info::BootProtocol::Direct).then_some(
             unit_devices::pci::PortIo { outl: crate::arch::gate::outl, inl: crate::arch::gate::inl },
         );
-        let report = unit_devices::init(crate::boot::cmdline(), Some(irq), pci);
+        let report = unit_devices::init(crate::boot::cmdline(), irq, pci);
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }

@@ -480,6 +480,16 @@ fn bad_disks_are_clear_errors() {
     let r = run(&["--disk", dir.to_str().unwrap()], &blkcheck, &[]);
     assert_eq!(r.code, 66, "{}", r.stderr);
     assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+    // A file we may read but not write (read-only even for root), without
+    // ",ro": refused, with the hint.
+    if std::path::Path::new("/sys/kernel/notes").exists() {
+        let r = run(&["--disk", "/sys/kernel/notes"], &blkcheck, &[]);
+        assert_eq!(r.code, 66, "{}", r.stderr);
+        assert!(r.stderr.contains("Permission denied") && r.stderr.contains("add ',ro'"), "{}", r.stderr);
+    }
+    let r = run(&["--disk", "/proc/version,ro"], &blkcheck, &[]);
+    assert_eq!(r.code, 66, "{}", r.stderr);
+    assert!(r.stderr.contains("smaller than one 512-byte sector"), "{}", r.stderr);
     let r = run(&["--disk", "x.img,rw"], &blkcheck, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("unknown disk option 'rw'"), "{}", r.stderr);

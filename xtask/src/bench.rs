@@ -446,11 +446,13 @@ fn block_figures(monitor: &Path, out: &Path) -> Result<(), String> {
     runs.push(("torito", c));
     if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
         let pvh = crate::build("blkcheck", Variant { pvh_only: true, ..Default::default() })?;
-        let mut q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, "bench");
-        q.args(["-machine", "acpi=off", "-drive"])
-            .arg(format!("file={},if=none,id=d0,format=raw,readonly=on", img.display()))
-            .args(["-device", "virtio-blk-device,drive=d0"]);
-        runs.push(("qemu microvm", q));
+        for (name, cmdline) in [("qemu microvm", "bench"), ("microvm poll", "bench devices.poll")] {
+            let mut q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, cmdline);
+            q.args(["-machine", "acpi=off", "-drive"])
+                .arg(format!("file={},if=none,id=d0,format=raw,readonly=on", img.display()))
+                .args(["-device", "virtio-blk-device,drive=d0"]);
+            runs.push((name, q));
+        }
     }
     for (name, mut cmd) in runs {
         cmd.output().map_err(|e| format!("{name}: {e}"))?;
