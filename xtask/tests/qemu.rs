@@ -270,6 +270,21 @@ fn virtio_blk_on_microvm() {
     }
 }
 
+/// `devices.poll`: the same device completes by polling.
+#[test]
+fn virtio_blk_polled_on_microvm() {
+    if !need("qemu-system-x86_64") || !kvm() {
+        return;
+    }
+    let img = pattern_image("poll", 4 << 20);
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let extra = ["-machine", "acpi=off", "-drive", &drive, "-device", "virtio-blk-device,drive=d0"];
+    let (code, out) = boot_with(QemuMachine::MicrovmKvm, &elf("blkcheck", true), "devices.poll", &extra);
+    std::fs::remove_file(&img).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(irq 12, polled)") && out.contains("blkcheck: ok"), "{out}");
+}
+
 /// virtio-blk over PCI on QEMU pc and q35 (TCG, multiboot): found by
 /// scanning bus 0, completing by MSI-X, the same ELF as on microvm and our
 /// monitor.
