@@ -448,6 +448,7 @@ fn virtio_blk_disk_on_our_monitor() {
             r.stdout
         );
         assert!(r.stdout.contains("read 65536 bytes, pattern ok"));
+        assert!(r.stdout.contains("device id 'torito-disk0'"), "{}", r.stdout);
         if ro {
             assert!(r.stdout.contains("write refused: device is read-only"), "{}", r.stdout);
             assert!(after == before, "a read-only image changed");

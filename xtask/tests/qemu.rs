@@ -313,3 +313,28 @@ fn virtio_blk_pci_on_pc_and_q35() {
         }
     }
 }
+
+/// One ELF (the PVH build of blkcheck) finds its disk on QEMU microvm
+/// (virtio-mmio), QEMU pc (virtio-pci) and the Torito monitor.
+#[test]
+fn one_blkcheck_elf_finds_its_disk_everywhere() {
+    if !need("qemu-system-x86_64") || !kvm() {
+        return;
+    }
+    let elf = elf("blkcheck", true);
+    let img = pattern_image("everywhere", 4 << 20);
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let mmio = ["-machine", "acpi=off", "-drive", &drive, "-device", "virtio-blk-device,drive=d0"];
+    let pci = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
+    for (machine, extra) in [(QemuMachine::MicrovmKvm, &mmio[..]), (QemuMachine::PcTcg, &pci[..])] {
+        let (code, out) = boot_with(machine, &elf, "", extra);
+        assert_eq!(code, 0, "{machine:?}: {out}");
+        assert!(out.contains("blkcheck: ok"), "{machine:?}: {out}");
+    }
+    let monitor = xtask::build_monitor(true).unwrap();
+    let out = Command::new(monitor).arg("--disk").arg(&img).arg(&elf).output().unwrap();
+    std::fs::remove_file(&img).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("virtio-blk at 0xd0000000") && text.contains("blkcheck: ok"), "{text}");
+}

@@ -46,6 +46,10 @@ fn main() -> i32 {
     };
     let bs = disk.block_size();
     println!("blkcheck: {} blocks of {bs} bytes", disk.num_blocks());
+    match disk.device_id() {
+        Ok(id) => println!("blkcheck: device id '{id}'"),
+        Err(e) => println!("blkcheck: no device id: {e}"),
+    }
     if disk.num_blocks() * (bs as u64) < 2 * SPAN as u64 {
         println!("blkcheck: FAILED: the disk is smaller than {} bytes", 2 * SPAN);
         return 1;

@@ -72,6 +72,11 @@ pub trait BlockDevice {
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError>;
     /// Make completed writes durable.
     fn flush(&mut self) -> Result<(), BlockError>;
+    /// The device's identifier (a serial number, up to 20 bytes), when it
+    /// has one.
+    fn device_id(&mut self) -> Result<String, BlockError> {
+        Err(BlockError::Unsupported)
+    }
 }
 
 /// The block devices found at [`init`], in the order the loader named them.

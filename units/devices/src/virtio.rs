@@ -144,13 +144,6 @@ impl VirtioBlock {
     pub fn readonly(&self) -> bool {
         self.readonly
     }
-
-    /// The device's identifier string (`get-id`), if it has one.
-    pub fn id(&mut self) -> Result<alloc::string::String, BlockError> {
-        let mut buf = [0u8; 20];
-        let n = self.dev.device_id(&mut buf).map_err(io)?;
-        Ok(alloc::string::String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
 }
 
 impl BlockDevice for VirtioBlock {
@@ -198,6 +191,12 @@ impl BlockDevice for VirtioBlock {
 
     fn flush(&mut self) -> Result<(), BlockError> {
         self.dev.flush().map_err(io)
+    }
+
+    fn device_id(&mut self) -> Result<alloc::string::String, BlockError> {
+        let mut buf = [0u8; 20];
+        let n = self.dev.device_id(&mut buf).map_err(io)?;
+        Ok(alloc::string::String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
 
