@@ -412,14 +412,6 @@ fn a_device_interrupt_wakes_the_thread_waiting_for_it() {
     }
 }
 
-/// A disk image of 4 MiB filled with blkcheck's input pattern.
-fn pattern_image(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("torito-disk-{name}-{}.img", std::process::id()));
-    let data: Vec<u8> = (0..4usize << 20).map(|o| ((o / 512) as u8).wrapping_mul(31) ^ (o as u8)).collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 /// `--disk`: virtio-blk on our monitor, completion by MSI. blkcheck reads
 /// the pattern, writes its own and flushes; the image is checked byte for
 /// byte. With `,ro` the write is refused and the image is unchanged.
@@ -428,10 +420,9 @@ fn virtio_blk_disk_on_our_monitor() {
     if !kvm() {
         return;
     }
-    const SPAN: usize = 64 * 1024;
     let blkcheck = guest("blkcheck");
     for ro in [false, true] {
-        let img = pattern_image(if ro { "ro" } else { "rw" });
+        let img = xtask::blkcheck_image(if ro { "disk-ro" } else { "disk-rw" }, 4 << 20);
         let before = std::fs::read(&img).unwrap();
         let disk = format!("{}{}", img.display(), if ro { ",ro" } else { "" });
         let r = run(
@@ -454,11 +445,7 @@ fn virtio_blk_disk_on_our_monitor() {
             assert!(after == before, "a read-only image changed");
         } else {
             assert!(r.stdout.contains("blkcheck: ok"));
-            for (o, &b) in after.iter().enumerate() {
-                let want =
-                    if (SPAN..2 * SPAN).contains(&o) { ((o * 13) >> 3) as u8 ^ 0x5a } else { before[o] };
-                assert_eq!(b, want, "byte {o} of the image");
-            }
+            xtask::assert_blkcheck_wrote(&before, &after);
         }
         // Every device access is an MMIO exit: bounded, counted.
         let mmio = json_u64(&r.stderr, "mmio_exits").unwrap_or(0);
@@ -505,7 +492,7 @@ fn a_misbehaving_guest_cannot_break_the_disk_device() {
     if !kvm() {
         return;
     }
-    let img = pattern_image("evil");
+    let img = xtask::blkcheck_image("disk-evil", 4 << 20);
     let before = std::fs::read(&img).unwrap();
     let r = run(&["--timeout", "20", "--disk", img.to_str().unwrap()], &guest("evilblk"), &[]);
     let after = std::fs::read(&img).unwrap();

@@ -218,6 +218,26 @@ pub fn assert_guest_wall_clock(console: &str) {
     assert!(secs.abs_diff(host) < 120, "{line} (host: {host})");
 }
 
+/// For tests: a disk image of `len` bytes in the temporary directory,
+/// filled with the pattern `apps/blkcheck` expects to read.
+pub fn blkcheck_image(name: &str, len: usize) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("torito-{name}-{}.img", std::process::id()));
+    let data: Vec<u8> = (0..len).map(|o| ((o / 512) as u8).wrapping_mul(31) ^ (o as u8)).collect();
+    std::fs::write(&path, data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+/// For tests: `after` is `before` with blkcheck's 64 KiB written at
+/// offset 64 KiB, byte for byte.
+pub fn assert_blkcheck_wrote(before: &[u8], after: &[u8]) {
+    const SPAN: usize = 64 * 1024;
+    assert_eq!(before.len(), after.len(), "the image changed size");
+    for (o, &b) in after.iter().enumerate() {
+        let want = if (SPAN..2 * SPAN).contains(&o) { ((o * 13) >> 3) as u8 ^ 0x5a } else { before[o] };
+        assert_eq!(b, want, "byte {o} of the image");
+    }
+}
+
 /// Whether `/dev/kvm` can be opened for reading and writing.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

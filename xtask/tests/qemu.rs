@@ -219,14 +219,6 @@ fn two_cores_on_qemu() {
     assert!(out.contains("[torito] thread 16 on core 1 panicked"), "{out}");
 }
 
-/// A disk image of `len` bytes filled with blkcheck's input pattern.
-fn pattern_image(name: &str, len: usize) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("torito-{name}-{}.img", std::process::id()));
-    let data: Vec<u8> = (0..len).map(|o| ((o / 512) as u8).wrapping_mul(31) ^ (o as u8)).collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 /// virtio-blk over virtio-mmio on QEMU microvm (devices named on the
 /// command line, as QEMU does with `acpi=off`; completion by interrupt
 /// through the IOAPIC): blkcheck reads the pattern,
@@ -237,10 +229,9 @@ fn virtio_blk_on_microvm() {
     if !need("qemu-system-x86_64") || !kvm() {
         return;
     }
-    const SPAN: usize = 64 * 1024;
     let elf = elf("blkcheck", true);
     for readonly in [false, true] {
-        let img = pattern_image(if readonly { "ro" } else { "rw" }, 4 << 20);
+        let img = xtask::blkcheck_image(if readonly { "ro" } else { "rw" }, 4 << 20);
         let before = std::fs::read(&img).unwrap();
         let drive = format!(
             "file={},if=none,id=d0,format=raw{}",
@@ -261,11 +252,7 @@ fn virtio_blk_on_microvm() {
             assert!(after == before, "a read-only image changed");
         } else {
             assert!(out.contains("blkcheck: ok"), "{out}");
-            for (o, &b) in after.iter().enumerate() {
-                let want =
-                    if (SPAN..2 * SPAN).contains(&o) { ((o * 13) >> 3) as u8 ^ 0x5a } else { before[o] };
-                assert_eq!(b, want, "byte {o} of the image");
-            }
+            xtask::assert_blkcheck_wrote(&before, &after);
         }
     }
 }
@@ -276,7 +263,7 @@ fn virtio_blk_polled_on_microvm() {
     if !need("qemu-system-x86_64") || !kvm() {
         return;
     }
-    let img = pattern_image("poll", 4 << 20);
+    let img = xtask::blkcheck_image("poll", 4 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let extra = ["-machine", "acpi=off", "-drive", &drive, "-device", "virtio-blk-device,drive=d0"];
     let (code, out) = boot_with(QemuMachine::MicrovmKvm, &elf("blkcheck", true), "devices.poll", &extra);
@@ -293,10 +280,9 @@ fn virtio_blk_pci_on_pc_and_q35() {
     if !need("qemu-system-x86_64") {
         return;
     }
-    const SPAN: usize = 64 * 1024;
     let elf = elf("blkcheck", false);
     for machine in [QemuMachine::PcTcg, QemuMachine::Q35Tcg] {
-        let img = pattern_image("pci", 4 << 20);
+        let img = xtask::blkcheck_image("pci", 4 << 20);
         let before = std::fs::read(&img).unwrap();
         let drive = format!("file={},if=none,id=d0,format=raw", img.display());
         let extra = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
@@ -307,10 +293,7 @@ fn virtio_blk_pci_on_pc_and_q35() {
         // Completion by MSI-X, set up by the devices unit.
         assert!(out.contains("virtio-blk at PCI 00:") && out.contains("(MSI-X): 8192 blocks"), "{out}");
         assert!(out.contains("blkcheck: ok"), "{out}");
-        for (o, &b) in after.iter().enumerate() {
-            let want = if (SPAN..2 * SPAN).contains(&o) { ((o * 13) >> 3) as u8 ^ 0x5a } else { before[o] };
-            assert_eq!(b, want, "byte {o} of the image");
-        }
+        xtask::assert_blkcheck_wrote(&before, &after);
     }
 }
 
@@ -322,7 +305,7 @@ fn one_blkcheck_elf_finds_its_disk_everywhere() {
         return;
     }
     let elf = elf("blkcheck", true);
-    let img = pattern_image("everywhere", 4 << 20);
+    let img = xtask::blkcheck_image("everywhere", 4 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let mmio = ["-machine", "acpi=off", "-drive", &drive, "-device", "virtio-blk-device,drive=d0"];
     let pci = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
