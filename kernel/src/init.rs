@@ -62,6 +62,7 @@ pub(crate) fn run() -> ! {
             route: route_device_irq,
             wait: wait_device_irq,
             msi: device_msi,
+            take: take_device_irq,
         });
         // PCI through the configuration ports, except on the Torito monitor,
         // which has no PCI.
@@ -72,6 +73,13 @@ pub(crate) fn run() -> ! {
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }
+    }
+    // The network stack on the first NIC, with the address from the
+    // command line.
+    #[cfg(feature = "net")]
+    match unit_net::init(crate::boot::cmdline(), unit_devices::take_net_devices()) {
+        Ok(_) => {}
+        Err(e) => crate::println!("[torito] net: {e}"),
     }
     // Further units (fs, net) are initialised here, in this order, once
     // they have an implementation.
@@ -142,4 +150,10 @@ fn device_msi(line: u32) -> Option<(u64, u32)> {
     }
     crate::arch::apic::enable();
     Some(irq::msi(smp::apic_id(0), irq::FIRST_VECTOR + line as u8))
+}
+
+/// Whether device line `line` interrupted since the last look (consumes it).
+#[cfg(feature = "devices")]
+fn take_device_irq(line: u32) -> bool {
+    crate::arch::irq::take(crate::arch::irq::FIRST_VECTOR + line as u8)
 }

@@ -23,8 +23,11 @@ extern crate alloc;
 
 pub mod cmdline;
 mod hal;
+pub mod net;
 pub mod pci;
 pub mod virtio;
+
+pub use net::{NetDevice, NetError};
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -115,6 +118,16 @@ pub struct Irq {
     /// The MSI `(address, data)` that interrupts line `n` (for devices
     /// that signal with messages: PCI MSI-X), if the platform takes MSIs.
     pub msi: fn(u32) -> Option<(u64, u32)>,
+    /// Whether line `n` interrupted since the last call (consumes it).
+    pub take: fn(u32) -> bool,
+}
+
+/// The network devices found at [`init`], for the networking unit to take.
+static NETS: spin::Mutex<Vec<Box<dyn NetDevice + Send>>> = spin::Mutex::new(Vec::new());
+
+/// Take the network devices (the networking unit owns them from then on).
+pub fn take_net_devices() -> Vec<Box<dyn NetDevice + Send>> {
+    core::mem::take(&mut *NETS.lock())
 }
 
 /// Probe every virtio-mmio device named in `cmdline` and, with `pci`, the
@@ -151,6 +164,19 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 ));
                 blocks.push(b);
             }
+            Ok(virtio::Probed::Net(mut n)) => {
+                if let Some(irq) = irq.filter(|i| (i.route)(d.irq)) {
+                    n.use_interrupts(d.irq, irq.take);
+                }
+                report.found.push(format!(
+                    "virtio-net at {:#x} (irq {}, {}): MAC {}",
+                    d.base,
+                    d.irq,
+                    if n.interrupts() { "interrupts" } else { "polled" },
+                    mac_text(n.mac())
+                ));
+                NETS.lock().push(n);
+            }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
@@ -166,14 +192,20 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 ));
                 blocks.push(b);
             }
-            Ok(virtio::Probed::Other(t)) => {
-                report.found.push(format!("{t:?} at PCI {location:?}: no driver"))
+            Ok(virtio::Probed::Net(n)) => {
+                report.found.push(format!("virtio-net at {location} (polled): MAC {}", mac_text(n.mac())));
+                NETS.lock().push(n);
             }
+            Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {location}: no driver")),
             Err(e) => report.problems.push(format!("{location}: {e}")),
         }
     }
     *REPORT.lock() = Some(report.clone());
     report
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 /// Check a request against a device's geometry; drivers call this first.

@@ -42,6 +42,8 @@ pub enum Location {
 pub enum Probed {
     /// A block device, ready.
     Block(alloc::boxed::Box<VirtioBlock>),
+    /// A network device, ready.
+    Net(alloc::boxed::Box<crate::net::VirtioNet>),
     /// A device this unit has no driver for (yet).
     Other(DeviceType),
 }
@@ -95,6 +97,9 @@ pub(crate) fn attach(transport: SomeTransport<'static>, location: Location) -> R
                 location,
             })))
         }
+        DeviceType::Network => crate::net::VirtioNet::new(transport, location)
+            .map(|n| Probed::Net(alloc::boxed::Box::new(n)))
+            .map_err(ProbeError::Driver),
         other => Ok(Probed::Other(other)),
     }
 }

@@ -1,33 +1,57 @@
-//! Torito networking unit.
+//! Torito networking unit: a TCP/IP stack (smoltcp) over the devices
+//! unit's [`NetDevice`], and a blocking socket API in the style of
+//! `std::net`.
 //!
-//! Status: API sketch. The smoltcp interface, the socket API
-//! (`TcpListener`, `TcpStream`, `UdpSocket`, vsock streams) and the virtio-net
-//! and virtio-vsock drivers arrive with the networking issue. What is here is
-//! the device-side interface, so that drivers never depend on smoltcp.
+//! - [`init`] takes the first network device and the address from the
+//!   kernel command line (`torito.ip=ADDR/PREFIX`, `torito.gw=ADDR`).
+//! - [`tcp::TcpListener`] / [`tcp::TcpStream`]: blocking calls that let the
+//!   core's other threads run and sleep until the device interrupts (the
+//!   process unit's event wait), never a busy spin. ICMP echo requests are
+//!   answered by the stack.
+//!
+//! Status (networking issue, step 1): IPv4 static configuration, TCP.
+//! Still to come: DHCP, UDP, timeouts, vsock, the monitor's virtio-net.
+//! Threads that use sockets run on core 0, where the device interrupts;
+//! elsewhere they still progress, woken every 20 ms.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-/// Errors of network devices.
+extern crate alloc;
+
+pub mod config;
+mod stack;
+pub mod tcp;
+
+pub use config::NetConfig;
+pub use stack::init;
+pub use unit_devices::{NetDevice, NetError};
+
+use core::fmt;
+
+/// Errors of the socket API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetError {
-    /// The transmit ring is full; try again later.
-    WouldBlock,
-    /// The frame is larger than the device's MTU.
-    TooLarge,
-    /// The device failed.
-    Io,
+pub enum Error {
+    /// The appliance has no network interface (no device, or no address).
+    NoInterface,
+    /// The port is taken or invalid.
+    AddrInUse,
+    /// The peer reset the connection, or it is closed for this operation.
+    ConnectionReset,
+    /// The stack has no room for another socket.
+    NoBuffers,
 }
 
-/// A network interface that sends and receives Ethernet frames.
-pub trait NetDevice {
-    /// The interface's MAC address.
-    fn mac(&self) -> [u8; 6];
-    /// Largest frame payload, in bytes.
-    fn mtu(&self) -> usize;
-    /// Queue one frame for sending.
-    fn try_send(&mut self, frame: &[u8]) -> Result<(), NetError>;
-    /// Take one received frame into `buf`; `Ok(None)` when none is waiting.
-    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError>;
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoInterface => "no network interface (is a NIC attached and torito.ip= set?)",
+            Self::AddrInUse => "address in use",
+            Self::ConnectionReset => "connection reset or closed",
+            Self::NoBuffers => "no room for another socket",
+        })
+    }
 }
+
+impl core::error::Error for Error {}

@@ -1,0 +1,70 @@
+//! echo: a TCP echo server. Every byte a client sends comes back.
+//!
+//! Command line: `torito.ip=ADDR/PREFIX` (the interface), `port=N` (default
+//! 7), `conns=N` (exit 0 after N connections have ended; default: serve for
+//! ever). Each connection gets a thread of its own.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+extern crate alloc;
+
+use kernel::net::tcp::{TcpListener, TcpStream};
+use kernel::println;
+use kernel::process;
+
+kernel::entry!(main);
+
+fn arg(name: &str) -> Option<u64> {
+    kernel::args().find_map(|a| a.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+fn serve(mut s: TcpStream) -> u64 {
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    let _ = s.shutdown();
+    total
+}
+
+fn main() -> i32 {
+    for line in kernel::devices::report_lines() {
+        println!("echo: {line}");
+    }
+    let port = arg("port").unwrap_or(7) as u16;
+    let conns = arg("conns");
+    let mut listener = match TcpListener::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("echo: cannot listen on port {port}: {e}");
+            return 1;
+        }
+    };
+    println!("echo: listening on port {port}");
+    let mut handles = alloc::vec::Vec::new();
+    let mut accepted = 0u64;
+    while conns.is_none_or(|c| accepted < c) {
+        match listener.accept() {
+            Ok(s) => {
+                accepted += 1;
+                handles.push(process::spawn(move || serve(s)));
+            }
+            Err(e) => {
+                println!("echo: accept: {e}");
+                return 1;
+            }
+        }
+    }
+    let total: u64 = handles.into_iter().map(|h| h.join()).sum();
+    println!("echo: {accepted} connection(s), {total} bytes echoed");
+    0
+}

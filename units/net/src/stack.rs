@@ -1,0 +1,158 @@
+//! The stack: one smoltcp interface over one [`NetDevice`], its sockets,
+//! and the waiting that the socket API does.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use unit_devices::NetDevice;
+
+use crate::{Error, NetConfig};
+
+/// The device as smoltcp sees it.
+struct Phy {
+    dev: Box<dyn NetDevice + Send>,
+}
+
+/// A received frame.
+pub(crate) struct RxToken(Vec<u8>);
+
+/// Room to send one frame.
+pub(crate) struct TxToken<'a>(&'a mut (dyn NetDevice + Send));
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        // A full ring drops the frame: TCP sends it again.
+        let _ = self.0.try_send(&frame);
+        r
+    }
+}
+
+impl phy::Device for Phy {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let mut buf = vec![0u8; 1514];
+        let n = self.dev.try_recv(&mut buf).ok()??;
+        buf.truncate(n);
+        Some((RxToken(buf), TxToken(&mut *self.dev)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut *self.dev))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.dev.mtu() + 14;
+        caps
+    }
+}
+
+/// The interface, its sockets and its device.
+pub(crate) struct Stack {
+    iface: Interface,
+    pub(crate) sockets: SocketSet<'static>,
+    phy: Phy,
+    /// Sockets closed by their owner, removed once the connection is over.
+    closing: Vec<SocketHandle>,
+}
+
+static STACK: spin::Mutex<Option<Stack>> = spin::Mutex::new(None);
+
+fn now() -> Instant {
+    Instant::from_micros(unit_process::clock::now_ns().map_or(0, |n| n / 1000) as i64)
+}
+
+impl Stack {
+    /// Move frames in and out, advance timers, retire closed sockets.
+    pub(crate) fn poll(&mut self) {
+        self.phy.dev.service_interrupt();
+        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&h| {
+            let done =
+                sockets.get::<smoltcp::socket::tcp::Socket>(h).state() == smoltcp::socket::tcp::State::Closed;
+            if done {
+                sockets.remove(h);
+            }
+            !done
+        });
+    }
+
+    /// Hand a socket over for removal once its connection has ended.
+    pub(crate) fn retire(&mut self, h: SocketHandle) {
+        self.closing.push(h);
+    }
+}
+
+/// What [`init`] set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interface4 {
+    /// The configuration in use.
+    pub config: NetConfig,
+    /// The device's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Bring the stack up on the first of `devices` with the address from
+/// `cmdline`. `Ok(None)`: no device, or no address asked for.
+pub fn init(
+    cmdline: &str,
+    devices: Vec<Box<dyn NetDevice + Send>>,
+) -> Result<Option<Interface4>, alloc::string::String> {
+    let cfg = NetConfig::from_cmdline(cmdline).map_err(|w| alloc::format!("bad network setting '{w}'"))?;
+    let (Some(cfg), Some(dev)) = (cfg, devices.into_iter().next()) else { return Ok(None) };
+    let mac = dev.mac();
+    let mut phy = Phy { dev };
+    let seed = unit_process::clock::ticks();
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    config.random_seed = seed;
+    let mut iface = Interface::new(config, &mut phy, now());
+    let [a, b, c, d] = cfg.ip;
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(Ipv4Address::new(a, b, c, d).into(), cfg.prefix));
+    });
+    if let Some([a, b, c, d]) = cfg.gateway {
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d))
+            .map_err(|_| alloc::string::String::from("cannot add the default route"))?;
+    }
+    *STACK.lock() = Some(Stack { iface, sockets: SocketSet::new(Vec::new()), phy, closing: Vec::new() });
+    Ok(Some(Interface4 { config: cfg, mac }))
+}
+
+/// Run `f` on the stack now (after a poll); `Err` when there is none.
+pub(crate) fn with<T>(f: impl FnOnce(&mut Stack) -> T) -> Result<T, Error> {
+    let mut g = STACK.lock();
+    let s = g.as_mut().ok_or(Error::NoInterface)?;
+    s.poll();
+    let r = f(s);
+    s.poll();
+    Ok(r)
+}
+
+/// Wait until `f` (run on the freshly polled stack) gives an answer; the
+/// core's other threads run meanwhile, and the core sleeps until the
+/// device interrupts or a notification comes.
+pub(crate) fn block_on<T>(mut f: impl FnMut(&mut Stack) -> Option<T>) -> Result<T, Error> {
+    if STACK.lock().is_none() {
+        return Err(Error::NoInterface);
+    }
+    Ok(unit_process::wait_for_event(|| with(&mut f).ok().flatten()))
+}

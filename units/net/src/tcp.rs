@@ -1,0 +1,144 @@
+//! TCP: [`TcpListener`] and [`TcpStream`], blocking, in the shape of
+//! `std::net`.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
+
+use crate::Error;
+use crate::stack::{Stack, block_on, with};
+
+/// Receive and send buffer of each connection, in bytes.
+pub const BUFFER: usize = 16 * 1024;
+/// Connections a listener can have waiting to be accepted.
+pub const BACKLOG: usize = 8;
+
+fn new_socket() -> Socket<'static> {
+    Socket::new(SocketBuffer::new(vec![0; BUFFER]), SocketBuffer::new(vec![0; BUFFER]))
+}
+
+/// A TCP socket waiting for connections on a port.
+pub struct TcpListener {
+    port: u16,
+    /// Listening sockets: each takes one connection.
+    waiting: Vec<SocketHandle>,
+}
+
+impl TcpListener {
+    /// Listen on `port` of the interface's address.
+    pub fn bind(port: u16) -> Result<Self, Error> {
+        if port == 0 {
+            return Err(Error::AddrInUse);
+        }
+        let waiting = with(|s| {
+            (0..BACKLOG)
+                .map(|_| {
+                    let mut sock = new_socket();
+                    sock.listen(port).map_err(|_| Error::AddrInUse)?;
+                    Ok(s.sockets.add(sock))
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })??;
+        Ok(Self { port, waiting })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Wait for a connection and take it.
+    pub fn accept(&mut self) -> Result<TcpStream, Error> {
+        let port = self.port;
+        let waiting = &mut self.waiting;
+        block_on(|s: &mut Stack| {
+            let i = waiting.iter().position(|&h| {
+                let st = s.sockets.get::<Socket>(h).state();
+                !matches!(st, State::Listen | State::SynReceived)
+            })?;
+            let mut sock = new_socket();
+            if sock.listen(port).is_err() {
+                return Some(Err(Error::AddrInUse));
+            }
+            let fresh = s.sockets.add(sock);
+            Some(Ok(TcpStream { handle: core::mem::replace(&mut waiting[i], fresh) }))
+        })?
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        let waiting = core::mem::take(&mut self.waiting);
+        let _ = with(|s| {
+            for h in waiting {
+                s.sockets.get_mut::<Socket>(h).abort();
+                s.retire(h);
+            }
+        });
+    }
+}
+
+/// A TCP connection.
+pub struct TcpStream {
+    handle: SocketHandle,
+}
+
+impl TcpStream {
+    /// Read what has arrived into `buf` (waiting until something has);
+    /// 0 when the peer has closed its side.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let h = self.handle;
+        block_on(|s: &mut Stack| {
+            let sock = s.sockets.get_mut::<Socket>(h);
+            if sock.can_recv() {
+                Some(sock.recv_slice(buf).map_err(|_| Error::ConnectionReset))
+            } else if !sock.may_recv() {
+                Some(if sock.state() == State::Closed { Err(Error::ConnectionReset) } else { Ok(0) })
+            } else {
+                None
+            }
+        })?
+    }
+
+    /// Write some of `buf` (waiting for room); returns how much.
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        let h = self.handle;
+        block_on(|s: &mut Stack| {
+            let sock = s.sockets.get_mut::<Socket>(h);
+            if !sock.may_send() {
+                Some(Err(Error::ConnectionReset))
+            } else if sock.can_send() {
+                Some(sock.send_slice(buf).map_err(|_| Error::ConnectionReset))
+            } else {
+                None
+            }
+        })?
+    }
+
+    /// Write all of `buf`.
+    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            let n = self.write(buf)?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Close the sending side (the peer reads end of stream).
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        let h = self.handle;
+        with(|s| s.sockets.get_mut::<Socket>(h).close())
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let h = self.handle;
+        let _ = with(|s| {
+            s.sockets.get_mut::<Socket>(h).close();
+            s.retire(h);
+        });
+    }
+}

@@ -1,0 +1,145 @@
+//! Networking with real clients: the echo appliance on QEMU (TAP in a
+//! network namespace this test creates), `ping` and `nc` from Debian.
+//!
+//! Traffic stays inside the namespace: the TAP device and the clients live
+//! there, and only the guest's address in it is used. Needs root (network
+//! namespaces, TAP); otherwise the test says so and skips.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xtask::{QemuMachine, Variant};
+
+/// A network namespace with a TAP device `tap0` at 10.0.2.1/24; removed on
+/// drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Option<Self> {
+        let name = format!("torito-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        let ok = ip(&["-n", n, "tuntap", "add", "dev", "tap0", "mode", "tap"])
+            && ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", "tap0"])
+            && ip(&["-n", n, "link", "set", "tap0", "up"])
+            && ip(&["-n", n, "link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+
+    /// `cmd` run inside the namespace.
+    fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn usable() -> bool {
+    for tool in ["qemu-system-x86_64", "ip", "ping", "nc"] {
+        if !xtask::have(tool) {
+            eprintln!("SKIPPED: `{tool}` is not installed; network test not run");
+            return false;
+        }
+    }
+    if !xtask::kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm is not usable; network test not run");
+        return false;
+    }
+    true
+}
+
+fn guest(app: &str) -> PathBuf {
+    xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Start the echo appliance on QEMU microvm inside `ns`.
+fn start_echo(ns: &Netns, cmdline: &str) -> Child {
+    let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &guest("echo"), cmdline);
+    let mut c = ns.exec("timeout");
+    c.arg("60").arg(qemu.get_program()).args(qemu.get_args());
+    c.args(["-machine", "acpi=off", "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+    c.args(["-device", "virtio-net-device,netdev=n0"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start qemu")
+}
+
+/// Wait until the guest answers ping (it boots in well under a second).
+fn wait_for_ping(ns: &Netns) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let ok = ns
+            .exec("ping")
+            .args(["-c", "1", "-W", "1", "10.0.2.15"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn echo_on_microvm_answers_ping_and_echoes_1_mib() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("echo") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    let vm = start_echo(&ns, "torito.ip=10.0.2.15/24 port=7 conns=1");
+    assert!(wait_for_ping(&ns), "the guest never answered ping");
+    let ping = ns.exec("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "10.0.2.15"]).output().unwrap();
+    let text = String::from_utf8_lossy(&ping.stdout);
+    assert!(text.contains("3 received"), "{text}");
+
+    // 1 MiB of random bytes through `nc`, compared byte for byte.
+    let data: Vec<u8> = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mut nc = ns
+        .exec("nc")
+        .args(["-N", "-w", "10", "10.0.2.15", "7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = nc.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&data).unwrap();
+        data
+    });
+    let out = nc.wait_with_output().unwrap();
+    let data = writer.join().unwrap();
+    assert_eq!(out.stdout.len(), data.len(), "echoed length");
+    assert!(out.stdout == data, "echoed bytes differ");
+
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("virtio-net at 0xfeb00e00 (irq 12, interrupts)"), "{console}");
+    assert!(console.contains("1 connection(s), 1048576 bytes echoed"), "{console}");
+    // isa-debug-exit: (0 << 1) | 1.
+    assert_eq!(result.status.code(), Some(1), "{console}");
+}
