@@ -61,17 +61,22 @@ fn usable() -> bool {
     true
 }
 
-fn guest(app: &str) -> PathBuf {
-    xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
+fn guest(app: &str, pvh_only: bool) -> PathBuf {
+    xtask::build(app, Variant { pvh_only, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Start the echo appliance on QEMU microvm inside `ns`.
-fn start_echo(ns: &Netns, cmdline: &str) -> Child {
-    let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &guest("echo"), cmdline);
+/// Start the echo appliance on QEMU inside `ns`: microvm (KVM, PVH,
+/// virtio-net-device) or pc (TCG, multiboot, virtio-net-pci).
+fn start_echo(ns: &Netns, machine: QemuMachine, cmdline: &str) -> Child {
+    let microvm = machine == QemuMachine::MicrovmKvm;
+    let qemu = xtask::qemu(machine, &guest("echo", microvm), cmdline);
     let mut c = ns.exec("timeout");
     c.arg("60").arg(qemu.get_program()).args(qemu.get_args());
-    c.args(["-machine", "acpi=off", "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
-    c.args(["-device", "virtio-net-device,netdev=n0"]);
+    if microvm {
+        c.args(["-machine", "acpi=off"]);
+    }
+    c.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"]);
+    c.arg(if microvm { "virtio-net-device,netdev=n0" } else { "virtio-net-pci,netdev=n0" });
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start qemu")
 }
 
@@ -93,14 +98,25 @@ fn wait_for_ping(ns: &Netns) -> bool {
 
 #[test]
 fn echo_on_microvm_answers_ping_and_echoes_1_mib() {
+    echo_test(QemuMachine::MicrovmKvm, "virtio-net at 0xfeb00e00 (irq 12, interrupts)");
+}
+
+#[test]
+fn echo_on_pc_with_virtio_net_pci() {
+    echo_test(QemuMachine::PcTcg, "(MSI-X): MAC");
+}
+
+/// Boot echo on `machine`; ping it, echo 1 MiB through `nc`; the console
+/// must name the NIC as `nic`.
+fn echo_test(machine: QemuMachine, nic: &str) {
     if !usable() {
         return;
     }
-    let Some(ns) = Netns::create("echo") else {
+    let Some(ns) = Netns::create(if machine == QemuMachine::MicrovmKvm { "mvm" } else { "pc" }) else {
         eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
         return;
     };
-    let vm = start_echo(&ns, "torito.ip=10.0.2.15/24 port=7 conns=1");
+    let vm = start_echo(&ns, machine, "torito.ip=10.0.2.15/24 port=7 conns=1");
     assert!(wait_for_ping(&ns), "the guest never answered ping");
     let ping = ns.exec("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "10.0.2.15"]).output().unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
@@ -138,7 +154,7 @@ fn echo_on_microvm_answers_ping_and_echoes_1_mib() {
 
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
-    assert!(console.contains("virtio-net at 0xfeb00e00 (irq 12, interrupts)"), "{console}");
+    assert!(console.contains(nic), "{console}");
     assert!(console.contains("1 connection(s), 1048576 bytes echoed"), "{console}");
     // isa-debug-exit: (0 << 1) | 1.
     assert_eq!(result.status.code(), Some(1), "{console}");

@@ -193,7 +193,11 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 blocks.push(b);
             }
             Ok(virtio::Probed::Net(n)) => {
-                report.found.push(format!("virtio-net at {location} (polled): MAC {}", mac_text(n.mac())));
+                report.found.push(format!(
+                    "virtio-net at {location} ({}): MAC {}",
+                    if n.interrupts() { "MSI-X" } else { "polled" },
+                    mac_text(n.mac())
+                ));
                 NETS.lock().push(n);
             }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {location}: no driver")),

@@ -7,7 +7,8 @@
 //! finds the MSI-X table and the virtio common configuration from the
 //! function's capabilities, points table entry 0 at the kernel's vector
 //! for the device, enables MSI-X and tells the device to signal queue 0's
-//! completions on entry 0. A function without MSI-X is polled.
+//! completions on entry 0 (a network device: its receive queue). A
+//! function without MSI-X is polled.
 #![allow(unsafe_code)] // `ConfigurationAccess::unsafe_clone`, MSI-X table stores
 
 use virtio_drivers::transport::SomeTransport;
@@ -157,12 +158,17 @@ pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, 
             let mut probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
                 .map_err(ProbeError::Pci)
                 .and_then(|t| attach(SomeTransport::from(t), location));
-            if let (Ok(Probed::Block(b)), Some(irq)) = (&mut probed, irq) {
-                let line = 16 + u32::from(df.device);
-                if let Some(m) = (irq.msi)(line)
-                    && enable_msix(&mut PortCam(io), df, m)
-                {
-                    b.use_interrupts(line, irq.wait);
+            // Queue 0 (a block device's requests, a network device's
+            // receive queue) interrupts through MSI-X entry 0.
+            let line = 16 + u32::from(df.device);
+            if let (Ok(p @ (Probed::Block(_) | Probed::Net(_))), Some(irq)) = (&mut probed, irq)
+                && let Some(m) = (irq.msi)(line)
+                && enable_msix(&mut PortCam(io), df, m)
+            {
+                match p {
+                    Probed::Block(b) => b.use_interrupts(line, irq.wait),
+                    Probed::Net(n) => n.use_interrupts(line, irq.take),
+                    Probed::Other(_) => {}
                 }
             }
             (location, probed)
