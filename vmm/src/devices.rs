@@ -22,7 +22,8 @@ use torito_abi::mmio;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::Trigger;
 
-use crate::virtio_blk::{Effect, VirtioBlk};
+use crate::virtio_blk::VirtioBlk;
+use crate::virtio_mmio::Effect;
 use vm_superio::serial::{NoEvents, Serial};
 
 /// Distinct unmapped-access warnings printed before the rest are dropped.

@@ -18,6 +18,7 @@ pub mod exit;
 pub mod loader;
 pub mod timeline;
 pub mod virtio_blk;
+pub mod virtio_mmio;
 #[allow(unsafe_code)]
 pub mod vstate;
 
@@ -57,7 +58,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         .disks
         .iter()
         .enumerate()
-        .map(|(i, d)| virtio_blk::VirtioBlk::open(d, i))
+        .map(|(i, d)| virtio_blk::open(d, i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Disk)?;
     let mut full_cmdline = cfg.cmdline.clone();

@@ -1,20 +1,15 @@
-//! A virtio-blk device on the virtio-mmio transport (version 2), backed by
-//! a host file.
+//! A virtio-blk device backed by a host file, on the virtio-mmio
+//! transport ([`crate::virtio_mmio`]).
 //!
-//! The guest drives it through MMIO exits: register reads and writes, and
-//! a write to `QueueNotify`, on which the vCPU thread processes every
-//! available request at once (read, write, flush, get-id) and asks for an
-//! interrupt. The queue itself is `virtio-queue`'s: descriptor chains are
-//! walked with its checks (a chain that loops or is longer than the queue
-//! ends; every buffer is checked against guest memory by its `Reader` and
-//! `Writer`, lengths included). A request that does not make sense gets
-//! the status `IOERR`, or, when not even the status byte can be written,
-//! is returned used with length 0; nothing a guest puts in the queue can
-//! make the monitor read or write outside guest RAM, or fail.
-//!
-//! Why registers by hand: the rust-vmm crate with the virtio-mmio
-//! register logic (`virtio-device`) is not published; the layout is short
-//! and fixed by the virtio 1.2 specification, §4.2.2.
+//! A write to `QueueNotify` makes the vCPU thread serve every available
+//! request at once (read, write, flush, get-id) before the guest resumes.
+//! Descriptor chains are walked with `virtio-queue`'s checks (a chain that
+//! loops or is longer than the queue ends; every buffer is checked against
+//! guest memory by its `Reader` and `Writer`, lengths included). A request
+//! that does not make sense gets the status `IOERR`, or, when not even the
+//! status byte can be written, is returned used with length 0; nothing a
+//! guest puts in the queue can make the monitor read or write outside
+//! guest RAM, or fail.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,23 +19,19 @@ use std::path::PathBuf;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
+use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+
 /// Size of a sector: the unit of `capacity` and of request offsets.
 pub const SECTOR: u64 = 512;
 /// Largest queue the device offers.
 pub const QUEUE_MAX: u16 = 256;
 /// Largest data transfer in one request (bigger ones fail with IOERR).
 pub const MAX_TRANSFER: usize = 4 << 20;
-/// Size of the register window.
-pub const MMIO_SIZE: u64 = 0x1000;
-
-const MAGIC: u32 = 0x7472_6976; // "virt"
-const VENDOR: u32 = 0x4f54_5254; // "TRTO"
 const DEVICE_BLOCK: u32 = 2;
 
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
-const F_VERSION_1: u64 = 1 << 32;
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -49,9 +40,6 @@ const T_GET_ID: u32 = 8;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
-
-const STATUS_FAILED: u32 = 0x80;
-const NEEDS_RESET: u32 = 0x40;
 
 /// A disk as the command line names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,197 +89,83 @@ impl DiskConfig {
     }
 }
 
-/// The device.
-pub struct VirtioBlk {
+/// The block device behind the transport.
+pub struct Blk {
     file: File,
     sectors: u64,
     readonly: bool,
     id: String,
-    features_sel: u32,
-    driver_features: u64,
-    driver_features_sel: u32,
-    status: u32,
-    queue: Queue,
-    queue_sel: u32,
-    interrupt_status: u32,
     /// Requests completed (for tests and statistics).
     pub completed: u64,
-    /// Interrupts raised.
-    pub interrupts: u64,
     buf: Vec<u8>,
 }
 
-/// What a register write asks of the monitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// Nothing more.
-    None,
-    /// Raise the device's interrupt.
-    Interrupt,
+/// A virtio-blk device on virtio-mmio.
+pub type VirtioBlk = MmioDevice<Blk>;
+
+/// Open `cfg` and make its device (`index` names it: `torito-disk<index>`).
+pub fn open(cfg: &DiskConfig, index: usize) -> Result<VirtioBlk, String> {
+    let (file, len) = cfg.open()?;
+    Ok(MmioDevice::new(Blk::new(file, len, cfg.readonly, format!("torito-disk{index}"))))
 }
 
-impl VirtioBlk {
+impl Blk {
     /// A device over `file` of `len` bytes (whole sectors are used).
     pub fn new(file: File, len: u64, readonly: bool, id: String) -> Self {
-        Self {
-            file,
-            sectors: len / SECTOR,
-            readonly,
-            id,
-            features_sel: 0,
-            driver_features: 0,
-            driver_features_sel: 0,
-            status: 0,
-            queue: Queue::new(QUEUE_MAX).expect("a valid queue size"),
-            queue_sel: 0,
-            interrupt_status: 0,
-            completed: 0,
-            interrupts: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Open `cfg` and make its device.
-    pub fn open(cfg: &DiskConfig, index: usize) -> Result<Self, String> {
-        let (file, len) = cfg.open()?;
-        Ok(Self::new(file, len, cfg.readonly, format!("torito-disk{index}")))
+        Self { file, sectors: len / SECTOR, readonly, id, completed: 0, buf: Vec::new() }
     }
 
     /// The disk's size in sectors.
     pub fn sectors(&self) -> u64 {
         self.sectors
     }
+}
+
+impl Backend for Blk {
+    fn device_id(&self) -> u32 {
+        DEVICE_BLOCK
+    }
 
     fn features(&self) -> u64 {
         F_VERSION_1 | F_FLUSH | F_BLK_SIZE | if self.readonly { F_RO } else { 0 }
     }
 
-    fn config(&self) -> [u8; 0x18] {
-        let mut c = [0u8; 0x18];
+    fn config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; 0x18];
         c[0..8].copy_from_slice(&self.sectors.to_le_bytes());
         // size_max 0x08, seg_max 0x0c, geometry 0x10: 0 (not offered).
         c[0x14..0x18].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         c
     }
 
-    /// A guest load at `offset` in the register window.
-    pub fn read(&self, offset: u64, data: &mut [u8]) {
-        if offset >= 0x100 {
-            let cfg = self.config();
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = cfg.get((offset - 0x100) as usize + i).copied().unwrap_or(0);
-            }
-            return;
-        }
-        let v: u32 = match offset {
-            0x000 => MAGIC,
-            0x004 => 2,
-            0x008 => DEVICE_BLOCK,
-            0x00c => VENDOR,
-            0x010 => match self.features_sel {
-                0 => self.features() as u32,
-                1 => (self.features() >> 32) as u32,
-                _ => 0,
-            },
-            0x034 if self.queue_sel == 0 => u32::from(QUEUE_MAX),
-            0x044 => u32::from(self.queue_sel == 0 && self.queue.ready()),
-            0x060 => self.interrupt_status,
-            0x070 => self.status,
-            0x0fc => 0, // config generation: the configuration never changes
-            _ => 0,
-        };
-        let bytes = v.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(i).copied().unwrap_or(0);
-        }
+    fn queue_count(&self) -> usize {
+        1
     }
 
-    /// A guest store at `offset` in the register window.
-    pub fn write(&mut self, offset: u64, data: &[u8], mem: &GuestMemoryMmap) -> Effect {
-        let mut b = [0u8; 4];
-        let n = data.len().min(4);
-        b[..n].copy_from_slice(&data[..n]);
-        let v = u32::from_le_bytes(b);
-        let q0 = self.queue_sel == 0;
-        match offset {
-            0x014 => self.features_sel = v,
-            0x020 => match self.driver_features_sel {
-                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
-                _ => {}
-            },
-            0x024 => self.driver_features_sel = v,
-            0x030 => self.queue_sel = v,
-            0x038 if q0 => self.queue.set_size(v.min(u32::from(u16::MAX)) as u16),
-            0x044 if q0 => {
-                self.queue.set_ready(v == 1);
-                if v == 1 && !self.queue.is_valid(mem) {
-                    // A queue that does not fit guest memory: the device
-                    // refuses to work (the driver sees DEVICE_NEEDS_RESET).
-                    self.queue.set_ready(false);
-                    self.status |= NEEDS_RESET;
-                }
-            }
-            0x050 if v == 0 => return self.process(mem),
-            0x064 => self.interrupt_status &= !v,
-            0x070 => {
-                if v == 0 {
-                    self.reset();
-                } else {
-                    // The driver sets bits; DEVICE_NEEDS_RESET stays ours.
-                    self.status = v | (self.status & NEEDS_RESET);
-                }
-            }
-            0x080 if q0 => self.queue.set_desc_table_address(Some(v), None),
-            0x084 if q0 => self.queue.set_desc_table_address(None, Some(v)),
-            0x090 if q0 => self.queue.set_avail_ring_address(Some(v), None),
-            0x094 if q0 => self.queue.set_avail_ring_address(None, Some(v)),
-            0x0a0 if q0 => self.queue.set_used_ring_address(Some(v), None),
-            0x0a4 if q0 => self.queue.set_used_ring_address(None, Some(v)),
-            _ => {}
-        }
-        Effect::None
+    fn queue_max(&self) -> u16 {
+        QUEUE_MAX
     }
 
-    fn reset(&mut self) {
-        self.status = 0;
-        self.queue.reset();
-        self.interrupt_status = 0;
-        self.driver_features = 0;
-        self.features_sel = 0;
-        self.driver_features_sel = 0;
-        self.queue_sel = 0;
-    }
-
-    /// Serve every available request; ask for an interrupt if any was
-    /// completed.
-    fn process(&mut self, mem: &GuestMemoryMmap) -> Effect {
-        if !self.queue.ready() || self.status & (STATUS_FAILED | NEEDS_RESET) != 0 {
-            return Effect::None;
+    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        if index != 0 {
+            return false;
         }
         let mut done = 0;
-        while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let len = self.serve(chain, mem);
-            if self.queue.add_used(mem, head, len).is_err() {
+            if queue.add_used(mem, head, len).is_err() {
                 // The used ring is not in guest memory: stop serving.
-                self.status |= NEEDS_RESET;
                 break;
             }
             done += 1;
         }
         self.completed += done;
-        // The driver may have asked for no interrupt (the avail ring's
-        // NO_INTERRUPT flag): it looks at the used ring itself.
-        if done > 0 && self.queue.needs_notification(mem).unwrap_or(true) {
-            self.interrupt_status |= 1;
-            self.interrupts += 1;
-            Effect::Interrupt
-        } else {
-            Effect::None
-        }
+        done > 0
     }
+}
 
+impl Blk {
     /// Serve one request; returns the bytes written into the chain.
     fn serve(
         &mut self,
@@ -394,6 +268,7 @@ impl VirtioBlk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio_mmio::{Effect, MAGIC, NEEDS_RESET};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -406,7 +281,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("torito-vblk-{name}-{}", std::process::id()));
         let data: Vec<u8> = (0..8 * SECTOR as usize).map(|i| (i / 512) as u8 + 1).collect();
         std::fs::write(&path, data).unwrap();
-        let dev = VirtioBlk::open(&DiskConfig { path: path.clone(), readonly }, 0).unwrap();
+        let dev = open(&DiskConfig { path: path.clone(), readonly }, 0).unwrap();
         (dev, path)
     }
 

@@ -1,0 +1,223 @@
+//! The virtio-mmio transport (version 2, virtio 1.2 §4.2.2) of the
+//! monitor's devices: registers, feature negotiation, queues, interrupt
+//! status. A [`Backend`] (block, network) says what the device is and
+//! serves its queues.
+//!
+//! Why by hand: the rust-vmm crate with this logic (`virtio-device`) is
+//! not published; the register layout is short and fixed.
+//!
+//! Queues are `virtio-queue`'s. A queue whose rings do not fit guest RAM
+//! is refused (DEVICE_NEEDS_RESET); nothing the driver writes here can make
+//! the monitor fail.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// Size of a device's register window.
+pub const MMIO_SIZE: u64 = 0x1000;
+
+pub(crate) const MAGIC: u32 = 0x7472_6976; // "virt"
+const VENDOR: u32 = 0x4f54_5254; // "TRTO"
+/// Feature: virtio 1.x.
+pub(crate) const F_VERSION_1: u64 = 1 << 32;
+pub(crate) const STATUS_FAILED: u32 = 0x80;
+pub(crate) const NEEDS_RESET: u32 = 0x40;
+
+/// What a device is and how it serves its queues.
+pub trait Backend {
+    /// virtio device type (1 network, 2 block).
+    fn device_id(&self) -> u32;
+    /// Features offered (`F_VERSION_1` included).
+    fn features(&self) -> u64;
+    /// The device-specific configuration space.
+    fn config(&self) -> Vec<u8>;
+    /// Number of queues.
+    fn queue_count(&self) -> usize;
+    /// Largest size of each queue.
+    fn queue_max(&self) -> u16 {
+        256
+    }
+    /// The driver notified queue `index`: serve what it offers. Returns
+    /// whether buffers were used (the driver may want an interrupt).
+    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+/// What a register access asks of the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing more.
+    None,
+    /// Raise the device's interrupt.
+    Interrupt,
+}
+
+/// A virtio-mmio device around a backend.
+pub struct MmioDevice<B> {
+    /// The device behind the transport.
+    pub backend: B,
+    queues: Vec<Queue>,
+    status: u32,
+    features_sel: u32,
+    driver_features: u64,
+    driver_features_sel: u32,
+    queue_sel: u32,
+    interrupt_status: u32,
+    /// Interrupts raised.
+    pub interrupts: u64,
+}
+
+impl<B: Backend> MmioDevice<B> {
+    /// A device in its reset state.
+    pub fn new(backend: B) -> Self {
+        let queues = (0..backend.queue_count())
+            .map(|_| Queue::new(backend.queue_max()).expect("a valid queue size"))
+            .collect();
+        Self {
+            backend,
+            queues,
+            status: 0,
+            features_sel: 0,
+            driver_features: 0,
+            driver_features_sel: 0,
+            queue_sel: 0,
+            interrupt_status: 0,
+            interrupts: 0,
+        }
+    }
+
+    fn selected(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_sel as usize)
+    }
+
+    /// A guest load at `offset` in the register window.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            let cfg = self.backend.config();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = cfg.get((offset - 0x100) as usize + i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        let features = self.backend.features();
+        let v: u32 = match offset {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => self.backend.device_id(),
+            0x00c => VENDOR,
+            0x010 => match self.features_sel {
+                0 => features as u32,
+                1 => (features >> 32) as u32,
+                _ => 0,
+            },
+            0x034 => self.selected().map_or(0, |q| u32::from(q.max_size())),
+            0x044 => u32::from(self.selected().is_some_and(|q| q.ready())),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            // 0x0fc, config generation: the configuration never changes.
+            _ => 0,
+        };
+        let bytes = v.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    /// A guest store at `offset` in the register window.
+    pub fn write(&mut self, offset: u64, data: &[u8], mem: &GuestMemoryMmap) -> Effect {
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u32::from_le_bytes(b);
+        let sel = self.queue_sel as usize;
+        match offset {
+            0x014 => self.features_sel = v,
+            0x020 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                _ => {}
+            },
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x050 => return self.notify(v as usize, mem),
+            0x064 => self.interrupt_status &= !v,
+            0x070 => {
+                if v == 0 {
+                    self.reset();
+                } else {
+                    // The driver sets bits; DEVICE_NEEDS_RESET stays ours.
+                    self.status = v | (self.status & NEEDS_RESET);
+                }
+            }
+            _ => {
+                let needs_reset = self.queues.get_mut(sel).is_some_and(|q| queue_register(q, offset, v, mem));
+                if needs_reset {
+                    self.status |= NEEDS_RESET;
+                }
+            }
+        }
+        Effect::None
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt_status = 0;
+        self.driver_features = 0;
+        self.features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+    }
+
+    fn notify(&mut self, index: usize, mem: &GuestMemoryMmap) -> Effect {
+        self.with_queue(index, mem, |backend, queue, mem| backend.notify(index, queue, mem))
+    }
+
+    /// Let the backend work on queue `index` (for work that arrives from
+    /// elsewhere, such as received frames); interrupts as a notification
+    /// does, when buffers were used and the driver wants to hear of it.
+    pub fn with_queue(
+        &mut self,
+        index: usize,
+        mem: &GuestMemoryMmap,
+        f: impl FnOnce(&mut B, &mut Queue, &GuestMemoryMmap) -> bool,
+    ) -> Effect {
+        if self.status & (STATUS_FAILED | NEEDS_RESET) != 0 {
+            return Effect::None;
+        }
+        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else { return Effect::None };
+        let used = f(&mut self.backend, queue, mem);
+        // The driver may have asked for no interrupt (NO_INTERRUPT).
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            self.interrupt_status |= 1;
+            self.interrupts += 1;
+            Effect::Interrupt
+        } else {
+            Effect::None
+        }
+    }
+}
+
+/// A store to a register of the selected queue; `true` when the queue
+/// was made ready but does not fit guest memory (and stays not ready).
+fn queue_register(q: &mut Queue, offset: u64, v: u32, mem: &GuestMemoryMmap) -> bool {
+    match offset {
+        0x038 => q.set_size(v.min(u32::from(u16::MAX)) as u16),
+        0x044 => {
+            q.set_ready(v == 1);
+            if v == 1 && !q.is_valid(mem) {
+                q.set_ready(false);
+                return true;
+            }
+        }
+        0x080 => q.set_desc_table_address(Some(v), None),
+        0x084 => q.set_desc_table_address(None, Some(v)),
+        0x090 => q.set_avail_ring_address(Some(v), None),
+        0x094 => q.set_avail_ring_address(None, Some(v)),
+        0x0a0 => q.set_used_ring_address(Some(v), None),
+        0x0a4 => q.set_used_ring_address(None, Some(v)),
+        _ => {}
+    }
+    false
+}
