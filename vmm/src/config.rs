@@ -35,6 +35,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Virtio block devices, in order.
     pub disks: Vec<crate::virtio_blk::DiskConfig>,
+    /// Virtio network devices, in order.
+    pub nets: Vec<crate::virtio_net::NetConfig>,
 }
 
 impl VmConfig {
@@ -49,6 +51,7 @@ impl VmConfig {
             kvm_device: PathBuf::from("/dev/kvm"),
             cpus: 1,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ use vm_superio::Trigger;
 
 use crate::virtio_blk::VirtioBlk;
 use crate::virtio_mmio::Effect;
+use crate::virtio_net::VirtioNet;
 use vm_superio::serial::{NoEvents, Serial};
 
 /// Distinct unmapped-access warnings printed before the rest are dropped.
@@ -46,7 +47,7 @@ pub enum Action {
     StartCores(u32),
     /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
     TestInterrupt(u8, u8, u32),
-    /// Virtio device `n` raises its interrupt line `n`.
+    /// Virtio device `n` (disks, then NICs) raises its interrupt line `n`.
     Interrupt(u32),
 }
 
@@ -68,6 +69,8 @@ pub struct Devices {
     warned: BTreeSet<(bool, u64)>,
     /// Virtio block devices, at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE`.
     pub disks: Vec<VirtioBlk>,
+    /// Virtio network devices, in the windows after the disks'.
+    pub nets: Vec<VirtioNet>,
     /// Trace marks the guest sent through the register page: `(id, host ns)`.
     pub host_marks: Vec<(u32, u64)>,
 }
@@ -92,6 +95,7 @@ impl Devices {
             serial: Serial::new(NoInterrupt, serial),
             warned: BTreeSet::new(),
             disks: Vec::new(),
+            nets: Vec::new(),
             host_marks: Vec::new(),
         }
     }
@@ -109,17 +113,23 @@ impl Devices {
         eprintln!("torito: warning: guest {how} unmapped {what} {addr:#x} (ignored; reads return all ones)");
     }
 
-    /// The virtio device whose window holds `addr`, and the offset in it.
-    fn disk_at(&self, addr: u64) -> Option<(usize, u64)> {
+    /// The virtio device whose window holds `addr` (its index: disks
+    /// first, then NICs), and the offset in it.
+    fn virtio_at(&self, addr: u64) -> Option<(usize, u64)> {
         let rel = addr.checked_sub(VIRTIO_MMIO_BASE)?;
         let i = (rel / VIRTIO_MMIO_STRIDE) as usize;
-        (i < self.disks.len()).then_some((i, rel % VIRTIO_MMIO_STRIDE))
+        (i < self.disks.len() + self.nets.len()).then_some((i, rel % VIRTIO_MMIO_STRIDE))
     }
 
     /// A guest store to MMIO address `addr`.
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
-        if let Some((i, off)) = self.disk_at(addr) {
-            return match self.disks[i].write(off, data, mem) {
+        if let Some((i, off)) = self.virtio_at(addr) {
+            let d = self.disks.len();
+            let effect = match i.checked_sub(d) {
+                None => self.disks[i].write(off, data, mem),
+                Some(j) => self.nets[j].write(off, data, mem),
+            };
+            return match effect {
                 Effect::Interrupt => Action::Interrupt(i as u32),
                 Effect::None => Action::Continue,
             };
@@ -156,8 +166,11 @@ impl Devices {
 
     /// A guest load from MMIO address `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        if let Some((i, off)) = self.disk_at(addr) {
-            self.disks[i].read(off, data);
+        if let Some((i, off)) = self.virtio_at(addr) {
+            match i.checked_sub(self.disks.len()) {
+                None => self.disks[i].read(off, data),
+                Some(j) => self.nets[j].read(off, data),
+            }
         } else if (TORITO_MMIO_BASE..TORITO_MMIO_BASE + mmio::SIZE).contains(&addr) {
             data.fill(0);
         } else {
@@ -219,6 +232,28 @@ impl SharedBuffer {
     /// What was written, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Devices {
+    /// The TAP descriptors to watch: those of NICs holding no frame back
+    /// (a NIC whose guest gave no buffer waits for the guest instead).
+    pub fn tap_fds_to_watch(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.nets.iter().filter(|n| !n.backend.holds_frame()).map(|n| n.backend.tap().as_raw_fd()).collect()
+    }
+
+    /// Deliver waiting frames to every NIC whose TAP device has some;
+    /// returns the interrupt lines to raise.
+    pub fn deliver_frames(&mut self, mem: &GuestMemoryMmap) -> Vec<u32> {
+        let d = self.disks.len();
+        let mut lines = Vec::new();
+        for (j, nic) in self.nets.iter_mut().enumerate() {
+            if nic.with_queue(0, mem, |net, q, m| net.deliver(q, m)) == Effect::Interrupt {
+                lines.push((d + j) as u32);
+            }
+        }
+        lines
     }
 }
 

@@ -48,6 +48,9 @@ pub enum Error {
     /// A disk cannot be used.
     #[error("{0}")]
     Disk(String),
+    /// A NIC cannot be used.
+    #[error("{0}")]
+    Net(String),
     /// Writing into guest memory failed (a bug: the layout was checked).
     #[error("writing the guest's boot data failed: {0}")]
     GuestWrite(String),
@@ -73,7 +76,7 @@ impl Error {
             Error::BadImage(..) => EXIT_BAD_IMAGE,
             Error::KvmOpen(..) | Error::KvmCapability(_) => EXIT_KVM_UNAVAILABLE,
             Error::Kvm(..) | Error::Memory(..) | Error::GuestWrite(_) => EXIT_OS,
-            Error::Config(_) => EXIT_CONFIG,
+            Error::Config(_) | Error::Net(_) => EXIT_CONFIG,
         }
     }
 }

@@ -16,9 +16,12 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod loader;
+#[allow(unsafe_code)]
+pub mod tap;
 pub mod timeline;
 pub mod virtio_blk;
 pub mod virtio_mmio;
+pub mod virtio_net;
 #[allow(unsafe_code)]
 pub mod vstate;
 
@@ -47,10 +50,10 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 
     // Disks: opened and checked before anything else is made; the guest
     // finds them on its command line.
-    if cfg.disks.len() as u64 > torito_abi::layout::VIRTIO_MMIO_MAX {
+    let virtio_count = (cfg.disks.len() + cfg.nets.len()) as u64;
+    if virtio_count > torito_abi::layout::VIRTIO_MMIO_MAX {
         return Err(Error::Config(format!(
-            "{} disks: the monitor offers at most {}",
-            cfg.disks.len(),
+            "{virtio_count} disks and NICs: the monitor offers at most {}",
             torito_abi::layout::VIRTIO_MMIO_MAX
         )));
     }
@@ -61,8 +64,15 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         .map(|(i, d)| virtio_blk::open(d, i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Disk)?;
+    let nets = cfg
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| virtio_net::open(n, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Net)?;
     let mut full_cmdline = cfg.cmdline.clone();
-    for i in 0..disks.len() as u64 {
+    for i in 0..virtio_count {
         let base = torito_abi::layout::VIRTIO_MMIO_BASE + i * torito_abi::layout::VIRTIO_MMIO_STRIDE;
         full_cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{i}"));
     }
@@ -98,6 +108,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let pending = vstate::PendingRam::new(deferred);
     let mut devices = devices::Devices::new(cfg.console_out());
     devices.disks = disks;
+    devices.nets = nets;
     let machine = vstate::Machine::new(&vm, &mem, elf.note, cpus, lapic, devices, pending, cfg.timeout)?;
     // A scope joins its threads (secondary vCPUs, RAM registration) on
     // every return.

@@ -32,6 +32,9 @@ struct Cli {
     /// Repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = torito_vmm::virtio_blk::DiskConfig::parse)]
     disks: Vec<torito_vmm::virtio_blk::DiskConfig>,
+    /// A virtio-net NIC on an existing TAP device. Repeat for more NICs.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = torito_vmm::virtio_net::NetConfig::parse)]
+    nets: Vec<torito_vmm::virtio_net::NetConfig>,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     cfg.timeout = cli.timeout;
     cfg.cpus = cli.cpus;
     cfg.disks = cli.disks;
+    cfg.nets = cli.nets;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {

@@ -396,6 +396,10 @@ pub struct Machine<'a> {
     stop: AtomicBool,
     result: Mutex<Option<Result<Outcome, Error>>>,
     threads: Mutex<Vec<ThreadHandle>>,
+    has_nics: bool,
+    net_started: AtomicBool,
+    /// Written when the guest stops, so the network thread's wait ends.
+    stopped: vmm_sys_util::eventfd::EventFd,
 }
 
 /// A vCPU thread's handle, to signal it.
@@ -426,6 +430,7 @@ impl<'a> Machine<'a> {
         if let Some(d) = timeout {
             arm_timeout(d)?;
         }
+        let devices_has_no_nics = devices.nets.is_empty();
         Ok(Self {
             vm,
             mem,
@@ -439,6 +444,10 @@ impl<'a> Machine<'a> {
             stop: AtomicBool::new(false),
             result: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
+            has_nics: !devices_has_no_nics,
+            net_started: AtomicBool::new(false),
+            stopped: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
         })
     }
 
@@ -474,6 +483,7 @@ impl<'a> Machine<'a> {
             }
         }
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stopped.write(1);
         // SAFETY: `pthread_self` has no preconditions.
         let me = unsafe { libc::pthread_self() };
         for &ThreadHandle(t) in lock(&self.threads).iter() {
@@ -492,6 +502,38 @@ impl<'a> Machine<'a> {
         let msi = kvm_bindings::kvm_msi { address_lo: 0xfee0_0000, data: 0x50 + line, ..Default::default() };
         if let Err(e) = self.vm.fd.signal_msi(msi) {
             eprintln!("torito: warning: device interrupt not delivered: KVM_SIGNAL_MSI: {e}");
+        }
+    }
+
+    /// Start the network thread, once, if there are NICs: it waits on the
+    /// TAP devices and moves arriving frames into the guest's receive
+    /// buffers (under the devices' lock), then interrupts. Started at the
+    /// guest's first exit, like the RAM registration, so a launch does not
+    /// pay for it before `kernel_main`.
+    fn start_net<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
+        if self.has_nics && !self.net_started.swap(true, Ordering::SeqCst) {
+            scope.spawn(move || self.net_loop());
+        }
+    }
+
+    fn net_loop(&self) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut fds = lock(&self.devices).tap_fds_to_watch();
+            fds.push(self.stopped.as_raw_fd());
+            let mut pfds: Vec<libc::pollfd> =
+                fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+            // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd
+            // structures for the call's duration; the TAP descriptors stay
+            // open while the machine (which owns the devices) lives, and so
+            // does the eventfd. (The timeout bounds the wait for a NIC that
+            // holds a frame back until the guest gives a buffer.)
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
+            if n > 0 && !self.stop.load(Ordering::SeqCst) {
+                let lines = lock(&self.devices).deliver_frames(self.mem);
+                for line in lines {
+                    self.device_interrupt(line);
+                }
+            }
         }
     }
 
@@ -643,8 +685,12 @@ impl<'a> Machine<'a> {
                 Err(e) => return Some(Err(Error::Kvm("KVM_RUN", e))),
             };
             match step {
-                // The guest goes on: time to register the rest of its RAM.
-                Step::Continue => pending.start(scope, self.vm),
+                // The guest goes on: time to register the rest of its RAM
+                // and to watch the NICs.
+                Step::Continue => {
+                    pending.start(scope, self.vm);
+                    self.start_net(scope);
+                }
                 Step::StartCores(n) => {
                     pending.start(scope, self.vm);
                     self.start_cores(scope, n);

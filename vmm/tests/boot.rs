@@ -503,3 +503,24 @@ fn a_misbehaving_guest_cannot_break_the_disk_device() {
     assert!(r.stdout.contains("good read: status 0, data ok"), "{}", r.stdout);
     assert!(after == before, "the image changed");
 }
+
+/// NICs that cannot work are refused before the guest starts, saying how
+/// to make one.
+#[test]
+fn bad_nics_are_clear_errors() {
+    let echo = guest("echo");
+    let r = run(&["--net", "tap=no-such-tap9"], &echo, &[]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no network device 'no-such-tap9'") && r.stderr.contains("ip tuntap add"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["--net", "tap=x,speed=9"], &echo, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown NIC option 'speed=9'"), "{}", r.stderr);
+    // `lo` exists but is not a TAP device.
+    let r = run(&["--net", "tap=lo"], &echo, &[]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot attach to TAP device 'lo'"), "{}", r.stderr);
+}

@@ -1,0 +1,216 @@
+//! A virtio-net device on the virtio-mmio transport, backed by a TAP
+//! device.
+//!
+//! Queue 1 (transmit) is served at the driver's notification: each chain
+//! is a 12-byte `virtio_net_hdr` and a frame, which goes to the TAP device.
+//! Queue 0 (receive) holds empty buffers; frames from the TAP device fill
+//! them when they arrive: the monitor's network thread watches the TAP
+//! descriptor and calls [`Net::deliver`] under the devices' lock, and a
+//! notification on queue 0 (new buffers) delivers what was waiting. The
+//! guest is untrusted: chains are read and written through
+//! `virtio-queue`'s checked `Reader`/`Writer`; a chain that is too short
+//! or points outside RAM is returned unused (length 0).
+
+use std::io::{Read, Write};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::tap::Tap;
+use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+
+const DEVICE_NET: u32 = 1;
+const F_MAC: u64 = 1 << 5;
+/// `virtio_net_hdr` with `num_buffers` (virtio 1.x).
+const HDR: usize = 12;
+/// Largest frame: Ethernet header and 1500 bytes, no offloads.
+pub const MAX_FRAME: usize = 1514;
+
+/// A NIC as the command line names it: `tap=NAME[,mac=..]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP device.
+    pub tap: String,
+    /// The guest's MAC address (`None`: [`default_mac`] of its index).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The MAC address given to NIC `index` when none is asked for
+/// (locally administered, unicast).
+pub fn default_mac(index: usize) -> [u8; 6] {
+    [0x06, 0x54, 0x52, 0x54, 0x4f, index as u8]
+}
+
+impl NetConfig {
+    /// Parse `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
+                Some(("mac", v)) => {
+                    mac = Some(parse_mac(v).ok_or_else(|| format!("'{v}' is not a MAC address"))?)
+                }
+                _ => return Err(format!("unknown NIC option '{part}' (use tap=NAME[,mac=..])")),
+            }
+        }
+        let tap = tap.ok_or("a NIC needs a TAP device: --net tap=NAME")?;
+        Ok(Self { tap, mac })
+    }
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// The network device behind the transport.
+pub struct Net {
+    tap: Tap,
+    mac: [u8; 6],
+    /// A frame read from the TAP device while the guest had no buffer.
+    waiting: Option<Vec<u8>>,
+    /// Frames the guest sent and received.
+    pub tx_frames: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+}
+
+/// A virtio-net device on virtio-mmio.
+pub type VirtioNet = MmioDevice<Net>;
+
+/// Open the TAP device of `cfg` and make NIC number `index`.
+pub fn open(cfg: &NetConfig, index: usize) -> Result<VirtioNet, String> {
+    let tap = Tap::open(&cfg.tap)?;
+    let mac = cfg.mac.unwrap_or_else(|| default_mac(index));
+    Ok(MmioDevice::new(Net { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0 }))
+}
+
+impl Net {
+    /// Whether a received frame waits for a buffer from the guest.
+    pub fn holds_frame(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The TAP device (its descriptor is what the network thread watches).
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// Move frames from the TAP device into the receive queue while both
+    /// have some; returns whether buffers were used.
+    pub fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        loop {
+            let frame = match self.waiting.take() {
+                Some(f) => f,
+                None => {
+                    let mut buf = vec![0u8; MAX_FRAME + 4];
+                    match self.tap.recv(&mut buf) {
+                        Ok(Some(n)) => {
+                            buf.truncate(n);
+                            buf
+                        }
+                        _ => return used,
+                    }
+                }
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // No buffer: keep the frame for the next one.
+                self.waiting = Some(frame);
+                return used;
+            };
+            let head = chain.head_index();
+            let len = match chain.writer(mem) {
+                Ok(mut w) if w.available_bytes() >= HDR + frame.len() => {
+                    let mut hdr = [0u8; HDR];
+                    hdr[10] = 1; // num_buffers
+                    if w.write_all(&hdr).is_ok() && w.write_all(&frame).is_ok() {
+                        self.rx_frames += 1;
+                        (HDR + frame.len()) as u32
+                    } else {
+                        0
+                    }
+                }
+                // A buffer too small or outside RAM: the frame is dropped.
+                _ => 0,
+            };
+            if queue.add_used(mem, head, len).is_err() {
+                return used;
+            }
+            used = true;
+        }
+    }
+
+    /// Send every frame the guest queued.
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            if let Ok(mut r) = chain.reader(mem) {
+                let mut hdr = [0u8; HDR];
+                let mut frame = Vec::with_capacity(MAX_FRAME);
+                if r.read_exact(&mut hdr).is_ok()
+                    && (&mut r).take(MAX_FRAME as u64 + 1).read_to_end(&mut frame).is_ok()
+                    && (14..=MAX_FRAME).contains(&frame.len())
+                    && self.tap.send(&frame).is_ok()
+                {
+                    self.tx_frames += 1;
+                }
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}
+
+impl Backend for Net {
+    fn device_id(&self) -> u32 {
+        DEVICE_NET
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1 | F_MAC
+    }
+
+    fn config(&self) -> Vec<u8> {
+        let mut c = self.mac.to_vec();
+        c.extend_from_slice(&[0, 0]); // status (not offered)
+        c
+    }
+
+    fn queue_count(&self) -> usize {
+        2
+    }
+
+    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        match index {
+            0 => self.deliver(queue, mem),
+            1 => self.transmit(queue, mem),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_options() {
+        assert_eq!(NetConfig::parse("tap=tap0"), Ok(NetConfig { tap: "tap0".into(), mac: None }));
+        assert_eq!(NetConfig::parse("tap=t1,mac=02:00:00:00:00:07").unwrap().mac, Some([2, 0, 0, 0, 0, 7]));
+        assert!(NetConfig::parse("mac=02:00:00:00:00:07").is_err());
+        assert!(NetConfig::parse("tap=t,mac=01:00:00:00:00:07").is_err(), "multicast");
+        assert!(NetConfig::parse("tap=t,speed=10").unwrap_err().contains("unknown NIC option"));
+        assert!(Tap::open("no-such-tap-dev").unwrap_err().contains("ip tuntap add dev no-such-tap-dev"));
+    }
+}
