@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask build <app> [--pvh] [--profile-boot] [--debug]   prints the ELF path last
-//! cargo xtask run <app> [--mem 128M] [--cpus N] [--qemu MACHINE] [-- args]
+//! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
 //! cargo xtask bench [-n 30]                                     launch-time benchmark
@@ -61,6 +61,12 @@ enum Cmd {
         /// Number of CPUs (`--cpus` of the monitor, `-smp` of QEMU).
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+        /// Disks for the monitor: `PATH[,ro]`.
+        #[arg(long)]
+        disk: Vec<String>,
+        /// NICs for the monitor: `tap=NAME[,mac=..]`.
+        #[arg(long)]
+        net: Vec<String>,
         /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
         #[arg(long)]
         qemu: Option<String>,
@@ -102,13 +108,19 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run { app, variant, mem, cpus, qemu, timeline, args } => {
+        Cmd::Run { app, variant, mem, cpus, disk, net, qemu, timeline, args } => {
             let cmdline = args.join(" ");
             if let Some(machine) = qemu {
                 let machine = QemuMachine::parse(&machine)?;
                 if !xtask::have("qemu-system-x86_64") {
                     return Err(
                         "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)"
+                            .into(),
+                    );
+                }
+                if !disk.is_empty() || !net.is_empty() {
+                    return Err(
+                        "--disk and --net are for the Torito monitor; with --qemu use QEMU's own options"
                             .into(),
                     );
                 }
@@ -126,7 +138,14 @@ fn run() -> Result<i32, String> {
             let monitor = xtask::build_monitor(true)?;
             let elf = xtask::build(&app, variant.into())?;
             let mut c = Command::new(monitor);
-            c.arg("--mem").arg(mem).arg("--cpus").arg(cpus.to_string()).arg(&elf);
+            c.arg("--mem").arg(mem).arg("--cpus").arg(cpus.to_string());
+            for d in &disk {
+                c.arg("--disk").arg(d);
+            }
+            for n in &net {
+                c.arg("--net").arg(n);
+            }
+            c.arg(&elf);
             if timeline {
                 c.arg("--timeline");
             }
