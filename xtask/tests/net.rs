@@ -181,3 +181,87 @@ fn echo_test(machine: Option<QemuMachine>, nic: &str) {
     // QEMU's isa-debug-exit reports (0 << 1) | 1; our monitor 0.
     assert_eq!(result.status.code(), Some(if machine.is_some() { 1 } else { 0 }), "{console}");
 }
+
+/// The monitor's echo in `ns` with `args`, and the test client.
+fn netload(ns: &Netns, args: &[&str]) -> std::process::Output {
+    ns.exec(env!("CARGO_BIN_EXE_netload")).arg("10.0.2.15:7").args(args).output().expect("run netload")
+}
+
+/// 1,000 connections open at once, each echoing 1,000 bytes, on one
+/// appliance with bounded memory (4 KiB buffers each way).
+#[test]
+fn a_thousand_concurrent_connections() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("k") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let vm = ns
+        .exec("timeout")
+        .arg("120")
+        .arg(monitor)
+        .args(["--mem", "512M", "--timeline=json", "--net", "tap=tap0"])
+        .arg(guest("echo", false))
+        .args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1000", "backlog=256", "buf=4096"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_ping(&ns));
+    let out = netload(&ns, &["conns", "1000", "1000"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("1000 connections, 1000 ok"), "{text}");
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("1000 connection(s), 1000000 bytes echoed"), "{console}");
+    assert_eq!(result.status.code(), Some(0));
+    // Bounded memory: what the guest touched stays far below its 512 MiB.
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let touched = stderr
+        .split("\"guest_touched_kib\":")
+        .nth(1)
+        .and_then(|x| x.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    assert!(touched < 128 * 1024, "guest touched {touched} KiB");
+}
+
+/// Peers that reset mid-stream or send and never read do not stall the
+/// other connections; their threads end when they go.
+#[test]
+fn bad_peers_do_not_stall_the_others() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("bad") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=12"]);
+    assert!(wait_for_ping(&ns));
+    // A peer that sends 1 MiB and never reads (the echo thread's writes
+    // block), held 2 s.
+    let idle = ns
+        .exec(env!("CARGO_BIN_EXE_netload"))
+        .args(["10.0.2.15:7", "idle", "1048576"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reset = netload(&ns, &["reset"]);
+    assert!(reset.status.success());
+    // Meanwhile ten well-behaved clients are served.
+    let t = Instant::now();
+    let out = netload(&ns, &["conns", "10", "4096"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(2), "the others waited {:?}", t.elapsed());
+    assert!(idle.wait_with_output().unwrap().status.success());
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("12 connection(s)"), "{console}");
+    assert_eq!(result.status.code(), Some(0), "{console}");
+}

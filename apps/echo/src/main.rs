@@ -2,7 +2,9 @@
 //!
 //! Command line: `torito.ip=ADDR/PREFIX` (the interface), `port=N` (default
 //! 7), `conns=N` (exit 0 after N connections have ended; default: serve for
-//! ever). Each connection gets a thread of its own.
+//! ever), `backlog=N` (connections held ready, default 8), `buf=BYTES`
+//! (each connection's receive and send buffers, default 16 KiB). Each
+//! connection gets a thread of its own.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -42,7 +44,11 @@ fn main() -> i32 {
     }
     let port = arg("port").unwrap_or(7) as u16;
     let conns = arg("conns");
-    let mut listener = match TcpListener::bind(port) {
+    if let Some(b) = arg("buf") {
+        kernel::net::tcp::set_buffer_size(b as usize);
+    }
+    let backlog = arg("backlog").unwrap_or(kernel::net::tcp::BACKLOG as u64) as usize;
+    let mut listener = match TcpListener::bind_with_backlog(port, backlog) {
         Ok(l) => l,
         Err(e) => {
             println!("echo: cannot listen on port {port}: {e}");
@@ -64,6 +70,7 @@ fn main() -> i32 {
             }
         }
     }
+    println!("echo: {accepted} connection(s) accepted");
     let total: u64 = handles.into_iter().map(|h| h.join()).sum();
     println!("echo: {accepted} connection(s), {total} bytes echoed");
     0

@@ -40,8 +40,11 @@ pub trait NetDevice {
     /// Take one received frame into `buf`; `Ok(None)` when none is waiting.
     fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError>;
     /// Acknowledge the device's interrupt if one came, so the next frame
-    /// interrupts again (call before looking for frames).
-    fn service_interrupt(&mut self) {}
+    /// interrupts again (call before looking for frames); whether one came
+    /// (always `true` for a device without interrupts: look anyway).
+    fn service_interrupt(&mut self) -> bool {
+        true
+    }
 }
 
 /// Ring size of each virtio-net queue.
@@ -112,11 +115,16 @@ impl NetDevice for VirtioNet {
         Ok(Some(n))
     }
 
-    fn service_interrupt(&mut self) {
-        if let Some((line, take)) = self.irq
-            && take(line)
-        {
-            self.dev.ack_interrupt();
+    fn service_interrupt(&mut self) -> bool {
+        match self.irq {
+            Some((line, take)) => {
+                let came = take(line);
+                if came {
+                    self.dev.ack_interrupt();
+                }
+                came
+            }
+            None => true,
         }
     }
 }

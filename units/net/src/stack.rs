@@ -70,6 +70,11 @@ pub(crate) struct Stack {
     phy: Phy,
     /// Sockets closed by their owner, removed once the connection is over.
     closing: Vec<SocketHandle>,
+    /// A socket changed (data queued, closed, created): the next look
+    /// must poll the interface.
+    pub(crate) dirty: bool,
+    /// When smoltcp's timers next need a poll.
+    next_poll: Instant,
 }
 
 static STACK: spin::Mutex<Option<Stack>> = spin::Mutex::new(None);
@@ -79,10 +84,26 @@ fn now() -> Instant {
 }
 
 impl Stack {
+    /// Poll the interface if anything may have happened: a device
+    /// interrupt, a socket change, a timer due. A look that finds nothing
+    /// new costs no walk over the sockets, so many threads waiting on many
+    /// sockets stay cheap.
+    pub(crate) fn poll_if_needed(&mut self) {
+        let interrupted = self.phy.dev.service_interrupt();
+        if interrupted || self.dirty || now() >= self.next_poll {
+            self.poll();
+        }
+    }
+
     /// Move frames in and out, advance timers, retire closed sockets.
     pub(crate) fn poll(&mut self) {
-        self.phy.dev.service_interrupt();
-        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+        let t = now();
+        self.dirty = false;
+        self.iface.poll(t, &mut self.phy, &mut self.sockets);
+        self.next_poll = match self.iface.poll_delay(t, &self.sockets) {
+            Some(d) => t + d,
+            None => t + smoltcp::time::Duration::from_secs(1),
+        };
         let sockets = &mut self.sockets;
         self.closing.retain(|&h| {
             let done =
@@ -97,6 +118,7 @@ impl Stack {
     /// Hand a socket over for removal once its connection has ended.
     pub(crate) fn retire(&mut self, h: SocketHandle) {
         self.closing.push(h);
+        self.dirty = true;
     }
 }
 
@@ -133,17 +155,27 @@ pub fn init(
             .add_default_ipv4_route(Ipv4Address::new(a, b, c, d))
             .map_err(|_| alloc::string::String::from("cannot add the default route"))?;
     }
-    *STACK.lock() = Some(Stack { iface, sockets: SocketSet::new(Vec::new()), phy, closing: Vec::new() });
+    *STACK.lock() = Some(Stack {
+        iface,
+        sockets: SocketSet::new(Vec::new()),
+        phy,
+        closing: Vec::new(),
+        dirty: true,
+        next_poll: now(),
+    });
     Ok(Some(Interface4 { config: cfg, mac }))
 }
 
-/// Run `f` on the stack now (after a poll); `Err` when there is none.
+/// Run `f` on the stack now (after polling if needed; again after `f` if
+/// it changed a socket); `Err` when there is none.
 pub(crate) fn with<T>(f: impl FnOnce(&mut Stack) -> T) -> Result<T, Error> {
     let mut g = STACK.lock();
     let s = g.as_mut().ok_or(Error::NoInterface)?;
-    s.poll();
+    s.poll_if_needed();
     let r = f(s);
-    s.poll();
+    if s.dirty {
+        s.poll();
+    }
     Ok(r)
 }
 

@@ -10,13 +10,29 @@ use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use crate::Error;
 use crate::stack::{Stack, block_on, with};
 
-/// Receive and send buffer of each connection, in bytes.
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Default receive and send buffer of each connection, in bytes.
 pub const BUFFER: usize = 16 * 1024;
-/// Connections a listener can have waiting to be accepted.
+/// Default number of connections a listener holds ready to be accepted.
 pub const BACKLOG: usize = 8;
 
+static BUFFER_SIZE: AtomicUsize = AtomicUsize::new(BUFFER);
+
+/// Set the receive and send buffer size of connections made from now on
+/// (at least 1 KiB): memory per connection is twice this.
+pub fn set_buffer_size(bytes: usize) {
+    BUFFER_SIZE.store(bytes.max(1024), Ordering::Relaxed);
+}
+
+/// The buffer size new connections get.
+pub fn buffer_size() -> usize {
+    BUFFER_SIZE.load(Ordering::Relaxed)
+}
+
 fn new_socket() -> Socket<'static> {
-    Socket::new(SocketBuffer::new(vec![0; BUFFER]), SocketBuffer::new(vec![0; BUFFER]))
+    let n = buffer_size();
+    Socket::new(SocketBuffer::new(vec![0; n]), SocketBuffer::new(vec![0; n]))
 }
 
 /// A TCP socket waiting for connections on a port.
@@ -27,13 +43,22 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Listen on `port` of the interface's address.
+    /// Listen on `port` of the interface's address, with [`BACKLOG`]
+    /// connections held ready.
     pub fn bind(port: u16) -> Result<Self, Error> {
+        Self::bind_with_backlog(port, BACKLOG)
+    }
+
+    /// Listen on `port`, holding `backlog` (at least 1) connections ready
+    /// to be accepted: a burst of more connections than that at once gets
+    /// resets (clients retry).
+    pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<Self, Error> {
         if port == 0 {
             return Err(Error::AddrInUse);
         }
         let waiting = with(|s| {
-            (0..BACKLOG)
+            s.dirty = true;
+            (0..backlog.max(1))
                 .map(|_| {
                     let mut sock = new_socket();
                     sock.listen(port).map_err(|_| Error::AddrInUse)?;
@@ -63,6 +88,7 @@ impl TcpListener {
                 return Some(Err(Error::AddrInUse));
             }
             let fresh = s.sockets.add(sock);
+            s.dirty = true;
             Some(Ok(TcpStream { handle: core::mem::replace(&mut waiting[i], fresh) }))
         })?
     }
@@ -93,7 +119,9 @@ impl TcpStream {
         block_on(|s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
             if sock.can_recv() {
-                Some(sock.recv_slice(buf).map_err(|_| Error::ConnectionReset))
+                // The window opens: the peer should hear of it.
+                s.dirty = true;
+                Some(s.sockets.get_mut::<Socket>(h).recv_slice(buf).map_err(|_| Error::ConnectionReset))
             } else if !sock.may_recv() {
                 Some(if sock.state() == State::Closed { Err(Error::ConnectionReset) } else { Ok(0) })
             } else {
@@ -110,7 +138,9 @@ impl TcpStream {
             if !sock.may_send() {
                 Some(Err(Error::ConnectionReset))
             } else if sock.can_send() {
-                Some(sock.send_slice(buf).map_err(|_| Error::ConnectionReset))
+                let r = sock.send_slice(buf).map_err(|_| Error::ConnectionReset);
+                s.dirty = true;
+                Some(r)
             } else {
                 None
             }
@@ -129,7 +159,10 @@ impl TcpStream {
     /// Close the sending side (the peer reads end of stream).
     pub fn shutdown(&mut self) -> Result<(), Error> {
         let h = self.handle;
-        with(|s| s.sockets.get_mut::<Socket>(h).close())
+        with(|s| {
+            s.sockets.get_mut::<Socket>(h).close();
+            s.dirty = true;
+        })
     }
 }
 
