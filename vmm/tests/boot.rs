@@ -524,3 +524,14 @@ fn bad_nics_are_clear_errors() {
     assert_eq!(r.code, 78, "{}", r.stderr);
     assert!(r.stderr.contains("cannot attach to TAP device 'lo'"), "{}", r.stderr);
 }
+
+/// An appliance that wants the network on a guest with no NIC is told so.
+#[test]
+fn binding_without_a_nic_is_a_clear_error() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "20"], &guest("echo"), &["torito.ip=10.0.2.15/24"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("cannot listen on port 7: no network interface"), "{}", r.stdout);
+}
