@@ -265,3 +265,45 @@ fn bad_peers_do_not_stall_the_others() {
     assert!(console.contains("12 connection(s)"), "{console}");
     assert_eq!(result.status.code(), Some(0), "{console}");
 }
+
+/// UDP: three datagrams from `nc -u` come back; then a read with a 200 ms
+/// timeout times out.
+#[test]
+fn udp_echo_and_a_read_timeout() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("udp") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "udp", "conns=3"]);
+    assert!(wait_for_ping(&ns));
+    for i in 0..3 {
+        let msg = format!("datagram {i}\n");
+        let mut nc = ns
+            .exec("nc")
+            .args(["-u", "-w", "1", "10.0.2.15", "7"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            nc.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
+        }
+        let out = nc.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), msg);
+    }
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("3 datagram(s) echoed; then timed out after"), "{console}");
+    let ms: u64 = console
+        .split("timed out after ")
+        .nth(1)
+        .and_then(|x| x.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap();
+    assert!((200..400).contains(&ms), "timed out after {ms} ms");
+    assert_eq!(result.status.code(), Some(0));
+}

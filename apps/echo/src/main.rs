@@ -4,7 +4,9 @@
 //! 7), `conns=N` (exit 0 after N connections have ended; default: serve for
 //! ever), `backlog=N` (connections held ready, default 8), `buf=BYTES`
 //! (each connection's receive and send buffers, default 16 KiB). Each
-//! connection gets a thread of its own.
+//! connection gets a thread of its own. With the word `udp`: a UDP echo
+//! of `conns` datagrams on the same port, then one more wait of 200 ms that
+//! must time out.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -44,6 +46,9 @@ fn main() -> i32 {
     }
     let port = arg("port").unwrap_or(7) as u16;
     let conns = arg("conns");
+    if kernel::args().any(|a| a == "udp") {
+        return udp(port, conns.unwrap_or(1));
+    }
     if let Some(b) = arg("buf") {
         kernel::net::tcp::set_buffer_size(b as usize);
     }
@@ -74,4 +79,45 @@ fn main() -> i32 {
     let total: u64 = handles.into_iter().map(|h| h.join()).sum();
     println!("echo: {accepted} connection(s), {total} bytes echoed");
     0
+}
+
+fn udp(port: u16, datagrams: u64) -> i32 {
+    use kernel::net::udp::UdpSocket;
+    let mut sock = match UdpSocket::bind(port) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("echo: cannot bind UDP port {port}: {e}");
+            return 1;
+        }
+    };
+    println!("echo: UDP on port {port}");
+    let mut buf = [0u8; 2048];
+    for _ in 0..datagrams {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if let Err(e) = sock.send_to(&buf[..n], from) {
+                    println!("echo: send_to: {e}");
+                    return 1;
+                }
+            }
+            Err(e) => {
+                println!("echo: recv_from: {e}");
+                return 1;
+            }
+        }
+    }
+    sock.set_read_timeout(Some(core::time::Duration::from_millis(200)));
+    let t0 = process::clock::ticks();
+    let r = sock.recv_from(&mut buf);
+    let ms = process::clock::tsc_khz().map_or(0, |k| (process::clock::ticks() - t0) / k);
+    match r {
+        Err(kernel::net::Error::TimedOut) => {
+            println!("echo: {datagrams} datagram(s) echoed; then timed out after {ms} ms");
+            0
+        }
+        other => {
+            println!("echo: expected a time-out, got {:?}", other.map(|(n, _)| n));
+            1
+        }
+    }
 }

@@ -9,8 +9,11 @@
 //!   process unit's event wait), never a busy spin. ICMP echo requests are
 //!   answered by the stack.
 //!
-//! Status (networking issue, step 1): IPv4 static configuration, TCP.
-//! Still to come: DHCP, UDP, timeouts, vsock, the monitor's virtio-net.
+//! - [`udp::UdpSocket`]: datagrams, the same way; reads can time out
+//!   (`set_read_timeout`, TCP too).
+//!
+//! Status (networking issue): IPv4 static configuration, TCP, UDP.
+//! Still to come: DHCP, vsock.
 //! Threads that use sockets run on core 0, where the device interrupts;
 //! elsewhere they still progress, woken every 20 ms.
 
@@ -23,6 +26,7 @@ extern crate alloc;
 pub mod config;
 mod stack;
 pub mod tcp;
+pub mod udp;
 
 pub use config::NetConfig;
 pub use stack::init;
@@ -39,8 +43,10 @@ pub enum Error {
     AddrInUse,
     /// The peer reset the connection, or it is closed for this operation.
     ConnectionReset,
-    /// The stack has no room for another socket.
+    /// The stack has no room for another socket or datagram.
     NoBuffers,
+    /// The time given to the call ran out.
+    TimedOut,
 }
 
 impl fmt::Display for Error {
@@ -49,7 +55,8 @@ impl fmt::Display for Error {
             Self::NoInterface => "no network interface (is a NIC attached and torito.ip= set?)",
             Self::AddrInUse => "address in use",
             Self::ConnectionReset => "connection reset or closed",
-            Self::NoBuffers => "no room for another socket",
+            Self::NoBuffers => "no room for another socket or datagram",
+            Self::TimedOut => "timed out",
         })
     }
 }

@@ -179,12 +179,44 @@ pub(crate) fn with<T>(f: impl FnOnce(&mut Stack) -> T) -> Result<T, Error> {
     Ok(r)
 }
 
-/// Wait until `f` (run on the freshly polled stack) gives an answer; the
-/// core's other threads run meanwhile, and the core sleeps until the
-/// device interrupts or a notification comes.
-pub(crate) fn block_on<T>(mut f: impl FnMut(&mut Stack) -> Option<T>) -> Result<T, Error> {
+/// When a blocking call gives up: a TSC value, or never.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline(Option<u64>);
+
+impl Deadline {
+    /// Wait for ever.
+    pub(crate) const NONE: Deadline = Deadline(None);
+
+    /// `t` from now (`None`: for ever).
+    pub(crate) fn after(t: Option<core::time::Duration>) -> Self {
+        let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
+        Deadline(t.map(|t| {
+            let ticks = (t.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 2)) as u64;
+            unit_process::clock::ticks().saturating_add(ticks)
+        }))
+    }
+
+    fn passed(self) -> bool {
+        self.0.is_some_and(|d| unit_process::clock::ticks() >= d)
+    }
+}
+
+/// Wait until `f` (run on the freshly polled stack) gives an answer, or
+/// `deadline` passes (`Error::TimedOut`); the core's other threads run
+/// meanwhile, and the core sleeps until the device interrupts or a
+/// notification comes (at the latest every 20 ms, which bounds how late a
+/// deadline is noticed).
+pub(crate) fn block_on<T>(
+    deadline: Deadline,
+    mut f: impl FnMut(&mut Stack) -> Option<T>,
+) -> Result<T, Error> {
     if STACK.lock().is_none() {
         return Err(Error::NoInterface);
     }
-    Ok(unit_process::wait_for_event(|| with(&mut f).ok().flatten()))
+    unit_process::wait_for_event(|| match with(&mut f) {
+        Ok(Some(v)) => Some(Ok(v)),
+        Ok(None) if deadline.passed() => Some(Err(Error::TimedOut)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    })
 }

@@ -8,7 +8,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 
 use crate::Error;
-use crate::stack::{Stack, block_on, with};
+use crate::stack::{Deadline, Stack, block_on, with};
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -78,7 +78,7 @@ impl TcpListener {
     pub fn accept(&mut self) -> Result<TcpStream, Error> {
         let port = self.port;
         let waiting = &mut self.waiting;
-        block_on(|s: &mut Stack| {
+        block_on(Deadline::NONE, |s: &mut Stack| {
             let i = waiting.iter().position(|&h| {
                 let st = s.sockets.get::<Socket>(h).state();
                 !matches!(st, State::Listen | State::SynReceived)
@@ -89,7 +89,7 @@ impl TcpListener {
             }
             let fresh = s.sockets.add(sock);
             s.dirty = true;
-            Some(Ok(TcpStream { handle: core::mem::replace(&mut waiting[i], fresh) }))
+            Some(Ok(TcpStream { handle: core::mem::replace(&mut waiting[i], fresh), read_timeout: None }))
         })?
     }
 }
@@ -109,14 +109,21 @@ impl Drop for TcpListener {
 /// A TCP connection.
 pub struct TcpStream {
     handle: SocketHandle,
+    read_timeout: Option<core::time::Duration>,
 }
 
 impl TcpStream {
+    /// Make [`TcpStream::read`] give up after `t` with `Error::TimedOut`
+    /// (`None`: wait for ever). The wait ends within ~20 ms after the time.
+    pub fn set_read_timeout(&mut self, t: Option<core::time::Duration>) {
+        self.read_timeout = t;
+    }
+
     /// Read what has arrived into `buf` (waiting until something has);
     /// 0 when the peer has closed its side.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let h = self.handle;
-        block_on(|s: &mut Stack| {
+        block_on(Deadline::after(self.read_timeout), |s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
             if sock.can_recv() {
                 // The window opens: the peer should hear of it.
@@ -133,7 +140,7 @@ impl TcpStream {
     /// Write some of `buf` (waiting for room); returns how much.
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
         let h = self.handle;
-        block_on(|s: &mut Stack| {
+        block_on(Deadline::NONE, |s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
             if !sock.may_send() {
                 Some(Err(Error::ConnectionReset))
