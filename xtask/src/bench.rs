@@ -284,6 +284,23 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let disk = opts.out.join("disk-1M.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
     let mut configs = torito_configs(&monitor, &hello, &hello_profile, &bare, &disk);
+    // A TAP device for a launch with a NIC (needs root; left out otherwise).
+    let tap = format!("trtb{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+    let have_tap = crate::have("ip") && ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    if have_tap {
+        configs.push(Config {
+            name: "torito hello profile-boot + NIC".into(),
+            kind: Kind::Torito,
+            program: monitor.clone(),
+            args: vec![
+                "--timeline=json".into(),
+                "--net".into(),
+                format!("tap={tap}").into(),
+                hello_profile.clone().into(),
+            ],
+        });
+    }
     let mut notes = Vec::new();
     if crate::have("qemu-system-x86_64") {
         for (name, machine, elf) in [
@@ -346,11 +363,15 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         }
     }
     bar.finish_and_clear();
+    if have_tap {
+        ip(&["tuntap", "del", "dev", &tap, "mode", "tap"]);
+    }
 
     let report = Report { configs: &configs, samples: &samples, opts, notes };
     let ok = report.print(&hello);
     process_figures(&monitor)?;
     block_figures(&monitor, &opts.out)?;
+    net_figures(&monitor)?;
     report.write_json(&hello)?;
     report.write_svg()?;
     println!(
@@ -481,6 +502,85 @@ fn block_figures(monitor: &Path, out: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Network figures (`apps/echo` and the `netload` client): TCP stream
+/// throughput and request/response rates with 1 and 64 connections, on our
+/// monitor and QEMU microvm, through a TAP device in a network namespace
+/// made for the run (needs root; skipped otherwise).
+fn net_figures(monitor: &Path) -> Result<(), String> {
+    println!("\nnetwork (apps/echo, TAP in a network namespace, netload client):");
+    let ns = format!("torito-bench-{}", std::process::id());
+    let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+    if !(crate::have("ip") && ip(&["netns", "add", &ns])) {
+        println!("  skipped: cannot create a network namespace (needs root and iproute2)");
+        return Ok(());
+    }
+    let result = (|| -> Result<(), String> {
+        let ok = ip(&["-n", &ns, "tuntap", "add", "dev", "tap0", "mode", "tap"])
+            && ip(&["-n", &ns, "addr", "add", "10.0.2.1/24", "dev", "tap0"])
+            && ip(&["-n", &ns, "link", "set", "tap0", "up"]);
+        if !ok {
+            println!("  skipped: cannot create a TAP device");
+            return Ok(());
+        }
+        let netload = crate::build_netload()?;
+        let echo = crate::build("echo", Variant::default())?;
+        let args = "torito.ip=10.0.2.15/24 port=7 buf=65536";
+        let mut runs: Vec<(&str, Vec<String>)> = vec![(
+            "torito",
+            [
+                monitor.display().to_string(),
+                "--net".into(),
+                "tap=tap0".into(),
+                echo.display().to_string(),
+                "--".into(),
+            ]
+            .into_iter()
+            .chain(args.split(' ').map(String::from))
+            .collect(),
+        )];
+        if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
+            let pvh = crate::build("echo", Variant { pvh_only: true, ..Default::default() })?;
+            let q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, args);
+            let mut v: Vec<String> = std::iter::once(q.get_program().to_string_lossy().into_owned())
+                .chain(q.get_args().map(|a| a.to_string_lossy().into_owned()))
+                .collect();
+            v.extend(
+                ["-machine", "acpi=off", "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]
+                    .map(String::from),
+            );
+            v.extend(["-device", "virtio-net-device,netdev=n0"].map(String::from));
+            runs.push(("qemu microvm", v));
+        }
+        for (name, argv) in runs {
+            let mut vm = Command::new("ip")
+                .args(["netns", "exec", &ns, "timeout", "60"])
+                .args(&argv)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{name}: {e}"))?;
+            let load = |a: &[&str]| {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .arg(&netload)
+                    .arg("10.0.2.15:7")
+                    .args(a)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace("netload: ", ""))
+                    .unwrap_or_default()
+            };
+            for a in [&["stream", "3"][..], &["rr", "1", "2"], &["rr", "64", "2"]] {
+                println!("  {name:<13} {}", load(a));
+            }
+            let _ = vm.kill();
+            let _ = vm.wait();
+        }
+        Ok(())
+    })();
+    ip(&["netns", "del", &ns]);
+    result
 }
 
 struct Report<'a> {
@@ -675,6 +775,12 @@ impl Report<'_> {
         }
         if let Some(e) = self.median("torito hello", |s| s.stats.get("insn_emulation").map(|&v| v as f64)) {
             check(e <= 100.0, format!("hello: {e:.0} emulated instructions ≤ 100"));
+        }
+        if let Some(d) = self.difference("torito hello profile-boot + NIC", hp, ev("kernel_main")) {
+            check(
+                d <= 100.0,
+                format!("attaching a NIC adds {d:.0} µs to exec → kernel_main, same round ≤ 100"),
+            );
         }
         if let Some(d) = self.difference("torito hello profile-boot + disk", hp, ev("kernel_main")) {
             check(

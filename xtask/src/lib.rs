@@ -218,6 +218,17 @@ pub fn assert_guest_wall_clock(console: &str) {
     assert!(secs.abs_diff(host) < 120, "{line} (host: {host})");
 }
 
+/// Build the `netload` test client (host, debug); its path.
+pub fn build_netload() -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--package", "xtask", "--bin", "netload"]);
+    let st = c.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !st.success() {
+        return Err("building netload failed".into());
+    }
+    Ok(root().join("target/debug/netload"))
+}
+
 /// For tests: a disk image of `len` bytes in the temporary directory,
 /// filled with the pattern `apps/blkcheck` expects to read.
 pub fn blkcheck_image(name: &str, len: usize) -> PathBuf {

@@ -3,6 +3,7 @@
 //! ```text
 //! netload ADDR:PORT conns N BYTES   # N connections at once, each echoes BYTES
 //! netload ADDR:PORT rr N SECONDS    # N connections doing 64-byte request/response
+//! netload ADDR:PORT stream SECONDS  # one connection, send and read back at once: MB/s
 //! netload ADDR:PORT reset           # connect, send, reset (RST) without reading
 //! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold 2 s
 //! ```
@@ -110,6 +111,48 @@ fn main() {
                 }
             }
             println!("netload: {n} connection(s): {} round trips/s", total / secs.max(1) as u64);
+        }
+        Some("stream") => {
+            let secs = num(3) as u64;
+            let mut s = connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            let mut w = s.try_clone().expect("clone");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let st = stop.clone();
+            let writer = std::thread::spawn(move || {
+                let chunk = pattern(1, 64 * 1024);
+                let mut sent = 0u64;
+                while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                    if w.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len() as u64;
+                }
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                sent
+            });
+            let t = Instant::now();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0u64;
+            let mut stopped = false;
+            loop {
+                if !stopped && t.elapsed() >= Duration::from_secs(secs) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stopped = true;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n as u64,
+                }
+            }
+            let sent = writer.join().unwrap_or(0);
+            let el = t.elapsed().as_secs_f64();
+            println!(
+                "netload: stream: {} MB/s each way ({got} of {sent} bytes back)",
+                (got as f64 / el / 1e6) as u64
+            );
+            if got != sent {
+                std::process::exit(1);
+            }
         }
         Some("reset") => {
             let s = connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
