@@ -307,3 +307,51 @@ fn udp_echo_and_a_read_timeout() {
     assert!((200..400).contains(&ms), "timed out after {ms} ms");
     assert_eq!(result.status.code(), Some(0));
 }
+
+/// Without `torito.ip=` the address comes from DHCP: QEMU's user-mode
+/// network (no root needed) offers 10.0.2.15; the host reaches the echo
+/// port through a forwarded localhost port.
+#[test]
+fn dhcp_on_qemu_user_networking() {
+    if !xtask::have("qemu-system-x86_64") || !xtask::kvm_usable() {
+        eprintln!("SKIPPED: QEMU with KVM is not available; DHCP test not run");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &guest("echo", true), "port=7 conns=1");
+    let vm = Command::new("timeout")
+        .arg("60")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .args(["-machine", "acpi=off", "-netdev"])
+        .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"))
+        .args(["-device", "virtio-net-device,netdev=n0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let msg = b"through DHCP and a forwarded port\n";
+    let t = Instant::now();
+    let echoed = loop {
+        use std::io::{Read, Write};
+        let attempt = (|| -> std::io::Result<Vec<u8>> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(msg)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut back = Vec::new();
+            s.read_to_end(&mut back)?;
+            Ok(back)
+        })();
+        match attempt {
+            Ok(b) if !b.is_empty() => break b,
+            _ if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("no echo through the forwarded port: {other:?}"),
+        }
+    };
+    assert_eq!(echoed, msg);
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("address 10.0.2.15/24 from DHCP"), "{console}");
+    assert_eq!(result.status.code(), Some(1), "{console}");
+}

@@ -1,6 +1,7 @@
 //! echo: a TCP echo server. Every byte a client sends comes back.
 //!
-//! Command line: `torito.ip=ADDR/PREFIX` (the interface), `port=N` (default
+//! Command line: `torito.ip=ADDR/PREFIX` (the interface; without it, the
+//! address comes from DHCP), `port=N` (default
 //! 7), `conns=N` (exit 0 after N connections have ended; default: serve for
 //! ever), `backlog=N` (connections held ready, default 8), `buf=BYTES`
 //! (each connection's receive and send buffers, default 16 KiB). Each
@@ -43,6 +44,18 @@ fn serve(mut s: TcpStream) -> u64 {
 fn main() -> i32 {
     for line in kernel::devices::report_lines() {
         println!("echo: {line}");
+    }
+    if !kernel::args().any(|a| a.starts_with("torito.ip=")) {
+        match kernel::net::wait_for_address(core::time::Duration::from_secs(10)) {
+            Ok(a) => {
+                let [x, y, z, w] = a.ip;
+                println!("echo: address {x}.{y}.{z}.{w}/{} from DHCP", a.prefix);
+            }
+            Err(e) => {
+                println!("echo: no address from DHCP: {e}");
+                return 1;
+            }
+        }
     }
     let port = arg("port").unwrap_or(7) as u16;
     let conns = arg("conns");

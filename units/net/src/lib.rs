@@ -3,7 +3,8 @@
 //! `std::net`.
 //!
 //! - [`init`] takes the first network device and the address from the
-//!   kernel command line (`torito.ip=ADDR/PREFIX`, `torito.gw=ADDR`).
+//!   kernel command line (`torito.ip=ADDR/PREFIX`, `torito.gw=ADDR`), or
+//!   asks DHCP for one when none is given ([`wait_for_address`]).
 //! - [`tcp::TcpListener`] / [`tcp::TcpStream`]: blocking calls that let the
 //!   core's other threads run and sleep until the device interrupts (the
 //!   process unit's event wait), never a busy spin. ICMP echo requests are
@@ -12,8 +13,8 @@
 //! - [`udp::UdpSocket`]: datagrams, the same way; reads can time out
 //!   (`set_read_timeout`, TCP too).
 //!
-//! Status (networking issue): IPv4 static configuration, TCP, UDP.
-//! Still to come: DHCP, vsock.
+//! Status (networking issue): IPv4 (static or DHCP), TCP, UDP. Still to
+//! come: vsock.
 //! Threads that use sockets run on core 0, where the device interrupts;
 //! elsewhere they still progress, woken every 20 ms.
 
@@ -29,7 +30,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use config::NetConfig;
-pub use stack::init;
+pub use stack::{address, init, wait_for_address};
 pub use unit_devices::{NetDevice, NetError};
 
 use core::fmt;

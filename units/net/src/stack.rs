@@ -75,6 +75,10 @@ pub(crate) struct Stack {
     pub(crate) dirty: bool,
     /// When smoltcp's timers next need a poll.
     next_poll: Instant,
+    /// The DHCP client, when the address is not given.
+    dhcp: Option<SocketHandle>,
+    /// The address in use, `None` until DHCP has one.
+    pub(crate) address: Option<NetConfig>,
 }
 
 static STACK: spin::Mutex<Option<Stack>> = spin::Mutex::new(None);
@@ -100,6 +104,7 @@ impl Stack {
         let t = now();
         self.dirty = false;
         self.iface.poll(t, &mut self.phy, &mut self.sockets);
+        self.dhcp_events();
         self.next_poll = match self.iface.poll_delay(t, &self.sockets) {
             Some(d) => t + d,
             None => t + smoltcp::time::Duration::from_secs(1),
@@ -115,6 +120,33 @@ impl Stack {
         });
     }
 
+    /// Apply what the DHCP client learned.
+    fn dhcp_events(&mut self) {
+        let Some(h) = self.dhcp else { return };
+        let event = match self.sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h).poll() {
+            None => return,
+            Some(smoltcp::socket::dhcpv4::Event::Configured(c)) => Some((c.address, c.router)),
+            Some(smoltcp::socket::dhcpv4::Event::Deconfigured) => None,
+        };
+        self.iface.update_ip_addrs(|addrs| addrs.clear());
+        self.iface.routes_mut().remove_default_ipv4_route();
+        self.address = None;
+        if let Some((cidr, router)) = event {
+            self.iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::Ipv4(cidr));
+            });
+            if let Some(r) = router {
+                let _ = self.iface.routes_mut().add_default_ipv4_route(r);
+            }
+            self.address = Some(NetConfig {
+                ip: cidr.address().octets(),
+                prefix: cidr.prefix_len(),
+                gateway: router.map(|r| r.octets()),
+            });
+        }
+        self.dirty = true;
+    }
+
     /// Hand a socket over for removal once its connection has ended.
     pub(crate) fn retire(&mut self, h: SocketHandle) {
         self.closing.push(h);
@@ -125,45 +157,70 @@ impl Stack {
 /// What [`init`] set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interface4 {
-    /// The configuration in use.
-    pub config: NetConfig,
+    /// The configuration given (`None`: DHCP).
+    pub config: Option<NetConfig>,
     /// The device's MAC address.
     pub mac: [u8; 6],
 }
 
-/// Bring the stack up on the first of `devices` with the address from
-/// `cmdline`. `Ok(None)`: no device, or no address asked for.
+/// Bring the stack up on the first of `devices`, with the address from
+/// `cmdline` (`torito.ip=`), or from DHCP when none is given. `Ok(None)`:
+/// no device.
 pub fn init(
     cmdline: &str,
     devices: Vec<Box<dyn NetDevice + Send>>,
 ) -> Result<Option<Interface4>, alloc::string::String> {
     let cfg = NetConfig::from_cmdline(cmdline).map_err(|w| alloc::format!("bad network setting '{w}'"))?;
-    let (Some(cfg), Some(dev)) = (cfg, devices.into_iter().next()) else { return Ok(None) };
+    let Some(dev) = devices.into_iter().next() else { return Ok(None) };
     let mac = dev.mac();
     let mut phy = Phy { dev };
     let seed = unit_process::clock::ticks();
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = seed;
     let mut iface = Interface::new(config, &mut phy, now());
-    let [a, b, c, d] = cfg.ip;
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(Ipv4Address::new(a, b, c, d).into(), cfg.prefix));
-    });
-    if let Some([a, b, c, d]) = cfg.gateway {
-        iface
-            .routes_mut()
-            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d))
-            .map_err(|_| alloc::string::String::from("cannot add the default route"))?;
-    }
+    let mut sockets = SocketSet::new(Vec::new());
+    let dhcp = match cfg {
+        Some(cfg) => {
+            let [a, b, c, d] = cfg.ip;
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::new(Ipv4Address::new(a, b, c, d).into(), cfg.prefix));
+            });
+            if let Some([a, b, c, d]) = cfg.gateway {
+                iface
+                    .routes_mut()
+                    .add_default_ipv4_route(Ipv4Address::new(a, b, c, d))
+                    .map_err(|_| alloc::string::String::from("cannot add the default route"))?;
+            }
+            None
+        }
+        None => Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
+    };
     *STACK.lock() = Some(Stack {
         iface,
-        sockets: SocketSet::new(Vec::new()),
+        sockets,
         phy,
         closing: Vec::new(),
         dirty: true,
         next_poll: now(),
+        dhcp,
+        address: cfg,
     });
     Ok(Some(Interface4 { config: cfg, mac }))
+}
+
+/// The interface's address, once known (`None` without a NIC, or while
+/// DHCP is still asking).
+pub fn address() -> Option<NetConfig> {
+    STACK.lock().as_mut().and_then(|s| {
+        s.poll_if_needed();
+        s.address
+    })
+}
+
+/// Wait until the interface has an address (DHCP may take a moment);
+/// `Err(TimedOut)` after `t`.
+pub fn wait_for_address(t: core::time::Duration) -> Result<NetConfig, Error> {
+    block_on(Deadline::after(Some(t)), |s| s.address)
 }
 
 /// Run `f` on the stack now (after polling if needed; again after `f` if
