@@ -81,6 +81,8 @@ pub(crate) fn run() -> ! {
         Ok(_) => {}
         Err(e) => crate::println!("[torito] net: {e}"),
     }
+    #[cfg(feature = "net")]
+    unit_net::vsock::init(unit_devices::take_vsock_devices());
     // Further units (fs, net) are initialised here, in this order, once
     // they have an implementation.
     crate::boot::mark(TraceId::AppMain);

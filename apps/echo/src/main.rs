@@ -7,7 +7,9 @@
 //! (each connection's receive and send buffers, default 16 KiB). Each
 //! connection gets a thread of its own. With the word `udp`: a UDP echo
 //! of `conns` datagrams on the same port, then one more wait of 200 ms that
-//! must time out.
+//! must time out. With the word `vsock`: the same echo over vsock port
+//! `port` (connections from the host through the hypervisor's Unix
+//! socket), no IP address needed.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -44,6 +46,9 @@ fn serve(mut s: TcpStream) -> u64 {
 fn main() -> i32 {
     for line in kernel::devices::report_lines() {
         println!("echo: {line}");
+    }
+    if kernel::args().any(|a| a == "vsock") {
+        return vsock(arg("port").unwrap_or(7) as u32, arg("conns"));
     }
     if !kernel::args().any(|a| a.starts_with("torito.ip=")) {
         match kernel::net::wait_for_address(core::time::Duration::from_secs(10)) {
@@ -133,4 +138,45 @@ fn udp(port: u16, datagrams: u64) -> i32 {
             1
         }
     }
+}
+
+fn vsock(port: u32, conns: Option<u64>) -> i32 {
+    use kernel::net::vsock::{VsockListener, VsockStream};
+    let mut listener = match VsockListener::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("echo: cannot listen on vsock port {port}: {e}");
+            return 1;
+        }
+    };
+    println!("echo: listening on vsock port {port}");
+    fn serve(mut s: VsockStream) -> u64 {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            total += n as u64;
+        }
+        let _ = s.shutdown();
+        total
+    }
+    let mut handles = alloc::vec::Vec::new();
+    let mut accepted = 0u64;
+    while conns.is_none_or(|c| accepted < c) {
+        match listener.accept() {
+            Ok(s) => {
+                accepted += 1;
+                handles.push(process::spawn(move || serve(s)));
+            }
+            Err(e) => {
+                println!("echo: accept: {e}");
+                return 1;
+            }
+        }
+    }
+    let total: u64 = handles.into_iter().map(|h| h.join()).sum();
+    println!("echo: {accepted} vsock connection(s), {total} bytes echoed");
+    0
 }

@@ -25,7 +25,9 @@ pub mod cmdline;
 mod hal;
 pub mod net;
 pub mod pci;
+mod stepwise;
 pub mod virtio;
+pub mod vsock;
 
 pub use net::{NetDevice, NetError};
 
@@ -125,6 +127,14 @@ pub struct Irq {
 /// The network devices found at [`init`], for the networking unit to take.
 static NETS: spin::Mutex<Vec<Box<dyn NetDevice + Send>>> = spin::Mutex::new(Vec::new());
 
+/// The vsock devices found at [`init`].
+static VSOCKS: spin::Mutex<Vec<vsock::Vsock>> = spin::Mutex::new(Vec::new());
+
+/// Take the vsock devices (the networking unit owns them from then on).
+pub fn take_vsock_devices() -> Vec<vsock::Vsock> {
+    core::mem::take(&mut *VSOCKS.lock())
+}
+
 /// Take the network devices (the networking unit owns them from then on).
 pub fn take_net_devices() -> Vec<Box<dyn NetDevice + Send>> {
     core::mem::take(&mut *NETS.lock())
@@ -177,6 +187,18 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 ));
                 NETS.lock().push(n);
             }
+            Ok(virtio::Probed::Vsock(mut v)) => {
+                if let Some(irq) = irq {
+                    (irq.route)(d.irq);
+                }
+                report.found.push(format!(
+                    "virtio-vsock at {:#x} (irq {}): guest CID {}",
+                    d.base,
+                    d.irq,
+                    v.guest_cid()
+                ));
+                VSOCKS.lock().push(*v);
+            }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
@@ -199,6 +221,10 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                     mac_text(n.mac())
                 ));
                 NETS.lock().push(n);
+            }
+            Ok(virtio::Probed::Vsock(mut v)) => {
+                report.found.push(format!("virtio-vsock at {location}: guest CID {}", v.guest_cid()));
+                VSOCKS.lock().push(*v);
             }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {location}: no driver")),
             Err(e) => report.problems.push(format!("{location}: {e}")),

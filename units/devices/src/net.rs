@@ -3,7 +3,6 @@
 //! virtio) and the virtio-net driver from `virtio-drivers` behind it.
 
 use virtio_drivers::device::net::VirtIONet;
-use virtio_drivers::transport::SomeTransport;
 
 use crate::hal::ToritoHal;
 use crate::virtio::Location;
@@ -57,7 +56,7 @@ type IrqTake = (u32, fn(u32) -> bool);
 
 /// A virtio-net device.
 pub struct VirtioNet {
-    dev: VirtIONet<ToritoHal, SomeTransport<'static>, QUEUE>,
+    dev: VirtIONet<ToritoHal, crate::stepwise::Stepwise, QUEUE>,
     irq: Option<IrqTake>,
     /// Where the device is.
     pub location: Location,
@@ -65,7 +64,10 @@ pub struct VirtioNet {
 
 impl VirtioNet {
     /// Set up the device on `transport`.
-    pub fn new(transport: SomeTransport<'static>, location: Location) -> Result<Self, virtio_drivers::Error> {
+    pub fn new(
+        transport: crate::stepwise::Stepwise,
+        location: Location,
+    ) -> Result<Self, virtio_drivers::Error> {
         let dev = VirtIONet::new(transport, RX_BUF)?;
         Ok(Self { dev, irq: None, location })
     }

@@ -20,7 +20,7 @@ use crate::{BlockDevice, BlockError, check_request};
 
 /// A virtio block device on the MMIO transport.
 pub struct VirtioBlock {
-    dev: VirtIOBlk<ToritoHal, SomeTransport<'static>>,
+    dev: VirtIOBlk<ToritoHal, crate::stepwise::Stepwise>,
     blocks: u64,
     readonly: bool,
     /// The interrupt line and how to wait for it, when routed.
@@ -44,6 +44,8 @@ pub enum Probed {
     Block(alloc::boxed::Box<VirtioBlock>),
     /// A network device, ready.
     Net(alloc::boxed::Box<crate::net::VirtioNet>),
+    /// A socket (vsock) device, ready.
+    Vsock(alloc::boxed::Box<crate::vsock::Vsock>),
     /// A device this unit has no driver for (yet).
     Other(DeviceType),
 }
@@ -85,6 +87,7 @@ pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
 
 /// Put the driver for its type on a transport.
 pub(crate) fn attach(transport: SomeTransport<'static>, location: Location) -> Result<Probed, ProbeError> {
+    let transport = crate::stepwise::Stepwise(transport);
     match transport.device_type() {
         DeviceType::Block => {
             let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
@@ -99,6 +102,9 @@ pub(crate) fn attach(transport: SomeTransport<'static>, location: Location) -> R
         }
         DeviceType::Network => crate::net::VirtioNet::new(transport, location)
             .map(|n| Probed::Net(alloc::boxed::Box::new(n)))
+            .map_err(ProbeError::Driver),
+        DeviceType::Socket => crate::vsock::Vsock::new(transport, location)
+            .map(|v| Probed::Vsock(alloc::boxed::Box::new(v)))
             .map_err(ProbeError::Driver),
         other => Ok(Probed::Other(other)),
     }

@@ -13,8 +13,10 @@
 //! - [`udp::UdpSocket`]: datagrams, the same way; reads can time out
 //!   (`set_read_timeout`, TCP too).
 //!
-//! Status (networking issue): IPv4 (static or DHCP), TCP, UDP. Still to
-//! come: vsock.
+//! - [`vsock::VsockListener`] / [`vsock::VsockStream`]: streams to the
+//!   host over virtio-vsock, the same way.
+//!
+//! Status (networking issue): IPv4 (static or DHCP), TCP, UDP, vsock.
 //! Threads that use sockets run on core 0, where the device interrupts;
 //! elsewhere they still progress, woken every 20 ms.
 
@@ -28,6 +30,7 @@ pub mod config;
 mod stack;
 pub mod tcp;
 pub mod udp;
+pub mod vsock;
 
 pub use config::NetConfig;
 pub use stack::{address, init, wait_for_address};

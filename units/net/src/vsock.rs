@@ -1,0 +1,142 @@
+//! vsock streams between the appliance and its host, without an IP
+//! network: [`VsockListener`] and [`VsockStream`], blocking like their TCP
+//! counterparts. The host side is the hypervisor's (Firecracker's and the
+//! Torito monitor's "hybrid vsock": a Unix socket on the host).
+
+use alloc::vec::Vec;
+
+use unit_devices::vsock::Vsock;
+use virtio_drivers::device::socket::{SocketError, VsockAddr, VsockEventType};
+
+use crate::Error;
+
+struct State {
+    dev: Vsock,
+    /// Connections the manager accepted, waiting for `accept`: (peer,
+    /// local port).
+    pending: Vec<(VsockAddr, u32)>,
+    /// Connections the peer closed.
+    closed: Vec<(VsockAddr, u32)>,
+}
+
+static VSOCK: spin::Mutex<Option<State>> = spin::Mutex::new(None);
+
+/// Take the first vsock device; returns the guest's CID.
+pub fn init(devices: Vec<Vsock>) -> Option<u64> {
+    let mut dev = devices.into_iter().next()?;
+    let cid = dev.guest_cid();
+    *VSOCK.lock() = Some(State { dev, pending: Vec::new(), closed: Vec::new() });
+    Some(cid)
+}
+
+/// Collect the device's events: new connections, closed ones.
+fn pump(st: &mut State) {
+    while let Ok(Some(ev)) = st.dev.manager().poll() {
+        let key = (ev.source, ev.destination.port);
+        match ev.event_type {
+            VsockEventType::ConnectionRequest => st.pending.push(key),
+            VsockEventType::Disconnected { .. } => st.closed.push(key),
+            _ => {}
+        }
+    }
+}
+
+/// Wait until `f` answers (the thread sleeps between looks).
+fn block<T>(mut f: impl FnMut(&mut State) -> Option<T>) -> Result<T, Error> {
+    if VSOCK.lock().is_none() {
+        return Err(Error::NoInterface);
+    }
+    Ok(unit_process::wait_for_event(|| {
+        let mut g = VSOCK.lock();
+        let st = g.as_mut()?;
+        pump(st);
+        f(st)
+    }))
+}
+
+/// A vsock port waiting for the host's connections.
+pub struct VsockListener {
+    port: u32,
+}
+
+impl VsockListener {
+    /// Listen on vsock `port`.
+    pub fn bind(port: u32) -> Result<Self, Error> {
+        let mut g = VSOCK.lock();
+        let st = g.as_mut().ok_or(Error::NoInterface)?;
+        st.dev.manager().listen(port);
+        Ok(Self { port })
+    }
+
+    /// Wait for a connection and take it.
+    pub fn accept(&mut self) -> Result<VsockStream, Error> {
+        let port = self.port;
+        block(|st| {
+            let i = st.pending.iter().position(|&(_, p)| p == port)?;
+            let (peer, port) = st.pending.remove(i);
+            st.closed.retain(|&k| k != (peer, port));
+            Some(VsockStream { peer, port })
+        })
+    }
+}
+
+/// A vsock connection.
+pub struct VsockStream {
+    peer: VsockAddr,
+    port: u32,
+}
+
+/// Largest piece sent at once (the peer's credit must cover it).
+const CHUNK: usize = 4096;
+
+impl VsockStream {
+    /// Read what has arrived (waiting until something has); 0 once the
+    /// peer has closed and everything was read.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let (peer, port) = (self.peer, self.port);
+        block(|st| {
+            let closed = st.closed.contains(&(peer, port));
+            match st.dev.manager().recv(peer, port, buf) {
+                Ok(n) if n > 0 => {
+                    let _ = st.dev.manager().update_credit(peer, port);
+                    Some(Ok(n))
+                }
+                Ok(_) if closed => Some(Ok(0)),
+                Ok(_) => None,
+                Err(_) => Some(Ok(0)),
+            }
+        })?
+    }
+
+    /// Write all of `buf` (waiting for the peer's credit).
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<(), Error> {
+        let (peer, port) = (self.peer, self.port);
+        for piece in buf.chunks(CHUNK) {
+            block(|st| match st.dev.manager().send(peer, port, piece) {
+                Ok(()) => Some(Ok(())),
+                Err(virtio_drivers::Error::SocketDeviceError(SocketError::InsufficientBufferSpaceInPeer)) => {
+                    None
+                }
+                Err(_) => Some(Err(Error::ConnectionReset)),
+            })??;
+        }
+        Ok(())
+    }
+
+    /// Close the connection (the peer reads end of stream).
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        let mut g = VSOCK.lock();
+        let st = g.as_mut().ok_or(Error::NoInterface)?;
+        st.dev.manager().shutdown(self.peer, self.port).map_err(|_| Error::ConnectionReset)
+    }
+}
+
+impl Drop for VsockStream {
+    fn drop(&mut self) {
+        let mut g = VSOCK.lock();
+        if let Some(st) = g.as_mut() {
+            let _ = st.dev.manager().force_close(self.peer, self.port);
+            st.closed.retain(|&k| k != (self.peer, self.port));
+        }
+    }
+}
