@@ -37,6 +37,8 @@ pub struct VmConfig {
     pub disks: Vec<crate::virtio_blk::DiskConfig>,
     /// Virtio network devices, in order.
     pub nets: Vec<crate::virtio_net::NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<crate::virtio_vsock::VsockConfig>,
 }
 
 impl VmConfig {
@@ -52,6 +54,7 @@ impl VmConfig {
             cpus: 1,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
         }
     }
 

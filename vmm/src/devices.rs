@@ -25,6 +25,7 @@ use vm_superio::Trigger;
 use crate::virtio_blk::VirtioBlk;
 use crate::virtio_mmio::Effect;
 use crate::virtio_net::VirtioNet;
+use crate::virtio_vsock::VirtioVsock;
 use vm_superio::serial::{NoEvents, Serial};
 
 /// Distinct unmapped-access warnings printed before the rest are dropped.
@@ -71,6 +72,8 @@ pub struct Devices {
     pub disks: Vec<VirtioBlk>,
     /// Virtio network devices, in the windows after the disks'.
     pub nets: Vec<VirtioNet>,
+    /// The vsock device, in the window after the NICs'.
+    pub vsock: Option<VirtioVsock>,
     /// Trace marks the guest sent through the register page: `(id, host ns)`.
     pub host_marks: Vec<(u32, u64)>,
 }
@@ -96,6 +99,7 @@ impl Devices {
             warned: BTreeSet::new(),
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             host_marks: Vec::new(),
         }
     }
@@ -113,21 +117,38 @@ impl Devices {
         eprintln!("torito: warning: guest {how} unmapped {what} {addr:#x} (ignored; reads return all ones)");
     }
 
+    /// Virtio devices: disks, NICs, vsock.
+    pub fn virtio_count(&self) -> usize {
+        self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some())
+    }
+
     /// The virtio device whose window holds `addr` (its index: disks
-    /// first, then NICs), and the offset in it.
+    /// first, then NICs, then vsock), and the offset in it.
     fn virtio_at(&self, addr: u64) -> Option<(usize, u64)> {
         let rel = addr.checked_sub(VIRTIO_MMIO_BASE)?;
         let i = (rel / VIRTIO_MMIO_STRIDE) as usize;
-        (i < self.disks.len() + self.nets.len()).then_some((i, rel % VIRTIO_MMIO_STRIDE))
+        (i < self.virtio_count()).then_some((i, rel % VIRTIO_MMIO_STRIDE))
     }
 
     /// A guest store to MMIO address `addr`.
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
         if let Some((i, off)) = self.virtio_at(addr) {
-            let d = self.disks.len();
-            let effect = match i.checked_sub(d) {
-                None => self.disks[i].write(off, data, mem),
-                Some(j) => self.nets[j].write(off, data, mem),
+            let (d, n) = (self.disks.len(), self.nets.len());
+            let effect = if i < d {
+                self.disks[i].write(off, data, mem)
+            } else if i < d + n {
+                self.nets[i - d].write(off, data, mem)
+            } else if let Some(v) = self.vsock.as_mut() {
+                let e = v.write(off, data, mem);
+                // After a notification, answers and host bytes go out.
+                let d = if off == 0x050 { v.with_queue(0, mem, |v, q, m| v.service(Some(q), m)) } else { e };
+                if e == Effect::Interrupt || d == Effect::Interrupt {
+                    Effect::Interrupt
+                } else {
+                    Effect::None
+                }
+            } else {
+                Effect::None
             };
             return match effect {
                 Effect::Interrupt => Action::Interrupt(i as u32),
@@ -167,9 +188,13 @@ impl Devices {
     /// A guest load from MMIO address `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         if let Some((i, off)) = self.virtio_at(addr) {
-            match i.checked_sub(self.disks.len()) {
-                None => self.disks[i].read(off, data),
-                Some(j) => self.nets[j].read(off, data),
+            let (d, n) = (self.disks.len(), self.nets.len());
+            if i < d {
+                self.disks[i].read(off, data)
+            } else if i < d + n {
+                self.nets[i - d].read(off, data)
+            } else if let Some(v) = self.vsock.as_ref() {
+                v.read(off, data)
             }
         } else if (TORITO_MMIO_BASE..TORITO_MMIO_BASE + mmio::SIZE).contains(&addr) {
             data.fill(0);
@@ -236,21 +261,47 @@ impl SharedBuffer {
 }
 
 impl Devices {
-    /// The TAP descriptors to watch: those of NICs holding no frame back
-    /// (a NIC whose guest gave no buffer waits for the guest instead).
-    pub fn tap_fds_to_watch(&self) -> Vec<std::os::fd::RawFd> {
+    /// The host descriptors to watch, and whether for writing too: TAP
+    /// devices of NICs holding no frame back (a NIC whose guest gave no
+    /// buffer waits for the guest instead), the vsock device's sockets.
+    pub fn host_fds_to_watch(&self) -> Vec<(std::os::fd::RawFd, bool)> {
         use std::os::fd::AsRawFd;
-        self.nets.iter().filter(|n| !n.backend.holds_frame()).map(|n| n.backend.tap().as_raw_fd()).collect()
+        let taps = self
+            .nets
+            .iter()
+            .filter(|n| !n.backend.holds_frame())
+            .map(|n| (n.backend.tap().as_raw_fd(), false));
+        taps.chain(self.vsock.iter().flat_map(|v| v.backend.fds())).collect()
     }
 
-    /// Deliver waiting frames to every NIC whose TAP device has some;
-    /// returns the interrupt lines to raise.
-    pub fn deliver_frames(&mut self, mem: &GuestMemoryMmap) -> Vec<u32> {
+    /// Whether any device has host-side I/O (a thread must watch it).
+    pub fn has_host_io(&self) -> bool {
+        !self.nets.is_empty() || self.vsock.is_some()
+    }
+
+    /// Serve the host side of the devices (frames from TAP devices,
+    /// vsock connections); returns the interrupt lines to raise.
+    pub fn service_host(&mut self, mem: &GuestMemoryMmap) -> Vec<u32> {
         let d = self.disks.len();
         let mut lines = Vec::new();
         for (j, nic) in self.nets.iter_mut().enumerate() {
             if nic.with_queue(0, mem, |net, q, m| net.deliver(q, m)) == Effect::Interrupt {
                 lines.push((d + j) as u32);
+            }
+        }
+        let line = (d + self.nets.len()) as u32;
+        if let Some(v) = self.vsock.as_mut() {
+            let mut served = false;
+            let e = v.with_queue(0, mem, |v, q, m| {
+                served = true;
+                v.service(Some(q), m)
+            });
+            if !served {
+                // The guest has not set its receive queue up yet.
+                v.backend.service(None, mem);
+            }
+            if e == Effect::Interrupt {
+                lines.push(line);
             }
         }
         lines

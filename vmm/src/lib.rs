@@ -22,6 +22,7 @@ pub mod timeline;
 pub mod virtio_blk;
 pub mod virtio_mmio;
 pub mod virtio_net;
+pub mod virtio_vsock;
 #[allow(unsafe_code)]
 pub mod vstate;
 
@@ -50,7 +51,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 
     // Disks: opened and checked before anything else is made; the guest
     // finds them on its command line.
-    let virtio_count = (cfg.disks.len() + cfg.nets.len()) as u64;
+    let virtio_count = (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())) as u64;
     if virtio_count > torito_abi::layout::VIRTIO_MMIO_MAX {
         return Err(Error::Config(format!(
             "{virtio_count} disks and NICs: the monitor offers at most {}",
@@ -71,6 +72,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         .map(|(i, n)| virtio_net::open(n, i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Net)?;
+    let vsock = cfg.vsock.as_ref().map(virtio_vsock::open).transpose().map_err(Error::Net)?;
     let mut full_cmdline = cfg.cmdline.clone();
     for i in 0..virtio_count {
         let base = torito_abi::layout::VIRTIO_MMIO_BASE + i * torito_abi::layout::VIRTIO_MMIO_STRIDE;
@@ -109,6 +111,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let mut devices = devices::Devices::new(cfg.console_out());
     devices.disks = disks;
     devices.nets = nets;
+    devices.vsock = vsock;
     let machine = vstate::Machine::new(&vm, &mem, elf.note, cpus, lapic, devices, pending, cfg.timeout)?;
     // A scope joins its threads (secondary vCPUs, RAM registration) on
     // every return.

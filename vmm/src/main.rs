@@ -35,6 +35,11 @@ struct Cli {
     /// A virtio-net NIC on an existing TAP device. Repeat for more NICs.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = torito_vmm::virtio_net::NetConfig::parse)]
     nets: Vec<torito_vmm::virtio_net::NetConfig>,
+    /// A virtio-vsock device whose host side is the Unix socket PATH
+    /// (connect and write `CONNECT <port>\n`; guest connections to host
+    /// port P reach PATH_P).
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = torito_vmm::virtio_vsock::VsockConfig::parse)]
+    vsock: Option<torito_vmm::virtio_vsock::VsockConfig>,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
     cfg.cpus = cli.cpus;
     cfg.disks = cli.disks;
     cfg.nets = cli.nets;
+    cfg.vsock = cli.vsock;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {

@@ -430,7 +430,7 @@ impl<'a> Machine<'a> {
         if let Some(d) = timeout {
             arm_timeout(d)?;
         }
-        let devices_has_no_nics = devices.nets.is_empty();
+        let devices_has_no_nics = !devices.has_host_io();
         Ok(Self {
             vm,
             mem,
@@ -518,10 +518,16 @@ impl<'a> Machine<'a> {
 
     fn net_loop(&self) {
         while !self.stop.load(Ordering::SeqCst) {
-            let mut fds = lock(&self.devices).tap_fds_to_watch();
-            fds.push(self.stopped.as_raw_fd());
-            let mut pfds: Vec<libc::pollfd> =
-                fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+            let mut fds = lock(&self.devices).host_fds_to_watch();
+            fds.push((self.stopped.as_raw_fd(), false));
+            let mut pfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|&(fd, out)| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
+                    revents: 0,
+                })
+                .collect();
             // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd
             // structures for the call's duration; the TAP descriptors stay
             // open while the machine (which owns the devices) lives, and so
@@ -529,7 +535,7 @@ impl<'a> Machine<'a> {
             // holds a frame back until the guest gives a buffer.)
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
             if n > 0 && !self.stop.load(Ordering::SeqCst) {
-                let lines = lock(&self.devices).deliver_frames(self.mem);
+                let lines = lock(&self.devices).service_host(self.mem);
                 for line in lines {
                     self.device_interrupt(line);
                 }

@@ -535,3 +535,69 @@ fn binding_without_a_nic_is_a_clear_error() {
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stdout.contains("cannot listen on port 7: no network interface"), "{}", r.stdout);
 }
+
+/// `--vsock cid=3,uds=PATH`: a host program connects to PATH, asks for
+/// guest port 7, and the echo appliance sends 1 MiB back byte for byte.
+#[test]
+fn vsock_echo_through_the_unix_socket() {
+    use std::io::{BufRead, Read, Write};
+    use std::os::unix::net::UnixStream;
+    if !kvm() {
+        return;
+    }
+    let uds = std::env::temp_dir().join(format!("torito-vsock-{}.sock", std::process::id()));
+    let mut vm = torito()
+        .args(["--timeout", "30", "--vsock"])
+        .arg(format!("cid=3,uds={}", uds.display()))
+        .arg(guest("echo"))
+        .args(["--", "vsock", "port=7", "conns=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut s = loop {
+        let attempt = UnixStream::connect(&uds).and_then(|mut s| {
+            s.write_all(b"CONNECT 7\n")?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut line = String::new();
+            std::io::BufReader::new(s.try_clone()?).read_line(&mut line)?;
+            if line.starts_with("OK ") { Ok(s) } else { Err(std::io::Error::other(line)) }
+        });
+        match attempt {
+            Ok(s) => break s,
+            Err(_) if t.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("no vsock connection: {e}"),
+        }
+    };
+    let data: Vec<u8> = (0..1usize << 20).map(|i| (i as u8).wrapping_mul(11) ^ (i >> 10) as u8).collect();
+    let mut reader = s.try_clone().unwrap();
+    let n = data.len();
+    let back = std::thread::spawn(move || {
+        let mut got = vec![0u8; n];
+        reader.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        reader.read_exact(&mut got).map(|_| got)
+    });
+    s.write_all(&data).unwrap();
+    let got = back.join().unwrap().expect("the echo");
+    assert!(got == data, "echoed bytes differ");
+    drop(s);
+    let status = vm.wait().unwrap();
+    let mut out = String::new();
+    vm.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let _ = std::fs::remove_file(&uds);
+    assert!(out.contains("1 vsock connection(s), 1048576 bytes echoed"), "{out}");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Bad vsock settings are refused before the guest starts.
+#[test]
+fn bad_vsock_options_are_clear_errors() {
+    let r = run(&["--vsock", "cid=2,uds=/tmp/x"], &guest("echo"), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cid=N with N ≥ 3"), "{}", r.stderr);
+    let r = run(&["--vsock", "cid=3,uds=/nonexistent-dir/v.sock"], &guest("echo"), &[]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot listen on /nonexistent-dir/v.sock"), "{}", r.stderr);
+}

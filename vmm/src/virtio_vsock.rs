@@ -1,0 +1,531 @@
+//! A virtio-vsock device whose host side is a Unix domain socket
+//! ("hybrid vsock", Firecracker's convention), on the virtio-mmio
+//! transport.
+//!
+//! Host → guest: a program connects to the socket at `PATH` and writes
+//! `CONNECT <port>\n`; the monitor asks the guest for a connection to that
+//! port and answers `OK <host port>\n` once the guest accepts (or closes
+//! the Unix connection if it refuses). Guest → host: a connection to host
+//! port P reaches the Unix socket `PATH_<P>`. Bytes then flow both ways,
+//! within the credit each side advertises.
+//!
+//! Queues: 0 receive (packets to the guest), 1 transmit (packets from the
+//! guest), 2 events (unused). Packets from the guest are read through
+//! `virtio-queue`'s checked `Reader`; a malformed one is dropped (or
+//! answered with a reset), never trusted.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+
+const DEVICE_VSOCK: u32 = 19;
+/// The host's context ID.
+const HOST_CID: u64 = 2;
+const HDR: usize = 44;
+const TYPE_STREAM: u16 = 1;
+const OP_REQUEST: u16 = 1;
+const OP_RESPONSE: u16 = 2;
+const OP_RST: u16 = 3;
+const OP_SHUTDOWN: u16 = 4;
+const OP_RW: u16 = 5;
+const OP_CREDIT_UPDATE: u16 = 6;
+const OP_CREDIT_REQUEST: u16 = 7;
+/// What the host side can hold per connection before the guest must wait.
+const BUF_ALLOC: u32 = 256 * 1024;
+/// Largest payload of one packet to the guest.
+const MAX_PAYLOAD: usize = 4096;
+/// Host ports given to connections the host opens.
+const FIRST_HOST_PORT: u32 = 1 << 30;
+
+/// `--vsock cid=N,uds=PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// The host-side Unix socket.
+    pub uds: PathBuf,
+}
+
+impl VsockConfig {
+    /// Parse `cid=N,uds=PATH`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = v.parse::<u64>().ok().filter(|&c| c >= 3 && c < u64::from(u32::MAX))
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown vsock option '{part}' (use cid=N,uds=PATH)")),
+            }
+        }
+        let cid = cid.ok_or("a vsock device needs cid=N with N ≥ 3 (0–2 are reserved)")?;
+        let uds = uds.ok_or("a vsock device needs uds=PATH (the host-side Unix socket)")?;
+        Ok(Self { cid, uds })
+    }
+}
+
+/// A packet header, as the wire has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Hdr {
+    src_cid: u64,
+    dst_cid: u64,
+    src_port: u32,
+    dst_port: u32,
+    len: u32,
+    op: u16,
+    flags: u32,
+    buf_alloc: u32,
+    fwd_cnt: u32,
+}
+
+impl Hdr {
+    fn bytes(&self) -> [u8; HDR] {
+        let mut b = [0u8; HDR];
+        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
+        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..30].copy_from_slice(&TYPE_STREAM.to_le_bytes());
+        b[30..32].copy_from_slice(&self.op.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
+        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+        b
+    }
+
+    fn parse(b: &[u8; HDR]) -> Option<Self> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
+        let kind = u16::from_le_bytes([b[28], b[29]]);
+        (kind == TYPE_STREAM).then(|| Hdr {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            op: u16::from_le_bytes([b[30], b[31]]),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// The host program has not sent its `CONNECT` line yet.
+    AwaitingLine,
+    /// Waiting for the guest's answer.
+    Connecting,
+    Connected,
+}
+
+struct Conn {
+    stream: UnixStream,
+    state: State,
+    host_port: u32,
+    guest_port: u32,
+    line: Vec<u8>,
+    /// Bytes from the guest not yet written to the host program.
+    out: Vec<u8>,
+    /// Bytes sent to the guest; the guest's last `fwd_cnt` and `buf_alloc`.
+    tx_cnt: u32,
+    peer_fwd_cnt: u32,
+    peer_buf_alloc: u32,
+    /// Bytes written to the host program (our `fwd_cnt`).
+    fwd_cnt: u32,
+}
+
+impl Conn {
+    fn credit(&self) -> usize {
+        self.peer_buf_alloc.saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt)) as usize
+    }
+}
+
+/// The vsock device behind the transport.
+pub struct Vsock {
+    cid: u64,
+    uds: PathBuf,
+    listener: UnixListener,
+    conns: Vec<Conn>,
+    next_port: u32,
+    /// Packets waiting for a receive buffer of the guest.
+    rx: VecDeque<(Hdr, Vec<u8>)>,
+}
+
+/// A virtio-vsock device on virtio-mmio.
+pub type VirtioVsock = MmioDevice<Vsock>;
+
+/// Listen on the Unix socket of `cfg` (a stale socket file there is
+/// replaced) and make the device.
+pub fn open(cfg: &VsockConfig) -> Result<VirtioVsock, String> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(&cfg.uds) {
+        if !m.file_type().is_socket() {
+            return Err(format!("vsock: {} exists and is not a socket", cfg.uds.display()));
+        }
+        let _ = std::fs::remove_file(&cfg.uds);
+    }
+    let listener = UnixListener::bind(&cfg.uds)
+        .map_err(|e| format!("vsock: cannot listen on {}: {e}", cfg.uds.display()))?;
+    listener.set_nonblocking(true).map_err(|e| format!("vsock: {e}"))?;
+    Ok(MmioDevice::new(Vsock {
+        cid: cfg.cid,
+        uds: cfg.uds.clone(),
+        listener,
+        conns: Vec::new(),
+        next_port: FIRST_HOST_PORT,
+        rx: VecDeque::new(),
+    }))
+}
+
+impl Vsock {
+    fn header(&self, c: &Conn, op: u16, len: usize) -> Hdr {
+        Hdr {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: c.host_port,
+            dst_port: c.guest_port,
+            len: len as u32,
+            op,
+            flags: 0,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: c.fwd_cnt,
+        }
+    }
+
+    /// The host descriptors to watch, and whether for writing too.
+    pub fn fds(&self) -> Vec<(RawFd, bool)> {
+        std::iter::once((self.listener.as_raw_fd(), false))
+            .chain(self.conns.iter().map(|c| (c.stream.as_raw_fd(), !c.out.is_empty())))
+            .collect()
+    }
+
+    /// Serve the host side: new connections, `CONNECT` lines, bytes to
+    /// forward both ways. Then move waiting packets into the guest's
+    /// buffers; returns whether any were used.
+    pub fn service(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) -> bool {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                let host_port = self.next_port;
+                self.next_port = self.next_port.wrapping_add(1).max(FIRST_HOST_PORT);
+                self.conns.push(Conn {
+                    stream,
+                    state: State::AwaitingLine,
+                    host_port,
+                    guest_port: 0,
+                    line: Vec::new(),
+                    out: Vec::new(),
+                    tx_cnt: 0,
+                    peer_fwd_cnt: 0,
+                    peer_buf_alloc: 0,
+                    fwd_cnt: 0,
+                });
+            }
+        }
+        let mut i = 0;
+        while i < self.conns.len() {
+            if self.service_conn(i) {
+                i += 1;
+            } else {
+                self.conns.swap_remove(i);
+            }
+        }
+        queue.is_some_and(|q| self.deliver(q, mem))
+    }
+
+    /// One connection's host side; `false` when it is over.
+    fn service_conn(&mut self, i: usize) -> bool {
+        let mut buf = [0u8; MAX_PAYLOAD];
+        // Bytes for the host program first.
+        let c = &mut self.conns[i];
+        if !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
+                    let h = self.header(&self.conns[i], OP_CREDIT_UPDATE, 0);
+                    self.rx.push_back((h, Vec::new()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return self.reset(i),
+            }
+        }
+        let c = &mut self.conns[i];
+        match c.state {
+            State::AwaitingLine => match c.stream.read(&mut buf[..64]) {
+                Ok(0) => false,
+                Ok(n) => {
+                    c.line.extend_from_slice(&buf[..n]);
+                    let Some(end) = c.line.iter().position(|&b| b == b'\n') else { return c.line.len() < 64 };
+                    let text = String::from_utf8_lossy(&c.line[..end]).into_owned();
+                    let Some(port) = text.strip_prefix("CONNECT ").and_then(|p| p.trim().parse::<u32>().ok())
+                    else {
+                        return false;
+                    };
+                    c.guest_port = port;
+                    c.state = State::Connecting;
+                    let h = self.header(&self.conns[i], OP_REQUEST, 0);
+                    self.rx.push_back((h, Vec::new()));
+                    true
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            },
+            State::Connecting => true,
+            State::Connected => {
+                let room = c.credit().min(MAX_PAYLOAD);
+                if room == 0 {
+                    return true;
+                }
+                match c.stream.read(&mut buf[..room]) {
+                    Ok(0) => {
+                        let mut h = self.header(&self.conns[i], OP_SHUTDOWN, 0);
+                        h.flags = 3;
+                        self.rx.push_back((h, Vec::new()));
+                        false
+                    }
+                    Ok(n) => {
+                        c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
+                        let h = self.header(&self.conns[i], OP_RW, n);
+                        self.rx.push_back((h, buf[..n].to_vec()));
+                        true
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                    Err(_) => self.reset(i),
+                }
+            }
+        }
+    }
+
+    /// Tell the guest connection `i` is gone; `false` (drop it).
+    fn reset(&mut self, i: usize) -> bool {
+        if self.conns[i].state != State::AwaitingLine {
+            let h = self.header(&self.conns[i], OP_RST, 0);
+            self.rx.push_back((h, Vec::new()));
+        }
+        false
+    }
+
+    /// Waiting packets into the guest's receive buffers.
+    fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while !self.rx.is_empty() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
+            let head = chain.head_index();
+            let (mut h, mut data) = self.rx.pop_front().unwrap_or_default();
+            let len = match chain.writer(mem) {
+                Ok(mut w) if w.available_bytes() > HDR => {
+                    // The guest's buffers may be smaller than the payload
+                    // (virtio-drivers posts 512 bytes): split data packets.
+                    let room = w.available_bytes() - HDR;
+                    if h.op == OP_RW && data.len() > room {
+                        let rest = data.split_off(room);
+                        let mut rh = h;
+                        rh.len = rest.len() as u32;
+                        self.rx.push_front((rh, rest));
+                        h.len = data.len() as u32;
+                    }
+                    if data.len() <= room && w.write_all(&h.bytes()).is_ok() && w.write_all(&data).is_ok() {
+                        (HDR + data.len()) as u32
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            };
+            if queue.add_used(mem, head, len).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Packets from the guest.
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            if let Ok(mut r) = chain.reader(mem) {
+                let mut hb = [0u8; HDR];
+                if r.read_exact(&mut hb).is_ok()
+                    && let Some(h) = Hdr::parse(&hb)
+                {
+                    let mut data = Vec::new();
+                    let want = (h.len as usize).min(64 * 1024);
+                    if (&mut r).take(want as u64).read_to_end(&mut data).is_ok() && data.len() == want {
+                        self.handle_guest_packet(h, data);
+                    }
+                }
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn handle_guest_packet(&mut self, h: Hdr, data: Vec<u8>) {
+        if h.src_cid != self.cid || h.dst_cid != HOST_CID {
+            return;
+        }
+        let found = self.conns.iter().position(|c| c.host_port == h.dst_port && c.guest_port == h.src_port);
+        let Some(i) = found else {
+            match h.op {
+                OP_REQUEST => self.guest_connects(h),
+                OP_RST => {}
+                _ => self.rx.push_back((self.reply(&h, OP_RST), Vec::new())),
+            }
+            return;
+        };
+        let c = &mut self.conns[i];
+        c.peer_buf_alloc = h.buf_alloc;
+        c.peer_fwd_cnt = h.fwd_cnt;
+        match h.op {
+            OP_RESPONSE if c.state == State::Connecting => {
+                c.state = State::Connected;
+                let ok = format!("OK {}\n", c.host_port);
+                c.out.extend_from_slice(ok.as_bytes());
+                // These bytes are not the guest's: keep `fwd_cnt` honest.
+                c.fwd_cnt = c.fwd_cnt.wrapping_sub(ok.len() as u32);
+            }
+            OP_RW if c.state == State::Connected && c.out.len() + data.len() <= BUF_ALLOC as usize => {
+                c.out.extend_from_slice(&data);
+            }
+            OP_CREDIT_REQUEST => {
+                let r = self.header(&self.conns[i], OP_CREDIT_UPDATE, 0);
+                self.rx.push_back((r, Vec::new()));
+            }
+            OP_CREDIT_UPDATE => {}
+            OP_SHUTDOWN | OP_RST => {
+                // Flush what is left, then close.
+                let c = &mut self.conns[i];
+                let _ = c.stream.set_nonblocking(false);
+                let _ = c.stream.write_all(&c.out);
+                if h.op == OP_SHUTDOWN {
+                    let r = self.header(&self.conns[i], OP_RST, 0);
+                    self.rx.push_back((r, Vec::new()));
+                }
+                self.conns.swap_remove(i);
+            }
+            _ => {
+                // A packet that breaks the protocol: reset.
+                let r = self.header(&self.conns[i], OP_RST, 0);
+                self.rx.push_back((r, Vec::new()));
+                self.conns.swap_remove(i);
+            }
+        }
+    }
+
+    fn reply(&self, h: &Hdr, op: u16) -> Hdr {
+        Hdr {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            len: 0,
+            op,
+            flags: 0,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// The guest connects to host port `h.dst_port`: the Unix socket
+    /// `PATH_<port>`.
+    fn guest_connects(&mut self, h: Hdr) {
+        let path = guest_target(&self.uds, h.dst_port);
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+            Ok(stream) => {
+                self.conns.push(Conn {
+                    stream,
+                    state: State::Connected,
+                    host_port: h.dst_port,
+                    guest_port: h.src_port,
+                    line: Vec::new(),
+                    out: Vec::new(),
+                    tx_cnt: 0,
+                    peer_fwd_cnt: h.fwd_cnt,
+                    peer_buf_alloc: h.buf_alloc,
+                    fwd_cnt: 0,
+                });
+                self.rx.push_back((self.reply(&h, OP_RESPONSE), Vec::new()));
+            }
+            Err(_) => self.rx.push_back((self.reply(&h, OP_RST), Vec::new())),
+        }
+    }
+}
+
+/// Where a guest connection to host port `port` goes.
+fn guest_target(uds: &Path, port: u32) -> PathBuf {
+    let mut s = uds.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    PathBuf::from(s)
+}
+
+impl Backend for Vsock {
+    fn device_id(&self) -> u32 {
+        DEVICE_VSOCK
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+
+    fn config(&self) -> Vec<u8> {
+        self.cid.to_le_bytes().to_vec()
+    }
+
+    fn queue_count(&self) -> usize {
+        3
+    }
+
+    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        match index {
+            0 => self.deliver(queue, mem),
+            // Answers (and freed credit) go out with the delivery that
+            // follows (see `Devices::mmio_write`).
+            1 => self.transmit(queue, mem),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_and_headers() {
+        assert_eq!(
+            VsockConfig::parse("cid=3,uds=/tmp/v.sock"),
+            Ok(VsockConfig { cid: 3, uds: "/tmp/v.sock".into() })
+        );
+        assert!(VsockConfig::parse("cid=2,uds=/x").is_err(), "reserved CID");
+        assert!(VsockConfig::parse("cid=5").is_err());
+        assert!(VsockConfig::parse("cid=5,uds=/x,mtu=9").is_err());
+        let h = Hdr {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 7,
+            dst_port: 1 << 30,
+            len: 9,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 1,
+            fwd_cnt: 2,
+        };
+        assert_eq!(Hdr::parse(&h.bytes()), Some(Hdr { ..h }));
+        assert_eq!(guest_target(Path::new("/tmp/v.sock"), 52), PathBuf::from("/tmp/v.sock_52"));
+    }
+}
