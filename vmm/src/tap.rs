@@ -57,6 +57,12 @@ impl Tap {
         Ok(Self { file, name: name.to_string() })
     }
 
+    /// A stand-in over any file (a socket pair's end), for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(file: File) -> Self {
+        Self { file, name: "test".into() }
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name

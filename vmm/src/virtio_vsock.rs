@@ -504,6 +504,57 @@ impl Backend for Vsock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Packets a guest may post: a header cut short, a wrong type, a
+    /// length beyond the buffer, a buffer outside RAM, a packet from
+    /// another CID, data for a connection that does not exist. All are
+    /// returned; only the last earns a reset (nothing else is answered).
+    #[test]
+    fn malformed_packets_are_dropped_or_reset() {
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = q.create_queue().unwrap();
+        let put = |at: u64, h: Hdr| mem.write_slice(&h.bytes(), GuestAddress(at)).unwrap();
+        let ok =
+            Hdr { src_cid: 3, dst_cid: 2, src_port: 7, dst_port: 99, len: 0, op: OP_RW, ..Hdr::default() };
+        put(0x10_0000, ok);
+        let mut bad_type = ok.bytes();
+        bad_type[28] = 9;
+        mem.write_slice(&bad_type, GuestAddress(0x10_0100)).unwrap();
+        put(0x10_0200, Hdr { len: 4000, ..ok });
+        put(0x10_0300, Hdr { src_cid: 77, ..ok });
+        put(0x10_0400, Hdr { len: 5, ..ok });
+        let d = |addr: u64, len: u32, flags: u16, next: u16| {
+            RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+        };
+        q.add_desc_chains(
+            &[
+                d(0x10_0000, 20, 0, 0),        // header cut short
+                d(0x10_0100, 44, 0, 0),        // not a stream packet
+                d(0x10_0200, 44, 0, 0),        // says 4000 bytes, has none
+                d(0xffff_0000_0000, 44, 0, 0), // outside RAM
+                d(0x10_0300, 44, 0, 0),        // from another CID
+                d(0x10_0400, 44, 1, 6),        // data for no connection
+                d(0x10_1000, 5, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let uds = std::env::temp_dir().join(format!("torito-vsock-unit-{}.sock", std::process::id()));
+        let dev = open(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let mut v = dev.backend;
+        assert!(v.transmit(&mut queue, &mem));
+        let used: u16 = mem.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
+        assert_eq!(used, 6, "every packet was returned");
+        assert_eq!(v.rx.len(), 1, "one answer");
+        assert_eq!(v.rx[0].0.op, OP_RST);
+        assert!(v.conns.is_empty());
+        let _ = std::fs::remove_file(uds);
+    }
 
     #[test]
     fn options_and_headers() {
