@@ -355,3 +355,38 @@ fn dhcp_on_qemu_user_networking() {
     assert!(console.contains("address 10.0.2.15/24 from DHCP"), "{console}");
     assert_eq!(result.status.code(), Some(1), "{console}");
 }
+
+/// The appliance as a client: `TcpStream::connect` to `nc -l` on the host
+/// side of the TAP device; both directions carry data.
+#[test]
+fn the_appliance_connects_out() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("cli") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    // Build first: the server below waits only 20 s.
+    guest("echo", false);
+    xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut server = ns
+        .exec("timeout")
+        .args(["20", "nc", "-l", "10.0.2.1", "9000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        server.stdin.take().unwrap().write_all(b"welcome\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "connect=10.0.2.1:9000"]);
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    let heard = server.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&heard.stdout), "hello from the appliance\n", "{console}");
+    assert!(console.contains("connected to 10.0.2.1:9000, sent a greeting, got 8 bytes back"), "{console}");
+    assert_eq!(result.status.code(), Some(0));
+}

@@ -9,7 +9,9 @@
 //! of `conns` datagrams on the same port, then one more wait of 200 ms that
 //! must time out. With the word `vsock`: the same echo over vsock port
 //! `port` (connections from the host through the hypervisor's Unix
-//! socket), no IP address needed.
+//! socket), no IP address needed. With `connect=ADDR:PORT`: a client
+//! instead, which connects, sends a greeting, closes its side and prints
+//! what comes back.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -46,6 +48,9 @@ fn serve(mut s: TcpStream) -> u64 {
 fn main() -> i32 {
     for line in kernel::devices::report_lines() {
         println!("echo: {line}");
+    }
+    if let Some(target) = kernel::args().find_map(|a| a.strip_prefix("connect=")) {
+        return client(target);
     }
     if kernel::args().any(|a| a == "vsock") {
         return vsock(arg("port").unwrap_or(7) as u32, arg("conns"));
@@ -178,5 +183,42 @@ fn vsock(port: u32, conns: Option<u64>) -> i32 {
     }
     let total: u64 = handles.into_iter().map(|h| h.join()).sum();
     println!("echo: {accepted} vsock connection(s), {total} bytes echoed");
+    0
+}
+
+/// `connect=ADDR:PORT`: say hello to a server and print its answer.
+fn client(target: &str) -> i32 {
+    let parsed = target.split_once(':').and_then(|(a, p)| {
+        let mut ip = [0u8; 4];
+        let mut parts = a.split('.');
+        for b in &mut ip {
+            *b = parts.next()?.parse().ok()?;
+        }
+        Some((ip, p.parse::<u16>().ok()?))
+    });
+    let Some((ip, port)) = parsed else {
+        println!("echo: bad connect={target} (use ADDR:PORT)");
+        return 2;
+    };
+    let mut s = match TcpStream::connect(ip, port) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("echo: connect to {target}: {e}");
+            return 1;
+        }
+    };
+    if s.write_all(b"hello from the appliance\n").is_err() || s.shutdown().is_err() {
+        println!("echo: sending failed");
+        return 1;
+    }
+    let mut answer = alloc::vec::Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    println!("echo: connected to {target}, sent a greeting, got {} bytes back", answer.len());
     0
 }

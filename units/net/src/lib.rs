@@ -51,6 +51,8 @@ pub enum Error {
     NoBuffers,
     /// The time given to the call ran out.
     TimedOut,
+    /// The peer refused the connection.
+    ConnectionRefused,
 }
 
 impl fmt::Display for Error {
@@ -61,6 +63,7 @@ impl fmt::Display for Error {
             Self::ConnectionReset => "connection reset or closed",
             Self::NoBuffers => "no room for another socket or datagram",
             Self::TimedOut => "timed out",
+            Self::ConnectionRefused => "connection refused",
         })
     }
 }

@@ -65,7 +65,7 @@ impl phy::Device for Phy {
 
 /// The interface, its sockets and its device.
 pub(crate) struct Stack {
-    iface: Interface,
+    pub(crate) iface: Interface,
     pub(crate) sockets: SocketSet<'static>,
     phy: Phy,
     /// Sockets closed by their owner, removed once the connection is over.

@@ -112,7 +112,43 @@ pub struct TcpStream {
     read_timeout: Option<core::time::Duration>,
 }
 
+/// Local ports for outgoing connections.
+static NEXT_PORT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(49152);
+
+fn ephemeral_port() -> u16 {
+    let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    if p < 49152 {
+        NEXT_PORT.store(49153, Ordering::Relaxed);
+        49152
+    } else {
+        p
+    }
+}
+
 impl TcpStream {
+    /// Connect to `addr:port`, waiting up to 10 s for the handshake.
+    pub fn connect(addr: [u8; 4], port: u16) -> Result<TcpStream, Error> {
+        use smoltcp::wire::{IpAddress, Ipv4Address};
+        let [a, b, c, d] = addr;
+        let remote = (IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), port);
+        let handle = with(|s| {
+            let mut sock = new_socket();
+            sock.connect(s.iface.context(), remote, ephemeral_port())
+                .map_err(|_| Error::ConnectionRefused)?;
+            s.dirty = true;
+            Ok::<_, Error>(s.sockets.add(sock))
+        })??;
+        let stream = TcpStream { handle, read_timeout: None };
+        block_on(Deadline::after(Some(core::time::Duration::from_secs(10))), |s: &mut Stack| {
+            match s.sockets.get::<Socket>(handle).state() {
+                State::Established => Some(Ok(())),
+                State::Closed => Some(Err(Error::ConnectionRefused)),
+                _ => None,
+            }
+        })??;
+        Ok(stream)
+    }
+
     /// Make [`TcpStream::read`] give up after `t` with `Error::TimedOut`
     /// (`None`: wait for ever). The wait ends within ~20 ms after the time.
     pub fn set_read_timeout(&mut self, t: Option<core::time::Duration>) {
