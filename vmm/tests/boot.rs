@@ -601,3 +601,37 @@ fn bad_vsock_options_are_clear_errors() {
     assert_eq!(r.code, 78, "{}", r.stderr);
     assert!(r.stderr.contains("cannot listen on /nonexistent-dir/v.sock"), "{}", r.stderr);
 }
+
+/// The guest connects out over vsock: host port 5000 is the Unix socket
+/// `PATH_5000`, where a host program answers.
+#[test]
+fn vsock_guest_connects_to_the_host() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    if !kvm() {
+        return;
+    }
+    let uds = std::env::temp_dir().join(format!("torito-vsock-out-{}.sock", std::process::id()));
+    let target = PathBuf::from(format!("{}_5000", uds.display()));
+    let _ = std::fs::remove_file(&target);
+    let listener = UnixListener::bind(&target).unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut got = [0u8; 17];
+        c.read_exact(&mut got).unwrap();
+        c.write_all(b"welcome back\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        got
+    });
+    let r = run(
+        &["--timeout", "20", "--vsock", &format!("cid=3,uds={}", uds.display())],
+        &guest("echo"),
+        &["vconnect=5000"],
+    );
+    let got = host.join().unwrap();
+    let _ = std::fs::remove_file(&target);
+    let _ = std::fs::remove_file(&uds);
+    assert_eq!(&got, b"hello over vsock\n");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("vsock host port 5000 answered 13 bytes"), "{}", r.stdout);
+}

@@ -11,7 +11,8 @@
 //! `port` (connections from the host through the hypervisor's Unix
 //! socket), no IP address needed. With `connect=ADDR:PORT`: a client
 //! instead, which connects, sends a greeting, closes its side and prints
-//! what comes back.
+//! what comes back; `vconnect=PORT` does the same over vsock to the host's
+//! port.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -51,6 +52,9 @@ fn main() -> i32 {
     }
     if let Some(target) = kernel::args().find_map(|a| a.strip_prefix("connect=")) {
         return client(target);
+    }
+    if let Some(port) = arg("vconnect") {
+        return vsock_client(port as u32);
     }
     if kernel::args().any(|a| a == "vsock") {
         return vsock(arg("port").unwrap_or(7) as u32, arg("conns"));
@@ -220,5 +224,25 @@ fn client(target: &str) -> i32 {
         answer.extend_from_slice(&buf[..n]);
     }
     println!("echo: connected to {target}, sent a greeting, got {} bytes back", answer.len());
+    0
+}
+
+/// `vconnect=PORT`: say hello to the host's vsock port and print its answer.
+fn vsock_client(port: u32) -> i32 {
+    use kernel::net::vsock::VsockStream;
+    let mut s = match VsockStream::connect(port) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("echo: vsock connect to host port {port}: {e}");
+            return 1;
+        }
+    };
+    if s.write_all(b"hello over vsock\n").is_err() {
+        println!("echo: sending failed");
+        return 1;
+    }
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    println!("echo: vsock host port {port} answered {n} bytes");
     0
 }

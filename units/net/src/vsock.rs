@@ -17,6 +17,9 @@ struct State {
     pending: Vec<(VsockAddr, u32)>,
     /// Connections the peer closed.
     closed: Vec<(VsockAddr, u32)>,
+    /// Connections we opened that the peer accepted.
+    connected: Vec<(VsockAddr, u32)>,
+    next_port: u32,
 }
 
 static VSOCK: spin::Mutex<Option<State>> = spin::Mutex::new(None);
@@ -25,7 +28,8 @@ static VSOCK: spin::Mutex<Option<State>> = spin::Mutex::new(None);
 pub fn init(devices: Vec<Vsock>) -> Option<u64> {
     let mut dev = devices.into_iter().next()?;
     let cid = dev.guest_cid();
-    *VSOCK.lock() = Some(State { dev, pending: Vec::new(), closed: Vec::new() });
+    *VSOCK.lock() =
+        Some(State { dev, pending: Vec::new(), closed: Vec::new(), connected: Vec::new(), next_port: 49152 });
     Some(cid)
 }
 
@@ -36,6 +40,7 @@ fn pump(st: &mut State) {
         match ev.event_type {
             VsockEventType::ConnectionRequest => st.pending.push(key),
             VsockEventType::Disconnected { .. } => st.closed.push(key),
+            VsockEventType::Connected => st.connected.push(key),
             _ => {}
         }
     }
@@ -90,6 +95,31 @@ pub struct VsockStream {
 const CHUNK: usize = 4096;
 
 impl VsockStream {
+    /// Connect to `port` on the host (CID 2); with the Torito monitor that
+    /// reaches the Unix socket `PATH_<port>`.
+    pub fn connect(port: u32) -> Result<VsockStream, Error> {
+        let peer = VsockAddr { cid: virtio_drivers::device::socket::VMADDR_CID_HOST, port };
+        let local = {
+            let mut g = VSOCK.lock();
+            let st = g.as_mut().ok_or(Error::NoInterface)?;
+            let local = st.next_port;
+            st.next_port = st.next_port.wrapping_add(1).max(49152);
+            st.dev.manager().connect(peer, local).map_err(|_| Error::ConnectionRefused)?;
+            local
+        };
+        block(|st| {
+            if let Some(i) = st.connected.iter().position(|&k| k == (peer, local)) {
+                st.connected.remove(i);
+                Some(Ok(VsockStream { peer, port: local }))
+            } else if let Some(i) = st.closed.iter().position(|&k| k == (peer, local)) {
+                st.closed.remove(i);
+                Some(Err(Error::ConnectionRefused))
+            } else {
+                None
+            }
+        })?
+    }
+
     /// Read what has arrived (waiting until something has); 0 once the
     /// peer has closed and everything was read.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
