@@ -288,19 +288,21 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let tap = format!("trtb{}", std::process::id() % 100_000);
     let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
     let have_tap = crate::have("ip") && ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    if have_tap {
-        configs.push(Config {
-            name: "torito hello profile-boot + NIC".into(),
-            kind: Kind::Torito,
-            program: monitor.clone(),
-            args: vec![
-                "--timeline=json".into(),
-                "--net".into(),
-                format!("tap={tap}").into(),
-                hello_profile.clone().into(),
-            ],
-        });
-    }
+    // Measured apart from the shuffled rounds, in pairs: closing a TAP
+    // device disturbs the launch that follows it (measured: with the NIC
+    // run among the others, "hello − bare guest" read +75…+88 µs; without,
+    // −17 µs).
+    let nic = have_tap.then(|| Config {
+        name: "torito hello profile-boot + NIC".into(),
+        kind: Kind::Torito,
+        program: monitor.clone(),
+        args: vec![
+            "--timeline=json".into(),
+            "--net".into(),
+            format!("tap={tap}").into(),
+            hello_profile.clone().into(),
+        ],
+    });
     let mut notes = Vec::new();
     if crate::have("qemu-system-x86_64") {
         for (name, machine, elf) in [
@@ -363,11 +365,31 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         }
     }
     bar.finish_and_clear();
-    if have_tap {
+    // The NIC's launch cost: pairs of (hello profile-boot, the same + NIC),
+    // in alternating order.
+    let mut nic_cost = None;
+    if let Some(nic) = &nic {
+        let base = &configs[0];
+        let km = |s: &Sample| s.events.get("kernel_main").copied();
+        let mut d = Vec::new();
+        for round in 0..opts.runs + opts.warmup {
+            let (a, b) = if round % 2 == 0 {
+                (launch(base)?, launch(nic)?)
+            } else {
+                let n = launch(nic)?;
+                (launch(base)?, n)
+            };
+            if round >= opts.warmup
+                && let (Some(x), Some(y)) = (km(&a), km(&b))
+            {
+                d.push(y - x);
+            }
+        }
+        nic_cost = summary(&d).map(|s| s.1);
         ip(&["tuntap", "del", "dev", &tap, "mode", "tap"]);
     }
 
-    let report = Report { configs: &configs, samples: &samples, opts, notes };
+    let report = Report { configs: &configs, samples: &samples, opts, notes, nic_cost };
     let ok = report.print(&hello);
     process_figures(&monitor)?;
     block_figures(&monitor, &opts.out)?;
@@ -588,6 +610,8 @@ struct Report<'a> {
     samples: &'a [Vec<Sample>],
     opts: &'a Options,
     notes: Vec<String>,
+    /// Median of paired differences, exec → kernel_main, with a NIC − without.
+    nic_cost: Option<f64>,
 }
 
 impl Report<'_> {
@@ -776,10 +800,10 @@ impl Report<'_> {
         if let Some(e) = self.median("torito hello", |s| s.stats.get("insn_emulation").map(|&v| v as f64)) {
             check(e <= 100.0, format!("hello: {e:.0} emulated instructions ≤ 100"));
         }
-        if let Some(d) = self.difference("torito hello profile-boot + NIC", hp, ev("kernel_main")) {
+        if let Some(d) = self.nic_cost {
             check(
                 d <= 100.0,
-                format!("attaching a NIC adds {d:.0} µs to exec → kernel_main, same round ≤ 100"),
+                format!("attaching a NIC adds {d:.0} µs to exec → kernel_main, paired runs ≤ 100"),
             );
         }
         if let Some(d) = self.difference("torito hello profile-boot + disk", hp, ev("kernel_main")) {
