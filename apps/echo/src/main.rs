@@ -88,24 +88,39 @@ fn main() -> i32 {
         }
     };
     println!("echo: listening on port {port}");
+    match serve_all(|| listener.accept(), serve, conns) {
+        Some((accepted, total)) => {
+            println!("echo: {accepted} connection(s), {total} bytes echoed");
+            0
+        }
+        None => 1,
+    }
+}
+
+/// Accept connections (all of them, or `conns`), serve each on a thread
+/// of its own, wait for them; `(connections, bytes echoed)`, or `None`
+/// when accepting failed.
+fn serve_all<S: Send + 'static>(
+    mut accept: impl FnMut() -> Result<S, kernel::net::Error>,
+    serve: fn(S) -> u64,
+    conns: Option<u64>,
+) -> Option<(u64, u64)> {
     let mut handles = alloc::vec::Vec::new();
     let mut accepted = 0u64;
     while conns.is_none_or(|c| accepted < c) {
-        match listener.accept() {
+        match accept() {
             Ok(s) => {
                 accepted += 1;
                 handles.push(process::spawn(move || serve(s)));
             }
             Err(e) => {
                 println!("echo: accept: {e}");
-                return 1;
+                return None;
             }
         }
     }
     println!("echo: {accepted} connection(s) accepted");
-    let total: u64 = handles.into_iter().map(|h| h.join()).sum();
-    println!("echo: {accepted} connection(s), {total} bytes echoed");
-    0
+    Some((accepted, handles.into_iter().map(|h| h.join()).sum()))
 }
 
 fn udp(port: u16, datagrams: u64) -> i32 {
@@ -171,23 +186,13 @@ fn vsock(port: u32, conns: Option<u64>) -> i32 {
         let _ = s.shutdown();
         total
     }
-    let mut handles = alloc::vec::Vec::new();
-    let mut accepted = 0u64;
-    while conns.is_none_or(|c| accepted < c) {
-        match listener.accept() {
-            Ok(s) => {
-                accepted += 1;
-                handles.push(process::spawn(move || serve(s)));
-            }
-            Err(e) => {
-                println!("echo: accept: {e}");
-                return 1;
-            }
+    match serve_all(|| listener.accept(), serve, conns) {
+        Some((accepted, total)) => {
+            println!("echo: {accepted} vsock connection(s), {total} bytes echoed");
+            0
         }
+        None => 1,
     }
-    let total: u64 = handles.into_iter().map(|h| h.join()).sum();
-    println!("echo: {accepted} vsock connection(s), {total} bytes echoed");
-    0
 }
 
 /// `connect=ADDR:PORT`: say hello to a server and print its answer.
