@@ -540,8 +540,7 @@ fn binding_without_a_nic_is_a_clear_error() {
 /// guest port 7, and the echo appliance sends 1 MiB back byte for byte.
 #[test]
 fn vsock_echo_through_the_unix_socket() {
-    use std::io::{BufRead, Read, Write};
-    use std::os::unix::net::UnixStream;
+    use std::io::Read;
     if !kvm() {
         return;
     }
@@ -554,34 +553,8 @@ fn vsock_echo_through_the_unix_socket() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    let mut s = loop {
-        let attempt = UnixStream::connect(&uds).and_then(|mut s| {
-            s.write_all(b"CONNECT 7\n")?;
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            let mut line = String::new();
-            std::io::BufReader::new(s.try_clone()?).read_line(&mut line)?;
-            if line.starts_with("OK ") { Ok(s) } else { Err(std::io::Error::other(line)) }
-        });
-        match attempt {
-            Ok(s) => break s,
-            Err(_) if t.elapsed() < std::time::Duration::from_secs(10) => {
-                std::thread::sleep(std::time::Duration::from_millis(50))
-            }
-            Err(e) => panic!("no vsock connection: {e}"),
-        }
-    };
-    let data: Vec<u8> = (0..1usize << 20).map(|i| (i as u8).wrapping_mul(11) ^ (i >> 10) as u8).collect();
-    let mut reader = s.try_clone().unwrap();
-    let n = data.len();
-    let back = std::thread::spawn(move || {
-        let mut got = vec![0u8; n];
-        reader.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
-        reader.read_exact(&mut got).map(|_| got)
-    });
-    s.write_all(&data).unwrap();
-    let got = back.join().unwrap().expect("the echo");
-    assert!(got == data, "echoed bytes differ");
+    let mut s = xtask::hybrid_vsock_connect(&uds, 7, std::time::Duration::from_secs(10));
+    xtask::assert_echoes(&mut s, 1 << 20, 11);
     drop(s);
     let status = vm.wait().unwrap();
     let mut out = String::new();

@@ -249,6 +249,51 @@ pub fn assert_blkcheck_wrote(before: &[u8], after: &[u8]) {
     }
 }
 
+/// For tests: connect to guest vsock `port` through a hybrid-vsock Unix
+/// socket (`CONNECT <port>\n` → `OK <host port>\n`, the protocol of our
+/// monitor and Firecracker), retrying every 50 ms for up to `within` while
+/// the appliance is not listening yet. Panics with the last error.
+pub fn hybrid_vsock_connect(
+    uds: &Path,
+    port: u32,
+    within: std::time::Duration,
+) -> std::os::unix::net::UnixStream {
+    use std::io::{BufRead, Write};
+    let t = std::time::Instant::now();
+    loop {
+        let attempt = std::os::unix::net::UnixStream::connect(uds).and_then(|mut s| {
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut line = String::new();
+            std::io::BufReader::new(s.try_clone()?).read_line(&mut line)?;
+            s.set_read_timeout(None)?;
+            if line.starts_with("OK ") { Ok(s) } else { Err(std::io::Error::other(line)) }
+        });
+        match attempt {
+            Ok(s) => return s,
+            Err(_) if t.elapsed() < within => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(e) => panic!("no vsock connection through {}: {e}", uds.display()),
+        }
+    }
+}
+
+/// For tests: send `len` pattern bytes (varied by `seed`) through `s` while
+/// reading the echo on another thread; panics unless every byte comes back
+/// in order within 20 s.
+pub fn assert_echoes(s: &mut std::os::unix::net::UnixStream, len: usize, seed: u8) {
+    use std::io::{Read, Write};
+    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed) ^ (i >> 10) as u8).collect();
+    let mut reader = s.try_clone().expect("a second handle on the stream");
+    let back = std::thread::spawn(move || {
+        let mut got = vec![0u8; len];
+        reader.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        reader.read_exact(&mut got).map(|_| got)
+    });
+    s.write_all(&data).expect("sending to the guest");
+    let got = back.join().expect("the reader thread").expect("the echo");
+    assert!(got == data, "echoed bytes differ");
+}
+
 /// Whether `/dev/kvm` can be opened for reading and writing.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

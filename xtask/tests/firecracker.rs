@@ -100,8 +100,6 @@ fn two_cores_on_firecracker() {
 /// Firecracker's strict status transitions.)
 #[test]
 fn vsock_echo_on_firecracker() {
-    use std::io::{BufRead, Read, Write};
-    use std::os::unix::net::UnixStream;
     if !usable() {
         return;
     }
@@ -131,33 +129,8 @@ fn vsock_echo_on_firecracker() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Connect once the appliance listens.
-    let t = std::time::Instant::now();
-    let mut s = loop {
-        let attempt = UnixStream::connect(&uds).and_then(|mut s| {
-            s.write_all(b"CONNECT 7\n")?;
-            let mut line = String::new();
-            std::io::BufReader::new(s.try_clone()?).read_line(&mut line)?;
-            if line.starts_with("OK ") { Ok(s) } else { Err(std::io::Error::other(line)) }
-        });
-        match attempt {
-            Ok(s) => break s,
-            Err(_) if t.elapsed() < std::time::Duration::from_secs(15) => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Err(e) => panic!("no vsock connection: {e}"),
-        }
-    };
-    let data: Vec<u8> = (0..1usize << 20).map(|i| (i as u8).wrapping_mul(13) ^ (i >> 9) as u8).collect();
-    let mut reader = s.try_clone().unwrap();
-    let n = data.len();
-    let got = std::thread::spawn(move || {
-        let mut got = vec![0u8; n];
-        reader.read_exact(&mut got).map(|_| got)
-    });
-    s.write_all(&data).unwrap();
-    let got = got.join().unwrap().expect("the echo");
-    assert!(got == data, "echoed bytes differ");
+    let mut s = xtask::hybrid_vsock_connect(&uds, 7, std::time::Duration::from_secs(15));
+    xtask::assert_echoes(&mut s, 1 << 20, 13);
     drop(s);
     let out = vm.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
