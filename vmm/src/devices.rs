@@ -261,29 +261,44 @@ impl SharedBuffer {
 }
 
 impl Devices {
-    /// The host descriptors to watch, and whether for writing too: TAP
-    /// devices of NICs holding no frame back (a NIC whose guest gave no
-    /// buffer waits for the guest instead), the vsock device's sockets.
+    /// The host descriptors to watch, and whether for writing too: disks'
+    /// queue-notify eventfds (I/O-thread mode), TAP devices of NICs holding
+    /// no frame back (a NIC whose guest gave no buffer waits for the guest
+    /// instead), the vsock device's sockets.
     pub fn host_fds_to_watch(&self) -> Vec<(std::os::fd::RawFd, bool)> {
         use std::os::fd::AsRawFd;
+        let disks =
+            self.disks.iter().filter_map(|d| d.backend.notify_fd.as_ref()).map(|f| (f.as_raw_fd(), false));
         let taps = self
             .nets
             .iter()
             .filter(|n| !n.backend.holds_frame())
             .map(|n| (n.backend.tap().as_raw_fd(), false));
-        taps.chain(self.vsock.iter().flat_map(|v| v.backend.fds())).collect()
+        disks.chain(taps).chain(self.vsock.iter().flat_map(|v| v.backend.fds())).collect()
     }
 
     /// Whether any device has host-side I/O (a thread must watch it).
     pub fn has_host_io(&self) -> bool {
-        !self.nets.is_empty() || self.vsock.is_some()
+        !self.nets.is_empty()
+            || self.vsock.is_some()
+            || self.disks.iter().any(|d| d.backend.notify_fd.is_some())
     }
 
-    /// Serve the host side of the devices (frames from TAP devices,
-    /// vsock connections); returns the interrupt lines to raise.
+    /// Serve the host side of the devices (queue notifications KVM passed
+    /// through ioeventfds, frames from TAP devices, vsock connections);
+    /// returns the interrupt lines to raise.
     pub fn service_host(&mut self, mem: &GuestMemoryMmap) -> Vec<u32> {
         let d = self.disks.len();
         let mut lines = Vec::new();
+        for (i, disk) in self.disks.iter_mut().enumerate() {
+            // A non-blocking eventfd reads as an error when nothing came.
+            if disk.backend.notify_fd.as_ref().is_some_and(|f| f.read().is_ok())
+                && disk.with_queue(0, mem, |b, q, m| crate::virtio_mmio::Backend::notify(b, 0, q, m))
+                    == Effect::Interrupt
+            {
+                lines.push(i as u32);
+            }
+        }
         for (j, nic) in self.nets.iter_mut().enumerate() {
             if nic.with_queue(0, mem, |net, q, m| net.deliver(q, m)) == Effect::Interrupt {
                 lines.push((d + j) as u32);

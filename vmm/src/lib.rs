@@ -95,6 +95,14 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     if std::env::var_os("TORITO_DEBUG_IOEVENTFD").is_some() {
         vm.debug_ioeventfd()?;
     }
+    let mut disks = disks;
+    for (i, (d, c)) in disks.iter_mut().zip(&cfg.disks).enumerate() {
+        if c.iothread {
+            let base =
+                torito_abi::layout::VIRTIO_MMIO_BASE + i as u64 * torito_abi::layout::VIRTIO_MMIO_STRIDE;
+            d.backend.notify_fd = Some(vm.notify_eventfd(base + virtio_mmio::QUEUE_NOTIFY)?);
+        }
+    }
     let mut vcpu = vm.create_vcpu(0, lapic)?;
     let tsc_khz = vcpu.tsc_khz();
     // Without a LAPIC the kernel cannot wake or time other cores.

@@ -28,9 +28,10 @@ struct Cli {
     /// Number of vCPUs (secondary ones start when the kernel asks).
     #[arg(long, default_value = "1", value_parser = parse_cpus)]
     cpus: u32,
-    /// A virtio-blk disk backed by a host file; `,ro` refuses writes.
-    /// Repeat for more disks.
-    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = torito_vmm::virtio_blk::DiskConfig::parse)]
+    /// A virtio-blk disk backed by a host file; `,ro` refuses writes;
+    /// `,iothread` serves it on an I/O thread (for guests that poll, with
+    /// `devices.poll`). Repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,ro][,iothread]", value_parser = torito_vmm::virtio_blk::DiskConfig::parse)]
     disks: Vec<torito_vmm::virtio_blk::DiskConfig>,
     /// A virtio-net NIC on an existing TAP device. Repeat for more NICs.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = torito_vmm::virtio_net::NetConfig::parse)]

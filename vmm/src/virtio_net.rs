@@ -4,7 +4,7 @@
 //! Queue 1 (transmit) is served at the driver's notification: each chain
 //! is a 12-byte `virtio_net_hdr` and a frame, which goes to the TAP device.
 //! Queue 0 (receive) holds empty buffers; frames from the TAP device fill
-//! them when they arrive: the monitor's network thread watches the TAP
+//! them when they arrive: the monitor's device I/O thread watches the TAP
 //! descriptor and calls [`Net::deliver`] under the devices' lock, and a
 //! notification on queue 0 (new buffers) delivers what was waiting. The
 //! guest is untrusted: chains are read and written through
@@ -97,7 +97,7 @@ impl Net {
         self.waiting.is_some()
     }
 
-    /// The TAP device (its descriptor is what the network thread watches).
+    /// The TAP device (its descriptor is what the device I/O thread watches).
     pub fn tap(&self) -> &Tap {
         &self.tap
     }

@@ -276,6 +276,17 @@ impl Vm {
         Ok(())
     }
 
+    /// An eventfd that KVM signals, without an exit to the monitor, when
+    /// the guest writes the 32-bit MMIO register at `addr` (any value).
+    pub fn notify_eventfd(&self, addr: u64) -> Result<vmm_sys_util::eventfd::EventFd, Error> {
+        let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?;
+        self.fd
+            .register_ioevent(&fd, &kvm_ioctls::IoEventAddress::Mmio(addr), kvm_ioctls::NoDatamatch)
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+        Ok(fd)
+    }
+
     /// Most vCPUs KVM allows in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.fd.check_extension_int(kvm_ioctls::Cap::MaxVcpus).max(1) as usize
@@ -396,9 +407,9 @@ pub struct Machine<'a> {
     stop: AtomicBool,
     result: Mutex<Option<Result<Outcome, Error>>>,
     threads: Mutex<Vec<ThreadHandle>>,
-    has_nics: bool,
-    net_started: AtomicBool,
-    /// Written when the guest stops, so the network thread's wait ends.
+    has_host_io: bool,
+    io_started: AtomicBool,
+    /// Written when the guest stops, so the I/O thread's wait ends.
     stopped: vmm_sys_util::eventfd::EventFd,
 }
 
@@ -430,7 +441,7 @@ impl<'a> Machine<'a> {
         if let Some(d) = timeout {
             arm_timeout(d)?;
         }
-        let devices_has_no_nics = !devices.has_host_io();
+        let has_host_io = devices.has_host_io();
         Ok(Self {
             vm,
             mem,
@@ -444,8 +455,8 @@ impl<'a> Machine<'a> {
             stop: AtomicBool::new(false),
             result: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
-            has_nics: !devices_has_no_nics,
-            net_started: AtomicBool::new(false),
+            has_host_io,
+            io_started: AtomicBool::new(false),
             stopped: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
         })
@@ -505,18 +516,20 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Start the network thread, once, if there are NICs: it waits on the
-    /// TAP devices and moves arriving frames into the guest's receive
-    /// buffers (under the devices' lock), then interrupts. Started at the
-    /// guest's first exit, like the RAM registration, so a launch does not
-    /// pay for it before `kernel_main`.
-    fn start_net<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
-        if self.has_nics && !self.net_started.swap(true, Ordering::SeqCst) {
-            scope.spawn(move || self.net_loop());
+    /// Start the device I/O thread, once, if a device has host-side I/O
+    /// (NICs, vsock, disks in I/O-thread mode): it waits on their host
+    /// descriptors and serves them (frames into the guest's receive
+    /// buffers, queue notifications passed by ioeventfds) under the
+    /// devices' lock, then interrupts. Started at the guest's first exit,
+    /// like the RAM registration, so a launch does not pay for it before
+    /// `kernel_main`.
+    fn start_io<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
+        if self.has_host_io && !self.io_started.swap(true, Ordering::SeqCst) {
+            scope.spawn(move || self.io_loop());
         }
     }
 
-    fn net_loop(&self) {
+    fn io_loop(&self) {
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = lock(&self.devices).host_fds_to_watch();
             fds.push((self.stopped.as_raw_fd(), false));
@@ -695,7 +708,7 @@ impl<'a> Machine<'a> {
                 // and to watch the NICs.
                 Step::Continue => {
                     pending.start(scope, self.vm);
-                    self.start_net(scope);
+                    self.start_io(scope);
                 }
                 Step::StartCores(n) => {
                     pending.start(scope, self.vm);

@@ -481,12 +481,23 @@ fn block_figures(monitor: &Path, out: &Path) -> Result<(), String> {
     }
     let elf = crate::build("blkcheck", Variant::default())?;
     let mut runs: Vec<(&str, Command)> = Vec::new();
-    let mut c = Command::new(monitor);
-    c.args(["--timeout", "120", "--timeline=json", "--disk"])
-        .arg(format!("{},ro", img.display()))
-        .arg(&elf)
-        .args(["--", "bench"]);
-    runs.push(("torito", c));
+    // Ours by default (requests served inline at the notification's exit)
+    // and with `,iothread` (an ioeventfd, the device I/O thread), each with
+    // completion by interrupt and by polling (`devices.poll`).
+    for (name, iothread, cmdline) in [
+        ("torito", false, "bench"),
+        ("torito poll", false, "bench devices.poll"),
+        ("I/O thread", true, "bench"),
+        ("I/O thr. poll", true, "bench devices.poll"),
+    ] {
+        let mut c = Command::new(monitor);
+        c.args(["--timeout", "120", "--timeline=json", "--disk"])
+            .arg(format!("{},ro{}", img.display(), if iothread { ",iothread" } else { "" }))
+            .arg(&elf)
+            .arg("--")
+            .args(cmdline.split(' '));
+        runs.push((name, c));
+    }
     if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
         let pvh = crate::build("blkcheck", Variant { pvh_only: true, ..Default::default() })?;
         for (name, cmdline) in [("qemu microvm", "bench"), ("microvm poll", "bench devices.poll")] {
