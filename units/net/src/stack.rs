@@ -104,6 +104,19 @@ impl Stack {
         let t = now();
         self.dirty = false;
         self.iface.poll(t, &mut self.phy, &mut self.sockets);
+        // Frames that came while the device sent (without an interrupt):
+        // a few more rounds, bounded; if frames still wait, the next look
+        // polls (under a flood, later frames interrupt; at worst a waiting
+        // core's longest sleep, 20 ms, passes first).
+        let mut rounds = 0;
+        while self.phy.dev.frame_waiting() {
+            if rounds == 8 {
+                self.dirty = true;
+                break;
+            }
+            self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+            rounds += 1;
+        }
         self.dhcp_events();
         self.next_poll = match self.iface.poll_delay(t, &self.sockets) {
             Some(d) => t + d,
