@@ -63,6 +63,8 @@ pub(crate) fn run() -> ! {
             wait: wait_device_irq,
             msi: device_msi,
             take: take_device_irq,
+            // The Torito monitor's device interrupts are messages (MSI).
+            mmio_ack: crate::boot::protocol() != torito_abi::boot_info::BootProtocol::Direct,
         });
         // PCI through the configuration ports, except on the Torito monitor,
         // which has no PCI.

@@ -122,6 +122,11 @@ pub struct Irq {
     pub msi: fn(u32) -> Option<(u64, u32)>,
     /// Whether line `n` interrupted since the last call (consumes it).
     pub take: fn(u32) -> bool,
+    /// Whether virtio-mmio interrupts must be acknowledged (InterruptStatus
+    /// read, InterruptACK written: two exits) for the line to interrupt
+    /// again: on QEMU and Firecracker, whose lines are level. The Torito
+    /// monitor sends each interrupt as a message and needs none.
+    pub mmio_ack: bool,
 }
 
 /// The network devices found at [`init`], for the networking unit to take.
@@ -159,7 +164,7 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
         // SAFETY: the loader named this window on the command line; the
         // kernel identity-maps the MMIO range and probes each entry once.
         #[allow(unsafe_code)]
-        match unsafe { virtio::probe_mmio(d) } {
+        match unsafe { virtio::probe_mmio(d, irq.is_none_or(|i| i.mmio_ack)) } {
             Ok(virtio::Probed::Block(mut b)) => {
                 if let Some(irq) = irq.filter(|i| (i.route)(d.irq)) {
                     b.use_interrupts(d.irq, irq.wait);

@@ -157,7 +157,7 @@ pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, 
             let location = Location::Pci(df.bus, df.device, df.function);
             let mut probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
                 .map_err(ProbeError::Pci)
-                .and_then(|t| attach(SomeTransport::from(t), location));
+                .and_then(|t| attach(SomeTransport::from(t), location, true));
             // Queue 0 (a block device's requests, a network device's
             // receive queue) interrupts through MSI-X entry 0.
             let line = 16 + u32::from(df.device);

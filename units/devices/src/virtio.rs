@@ -77,17 +77,22 @@ impl core::fmt::Display for ProbeError {
 /// `d` must describe a register window the platform really has (the
 /// loader named it), identity-mapped, and not used by anything else for
 /// the rest of the program.
-pub unsafe fn probe_mmio(d: MmioDevice) -> Result<Probed, ProbeError> {
+pub unsafe fn probe_mmio(d: MmioDevice, ack: bool) -> Result<Probed, ProbeError> {
     let header = NonNull::new(d.base as *mut VirtIOHeader)
         .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
     // SAFETY: forwarded from the caller; the window lasts for ever.
     let transport = unsafe { MmioTransport::new(header, d.size as usize) }.map_err(ProbeError::Transport)?;
-    attach(SomeTransport::from(transport), Location::Mmio(d))
+    attach(SomeTransport::from(transport), Location::Mmio(d), ack)
 }
 
 /// Put the driver for its type on a transport.
-pub(crate) fn attach(transport: SomeTransport<'static>, location: Location) -> Result<Probed, ProbeError> {
-    let transport = crate::stepwise::Stepwise(transport);
+/// `ack`: whether the device's interrupts must be acknowledged.
+pub(crate) fn attach(
+    transport: SomeTransport<'static>,
+    location: Location,
+    ack: bool,
+) -> Result<Probed, ProbeError> {
+    let transport = crate::stepwise::Stepwise::new(transport, ack);
     match transport.device_type() {
         DeviceType::Block => {
             let dev = VirtIOBlk::<ToritoHal, _>::new(transport).map_err(ProbeError::Driver)?;
