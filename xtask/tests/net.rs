@@ -266,6 +266,35 @@ fn bad_peers_do_not_stall_the_others() {
     assert_eq!(result.status.code(), Some(0), "{console}");
 }
 
+/// A peer that sends garbage at every layer (2,000 malformed frames:
+/// random bytes, broken IPv4 headers, TCP segments with random flags and
+/// numbers to the echo port, truncated ICMP/UDP/ARP) does not break the
+/// appliance or the monitor: afterwards ping is answered, three clients
+/// are echoed, and the app ends normally.
+#[test]
+fn garbage_frames_do_not_break_the_appliance() {
+    if !usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("junk") else {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        return;
+    };
+    let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=3"]);
+    assert!(wait_for_ping(&ns));
+    let junk = netload(&ns, &["garbage", "tap0", "2000"]);
+    let text = String::from_utf8_lossy(&junk.stdout);
+    assert!(junk.status.success(), "{text}{}", String::from_utf8_lossy(&junk.stderr));
+    assert!(text.contains("2000 malformed frames sent"), "{text}");
+    assert!(wait_for_ping(&ns), "no ping answer after the garbage");
+    let out = netload(&ns, &["conns", "3", "65536"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("3 connection(s)"), "{console}");
+    assert_eq!(result.status.code(), Some(0), "{console}{}", String::from_utf8_lossy(&result.stderr));
+}
+
 /// UDP: three datagrams from `nc -u` come back; then a read with a 200 ms
 /// timeout times out.
 #[test]
