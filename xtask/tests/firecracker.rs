@@ -25,12 +25,17 @@ fn boot(app: &str, args: &str) -> (Option<i32>, String) {
 
 /// [`boot`] with `vcpus` vCPUs.
 fn boot_cpus(app: &str, args: &str, vcpus: u32) -> (Option<i32>, String) {
+    boot_with(app, args, vcpus, "")
+}
+
+/// [`boot_cpus`] with `drives`: Firecracker's `drives` array, inside.
+fn boot_with(app: &str, args: &str, vcpus: u32, drives: &str) -> (Option<i32>, String) {
     let elf = xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap();
     let dir = std::env::temp_dir().join(format!("torito-fc-{app}-{vcpus}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("vm.json");
     let json = format!(
-        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{args}"}}, "drives": [],
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "{args}"}}, "drives": [{drives}],
             "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": 128}}}}"#,
         elf.display()
     );
@@ -136,4 +141,28 @@ fn vsock_echo_on_firecracker() {
     let text = String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(text.contains("1 vsock connection(s), 1048576 bytes echoed"), "{text}");
+}
+
+/// virtio-blk on Firecracker (virtio-mmio, IOAPIC line): blkcheck reads
+/// the pattern, writes its own and flushes; the image is checked byte for
+/// byte afterwards.
+#[test]
+fn blkcheck_on_firecracker() {
+    if !usable() {
+        return;
+    }
+    let img = xtask::blkcheck_image("fc-disk", 4 << 20);
+    let before = std::fs::read(&img).unwrap();
+    let drive = format!(
+        r#"{{"drive_id": "d0", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+        img.display()
+    );
+    let (status, text) = boot_with("blkcheck", "", 1, &drive);
+    let after = std::fs::read(&img).unwrap();
+    std::fs::remove_file(&img).unwrap();
+    assert!(text.contains("read 65536 bytes, pattern ok"), "{text}");
+    assert!(text.contains("blkcheck: ok"), "{text}");
+    assert!(text.contains("interrupts"), "not completed by interrupt: {text}");
+    xtask::assert_blkcheck_wrote(&before, &after);
+    assert_eq!(status, Some(0), "{text}");
 }

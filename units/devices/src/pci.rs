@@ -143,6 +143,14 @@ fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32
 /// complete by MSI-X: `irq.msi(line)` gives the message for interrupt line
 /// `line` (16 and up, one per function), `irq.wait` waits for it.
 pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, Result<Probed, ProbeError>)> {
+    // Configuration mechanism #1 is there when its address register reads
+    // back what was written (QEMU pc/q35); a machine without PCI
+    // (Firecracker, QEMU microvm) answers all ones or nothing, and is not
+    // scanned: 2 port accesses instead of 64, each a trap from CPL3.
+    (io.outl)(CONFIG_ADDRESS, 0x8000_0000);
+    if (io.inl)(CONFIG_ADDRESS) != 0x8000_0000 {
+        return alloc::vec::Vec::new();
+    }
     let mut root = PciRoot::new(PortCam(io));
     let found: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
