@@ -58,7 +58,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
             torito_abi::layout::VIRTIO_MMIO_MAX
         )));
     }
-    let disks = cfg
+    let mut disks = cfg
         .disks
         .iter()
         .enumerate()
@@ -95,7 +95,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     if std::env::var_os("TORITO_DEBUG_IOEVENTFD").is_some() {
         vm.debug_ioeventfd()?;
     }
-    let mut disks = disks;
+    // `,iothread` disks: QueueNotify through an ioeventfd (docs/design.md).
     for (i, (d, c)) in disks.iter_mut().zip(&cfg.disks).enumerate() {
         if c.iothread {
             let base =
