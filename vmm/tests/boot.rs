@@ -412,6 +412,25 @@ fn a_device_interrupt_wakes_the_thread_waiting_for_it() {
     }
 }
 
+/// Run `elf` with a fresh blkcheck image as its disk (`opts` appended to
+/// the path, `args` before `--disk`); the run and the image before and
+/// after (the image is removed).
+fn run_with_image(
+    name: &str,
+    opts: &str,
+    args: &[&str],
+    elf: &Path,
+    cmdline: &[&str],
+) -> (Run, Vec<u8>, Vec<u8>) {
+    let img = xtask::blkcheck_image(name, 4 << 20);
+    let before = std::fs::read(&img).unwrap();
+    let disk = format!("{}{opts}", img.display());
+    let r = run(&[args, &["--disk", &disk]].concat(), elf, cmdline);
+    let after = std::fs::read(&img).unwrap();
+    std::fs::remove_file(&img).unwrap();
+    (r, before, after)
+}
+
 /// `--disk`: virtio-blk on our monitor, completion by MSI. blkcheck reads
 /// the pattern, writes its own and flushes; the image is checked byte for
 /// byte. With `,ro` the write is refused and the image is unchanged.
@@ -422,16 +441,13 @@ fn virtio_blk_disk_on_our_monitor() {
     }
     let blkcheck = guest("blkcheck");
     for ro in [false, true] {
-        let img = xtask::blkcheck_image(if ro { "disk-ro" } else { "disk-rw" }, 4 << 20);
-        let before = std::fs::read(&img).unwrap();
-        let disk = format!("{}{}", img.display(), if ro { ",ro" } else { "" });
-        let r = run(
-            &["--timeout", "20", "--disk", &disk, "--timeline=json"],
+        let (r, before, after) = run_with_image(
+            if ro { "disk-ro" } else { "disk-rw" },
+            if ro { ",ro" } else { "" },
+            &["--timeout", "20", "--timeline=json"],
             &blkcheck,
             if ro { &["ro"] } else { &[] },
         );
-        let after = std::fs::read(&img).unwrap();
-        std::fs::remove_file(&img).unwrap();
         assert_eq!(r.code, 0, "{}", r.stdout);
         assert!(
             r.stdout.contains("virtio-blk at 0xd0000000 (irq 0, interrupts): 8192 blocks"),
@@ -464,16 +480,13 @@ fn virtio_blk_disk_on_the_io_thread() {
     }
     let blkcheck = guest("blkcheck");
     for poll in [false, true] {
-        let img = xtask::blkcheck_image(if poll { "disk-iot-poll" } else { "disk-iot" }, 4 << 20);
-        let before = std::fs::read(&img).unwrap();
-        let disk = format!("{},iothread", img.display());
-        let r = run(
-            &["--timeout", "20", "--disk", &disk, "--timeline=json"],
+        let (r, before, after) = run_with_image(
+            if poll { "disk-iot-poll" } else { "disk-iot" },
+            ",iothread",
+            &["--timeout", "20"],
             &blkcheck,
             if poll { &["devices.poll"] } else { &[] },
         );
-        let after = std::fs::read(&img).unwrap();
-        std::fs::remove_file(&img).unwrap();
         assert_eq!(r.code, 0, "{}", r.stdout);
         let mode = if poll { "polled" } else { "interrupts" };
         assert!(r.stdout.contains(&format!("(irq 0, {mode}): 8192 blocks")), "{}", r.stdout);
@@ -523,12 +536,8 @@ fn a_misbehaving_guest_cannot_break_the_disk_device() {
     }
     // Served inline, and on the I/O thread.
     for opt in ["", ",iothread"] {
-        let img = xtask::blkcheck_image("disk-evil", 4 << 20);
-        let before = std::fs::read(&img).unwrap();
-        let disk = format!("{}{opt}", img.display());
-        let r = run(&["--timeout", "20", "--disk", &disk], &guest("evilblk"), &[]);
-        let after = std::fs::read(&img).unwrap();
-        std::fs::remove_file(&img).unwrap();
+        let (r, before, after) =
+            run_with_image("disk-evil", opt, &["--timeout", "20"], &guest("evilblk"), &[]);
         assert_eq!(r.code, 0, "{opt}: {}{}", r.stdout, r.stderr);
         assert!(r.stdout.contains("queue outside RAM refused: true"), "{}", r.stdout);
         assert!(r.stdout.contains("4 bad chains returned"), "{}", r.stdout);

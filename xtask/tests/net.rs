@@ -61,6 +61,19 @@ fn usable() -> bool {
     true
 }
 
+/// A fresh namespace with tap0 for one test, or `None` (said loudly) when
+/// the tools, KVM or root are missing.
+fn netns_or_skip(tag: &str) -> Option<Netns> {
+    if !usable() {
+        return None;
+    }
+    let ns = Netns::create(tag);
+    if ns.is_none() {
+        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+    }
+    ns
+}
+
 fn guest(app: &str, pvh_only: bool) -> PathBuf {
     xtask::build(app, Variant { pvh_only, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -123,18 +136,12 @@ fn echo_on_the_torito_monitor() {
 /// Boot echo on `machine` (QEMU), or on our monitor with `None`; ping it,
 /// echo 1 MiB through `nc`; the console must name the NIC as `nic`.
 fn echo_test(machine: Option<QemuMachine>, nic: &str) {
-    if !usable() {
-        return;
-    }
     let tag = match machine {
         Some(QemuMachine::MicrovmKvm) => "mvm",
         Some(_) => "pc",
         None => "trt",
     };
-    let Some(ns) = Netns::create(tag) else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip(tag) else { return };
     let vm = match machine {
         Some(m) => start_echo(&ns, m, "torito.ip=10.0.2.15/24 port=7 conns=1"),
         None => start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=1"]),
@@ -191,13 +198,7 @@ fn netload(ns: &Netns, args: &[&str]) -> std::process::Output {
 /// appliance with bounded memory (4 KiB buffers each way).
 #[test]
 fn a_thousand_concurrent_connections() {
-    if !usable() {
-        return;
-    }
-    let Some(ns) = Netns::create("k") else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip("k") else { return };
     let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
     let vm = ns
         .exec("timeout")
@@ -234,13 +235,7 @@ fn a_thousand_concurrent_connections() {
 /// other connections; their threads end when they go.
 #[test]
 fn bad_peers_do_not_stall_the_others() {
-    if !usable() {
-        return;
-    }
-    let Some(ns) = Netns::create("bad") else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip("bad") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=12"]);
     assert!(wait_for_ping(&ns));
     // A peer that sends 1 MiB and never reads (the echo thread's writes
@@ -273,13 +268,7 @@ fn bad_peers_do_not_stall_the_others() {
 /// are echoed, and the app ends normally.
 #[test]
 fn garbage_frames_do_not_break_the_appliance() {
-    if !usable() {
-        return;
-    }
-    let Some(ns) = Netns::create("junk") else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip("junk") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=3"]);
     assert!(wait_for_ping(&ns));
     let junk = netload(&ns, &["garbage", "tap0", "2000"]);
@@ -299,13 +288,7 @@ fn garbage_frames_do_not_break_the_appliance() {
 /// timeout times out.
 #[test]
 fn udp_echo_and_a_read_timeout() {
-    if !usable() {
-        return;
-    }
-    let Some(ns) = Netns::create("udp") else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip("udp") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "udp", "conns=3"]);
     assert!(wait_for_ping(&ns));
     for i in 0..3 {
@@ -389,13 +372,7 @@ fn dhcp_on_qemu_user_networking() {
 /// side of the TAP device; both directions carry data.
 #[test]
 fn the_appliance_connects_out() {
-    if !usable() {
-        return;
-    }
-    let Some(ns) = Netns::create("cli") else {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
-        return;
-    };
+    let Some(ns) = netns_or_skip("cli") else { return };
     // Build first: the server below waits only 20 s.
     guest("echo", false);
     xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
