@@ -4,6 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::devices::virtio::blk::DiskConfig;
+pub use crate::devices::virtio::net::NetConfig;
+pub use crate::devices::virtio::vsock::VsockConfig;
+
 /// Default guest RAM.
 pub const DEFAULT_MEM: u64 = 128 << 20;
 
@@ -34,11 +38,11 @@ pub struct VmConfig {
     /// Number of vCPUs.
     pub cpus: u32,
     /// Virtio block devices, in order.
-    pub disks: Vec<crate::virtio_blk::DiskConfig>,
+    pub disks: Vec<DiskConfig>,
     /// Virtio network devices, in order.
-    pub nets: Vec<crate::virtio_net::NetConfig>,
+    pub nets: Vec<NetConfig>,
     /// The vsock device.
-    pub vsock: Option<crate::virtio_vsock::VsockConfig>,
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {

@@ -1,86 +1,54 @@
 //! The Torito monitor: a KVM microVM monitor that boots Torito appliances by
 //! direct 64-bit entry at CPL3.
 //!
-//! [`run`] is the whole life of a guest: open KVM, create the VM and its
-//! memory, load and check the ELF, build page tables and the boot
-//! information, create the vCPU in long mode at CPL3, then run it and serve
-//! its exits until it stops. `unsafe` code lives only in [`vstate`].
+//! [`run`] is the whole life of a guest, written as its boot script. The
+//! rooms it visits:
+//!
+//! - [`config`]: what the command line asked for; [`error`]: how a run ends.
+//! - [`loader`]: the ELF's checks and loading.
+//! - [`devices`]: the guest's devices and the table of who answers where
+//!   (the register page, COM1, virtio-mmio disks, NICs and vsock).
+//! - [`arch`]: page tables, boot information, boot registers, CPUID.
+//! - [`vstate`]: every KVM ioctl and all of the monitor's `unsafe` code.
+//! - [`machine`]: the vCPU threads and their exit loop, stopping, the
+//!   timeout, deferred RAM, the device I/O thread.
+//! - [`timeline`]: where the time went (`--timeline`).
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod boot;
+pub mod arch;
 pub mod config;
-pub mod cpuid;
 pub mod devices;
 pub mod error;
-pub mod exit;
 pub mod loader;
-#[allow(unsafe_code)]
-pub mod tap;
+pub mod machine;
 pub mod timeline;
-pub mod virtio_blk;
-pub mod virtio_mmio;
-pub mod virtio_net;
-pub mod virtio_vsock;
 #[allow(unsafe_code)]
 pub mod vstate;
 
 pub use config::VmConfig;
 pub use error::{Error, Outcome};
 
-use std::fs;
+use std::fs::File;
 
+use arch::{boot_info, paging, regs};
+use machine::{Machine, Parts, PendingRam};
 use timeline::{Phase, Timeline};
+use torito_abi::layout::{MAX_RAM, MIN_RAM};
+use torito_abi::note::KernelNote;
+use vstate::{Kvm, Vm};
 
 /// Boot the guest described by `cfg` and run it to the end.
 pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
-    let mut image = fs::File::open(&cfg.kernel).map_err(|e| Error::ReadKernel(cfg.kernel.clone(), e))?;
-    if image.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(Error::ReadKernel(cfg.kernel.clone(), std::io::Error::other("it is a directory")));
-    }
-    if cfg.mem < torito_abi::layout::MIN_RAM || cfg.mem > torito_abi::layout::MAX_RAM {
-        return Err(Error::Config(format!(
-            "--mem {} MiB is out of range ({} MiB to {} GiB)",
-            cfg.mem >> 20,
-            torito_abi::layout::MIN_RAM >> 20,
-            torito_abi::layout::MAX_RAM >> 30
-        )));
-    }
+    // Everything that can be refused is checked before KVM is touched.
+    let mut image = open_kernel(cfg)?;
     let elf = loader::check(&image, cfg.mem).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
+    let mut devices = devices::attach(cfg)?;
+    let cmdline = format!("{}{}", cfg.cmdline, devices.cmdline());
+    let cmdline = boot_info::check_cmdline(cmdline.trim_start())?;
 
-    // Disks: opened and checked before anything else is made; the guest
-    // finds them on its command line.
-    let virtio_count = (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())) as u64;
-    if virtio_count > torito_abi::layout::VIRTIO_MMIO_MAX {
-        return Err(Error::Config(format!(
-            "{virtio_count} disks and NICs: the monitor offers at most {}",
-            torito_abi::layout::VIRTIO_MMIO_MAX
-        )));
-    }
-    let mut disks = cfg
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(i, d)| virtio_blk::open(d, i))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Error::Disk)?;
-    let nets = cfg
-        .nets
-        .iter()
-        .enumerate()
-        .map(|(i, n)| virtio_net::open(n, i))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Error::Net)?;
-    let vsock = cfg.vsock.as_ref().map(virtio_vsock::open).transpose().map_err(Error::Net)?;
-    let mut full_cmdline = cfg.cmdline.clone();
-    for i in 0..virtio_count {
-        let base = torito_abi::layout::VIRTIO_MMIO_BASE + i * torito_abi::layout::VIRTIO_MMIO_STRIDE;
-        full_cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{i}"));
-    }
-    let cmdline = boot::check_cmdline(full_cmdline.trim_start())?;
-
-    let kvm = vstate::Kvm::open(&cfg.kvm_device)?;
+    let kvm = Kvm::open(&cfg.kvm_device)?;
     tl.mark(Phase::KvmReady);
     let vm = kvm.create_vm()?;
     check_cpus(cfg.cpus, &elf.note, &vm)?;
@@ -88,60 +56,71 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     // registration, was measured: no gain, KVM serialises the two.)
     let (mem, deferred) = vm.add_memory(cfg.mem)?;
     tl.mark(Phase::MemoryReady);
+
     loader::load(&mem, &mut image, &elf).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    boot::write_page_tables(&mem, cfg.mem)?;
+    paging::write_page_tables(&mem, cfg.mem)?;
     tl.mark(Phase::ElfLoaded);
+
     let lapic = vm.enable_lapic()?;
     if std::env::var_os("TORITO_DEBUG_IOEVENTFD").is_some() {
         vm.debug_ioeventfd()?;
     }
     // `,iothread` disks: QueueNotify through an ioeventfd (docs/design.md).
-    for (i, (d, c)) in disks.iter_mut().zip(&cfg.disks).enumerate() {
-        if c.iothread {
-            let base =
-                torito_abi::layout::VIRTIO_MMIO_BASE + i as u64 * torito_abi::layout::VIRTIO_MMIO_STRIDE;
-            d.backend.notify_fd = Some(vm.notify_eventfd(base + virtio_mmio::QUEUE_NOTIFY)?);
-        }
-    }
+    devices.connect_notifiers(|addr| vm.notify_eventfd(addr))?;
     let mut vcpu = vm.create_vcpu(0, lapic)?;
     let tsc_khz = vcpu.tsc_khz();
     // Without a LAPIC the kernel cannot wake or time other cores.
     let cpus = if lapic { cfg.cpus } else { 1 };
-    boot::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus)?;
-    vcpu.set_boot_registers(&boot::registers(&elf.note, 0))?;
+    boot_info::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus)?;
+    vcpu.set_boot_registers(&regs::registers(&elf.note, 0))?;
     if cfg.timeline.is_some() {
         tl.set_clock_reference(vcpu.clock_reference(tsc_khz));
     }
     tl.mark(Phase::VcpuReady);
 
     // The rest of RAM is registered from the guest's first exit on.
-    let pending = vstate::PendingRam::new(deferred);
-    let mut devices = devices::Devices::new(cfg.console_out());
-    devices.disks = disks;
-    devices.nets = nets;
-    devices.vsock = vsock;
-    let machine = vstate::Machine::new(&vm, &mem, elf.note, cpus, lapic, devices, pending, cfg.timeout)?;
-    // A scope joins its threads (secondary vCPUs, RAM registration) on
-    // every return.
+    let pending = PendingRam::new(deferred);
+    let parts = Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout };
+    let machine = Machine::new(&vm, &mem, parts)?;
+    // A scope joins its threads (secondary vCPUs, RAM registration, device
+    // I/O) on every return.
     std::thread::scope(|s| {
         machine.run(s, &mut vcpu, tl);
         tl.mark(Phase::GuestStopped);
     });
+
     machine.pending().wait()?;
     tl.pending_ram_accesses = machine.pending().accesses();
     tl.vcpus_started = machine.started();
     let outcome = machine.into_outcome()?;
-    tl.set_guest_trace(boot::read_trace(&mem));
+    tl.set_guest_trace(boot_info::read_trace(&mem));
     if cfg.timeline.is_some() {
         tl.set_stats(vcpu.stats());
-        tl.guest_touched_kib = vstate::resident_kib(&mem);
-        tl.peak_rss_kib = vstate::peak_rss_kib();
+        tl.guest_touched_kib = vstate::sys::resident_kib(&mem);
+        tl.peak_rss_kib = vstate::sys::peak_rss_kib();
     }
     Ok(outcome)
 }
 
+/// Open the kernel ELF and check what needs no KVM: a file, RAM in range.
+fn open_kernel(cfg: &VmConfig) -> Result<File, Error> {
+    let image = File::open(&cfg.kernel).map_err(|e| Error::ReadKernel(cfg.kernel.clone(), e))?;
+    if image.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::ReadKernel(cfg.kernel.clone(), std::io::Error::other("it is a directory")));
+    }
+    if cfg.mem < MIN_RAM || cfg.mem > MAX_RAM {
+        return Err(Error::Config(format!(
+            "--mem {} MiB is out of range ({} MiB to {} GiB)",
+            cfg.mem >> 20,
+            MIN_RAM >> 20,
+            MAX_RAM >> 30
+        )));
+    }
+    Ok(image)
+}
+
 /// Check `--cpus` against the kernel's per-core tables, KVM and the host.
-fn check_cpus(cpus: u32, note: &torito_abi::note::KernelNote, vm: &vstate::Vm) -> Result<(), Error> {
+fn check_cpus(cpus: u32, note: &KernelNote, vm: &Vm) -> Result<(), Error> {
     let n = cpus as usize;
     if n == 0 {
         return Err(Error::Config("--cpus 0: a guest needs at least 1 vCPU".into()));

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use torito_vmm::config::{TimelineFormat, parse_cpus, parse_duration, parse_size};
+use torito_vmm::config::{
+    DiskConfig, NetConfig, TimelineFormat, VsockConfig, parse_cpus, parse_duration, parse_size,
+};
 use torito_vmm::timeline::{Phase, Timeline};
 use torito_vmm::{Error, VmConfig};
 
@@ -31,16 +33,16 @@ struct Cli {
     /// A virtio-blk disk backed by a host file; `,ro` refuses writes;
     /// `,iothread` serves it on an I/O thread (for guests that poll, with
     /// `devices.poll`). Repeat for more disks.
-    #[arg(long = "disk", value_name = "PATH[,ro][,iothread]", value_parser = torito_vmm::virtio_blk::DiskConfig::parse)]
-    disks: Vec<torito_vmm::virtio_blk::DiskConfig>,
+    #[arg(long = "disk", value_name = "PATH[,ro][,iothread]", value_parser = DiskConfig::parse)]
+    disks: Vec<DiskConfig>,
     /// A virtio-net NIC on an existing TAP device. Repeat for more NICs.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = torito_vmm::virtio_net::NetConfig::parse)]
-    nets: Vec<torito_vmm::virtio_net::NetConfig>,
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = NetConfig::parse)]
+    nets: Vec<NetConfig>,
     /// A virtio-vsock device whose host side is the Unix socket PATH
     /// (connect and write `CONNECT <port>\n`; guest connections to host
     /// port P reach PATH_P).
-    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = torito_vmm::virtio_vsock::VsockConfig::parse)]
-    vsock: Option<torito_vmm::virtio_vsock::VsockConfig>,
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = VsockConfig::parse)]
+    vsock: Option<VsockConfig>,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,

@@ -19,7 +19,7 @@ use crate::config::TimelineFormat;
 /// Environment variable carrying the launcher's clock at spawn.
 pub const LAUNCH_ENV: &str = "TORITO_LAUNCH_NS";
 
-pub use crate::vstate::now_ns;
+pub use crate::vstate::sys::now_ns;
 
 /// Host-side phases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! binary as a user would, and checks console output and exit status.
 //! Without `/dev/kvm` the KVM tests say so on stderr and pass vacuously;
 //! the image and configuration checks need no KVM and always run.
+//! (Long, as a list of independent tests sharing a few helpers is.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,6 +6,7 @@
 
 pub mod bare;
 pub mod bench;
+pub mod group;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
-//! cargo xtask bench [-n 30]                                     launch-time benchmark
+//! cargo xtask bench [launch|process|block|net]... [-n 30]      benchmarks, same-run verdicts
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -82,8 +82,13 @@ enum Cmd {
     /// Check formatting and run clippy (host crates and guest crates).
     Lint,
     /// Measure launch-to-KernelMain against the bare-guest floor and QEMU
-    /// (and Firecracker when installed); writes JSON and an SVG chart.
+    /// (and Firecracker when installed), then the process unit, the block
+    /// device and the network; writes JSON and an SVG chart. Exits 1 when
+    /// a target is missed.
     Bench {
+        /// Sections to run (default: all).
+        #[arg(value_enum)]
+        sections: Vec<xtask::bench::Section>,
         /// Counted launches per configuration.
         #[arg(short = 'n', long, default_value_t = 30)]
         runs: usize,
@@ -156,9 +161,10 @@ fn run() -> Result<i32, String> {
         }
         Cmd::Test => test(),
         Cmd::Lint => lint(),
-        Cmd::Bench { runs, warmup, out } => {
+        Cmd::Bench { sections, runs, warmup, out } => {
             let out = if out.is_absolute() { out } else { xtask::root().join(out) };
-            let ok = xtask::bench::run(&xtask::bench::Options { runs: runs.max(1), warmup, out })?;
+            let opts = xtask::bench::Options { runs: runs.max(1), warmup, out, sections };
+            let ok = xtask::bench::run(&opts)?;
             Ok(if ok { 0 } else { 1 })
         }
     }

@@ -126,14 +126,15 @@ fn vsock_echo_on_firecracker() {
     .unwrap();
     let log = dir.join("firecracker.log");
     std::fs::write(&log, "").unwrap();
-    let vm = Command::new("timeout")
-        .args(["30", "firecracker", "--no-api", "--log-path"])
-        .arg(&log)
-        .arg("--config-file")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let vm = xtask::group::spawn(
+        Command::new("timeout")
+            .args(["30", "firecracker", "--no-api", "--log-path"])
+            .arg(&log)
+            .arg("--config-file")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
     let mut s = xtask::hybrid_vsock_connect(&uds, 7, std::time::Duration::from_secs(15));
     xtask::assert_echoes(&mut s, 1 << 20, 13);
     drop(s);

@@ -6,8 +6,10 @@
 //! namespaces, TAP); otherwise the test says so and skips.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
+use xtask::group::GroupChild;
 
 use xtask::{QemuMachine, Variant};
 
@@ -80,16 +82,16 @@ fn guest(app: &str, pvh_only: bool) -> PathBuf {
 
 /// Start the echo appliance on the Torito monitor inside `ns` (`--net
 /// tap=tap0`).
-fn start_echo_on_torito(ns: &Netns, cmdline: &[&str]) -> Child {
+fn start_echo_on_torito(ns: &Netns, cmdline: &[&str]) -> GroupChild {
     let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
     let mut c = ns.exec("timeout");
     c.arg("60").arg(monitor).args(["--net", "tap=tap0"]).arg(guest("echo", false)).arg("--").args(cmdline);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start torito")
+    xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start torito")
 }
 
 /// Start the echo appliance on QEMU inside `ns`: microvm (KVM, PVH,
 /// virtio-net-device) or pc (TCG, multiboot, virtio-net-pci).
-fn start_echo(ns: &Netns, machine: QemuMachine, cmdline: &str) -> Child {
+fn start_echo(ns: &Netns, machine: QemuMachine, cmdline: &str) -> GroupChild {
     let microvm = machine == QemuMachine::MicrovmKvm;
     let qemu = xtask::qemu(machine, &guest("echo", microvm), cmdline);
     let mut c = ns.exec("timeout");
@@ -99,7 +101,7 @@ fn start_echo(ns: &Netns, machine: QemuMachine, cmdline: &str) -> Child {
     }
     c.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"]);
     c.arg(if microvm { "virtio-net-device,netdev=n0" } else { "virtio-net-pci,netdev=n0" });
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start qemu")
+    xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start qemu")
 }
 
 /// Wait until the guest answers ping (it boots in well under a second).
@@ -200,17 +202,17 @@ fn netload(ns: &Netns, args: &[&str]) -> std::process::Output {
 fn a_thousand_concurrent_connections() {
     let Some(ns) = netns_or_skip("k") else { return };
     let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
-    let vm = ns
-        .exec("timeout")
-        .arg("120")
-        .arg(monitor)
-        .args(["--mem", "512M", "--timeline=json", "--net", "tap=tap0"])
-        .arg(guest("echo", false))
-        .args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1000", "backlog=256", "buf=4096"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let vm = xtask::group::spawn(
+        ns.exec("timeout")
+            .arg("120")
+            .arg(monitor)
+            .args(["--mem", "512M", "--timeline=json", "--net", "tap=tap0"])
+            .arg(guest("echo", false))
+            .args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1000", "backlog=256", "buf=4096"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     assert!(wait_for_ping(&ns));
     let out = netload(&ns, &["conns", "1000", "1000"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -331,17 +333,18 @@ fn dhcp_on_qemu_user_networking() {
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &guest("echo", true), "port=7 conns=1");
-    let vm = Command::new("timeout")
-        .arg("60")
-        .arg(qemu.get_program())
-        .args(qemu.get_args())
-        .args(["-machine", "acpi=off", "-netdev"])
-        .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"))
-        .args(["-device", "virtio-net-device,netdev=n0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let vm = xtask::group::spawn(
+        Command::new("timeout")
+            .arg("60")
+            .arg(qemu.get_program())
+            .args(qemu.get_args())
+            .args(["-machine", "acpi=off", "-netdev"])
+            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"))
+            .args(["-device", "virtio-net-device,netdev=n0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let msg = b"through DHCP and a forwarded port\n";
     let t = Instant::now();
     let echoed = loop {

@@ -24,6 +24,10 @@
 //! none has a pending notification and no thread anywhere has made
 //! progress over a whole period, nothing can ever wake them: that is
 //! reported as a panic instead of a silent hang.
+//!
+//! (A long file on purpose: the scheduler, the system of schedulers, the
+//! waiting protocol and their host tests share private state and one
+//! locking discipline, which is easier to check read together.)
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

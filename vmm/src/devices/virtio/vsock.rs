@@ -20,10 +20,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
+use super::queue::{fill_next, read_all};
 
 const DEVICE_VSOCK: u32 = 19;
 /// The host's context ID.
@@ -162,33 +163,36 @@ pub struct Vsock {
     rx: VecDeque<(Hdr, Vec<u8>)>,
 }
 
-/// A virtio-vsock device on virtio-mmio.
-pub type VirtioVsock = MmioDevice<Vsock>;
-
 /// Listen on the Unix socket of `cfg` (a stale socket file there is
 /// replaced) and make the device.
-pub fn open(cfg: &VsockConfig) -> Result<VirtioVsock, String> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(m) = std::fs::symlink_metadata(&cfg.uds) {
-        if !m.file_type().is_socket() {
-            return Err(format!("vsock: {} exists and is not a socket", cfg.uds.display()));
-        }
-        let _ = std::fs::remove_file(&cfg.uds);
-    }
-    let listener = UnixListener::bind(&cfg.uds)
-        .map_err(|e| format!("vsock: cannot listen on {}: {e}", cfg.uds.display()))?;
-    listener.set_nonblocking(true).map_err(|e| format!("vsock: {e}"))?;
-    Ok(MmioDevice::new(Vsock {
-        cid: cfg.cid,
-        uds: cfg.uds.clone(),
-        listener,
-        conns: Vec::new(),
-        next_port: FIRST_HOST_PORT,
-        rx: VecDeque::new(),
-    }))
+pub fn open(cfg: &VsockConfig) -> Result<MmioDevice, String> {
+    Vsock::listen(cfg).map(MmioDevice::new)
 }
 
 impl Vsock {
+    /// The device's host side, listening on the Unix socket of `cfg` (a
+    /// stale socket file there is replaced).
+    pub fn listen(cfg: &VsockConfig) -> Result<Self, String> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(m) = std::fs::symlink_metadata(&cfg.uds) {
+            if !m.file_type().is_socket() {
+                return Err(format!("vsock: {} exists and is not a socket", cfg.uds.display()));
+            }
+            let _ = std::fs::remove_file(&cfg.uds);
+        }
+        let listener = UnixListener::bind(&cfg.uds)
+            .map_err(|e| format!("vsock: cannot listen on {}: {e}", cfg.uds.display()))?;
+        listener.set_nonblocking(true).map_err(|e| format!("vsock: {e}"))?;
+        Ok(Vsock {
+            cid: cfg.cid,
+            uds: cfg.uds.clone(),
+            listener,
+            conns: Vec::new(),
+            next_port: FIRST_HOST_PORT,
+            rx: VecDeque::new(),
+        })
+    }
+
     fn header(&self, c: &Conn, op: u16, len: usize) -> Hdr {
         Hdr {
             src_cid: HOST_CID,
@@ -203,17 +207,10 @@ impl Vsock {
         }
     }
 
-    /// The host descriptors to watch, and whether for writing too.
-    pub fn fds(&self) -> Vec<(RawFd, bool)> {
-        std::iter::once((self.listener.as_raw_fd(), false))
-            .chain(self.conns.iter().map(|c| (c.stream.as_raw_fd(), !c.out.is_empty())))
-            .collect()
-    }
-
     /// Serve the host side: new connections, `CONNECT` lines, bytes to
     /// forward both ways. Then move waiting packets into the guest's
-    /// buffers; returns whether any were used.
-    pub fn service(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) -> bool {
+    /// buffers.
+    pub fn service(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) {
         while let Ok((stream, _)) = self.listener.accept() {
             if stream.set_nonblocking(true).is_ok() {
                 let host_port = self.next_port;
@@ -240,7 +237,9 @@ impl Vsock {
                 self.conns.swap_remove(i);
             }
         }
-        queue.is_some_and(|q| self.deliver(q, mem))
+        if let Some(q) = queue {
+            self.deliver(q, mem);
+        }
     }
 
     /// One connection's host side; `false` when it is over.
@@ -316,63 +315,50 @@ impl Vsock {
     }
 
     /// Waiting packets into the guest's receive buffers.
-    fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
+    fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
         while !self.rx.is_empty() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
-            let head = chain.head_index();
-            let (mut h, mut data) = self.rx.pop_front().unwrap_or_default();
-            let len = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() > HDR => {
-                    // The guest's buffers may be smaller than the payload
-                    // (virtio-drivers posts 512 bytes): split data packets.
-                    let room = w.available_bytes() - HDR;
-                    if h.op == OP_RW && data.len() > room {
-                        let rest = data.split_off(room);
-                        let mut rh = h;
-                        rh.len = rest.len() as u32;
-                        self.rx.push_front((rh, rest));
-                        h.len = data.len() as u32;
-                    }
-                    if data.len() <= room && w.write_all(&h.bytes()).is_ok() && w.write_all(&data).is_ok() {
-                        (HDR + data.len()) as u32
-                    } else {
-                        0
-                    }
+            let rx = &mut self.rx;
+            let filled = fill_next(queue, mem, |w| {
+                let (mut h, mut data) = rx.pop_front().unwrap_or_default();
+                if w.available_bytes() <= HDR {
+                    return 0;
                 }
-                _ => 0,
-            };
-            if queue.add_used(mem, head, len).is_err() {
+                // The guest's buffers may be smaller than the payload
+                // (virtio-drivers posts 512 bytes): split data packets.
+                let room = w.available_bytes() - HDR;
+                if h.op == OP_RW && data.len() > room {
+                    let rest = data.split_off(room);
+                    let mut rh = h;
+                    rh.len = rest.len() as u32;
+                    rx.push_front((rh, rest));
+                    h.len = data.len() as u32;
+                }
+                if data.len() <= room && w.write_all(&h.bytes()).is_ok() && w.write_all(&data).is_ok() {
+                    (HDR + data.len()) as u32
+                } else {
+                    0
+                }
+            });
+            if !filled {
                 break;
             }
-            used = true;
         }
-        used
     }
 
     /// Packets from the guest.
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            if let Ok(mut r) = chain.reader(mem) {
-                let mut hb = [0u8; HDR];
-                if r.read_exact(&mut hb).is_ok()
-                    && let Some(h) = Hdr::parse(&hb)
-                {
-                    let mut data = Vec::new();
-                    let want = (h.len as usize).min(64 * 1024);
-                    if (&mut r).take(want as u64).read_to_end(&mut data).is_ok() && data.len() == want {
-                        self.handle_guest_packet(h, data);
-                    }
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        read_all(queue, mem, |mut r| {
+            let mut hb = [0u8; HDR];
+            if r.read_exact(&mut hb).is_ok()
+                && let Some(h) = Hdr::parse(&hb)
+            {
+                let mut data = Vec::new();
+                let want = (h.len as usize).min(64 * 1024);
+                if (&mut r).take(want as u64).read_to_end(&mut data).is_ok() && data.len() == want {
+                    self.handle_guest_packet(h, data);
                 }
             }
-            if queue.add_used(mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-        }
-        used
+        });
     }
 
     fn handle_guest_packet(&mut self, h: Hdr, data: Vec<u8>) {
@@ -490,14 +476,31 @@ impl Backend for Vsock {
         3
     }
 
-    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        match index {
-            0 => self.deliver(queue, mem),
-            // Answers (and freed credit) go out with the delivery that
-            // follows (see `Devices::mmio_write`).
-            1 => self.transmit(queue, mem),
-            _ => false,
+    /// Packets from the guest on the transmit queue; then answers, freed
+    /// credit and host bytes go out on the receive queue (after any
+    /// notification: new receive buffers let waiting packets through).
+    fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        if index == 1
+            && let Some(q) = queues.get(1)
+        {
+            self.transmit(q, mem);
         }
+        self.service(queues.get(0), mem);
+    }
+
+    fn has_host_io(&self) -> bool {
+        true
+    }
+
+    /// The listening socket, and each connection (for writing too when
+    /// bytes wait for the host program).
+    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
+        fds.push((self.listener.as_raw_fd(), false));
+        fds.extend(self.conns.iter().map(|c| (c.stream.as_raw_fd(), !c.out.is_empty())));
+    }
+
+    fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        self.service(queues.get(0), mem);
     }
 }
 
@@ -545,9 +548,8 @@ mod tests {
         )
         .unwrap();
         let uds = std::env::temp_dir().join(format!("torito-vsock-unit-{}.sock", std::process::id()));
-        let dev = open(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
-        let mut v = dev.backend;
-        assert!(v.transmit(&mut queue, &mem));
+        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        v.transmit(&mut queue, &mem);
         let used: u16 = mem.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
         assert_eq!(used, 6, "every packet was returned");
         assert_eq!(v.rx.len(), 1, "one answer");

@@ -26,6 +26,9 @@ pub enum Exit<'a> {
     InternalError,
     /// A system event (`KVM_SYSTEM_EVENT_*`).
     SystemEvent(u32),
+    /// A signal made `KVM_RUN` return (a kick from another vCPU, the
+    /// timeout): the run loop looks at why.
+    Interrupted,
     /// Anything else, by name.
     Other(&'static str),
 }
@@ -51,6 +54,13 @@ pub enum Step {
     Halted,
     /// The guest cannot go on.
     Crash(String),
+}
+
+impl Step {
+    /// Whether the guest runs on after this step.
+    pub fn goes_on(&self) -> bool {
+        matches!(self, Step::Continue | Step::StartCores(_) | Step::Interrupt(_) | Step::TestInterrupt(..))
+    }
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -83,6 +93,7 @@ pub fn handle_exit(exit: Exit<'_>, devices: &mut Devices, mem: &GuestMemoryMmap)
         // `hlt` reaches user space only without an in-kernel LAPIC; then
         // nothing can wake the vCPU.
         Exit::Hlt => Step::Halted,
+        Exit::Interrupted => Step::Continue,
         Exit::Shutdown => Step::TripleFault,
         Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Step::TripleFault,
         Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET) => Step::Reset,
@@ -125,6 +136,7 @@ mod tests {
             "the delay is capped at a second"
         );
         assert_eq!(handle_exit(Exit::Hlt, &mut d, &m), Step::Halted);
+        assert_eq!(handle_exit(Exit::Interrupted, &mut d, &m), Step::Continue);
         assert_eq!(handle_exit(Exit::SystemEvent(2), &mut d, &m), Step::Reset);
         assert!(
             matches!(handle_exit(Exit::FailEntry(0x21), &mut d, &m), Step::Crash(s) if s.contains("0x21"))

@@ -1,18 +1,16 @@
 //! A TAP device (Ethernet frames to and from the host's network stack),
-//! opened by name. `vmm-sys-util` has no TAP helper, so the one `ioctl`
-//! (TUNSETIFF) is here, with the module's only `unsafe`.
+//! opened by name. `vmm-sys-util` has no TAP helper; the one `ioctl`
+//! (TUNSETIFF) is `vstate::sys::tun_set_iff`.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-/// `TUNSETIFF`: `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+use crate::vstate::sys::{IFNAMSIZ, tun_set_iff};
+
 const IFF_TAP: u16 = 0x0002;
 const IFF_NO_PI: u16 = 0x1000;
-/// `IFNAMSIZ`.
-const NAME_MAX: usize = 16;
 
 /// An open TAP device, non-blocking, frames without a packet-info header.
 #[derive(Debug)]
@@ -25,7 +23,7 @@ impl Tap {
     /// Attach to the existing TAP device `name`; every reason it cannot be
     /// used is one line for the user.
     pub fn open(name: &str) -> Result<Self, String> {
-        if name.is_empty() || name.len() >= NAME_MAX || name.contains('/') {
+        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('/') {
             return Err(format!("'{name}' is not a network interface name"));
         }
         if !std::path::Path::new("/sys/class/net").join(name).exists() {
@@ -40,20 +38,9 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
-        // struct ifreq: the name, then the flags (a short) in the union.
-        let mut ifr = [0u8; 40];
-        ifr[..name.len()].copy_from_slice(name.as_bytes());
-        ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes on
-        // x86-64) at the pointer; `ifr` is that large and lives across the
-        // call; the descriptor is the open tun device.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(format!(
-                "cannot attach to TAP device '{name}': {e} (is it a TAP device, owned by this user, not in use?)"
-            ));
-        }
+        tun_set_iff(&file, name, IFF_TAP | IFF_NO_PI).map_err(|e| {
+            format!("cannot attach to TAP device '{name}': {e} (is it a TAP device, owned by this user, not in use?)")
+        })?;
         Ok(Self { file, name: name.to_string() })
     }
 

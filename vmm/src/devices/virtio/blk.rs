@@ -1,5 +1,5 @@
 //! A virtio-blk device backed by a host file, on the virtio-mmio
-//! transport ([`crate::virtio_mmio`]).
+//! transport ([`super::mmio`]).
 //!
 //! A write to `QueueNotify` makes the vCPU thread serve every available
 //! request at once (read, write, flush, get-id) before the guest resumes.
@@ -13,13 +13,16 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
+use super::queue::{Chain, serve_all};
 
 /// Size of a sector: the unit of `capacity` and of request offsets.
 pub const SECTOR: u64 = 512;
@@ -111,25 +114,35 @@ pub struct Blk {
     /// Requests completed (for tests and statistics).
     pub completed: u64,
     buf: Vec<u8>,
-    /// With `,iothread`: the ioeventfd KVM
-    /// signals when the driver writes QueueNotify, which then never exits
-    /// to the monitor; the I/O thread serves the queue.
-    pub notify_fd: Option<vmm_sys_util::eventfd::EventFd>,
+    /// Serve on the I/O thread (`,iothread`).
+    iothread: bool,
+    /// With `,iothread`: the ioeventfd KVM signals when the driver writes
+    /// QueueNotify, which then never exits to the monitor; the I/O thread
+    /// serves the queue.
+    notify_fd: Option<EventFd>,
 }
 
-/// A virtio-blk device on virtio-mmio.
-pub type VirtioBlk = MmioDevice<Blk>;
-
 /// Open `cfg` and make its device (`index` names it: `torito-disk<index>`).
-pub fn open(cfg: &DiskConfig, index: usize) -> Result<VirtioBlk, String> {
+pub fn open(cfg: &DiskConfig, index: usize) -> Result<MmioDevice, String> {
     let (file, len) = cfg.open()?;
-    Ok(MmioDevice::new(Blk::new(file, len, cfg.readonly, format!("torito-disk{index}"))))
+    let mut blk = Blk::new(file, len, cfg.readonly, format!("torito-disk{index}"));
+    blk.iothread = cfg.iothread;
+    Ok(MmioDevice::new(blk))
 }
 
 impl Blk {
     /// A device over `file` of `len` bytes (whole sectors are used).
     pub fn new(file: File, len: u64, readonly: bool, id: String) -> Self {
-        Self { file, sectors: len / SECTOR, readonly, id, completed: 0, buf: Vec::new(), notify_fd: None }
+        Self {
+            file,
+            sectors: len / SECTOR,
+            readonly,
+            id,
+            completed: 0,
+            buf: Vec::new(),
+            iothread: false,
+            notify_fd: None,
+        }
     }
 
     /// The disk's size in sectors.
@@ -163,32 +176,42 @@ impl Backend for Blk {
         QUEUE_MAX
     }
 
-    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        if index != 0 {
-            return false;
+    fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        let Some(queue) = queues.get(index).filter(|_| index == 0) else { return };
+        serve_all(queue, mem, |chain| {
+            self.completed += 1;
+            self.serve(chain, mem)
+        });
+    }
+
+    fn wants_notify_fd(&self) -> bool {
+        self.iothread
+    }
+
+    fn set_notify_fd(&mut self, fd: EventFd) {
+        self.notify_fd = Some(fd);
+    }
+
+    fn has_host_io(&self) -> bool {
+        self.notify_fd.is_some()
+    }
+
+    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
+        fds.extend(self.notify_fd.as_ref().map(|f| (f.as_raw_fd(), false)));
+    }
+
+    /// A notification KVM passed through the eventfd (a non-blocking
+    /// eventfd reads as an error when none came).
+    fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        if self.notify_fd.as_ref().is_some_and(|f| f.read().is_ok()) {
+            self.notify(0, queues, mem);
         }
-        let mut done = 0;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = self.serve(chain, mem);
-            if queue.add_used(mem, head, len).is_err() {
-                // The used ring is not in guest memory: stop serving.
-                break;
-            }
-            done += 1;
-        }
-        self.completed += done;
-        done > 0
     }
 }
 
 impl Blk {
     /// Serve one request; returns the bytes written into the chain.
-    fn serve(
-        &mut self,
-        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-        mem: &GuestMemoryMmap,
-    ) -> u32 {
+    fn serve(&mut self, chain: Chain<'_>, mem: &GuestMemoryMmap) -> u32 {
         let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
             return 0;
         };
@@ -284,8 +307,8 @@ impl Blk {
 
 #[cfg(test)]
 mod tests {
+    use super::super::mmio::{Effect, MAGIC, NEEDS_RESET};
     use super::*;
-    use crate::virtio_mmio::{Effect, MAGIC, NEEDS_RESET};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -294,7 +317,7 @@ mod tests {
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
 
-    fn disk(name: &str, readonly: bool) -> (VirtioBlk, PathBuf) {
+    fn disk(name: &str, readonly: bool) -> (MmioDevice, PathBuf) {
         let path = std::env::temp_dir().join(format!("torito-vblk-{name}-{}", std::process::id()));
         let data: Vec<u8> = (0..8 * SECTOR as usize).map(|i| (i / 512) as u8 + 1).collect();
         std::fs::write(&path, data).unwrap();
@@ -302,12 +325,12 @@ mod tests {
         (dev, path)
     }
 
-    fn reg(dev: &mut VirtioBlk, off: u64, v: u32, mem: &GuestMemoryMmap) -> Effect {
+    fn reg(dev: &mut MmioDevice, off: u64, v: u32, mem: &GuestMemoryMmap) -> Effect {
         dev.write(off, &v.to_le_bytes(), mem)
     }
 
     /// Point the device's queue at the mock queue's rings, as a driver does.
-    fn configure(dev: &mut VirtioBlk, q: &MockSplitQueue<GuestMemoryMmap>, mem: &GuestMemoryMmap) {
+    fn configure(dev: &mut MmioDevice, q: &MockSplitQueue<GuestMemoryMmap>, mem: &GuestMemoryMmap) {
         reg(dev, 0x038, 16, mem);
         reg(dev, 0x080, q.desc_table_addr().0 as u32, mem);
         reg(dev, 0x090, q.avail_addr().0 as u32, mem);

@@ -1,17 +1,21 @@
 //! The virtio-mmio transport (version 2, virtio 1.2 §4.2.2) of the
 //! monitor's devices: registers, feature negotiation, queues, interrupt
-//! status. A [`Backend`] (block, network) says what the device is and
-//! serves its queues.
+//! decisions. A [`Backend`] (block, network, vsock) says what the device is
+//! and serves its queues; everything a device shares is written here once.
 //!
 //! Why by hand: the rust-vmm crate with this logic (`virtio-device`) is
 //! not published; the register layout is short and fixed.
 //!
 //! Queues are `virtio-queue`'s. A queue whose rings do not fit guest RAM
 //! is refused (DEVICE_NEEDS_RESET); nothing the driver writes here can make
-//! the monitor fail.
+//! the monitor fail. Whether a backend used buffers is read off each
+//! queue's used index, so backends only serve and never decide interrupts.
+
+use std::os::fd::RawFd;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Offset of the QueueNotify register.
 pub const QUEUE_NOTIFY: u64 = 0x050;
@@ -25,10 +29,14 @@ const VENDOR: u32 = 0x4f54_5254; // "TRTO"
 pub(crate) const F_VERSION_1: u64 = 1 << 32;
 pub(crate) const STATUS_FAILED: u32 = 0x80;
 pub(crate) const NEEDS_RESET: u32 = 0x40;
+/// Most queues a device may have.
+const MAX_QUEUES: usize = 8;
 
-/// What a device is and how it serves its queues.
-pub trait Backend {
-    /// virtio device type (1 network, 2 block).
+/// What a device is and how it serves its queues. Host-side hooks default
+/// to "none": a device without a host side (a disk served inline) writes
+/// only the first five methods.
+pub trait Backend: Send {
+    /// virtio device type (1 network, 2 block, 19 vsock).
     fn device_id(&self) -> u32;
     /// Features offered (`F_VERSION_1` included).
     fn features(&self) -> u64;
@@ -36,13 +44,48 @@ pub trait Backend {
     fn config(&self) -> Vec<u8>;
     /// Number of queues.
     fn queue_count(&self) -> usize;
+    /// The driver notified queue `index`: serve what it offers.
+    fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap);
     /// Largest size of each queue.
     fn queue_max(&self) -> u16 {
         256
     }
-    /// The driver notified queue `index`: serve what it offers. Returns
-    /// whether buffers were used (the driver may want an interrupt).
-    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Whether the device has host-side I/O, served by the device I/O
+    /// thread through [`Backend::service_host`].
+    fn has_host_io(&self) -> bool {
+        false
+    }
+    /// The host descriptors the I/O thread should watch for this device,
+    /// and whether for writing too.
+    fn host_fds(&self, _fds: &mut Vec<(RawFd, bool)>) {}
+    /// Serve the host side (the I/O thread saw a descriptor ready).
+    fn service_host(&mut self, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
+    /// Whether queue notifications should reach the device through an
+    /// eventfd (KVM completes the guest's write without an exit; the I/O
+    /// thread serves the queue) rather than inline at the exit.
+    fn wants_notify_fd(&self) -> bool {
+        false
+    }
+    /// The eventfd KVM signals at each notification (see
+    /// [`Backend::wants_notify_fd`]).
+    fn set_notify_fd(&mut self, _fd: EventFd) {}
+}
+
+/// A device's queues as its backend sees them: only those the driver made
+/// ready, and none while the device needs a reset or has failed.
+pub struct Queues<'a> {
+    queues: &'a mut [Queue],
+    usable: bool,
+}
+
+impl Queues<'_> {
+    /// Queue `index`, if the driver made it ready.
+    pub fn get(&mut self, index: usize) -> Option<&mut Queue> {
+        if !self.usable {
+            return None;
+        }
+        self.queues.get_mut(index).filter(|q| q.ready())
+    }
 }
 
 /// What a register access asks of the monitor.
@@ -55,9 +98,8 @@ pub enum Effect {
 }
 
 /// A virtio-mmio device around a backend.
-pub struct MmioDevice<B> {
-    /// The device behind the transport.
-    pub backend: B,
+pub struct MmioDevice {
+    backend: Box<dyn Backend>,
     queues: Vec<Queue>,
     status: u32,
     features_sel: u32,
@@ -69,14 +111,14 @@ pub struct MmioDevice<B> {
     pub interrupts: u64,
 }
 
-impl<B: Backend> MmioDevice<B> {
+impl MmioDevice {
     /// A device in its reset state.
-    pub fn new(backend: B) -> Self {
-        let queues = (0..backend.queue_count())
+    pub fn new(backend: impl Backend + 'static) -> Self {
+        let queues = (0..backend.queue_count().min(MAX_QUEUES))
             .map(|_| Queue::new(backend.queue_max()).expect("a valid queue size"))
             .collect();
         Self {
-            backend,
+            backend: Box::new(backend),
             queues,
             status: 0,
             features_sel: 0,
@@ -86,6 +128,16 @@ impl<B: Backend> MmioDevice<B> {
             interrupt_status: 0,
             interrupts: 0,
         }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Give the backend the eventfd for queue notifications it asked for.
+    pub fn set_notify_fd(&mut self, fd: EventFd) {
+        self.backend.set_notify_fd(fd);
     }
 
     fn selected(&self) -> Option<&Queue> {
@@ -141,7 +193,10 @@ impl<B: Backend> MmioDevice<B> {
             },
             0x024 => self.driver_features_sel = v,
             0x030 => self.queue_sel = v,
-            QUEUE_NOTIFY => return self.notify(v as usize, mem),
+            QUEUE_NOTIFY => {
+                let index = v as usize;
+                return self.serve(mem, |b, q, m| b.notify(index, q, m));
+            }
             0x064 => self.interrupt_status &= !v,
             0x070 => {
                 if v == 0 {
@@ -173,25 +228,29 @@ impl<B: Backend> MmioDevice<B> {
         self.queue_sel = 0;
     }
 
-    fn notify(&mut self, index: usize, mem: &GuestMemoryMmap) -> Effect {
-        self.with_queue(index, mem, |backend, queue, mem| backend.notify(index, queue, mem))
+    /// Serve the device's host side (the I/O thread's call).
+    pub fn service_host(&mut self, mem: &GuestMemoryMmap) -> Effect {
+        self.serve(mem, |b, q, m| b.service_host(q, m))
     }
 
-    /// Let the backend work on queue `index` (for work that arrives from
-    /// elsewhere, such as received frames); interrupts as a notification
-    /// does, when buffers were used and the driver wants to hear of it.
-    pub fn with_queue(
+    /// Let the backend work on the queues; then interrupt, as a
+    /// notification does, when it used buffers of a queue whose driver
+    /// wants to hear of it.
+    fn serve(
         &mut self,
-        index: usize,
         mem: &GuestMemoryMmap,
-        f: impl FnOnce(&mut B, &mut Queue, &GuestMemoryMmap) -> bool,
+        f: impl FnOnce(&mut dyn Backend, &mut Queues<'_>, &GuestMemoryMmap),
     ) -> Effect {
-        if self.status & (STATUS_FAILED | NEEDS_RESET) != 0 {
-            return Effect::None;
+        // (An array, not a Vec: this runs at every notification exit.)
+        let mut before = [0u16; MAX_QUEUES];
+        for (b, q) in before.iter_mut().zip(&self.queues) {
+            *b = q.next_used();
         }
-        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else { return Effect::None };
-        let used = f(&mut self.backend, queue, mem);
-        if used && wants_interrupt(queue, mem) {
+        let usable = self.status & (STATUS_FAILED | NEEDS_RESET) == 0;
+        f(self.backend.as_mut(), &mut Queues { queues: &mut self.queues, usable }, mem);
+        let interrupt =
+            self.queues.iter().zip(before).any(|(q, used)| q.next_used() != used && wants_interrupt(q, mem));
+        if interrupt {
             self.interrupt_status |= 1;
             self.interrupts += 1;
             Effect::Interrupt

@@ -12,12 +12,14 @@
 //! or points outside RAM is returned unused (length 0).
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use crate::tap::Tap;
-use crate::virtio_mmio::{Backend, F_VERSION_1, MmioDevice};
+use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
+use super::queue::{fill_next, read_all};
+use crate::devices::tap::Tap;
 
 const DEVICE_NET: u32 = 1;
 const F_MAC: u64 = 1 << 5;
@@ -81,31 +83,22 @@ pub struct Net {
     pub rx_frames: u64,
 }
 
-/// A virtio-net device on virtio-mmio.
-pub type VirtioNet = MmioDevice<Net>;
-
 /// Open the TAP device of `cfg` and make NIC number `index`.
-pub fn open(cfg: &NetConfig, index: usize) -> Result<VirtioNet, String> {
+pub fn open(cfg: &NetConfig, index: usize) -> Result<MmioDevice, String> {
     let tap = Tap::open(&cfg.tap)?;
     let mac = cfg.mac.unwrap_or_else(|| default_mac(index));
-    Ok(MmioDevice::new(Net { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0 }))
+    Ok(MmioDevice::new(Net::new(tap, mac)))
 }
 
 impl Net {
-    /// Whether a received frame waits for a buffer from the guest.
-    pub fn holds_frame(&self) -> bool {
-        self.waiting.is_some()
-    }
-
-    /// The TAP device (its descriptor is what the device I/O thread watches).
-    pub fn tap(&self) -> &Tap {
-        &self.tap
+    /// A NIC on `tap` with address `mac`.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0 }
     }
 
     /// Move frames from the TAP device into the receive queue while both
-    /// have some; returns whether buffers were used.
-    pub fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
+    /// have some.
+    pub fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
         loop {
             let frame = match self.waiting.take() {
                 Some(f) => f,
@@ -116,59 +109,45 @@ impl Net {
                             buf.truncate(n);
                             buf
                         }
-                        _ => return used,
+                        _ => return,
                     }
                 }
             };
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let filled = fill_next(queue, mem, |w| {
+                if w.available_bytes() < HDR + frame.len() {
+                    // A buffer too small: the frame is dropped.
+                    return 0;
+                }
+                let mut hdr = [0u8; HDR];
+                hdr[10] = 1; // num_buffers
+                if w.write_all(&hdr).is_ok() && w.write_all(&frame).is_ok() {
+                    self.rx_frames += 1;
+                    (HDR + frame.len()) as u32
+                } else {
+                    0
+                }
+            });
+            if !filled {
                 // No buffer: keep the frame for the next one.
                 self.waiting = Some(frame);
-                return used;
-            };
-            let head = chain.head_index();
-            let len = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= HDR + frame.len() => {
-                    let mut hdr = [0u8; HDR];
-                    hdr[10] = 1; // num_buffers
-                    if w.write_all(&hdr).is_ok() && w.write_all(&frame).is_ok() {
-                        self.rx_frames += 1;
-                        (HDR + frame.len()) as u32
-                    } else {
-                        0
-                    }
-                }
-                // A buffer too small or outside RAM: the frame is dropped.
-                _ => 0,
-            };
-            if queue.add_used(mem, head, len).is_err() {
-                return used;
+                return;
             }
-            used = true;
         }
     }
 
     /// Send every frame the guest queued.
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            if let Ok(mut r) = chain.reader(mem) {
-                let mut hdr = [0u8; HDR];
-                let mut frame = Vec::with_capacity(MAX_FRAME);
-                if r.read_exact(&mut hdr).is_ok()
-                    && (&mut r).take(MAX_FRAME as u64 + 1).read_to_end(&mut frame).is_ok()
-                    && (14..=MAX_FRAME).contains(&frame.len())
-                    && self.tap.send(&frame).is_ok()
-                {
-                    self.tx_frames += 1;
-                }
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        read_all(queue, mem, |mut r| {
+            let mut hdr = [0u8; HDR];
+            let mut frame = Vec::with_capacity(MAX_FRAME);
+            if r.read_exact(&mut hdr).is_ok()
+                && (&mut r).take(MAX_FRAME as u64 + 1).read_to_end(&mut frame).is_ok()
+                && (14..=MAX_FRAME).contains(&frame.len())
+                && self.tap.send(&frame).is_ok()
+            {
+                self.tx_frames += 1;
             }
-            if queue.add_used(mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-        }
-        used
+        });
     }
 }
 
@@ -191,11 +170,29 @@ impl Backend for Net {
         2
     }
 
-    fn notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        match index {
-            0 => self.deliver(queue, mem),
-            1 => self.transmit(queue, mem),
-            _ => false,
+    fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        match (index, queues.get(index)) {
+            (0, Some(q)) => self.deliver(q, mem),
+            (1, Some(q)) => self.transmit(q, mem),
+            _ => {}
+        }
+    }
+
+    fn has_host_io(&self) -> bool {
+        true
+    }
+
+    /// The TAP device, unless a frame already waits for a guest buffer
+    /// (then the guest's next notification delivers it).
+    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
+        if self.waiting.is_none() {
+            fds.push((self.tap.as_raw_fd(), false));
+        }
+    }
+
+    fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        if let Some(q) = queues.get(0) {
+            self.deliver(q, mem);
         }
     }
 }
@@ -237,8 +234,8 @@ mod tests {
         .unwrap();
         let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
         let tap = Tap::for_tests(std::fs::File::from(std::os::fd::OwnedFd::from(a)));
-        let mut net = Net { tap, mac: default_mac(0), waiting: None, tx_frames: 0, rx_frames: 0 };
-        assert!(net.transmit(&mut queue, &mem));
+        let mut net = Net::new(tap, default_mac(0));
+        net.transmit(&mut queue, &mem);
         // The self-loop reads its own 12 bytes queue-size times (bounded by
         // virtio-queue), all inside guest RAM: at most that one odd frame
         // goes out, which a guest could send anyway.

@@ -1,0 +1,102 @@
+//! The boot information of the direct entry: the `BootInfo` (memory map,
+//! TSC frequency, launch time, cores, command line) written into guest
+//! memory, and the milestones the guest leaves in it.
+
+use torito_abi::boot_info::{BootInfo, BootProtocol, MemRegion, TraceEntry};
+use torito_abi::layout::{BOOT_INFO_ADDR, CMDLINE_ADDR, CMDLINE_MAX, PML4_ADDR, ram_ranges};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::error::Error;
+
+/// Check the command line's length.
+pub fn check_cmdline(cmdline: &str) -> Result<&str, Error> {
+    if cmdline.len() > CMDLINE_MAX {
+        return Err(Error::Config(format!(
+            "the kernel command line is {} bytes; the limit is {CMDLINE_MAX}",
+            cmdline.len()
+        )));
+    }
+    if cmdline.contains('\0') {
+        return Err(Error::Config("the kernel command line contains a NUL byte".into()));
+    }
+    Ok(cmdline)
+}
+
+/// The `BootInfo` for a guest with `ram` bytes and `cpus` vCPUs.
+pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64, cpus: u32) -> BootInfo {
+    let mut bi = BootInfo::new(BootProtocol::Direct);
+    bi.cpu_count = cpus;
+    for (base, len) in ram_ranges(ram) {
+        if len > 0 {
+            bi.push_region(MemRegion::usable(base, len));
+        }
+    }
+    bi.tsc_khz = tsc_khz;
+    bi.page_table_root = PML4_ADDR;
+    bi.launch_ns = launch_ns;
+    if !cmdline.is_empty() {
+        bi.cmdline_addr = CMDLINE_ADDR;
+        bi.cmdline_len = cmdline.len() as u64;
+    }
+    bi
+}
+
+/// Write the `BootInfo` and the command line into guest memory.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    ram: u64,
+    cmdline: &str,
+    tsc_khz: u64,
+    launch_ns: u64,
+    cpus: u32,
+) -> Result<(), Error> {
+    let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns, cpus);
+    bi.boot_realtime_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let w = |bytes: &[u8], at: u64| {
+        mem.write_slice(bytes, GuestAddress(at)).map_err(|e| Error::GuestWrite(e.to_string()))
+    };
+    w(bi.as_bytes(), BOOT_INFO_ADDR)?;
+    if !cmdline.is_empty() {
+        w(cmdline.as_bytes(), CMDLINE_ADDR)?;
+    }
+    Ok(())
+}
+
+/// Read the milestones the guest recorded (empty if it wrote garbage).
+pub fn read_trace(mem: &GuestMemoryMmap) -> Vec<TraceEntry> {
+    let mut buf = vec![0u8; std::mem::size_of::<BootInfo>()];
+    if mem.read_slice(&mut buf, GuestAddress(BOOT_INFO_ADDR)).is_err() {
+        return Vec::new();
+    }
+    match BootInfo::read_from_bytes(&buf) {
+        Ok(bi) if bi.is_valid() => bi.trace_entries().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_info_describes_ram_and_cmdline() {
+        let bi = boot_info(4 << 30, "a b", 2_500_000, 7, 2);
+        assert_eq!(bi.cpu_count, 2);
+        assert!(bi.is_valid());
+        assert_eq!(bi.regions(), &[MemRegion::usable(0, 3 << 30), MemRegion::usable(4 << 30, 1 << 30)]);
+        assert_eq!((bi.cmdline_addr, bi.cmdline_len), (CMDLINE_ADDR, 3));
+        assert_eq!(bi.tsc_khz, 2_500_000);
+        let bi = boot_info(64 << 20, "", 0, 0, 1);
+        assert_eq!(bi.cmdline_addr, 0);
+        assert_eq!(bi.regions().len(), 1);
+    }
+
+    #[test]
+    fn cmdline_limits() {
+        assert!(check_cmdline(&"x".repeat(CMDLINE_MAX)).is_ok());
+        assert!(check_cmdline(&"x".repeat(CMDLINE_MAX + 1)).is_err());
+        assert!(check_cmdline("a\0b").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! The page tables of the direct 64-bit entry: an identity map of the
+//! guest's RAM (and the 4 GiB below it), all pages user-accessible, since
+//! the kernel runs at CPL3. The kernel keeps them; it maps more itself.
+
+use torito_abi::layout::{
+    LARGE_PAGE_SIZE, PAGE_SIZE, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR, PT0_ADDR, mapped_end,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zerocopy::IntoBytes;
+
+use crate::error::Error;
+
+/// Present, writable, user-accessible.
+const PTE_PWU: u64 = 0x7;
+/// Large page (in a page directory).
+const PTE_PS: u64 = 0x80;
+
+/// The page tables for `ram` bytes: an identity map of
+/// `[0, mapped_end(ram))`, 2 MiB pages except the first 2 MiB (4 KiB pages
+/// with page 0 absent). Returns `(guest address, table)` pairs.
+pub fn page_tables(ram: u64) -> Vec<(u64, Vec<u64>)> {
+    let gib = mapped_end(ram).div_ceil(1 << 30);
+    let mut pml4 = vec![0u64; 512];
+    pml4[0] = PDPT_ADDR | PTE_PWU;
+    let mut pdpt = vec![0u64; 512];
+    let mut tables = Vec::with_capacity(3 + gib as usize);
+    for g in 0..gib {
+        let pd_addr = PD_BASE_ADDR + g * PAGE_SIZE;
+        pdpt[g as usize] = pd_addr | PTE_PWU;
+        let pd: Vec<u64> =
+            (0..512u64).map(|i| ((g << 30) + i * LARGE_PAGE_SIZE) | PTE_PWU | PTE_PS).collect();
+        tables.push((pd_addr, pd));
+    }
+    tables[0].1[0] = PT0_ADDR | PTE_PWU;
+    let pt0: Vec<u64> = (0..512u64).map(|i| if i == 0 { 0 } else { (i * PAGE_SIZE) | PTE_PWU }).collect();
+    tables.push((PML4_ADDR, pml4));
+    tables.push((PDPT_ADDR, pdpt));
+    tables.push((PT0_ADDR, pt0));
+    tables
+}
+
+/// Write [`page_tables`] into guest memory.
+pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64) -> Result<(), Error> {
+    for (addr, table) in page_tables(ram) {
+        mem.write_slice(table.as_bytes(), GuestAddress(addr))
+            .map_err(|e| Error::GuestWrite(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tables: &[(u64, Vec<u64>)], addr: u64, i: usize) -> u64 {
+        tables.iter().find(|(a, _)| *a == addr).unwrap().1[i]
+    }
+
+    /// Walk the tables like the MMU does.
+    fn translate(tables: &[(u64, Vec<u64>)], va: u64) -> Option<u64> {
+        let pml4e = entry(tables, PML4_ADDR, ((va >> 39) & 511) as usize);
+        if pml4e & 1 == 0 {
+            return None;
+        }
+        let pdpte = entry(tables, pml4e & !0xfff, ((va >> 30) & 511) as usize);
+        if pdpte & 1 == 0 {
+            return None;
+        }
+        let pde = entry(tables, pdpte & !0xfff, ((va >> 21) & 511) as usize);
+        if pde & 1 == 0 {
+            return None;
+        }
+        assert_eq!(pde & 4, 4, "user bit");
+        if pde & PTE_PS != 0 {
+            return Some((pde & !0x1f_ffff & !PTE_PS & !0xfff) + (va & 0x1f_ffff));
+        }
+        let pte = entry(tables, pde & !0xfff, ((va >> 12) & 511) as usize);
+        if pte & 1 == 0 { None } else { Some((pte & !0xfff) + (va & 0xfff)) }
+    }
+
+    #[test]
+    fn identity_map_with_a_null_guard() {
+        let t = page_tables(128 << 20);
+        assert_eq!(translate(&t, 0), None);
+        assert_eq!(translate(&t, 0xfff), None);
+        for va in [0x1000, 0x10_0123, 0x20_0000, 0x7ff_ffff, 0xc000_0008, 0xffff_f000] {
+            assert_eq!(translate(&t, va), Some(va), "{va:#x}");
+        }
+        assert_eq!(translate(&t, 1 << 32), None);
+    }
+
+    #[test]
+    fn large_guests_map_ram_above_4g() {
+        let t = page_tables(4 << 30);
+        assert_eq!(translate(&t, (5 << 30) - 8), Some((5 << 30) - 8));
+        assert_eq!(translate(&t, 5 << 30), None);
+        // Every table fits below the kernel.
+        assert!(t.iter().all(|(a, v)| a + v.len() as u64 * 8 <= torito_abi::layout::KERNEL_BASE));
+    }
+}

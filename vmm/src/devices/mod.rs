@@ -1,0 +1,381 @@
+//! The guest's devices, and the one table of which guest address or port
+//! belongs to which of them.
+//!
+//! | where | device |
+//! |---|---|
+//! | MMIO `TORITO_MMIO_BASE`, one page | the Torito register page ([`register_page`]) |
+//! | MMIO `VIRTIO_MMIO_BASE + i · VIRTIO_MMIO_STRIDE` | virtio device `i`: disks, then NICs, then vsock ([`virtio`]); interrupt line `i` |
+//! | ports `0x3f8`–`0x3ff` | COM1 ([`legacy`]) |
+//! | port `0xf4` | QEMU's `isa-debug-exit`: exit code |
+//! | port `0x64` | the i8042's reset command |
+//!
+//! Anything else is a guest touching a device that is not there: the write
+//! is ignored, a read returns all ones, and one warning per address goes to
+//! stderr (at most [`MAX_WARNINGS`] in all). Nothing a guest does here can
+//! fail the monitor.
+//!
+//! [`attach`] opens every device of a configuration before the VM exists,
+//! so a bad `--disk`, `--net` or `--vsock` costs no KVM work.
+
+pub mod legacy;
+pub mod register_page;
+pub mod tap;
+pub mod virtio;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::fd::RawFd;
+
+use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
+use torito_abi::layout::{TORITO_MMIO_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX, VIRTIO_MMIO_STRIDE};
+use torito_abi::mmio;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::VmConfig;
+use crate::error::Error;
+use legacy::{COM1, COM1_PORTS, Com1, I8042_COMMAND};
+use register_page::RegisterPage;
+use virtio::{Effect, MmioDevice};
+
+/// Distinct unmapped-access warnings printed before the rest are dropped.
+pub const MAX_WARNINGS: usize = 16;
+
+/// What a device asks of the run loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Keep running.
+    Continue,
+    /// The guest asked to exit with this code.
+    Exit(i32),
+    /// The guest asked for a reset.
+    Reset,
+    /// The guest asked for this many cores to run in all.
+    StartCores(u32),
+    /// The guest asked for a test MSI: `(vector, APIC ID, delay in µs)`.
+    TestInterrupt(u8, u8, u32),
+    /// Virtio device `n` (disks, then NICs) raises its interrupt line `n`.
+    Interrupt(u32),
+}
+
+/// A device of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    RegisterPage,
+    Virtio(usize),
+    Com1,
+    DebugExit,
+    I8042,
+}
+
+/// A range of guest addresses or ports and the device that answers there.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    base: u64,
+    size: u64,
+    owner: Owner,
+}
+
+/// The I/O ports.
+const PORTS: [Window; 3] = [
+    Window { base: COM1 as u64, size: COM1_PORTS as u64, owner: Owner::Com1 },
+    Window { base: DEBUG_EXIT_PORT as u64, size: 1, owner: Owner::DebugExit },
+    Window { base: I8042_COMMAND as u64, size: 1, owner: Owner::I8042 },
+];
+
+/// The device whose window in `table` holds `addr`, and the offset in it.
+fn find(table: &[Window], addr: u64) -> Option<(Owner, u64)> {
+    table.iter().find(|w| addr.wrapping_sub(w.base) < w.size).map(|w| (w.owner, addr - w.base))
+}
+
+/// The little-endian value of an access's bytes.
+pub(crate) fn value_of(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// All devices of a guest.
+pub struct Devices {
+    /// The MMIO windows: the register page, then one per virtio device.
+    mmio: Vec<Window>,
+    register_page: RegisterPage,
+    com1: Com1,
+    virtio: Vec<MmioDevice>,
+    warned: BTreeSet<(bool, u64)>,
+}
+
+/// Open the devices `cfg` asks for (disks, then NICs, then vsock: the
+/// order of their windows and interrupt lines); every reason one cannot
+/// be used is one line for the user.
+pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
+    let count = (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())) as u64;
+    if count > VIRTIO_MMIO_MAX {
+        return Err(Error::Config(format!(
+            "{count} disks and NICs: the monitor offers at most {VIRTIO_MMIO_MAX}"
+        )));
+    }
+    let mut d = Devices::new(cfg.console_out());
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        d.add_virtio(virtio::blk::open(disk, i).map_err(Error::Disk)?);
+    }
+    for (i, nic) in cfg.nets.iter().enumerate() {
+        d.add_virtio(virtio::net::open(nic, i).map_err(Error::Net)?);
+    }
+    if let Some(v) = &cfg.vsock {
+        d.add_virtio(virtio::vsock::open(v).map_err(Error::Net)?);
+    }
+    Ok(d)
+}
+
+impl Devices {
+    /// Devices writing guest output to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self::with_serial(out, Box::new(std::io::stdout()))
+    }
+
+    /// Devices with separate console and serial writers.
+    pub fn with_serial(console: Box<dyn Write + Send>, serial: Box<dyn Write + Send>) -> Self {
+        Self {
+            mmio: vec![Window { base: TORITO_MMIO_BASE, size: mmio::SIZE, owner: Owner::RegisterPage }],
+            register_page: RegisterPage::new(console),
+            com1: Com1::new(serial),
+            virtio: Vec::new(),
+            warned: BTreeSet::new(),
+        }
+    }
+
+    /// Add a virtio device in the next window (and interrupt line).
+    pub fn add_virtio(&mut self, dev: MmioDevice) {
+        let i = self.virtio.len();
+        self.mmio.push(Window {
+            base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_STRIDE,
+            size: VIRTIO_MMIO_STRIDE,
+            owner: Owner::Virtio(i),
+        });
+        self.virtio.push(dev);
+    }
+
+    /// How the guest finds the virtio devices: `virtio_mmio.device=` words
+    /// for its command line, one per device (the form QEMU's microvm uses).
+    pub fn cmdline(&self) -> String {
+        let mut s = String::new();
+        for w in &self.mmio {
+            if let Owner::Virtio(i) = w.owner {
+                s.push_str(&format!(" virtio_mmio.device=4K@{:#x}:{i}", w.base));
+            }
+        }
+        s
+    }
+
+    /// Give each device that wants its queue notifications through an
+    /// eventfd (`--disk …,iothread`) the one `register` makes for the
+    /// address of its QueueNotify register.
+    pub fn connect_notifiers(
+        &mut self,
+        mut register: impl FnMut(u64) -> Result<EventFd, Error>,
+    ) -> Result<(), Error> {
+        for (w, dev) in self.mmio.iter().skip(1).zip(&mut self.virtio) {
+            if dev.backend().wants_notify_fd() {
+                dev.set_notify_fd(register(w.base + virtio::mmio::QUEUE_NOTIFY)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Trace marks the guest sent through the register page: `(id, host ns)`.
+    pub fn host_marks(&self) -> &[(u32, u64)] {
+        &self.register_page.host_marks
+    }
+
+    fn warn(&mut self, mmio: bool, write: bool, addr: u64) {
+        if self.warned.len() > MAX_WARNINGS || !self.warned.insert((mmio, addr)) {
+            return;
+        }
+        if self.warned.len() > MAX_WARNINGS {
+            eprintln!("torito: warning: more unmapped device accesses; no further warnings");
+            return;
+        }
+        let what = if mmio { "MMIO address" } else { "I/O port" };
+        let how = if write { "wrote to" } else { "read from" };
+        eprintln!("torito: warning: guest {how} unmapped {what} {addr:#x} (ignored; reads return all ones)");
+    }
+
+    /// A guest store to MMIO address `addr`.
+    pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
+        let action = match find(&self.mmio, addr) {
+            Some((Owner::Virtio(i), off)) => match self.virtio[i].write(off, data, mem) {
+                Effect::Interrupt => Some(Action::Interrupt(i as u32)),
+                Effect::None => Some(Action::Continue),
+            },
+            Some((Owner::RegisterPage, off)) => self.register_page.write(mem, off, value_of(data)),
+            _ => None,
+        };
+        action.unwrap_or_else(|| {
+            self.warn(true, true, addr);
+            Action::Continue
+        })
+    }
+
+    /// A guest load from MMIO address `addr`.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        match find(&self.mmio, addr) {
+            Some((Owner::Virtio(i), off)) => self.virtio[i].read(off, data),
+            Some((Owner::RegisterPage, _)) => data.fill(0),
+            _ => {
+                self.warn(true, false, addr);
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// A guest `out` to `port`.
+    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Action {
+        let action = match find(&PORTS, u64::from(port)) {
+            Some((Owner::Com1, off)) => {
+                self.com1.write(off as u16, data);
+                Some(Action::Continue)
+            }
+            Some((Owner::DebugExit, _)) => Some(legacy::debug_exit(data)),
+            Some((Owner::I8042, _)) => legacy::i8042_command(data),
+            _ => None,
+        };
+        action.unwrap_or_else(|| {
+            self.warn(false, true, u64::from(port));
+            Action::Continue
+        })
+    }
+
+    /// A guest `in` from `port`.
+    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        match find(&PORTS, u64::from(port)) {
+            Some((Owner::Com1, off)) => self.com1.read(off as u16, data),
+            _ => {
+                self.warn(false, false, u64::from(port));
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// The host descriptors to watch, and whether for writing too (see
+    /// each backend's `host_fds`).
+    pub fn host_fds_to_watch(&self) -> Vec<(RawFd, bool)> {
+        let mut fds = Vec::new();
+        for dev in &self.virtio {
+            dev.backend().host_fds(&mut fds);
+        }
+        fds
+    }
+
+    /// Whether any device has host-side I/O (a thread must watch it).
+    pub fn has_host_io(&self) -> bool {
+        self.virtio.iter().any(|d| d.backend().has_host_io())
+    }
+
+    /// Serve the host side of the devices (queue notifications KVM passed
+    /// through ioeventfds, frames from TAP devices, vsock connections);
+    /// returns the interrupt lines to raise.
+    pub fn service_host(&mut self, mem: &GuestMemoryMmap) -> Vec<u32> {
+        let mut lines = Vec::new();
+        for (i, dev) in self.virtio.iter_mut().enumerate() {
+            if dev.backend().has_host_io() && dev.service_host(mem) == Effect::Interrupt {
+                lines.push(i as u32);
+            }
+        }
+        lines
+    }
+}
+
+/// A `Write` into shared memory, for tests and for capturing output.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedBuffer {
+    /// What was written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn setup() -> (Devices, SharedBuffer, SharedBuffer, GuestMemoryMmap) {
+        let con = SharedBuffer::default();
+        let ser = SharedBuffer::default();
+        let d = Devices::with_serial(Box::new(con.clone()), Box::new(ser.clone()));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        (d, con, ser, mem)
+    }
+
+    #[test]
+    fn console_write_takes_a_whole_buffer() {
+        let (mut d, con, _, mem) = setup();
+        mem.write_slice(b"hello, world\n", GuestAddress(0x5000)).unwrap();
+        let v = mmio::console_value(0x5000, 13);
+        assert_eq!(d.mmio_write(&mem, TORITO_MMIO_BASE, &v.to_le_bytes()), Action::Continue);
+        assert_eq!(con.text(), "hello, world\n");
+    }
+
+    #[test]
+    fn console_write_outside_ram_is_ignored() {
+        let (mut d, con, _, mem) = setup();
+        let v = mmio::console_value(0xff000, 0xffff);
+        assert_eq!(d.mmio_write(&mem, TORITO_MMIO_BASE, &v.to_le_bytes()), Action::Continue);
+        assert_eq!(con.text(), "");
+    }
+
+    #[test]
+    fn exit_register_and_debug_port_carry_the_code() {
+        let (mut d, _, _, mem) = setup();
+        assert_eq!(d.mmio_write(&mem, TORITO_MMIO_BASE + mmio::EXIT, &42u64.to_le_bytes()), Action::Exit(42));
+        assert_eq!(
+            d.mmio_write(&mem, TORITO_MMIO_BASE + mmio::EXIT, &(-3i32 as u32 as u64).to_le_bytes()),
+            Action::Exit(-3)
+        );
+        assert_eq!(d.pio_write(0xf4, &[7, 0, 0, 0]), Action::Exit(7));
+        assert_eq!(d.pio_write(0x64, &[0xfe]), Action::Reset);
+        assert_eq!(d.pio_write(0x64, &[0x01]), Action::Continue);
+    }
+
+    #[test]
+    fn serial_bytes_reach_the_writer() {
+        let (mut d, _, ser, _) = setup();
+        for b in b"ok\n" {
+            assert_eq!(d.pio_write(0x3f8, &[*b]), Action::Continue);
+        }
+        assert_eq!(ser.text(), "ok\n");
+        let mut lsr = [0u8];
+        d.pio_read(0x3fd, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "transmitter empty");
+    }
+
+    #[test]
+    fn unmapped_accesses_read_all_ones_and_never_fail() {
+        let (mut d, _, _, mem) = setup();
+        let mut buf = [0u8; 4];
+        d.mmio_read(0xd000_0000, &mut buf);
+        assert_eq!(buf, [0xff; 4]);
+        d.pio_read(0x80, &mut buf);
+        assert_eq!(buf, [0xff; 4]);
+        for a in 0..100u64 {
+            assert_eq!(d.mmio_write(&mem, 0xd000_0000 + a * 8, &[1]), Action::Continue);
+        }
+        assert!(d.warned.len() <= MAX_WARNINGS + 1);
+        assert_eq!(d.mmio_write(&mem, 0, &[]), Action::Continue);
+    }
+}

@@ -1,0 +1,256 @@
+//! A running guest: its vCPU threads and their exit loop, stopping and
+//! kicking vCPUs, the timeout, deferred RAM and the device I/O thread.
+//! Safe code over `vstate`.
+//!
+//! - [`exit`]: what each VM exit means (a pure function of the exit and
+//!   the devices).
+//! - [`ram`]: RAM registered after the guest started.
+//! - `io`: the device I/O thread and device interrupts.
+
+pub mod exit;
+mod io;
+pub mod ram;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Scope;
+use std::time::Duration;
+
+use torito_abi::note::KernelNote;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::errno;
+
+use crate::devices::Devices;
+use crate::error::{Error, Outcome};
+use crate::timeline::{Phase, Timeline};
+use crate::vstate::{self, Vcpu, VcpuThreads, Vm};
+use exit::{Exit, Step, handle_exit};
+pub use ram::PendingRam;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A guest being run: what its vCPU threads share.
+///
+/// vCPU 0 runs on the caller's thread; the kernel starts the others with
+/// the `START_CORES` register, each on a thread of its own (created then,
+/// so a one-core launch pays nothing for them). Devices sit behind one
+/// lock. The first vCPU to stop the guest (exit, crash, timeout) records
+/// the outcome and stops the others: a signal makes their `KVM_RUN` return
+/// (`immediate_exit` covers a signal that arrives outside it).
+pub struct Machine<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    note: KernelNote,
+    cpus: u32,
+    lapic: bool,
+    devices: Mutex<Devices>,
+    pending: PendingRam,
+    timeout: Option<Duration>,
+    started: AtomicU32,
+    stop: AtomicBool,
+    result: Mutex<Option<Result<Outcome, Error>>>,
+    threads: VcpuThreads,
+    has_host_io: bool,
+    io_started: AtomicBool,
+    /// Written when the guest stops, so the I/O thread's wait ends.
+    stopped: vmm_sys_util::eventfd::EventFd,
+}
+
+/// What the machine is made of, besides the VM and its memory.
+pub struct Parts {
+    /// The kernel's note (entry points, per-core tables).
+    pub note: KernelNote,
+    /// vCPUs the guest may start.
+    pub cpus: u32,
+    /// Whether the VM has an in-kernel LAPIC.
+    pub lapic: bool,
+    /// The guest's devices.
+    pub devices: Devices,
+    /// RAM still to be registered.
+    pub pending: PendingRam,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> Machine<'a> {
+    /// A machine of `parts.cpus` vCPUs (vCPU 0 made by the caller).
+    pub fn new(vm: &'a Vm, mem: &'a GuestMemoryMmap, parts: Parts) -> Result<Self, Error> {
+        let Parts { note, cpus, lapic, devices, pending, timeout } = parts;
+        if cpus > 1 {
+            vstate::vcpu::install_kick_handler()?;
+        }
+        if let Some(d) = timeout {
+            vstate::vcpu::arm_timeout(d)?;
+        }
+        let has_host_io = devices.has_host_io();
+        Ok(Self {
+            vm,
+            mem,
+            note,
+            cpus,
+            lapic,
+            devices: Mutex::new(devices),
+            pending,
+            timeout,
+            started: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            result: Mutex::new(None),
+            threads: VcpuThreads::default(),
+            has_host_io,
+            io_started: AtomicBool::new(false),
+            stopped: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
+        })
+    }
+
+    /// The deferred RAM.
+    pub fn pending(&self) -> &PendingRam {
+        &self.pending
+    }
+
+    /// vCPUs that were started (vCPU 0 included).
+    pub fn started(&self) -> u32 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Run vCPU 0 on this thread until the guest stops; secondary vCPUs
+    /// run on threads of `scope`, which the caller joins.
+    pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
+        tl.mark(Phase::FirstRun);
+        let out = self.run_vcpu(scope, vcpu, Some(tl));
+        self.finish(out);
+    }
+
+    /// How the guest stopped (after every vCPU thread has been joined).
+    pub fn into_outcome(self) -> Result<Outcome, Error> {
+        let r = self.result.into_inner().unwrap_or_else(|e| e.into_inner());
+        r.unwrap_or_else(|| Err(Error::Config("the guest stopped without an outcome".into())))
+    }
+
+    /// Record why the guest stopped (the first reason wins) and stop every
+    /// vCPU and the I/O thread.
+    fn finish(&self, out: Option<Result<Outcome, Error>>) {
+        if let Some(r) = out {
+            let mut g = lock(&self.result);
+            if g.is_none() {
+                *g = Some(r);
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stopped.write(1);
+        self.threads.kick_others();
+    }
+
+    fn start_cores<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, want: u32) {
+        let want = want.min(self.cpus);
+        let mut cur = self.started.load(Ordering::SeqCst);
+        while cur < want {
+            match self.started.compare_exchange(cur, want, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    for id in cur..want {
+                        scope.spawn(move || {
+                            let out = self.run_secondary(scope, id);
+                            self.finish(out);
+                        });
+                    }
+                    return;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn run_secondary<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        id: u32,
+    ) -> Option<Result<Outcome, Error>> {
+        let made = self.vm.create_vcpu(id, self.lapic).and_then(|v| {
+            v.set_boot_registers(&crate::arch::regs::registers(&self.note, id))?;
+            v.make_runnable()?;
+            Ok(v)
+        });
+        match made {
+            Ok(mut vcpu) => self.run_vcpu(scope, &mut vcpu, None),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Run `vcpu` until the guest stops (`Some`: this vCPU saw why) or
+    /// another vCPU stopped it (`None`).
+    fn run_vcpu<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        vcpu: &mut Vcpu,
+        mut tl: Option<&mut Timeline>,
+    ) -> Option<Result<Outcome, Error>> {
+        vcpu.receive_kicks();
+        let out = self.threads.registered(|| self.vcpu_loop(scope, vcpu, &mut tl));
+        if std::env::var_os("TORITO_DEBUG_VCPUS").is_some() {
+            eprintln!("torito: debug: {}", vcpu.crash_regs());
+        }
+        out
+    }
+
+    fn vcpu_loop<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        vcpu: &mut Vcpu,
+        tl: &mut Option<&mut Timeline>,
+    ) -> Option<Result<Outcome, Error>> {
+        let (mem, pending) = (self.mem, &self.pending);
+        loop {
+            if vstate::vcpu::timed_out() {
+                return Some(Ok(Outcome::Timeout(self.timeout.unwrap_or_default())));
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            let mut exit = match vcpu.run() {
+                Ok(exit) => exit,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Some(tl) = tl.as_deref_mut() {
+                tl.runs += 1;
+            }
+            // RAM not registered yet: the monitor does the access.
+            let done = match exit {
+                Exit::MmioRead(a, ref mut d) if pending.contains(a) => {
+                    Some(pending.read(scope, self.vm, mem, a, d))
+                }
+                Exit::MmioWrite(a, d) if pending.contains(a) => {
+                    Some(pending.write(scope, self.vm, mem, a, d))
+                }
+                _ => None,
+            };
+            if let Some(r) = done {
+                if let Err(e) = r {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            let step = handle_exit(exit, &mut lock(&self.devices), mem);
+            // The guest goes on: time to register the rest of its RAM (a
+            // guest that stops at its first exit never needs it) and to
+            // watch the devices' host side.
+            if step.goes_on() {
+                pending.start(scope, self.vm);
+            }
+            match step {
+                Step::Continue => self.start_io(scope),
+                Step::StartCores(n) => self.start_cores(scope, n),
+                Step::Interrupt(line) => self.device_interrupt(line),
+                Step::TestInterrupt(vector, apic, delay_us) => {
+                    scope.spawn(move || self.test_interrupt(vector, apic, delay_us));
+                }
+                Step::Exit(code) => return Some(Ok(Outcome::Exited(code))),
+                Step::Reset => return Some(Ok(Outcome::Reset)),
+                Step::TripleFault => return Some(Ok(Outcome::TripleFault(vcpu.crash_regs()))),
+                Step::Halted => return Some(Ok(Outcome::Halted(vcpu.crash_regs()))),
+                Step::Crash(why) => return Some(Ok(Outcome::Crashed(why, vcpu.crash_regs()))),
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Host calls the monitor makes besides KVM's: the clock, waiting on
+//! descriptors, the TAP device's `TUNSETIFF`, and its own memory figures.
+//! `vmm-sys-util` has no safe form of these (its `poll` module is epoll
+//! with registration, heavier than one `poll` over a changing set), so the
+//! few `unsafe` calls are here, beside the KVM ones.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wait until one of `fds` is readable (or writable, when its flag says
+/// so), at most `timeout`. Returns whether any is ready.
+pub fn wait_ready(fds: &[(RawFd, bool)], timeout: Duration) -> bool {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, out)| libc::pollfd {
+            fd,
+            events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures for
+    // the call's duration. A descriptor closed meanwhile reads as POLLNVAL,
+    // which is harmless.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    n > 0
+}
+
+/// `TUNSETIFF`: `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `IFNAMSIZ`.
+pub const IFNAMSIZ: usize = 16;
+
+/// Attach the open `/dev/net/tun` descriptor `tun` to the interface `name`
+/// (shorter than [`IFNAMSIZ`]) with `flags` (`IFF_TAP`, `IFF_NO_PI`, …).
+pub fn tun_set_iff(tun: &impl AsRawFd, name: &str, flags: u16) -> std::io::Result<()> {
+    if name.len() >= IFNAMSIZ {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // struct ifreq: the name, then the flags (a short) in the union.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes on
+    // x86-64) at the pointer; `ifr` is that large and lives across the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Guest RAM resident in this process, in KiB (`mincore` over each region).
+pub fn resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
+    let mut pages = 0u64;
+    for region in mem.iter() {
+        let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()?;
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `host..host + len` is one live mapping owned by `mem`;
+        // `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        pages += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+    }
+    Some(pages * 4)
+}
+
+/// This process's peak resident memory in KiB (`VmHWM`).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,362 @@
+//! A vCPU: its registers, `KVM_RUN`, its statistics, and the signals that
+//! make `KVM_RUN` return early (another vCPU stopped the guest; the
+//! timeout expired).
+//!
+//! A signal handler cannot know which vCPU its thread runs, so each thread
+//! keeps a pointer to its vCPU's `kvm_run` area; the handler sets its
+//! `immediate_exit` byte, which also covers a signal that arrives between
+//! two `KVM_RUN`s.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_segment};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::errno;
+
+use super::sys::now_ns;
+use crate::arch::regs::{BootRegisters, Segment};
+use crate::error::{CrashRegs, Error};
+use crate::machine::exit::Exit;
+use crate::timeline::ClockRef;
+
+/// A vCPU. It stays on the thread that made it (`!Send`): that thread's
+/// signal handlers point at it.
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u32,
+    _on_its_thread: PhantomData<*const ()>,
+}
+
+fn kvm_seg(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: 1,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+mod stats_ioctl {
+    #![allow(missing_docs)]
+    use vmm_sys_util::ioctl_io_nr;
+    ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+}
+use stats_ioctl::KVM_GET_STATS_FD;
+
+impl Vcpu {
+    pub(super) fn new(fd: VcpuFd, id: u32) -> Self {
+        Self { fd, id, _on_its_thread: PhantomData }
+    }
+
+    /// TSC frequency KVM gives the guest (0 if unknown).
+    pub fn tsc_khz(&self) -> u64 {
+        self.fd.get_tsc_khz().map(u64::from).unwrap_or(0)
+    }
+
+    /// Long mode at CPL3 at the kernel's entry.
+    pub fn set_boot_registers(&self, r: &BootRegisters) -> Result<(), Error> {
+        let mut sregs = self.fd.get_sregs().map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = kvm_seg(&r.cs);
+        let data = kvm_seg(&r.data);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = kvm_segment { base: r.gs_base, ..data };
+        sregs.ss = data;
+        sregs.tr = kvm_seg(&r.tr);
+        sregs.gdt.base = r.gdt.0;
+        sregs.gdt.limit = r.gdt.1;
+        sregs.idt.base = r.idt.0;
+        sregs.idt.limit = r.idt.1;
+        sregs.cr0 = r.cr0;
+        sregs.cr3 = r.cr3;
+        sregs.cr4 = r.cr4;
+        sregs.efer = r.efer;
+        self.fd.set_sregs(&sregs).map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: r.rip,
+            rsp: r.rsp,
+            rdi: r.rdi,
+            rsi: r.rsi,
+            rflags: r.rflags,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(|e| Error::Kvm("KVM_SET_REGS", e))
+    }
+
+    /// Make a secondary vCPU runnable at once: with an in-kernel LAPIC, KVM
+    /// makes every vCPU but the first wait for INIT-SIPI, and ours start in
+    /// long mode.
+    pub fn make_runnable(&self) -> Result<(), Error> {
+        self.fd
+            .set_mp_state(kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE })
+            .map_err(|e| Error::Kvm("KVM_SET_MP_STATE", e))
+    }
+
+    /// Read the guest TSC and the host clock together.
+    pub fn clock_reference(&self, tsc_khz: u64) -> Option<ClockRef> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: 0x10, ..Default::default() }]).ok()?;
+        let t0 = now_ns();
+        let n = self.fd.get_msrs(&mut msrs).ok()?;
+        let t1 = now_ns();
+        (n == 1).then(|| ClockRef {
+            host_ns: t0 + (t1 - t0) / 2,
+            guest_tsc: msrs.as_slice()[0].data,
+            tsc_khz,
+        })
+    }
+
+    /// Registers to show when the guest dies.
+    pub fn crash_regs(&self) -> CrashRegs {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        CrashRegs {
+            cpu: self.id,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            cs: sregs.cs.selector,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+        }
+    }
+
+    /// The vCPU's KVM statistics (binary stats interface, Linux 5.14+);
+    /// empty where the kernel lacks it.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file
+        // descriptor or -1.
+        let fd = unsafe { vmm_sys_util::ioctl::ioctl(&self.fd, KVM_GET_STATS_FD()) };
+        if fd < 0 {
+            return Vec::new();
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        read_stats(&file).unwrap_or_default()
+    }
+
+    /// Let this thread's kick and timeout signals stop this vCPU (call on
+    /// its thread before its first run; undone when it is dropped).
+    pub fn receive_kicks(&mut self) {
+        let run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|p| p.set(run));
+    }
+
+    /// Run the guest until its next exit. A signal (kick, timeout) reads as
+    /// [`Exit::Interrupted`].
+    pub fn run(&mut self) -> Result<Exit<'_>, Error> {
+        let kvm_run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                VcpuExit::IoOut(p, d) => Exit::IoOut(p, d),
+                VcpuExit::IoIn(p, d) => Exit::IoIn(p, d),
+                VcpuExit::MmioRead(a, d) => Exit::MmioRead(a, d),
+                VcpuExit::MmioWrite(a, d) => Exit::MmioWrite(a, d),
+                VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Shutdown => Exit::Shutdown,
+                VcpuExit::FailEntry(r, _) => Exit::FailEntry(r),
+                VcpuExit::InternalError => Exit::InternalError,
+                VcpuExit::SystemEvent(t, _) => Exit::SystemEvent(t),
+                VcpuExit::Intr => Exit::Other("Intr"),
+                VcpuExit::Debug(_) => Exit::Other("Debug"),
+                VcpuExit::Exception => Exit::Other("Exception"),
+                _ => Exit::Other("unknown exit reason"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // What `set_kvm_immediate_exit(0)` does, through a pointer
+                // taken before the run: the borrow checker cannot see that
+                // this branch holds no exit data.
+                // SAFETY: `kvm_run` is this vCPU's `kvm_run` mapping, alive
+                // as long as `self`; no exit data borrows it on this path.
+                unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*kvm_run).immediate_exit), 0) };
+                Ok(Exit::Interrupted)
+            }
+            Err(e) => Err(Error::Kvm("KVM_RUN", e)),
+        }
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        let run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|p| {
+            if p.get() == run {
+                p.set(std::ptr::null_mut());
+            }
+        });
+    }
+}
+
+impl AsRawFd for Vcpu {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Parse a KVM binary statistics file (Documentation/virt/kvm/api.rst,
+/// "KVM_GET_STATS_FD"): a header, descriptors, then values. Histograms are
+/// skipped.
+fn read_stats(f: &File) -> std::io::Result<Vec<(String, u64)>> {
+    let mut hdr = [0u8; 24];
+    f.read_exact_at(&mut hdr, 0)?;
+    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (name_size, num_desc, desc_offset, data_offset) =
+        (word(&hdr, 4) as usize, word(&hdr, 8) as usize, word(&hdr, 16) as u64, word(&hdr, 20) as u64);
+    if num_desc > 4096 || name_size > 256 {
+        return Ok(Vec::new());
+    }
+    let desc_size = 16 + name_size;
+    let mut descs = vec![0u8; desc_size * num_desc];
+    f.read_exact_at(&mut descs, desc_offset)?;
+    let mut out = Vec::with_capacity(num_desc);
+    for d in descs.chunks_exact(desc_size) {
+        let flags = word(d, 0);
+        let offset = u64::from(word(d, 8));
+        if flags & 0xf > 2 {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&d[16..]).trim_end_matches('\0').to_string();
+        let mut v = [0u8; 8];
+        f.read_exact_at(&mut v, data_offset + offset)?;
+        out.push((name, u64::from_le_bytes(v)));
+    }
+    Ok(out)
+}
+
+static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+
+std::thread_local! {
+    /// The `kvm_run` area of the vCPU this thread runs, for the signal
+    /// handlers (null when none).
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Make this thread's next (or current) `KVM_RUN` return at once.
+fn interrupt_this_vcpu() {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's vCPU's `kvm_run` mapping,
+            // set while the vCPU lives and cleared when it is dropped (a
+            // `Vcpu` never leaves its thread); a byte store is what KVM's
+            // `immediate_exit` protocol expects.
+            unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+        }
+    });
+}
+
+extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TIMED_OUT.store(true, Ordering::SeqCst);
+    interrupt_this_vcpu();
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    interrupt_this_vcpu();
+}
+
+/// The signal that stops another vCPU thread.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Install the handler of the signal [`VcpuThreads::kick_others`] sends.
+pub fn install_kick_handler() -> Result<(), Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| Error::Kvm("sigaction(vCPU kick)", e))
+}
+
+/// Deliver SIGALRM after `d`, then every 10 ms (so a signal that arrives
+/// on a thread that runs no vCPU is followed by another); from then on
+/// [`timed_out`] is true.
+pub fn arm_timeout(d: Duration) -> Result<(), Error> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
+        .map_err(|e| Error::Kvm("sigaction(SIGALRM)", e))?;
+    let tv = |d: Duration| libc::timeval { tv_sec: d.as_secs() as _, tv_usec: d.subsec_micros() as _ };
+    let it = libc::itimerval {
+        it_interval: tv(Duration::from_millis(10)),
+        it_value: tv(d.max(Duration::from_micros(1))),
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not requested.
+    let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Error::Kvm("setitimer", errno::Error::last()));
+    }
+    Ok(())
+}
+
+/// Whether the timeout [`arm_timeout`] set has expired.
+pub fn timed_out() -> bool {
+    TIMED_OUT.load(Ordering::SeqCst)
+}
+
+/// The threads running a machine's vCPUs, to kick them out of `KVM_RUN`.
+#[derive(Default)]
+pub struct VcpuThreads {
+    list: Mutex<Vec<ThreadId>>,
+}
+
+/// A thread's handle for `pthread_kill`.
+#[derive(Clone, Copy)]
+struct ThreadId(libc::pthread_t);
+
+// SAFETY: a `pthread_t` is an opaque id (a pointer on musl) that any thread
+// may pass to `pthread_kill`/`pthread_equal`; it is never dereferenced here.
+unsafe impl Send for ThreadId {}
+
+fn lock(m: &Mutex<Vec<ThreadId>>) -> MutexGuard<'_, Vec<ThreadId>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VcpuThreads {
+    /// Run `f` on this thread with the thread registered: a
+    /// [`kick_others`](Self::kick_others) meanwhile reaches it.
+    pub fn registered<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = ThreadId(unsafe { libc::pthread_self() });
+        lock(&self.list).push(me);
+        // Unregistered on every way out of `f`, unwinding included, so the
+        // list only ever holds live threads.
+        struct Leave<'a>(&'a VcpuThreads, ThreadId);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                // SAFETY: comparing thread handles has no preconditions.
+                lock(&self.0.list).retain(|t| unsafe { libc::pthread_equal(t.0, (self.1).0) } == 0);
+            }
+        }
+        let _leave = Leave(self, me);
+        f()
+    }
+
+    /// Make every registered thread but the caller leave `KVM_RUN` (its
+    /// signal handler sets `immediate_exit`).
+    pub fn kick_others(&self) {
+        let list = lock(&self.list);
+        for t in list.iter() {
+            // SAFETY: comparing thread handles has no preconditions.
+            if unsafe { libc::pthread_equal(t.0, libc::pthread_self()) } == 0 {
+                // SAFETY: each entry is a live thread: a thread removes
+                // itself (under this lock, held here) before `registered`
+                // returns; the handler `install_kick_handler` installed
+                // only sets immediate_exit.
+                unsafe { libc::pthread_kill(t.0, kick_signal()) };
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Child processes in a process group of their own, killed as a group: a
+//! monitor started through wrappers (`ip netns exec`, `timeout`) is gone
+//! with them when a test or the bench ends, or panics. Killing the
+//! wrapper alone would leave the monitor running.
+
+use std::process::{Child, Command, Output};
+
+/// A child process leading its own process group; the whole group is
+/// killed when this is dropped before it was waited for.
+pub struct GroupChild {
+    child: Option<Child>,
+}
+
+/// Spawn `cmd` as the leader of a new process group.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<GroupChild> {
+    use std::os::unix::process::CommandExt;
+    let child = cmd.process_group(0).spawn()?;
+    Ok(GroupChild { child: Some(child) })
+}
+
+impl GroupChild {
+    /// Wait for the leader to end and collect its output (as
+    /// [`Child::wait_with_output`]); anything left in its group is killed.
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        let child = self.child.take().ok_or_else(|| std::io::Error::other("already waited for"))?;
+        let pid = child.id();
+        let out = child.wait_with_output();
+        kill_group(pid);
+        out
+    }
+
+    /// Kill the whole group now and reap the leader.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(child.id());
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// SIGKILL to the process group `pgid` (its leader's pid).
+fn kill_group(pgid: u32) {
+    // SAFETY: a plain syscall on a number. While any member of the group
+    // lives, Linux does not hand its id to a new process, so the id names
+    // our group; a group that no longer exists gives ESRCH, which is fine.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, libc::SIGKILL)
+    };
+}
