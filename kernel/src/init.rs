@@ -76,6 +76,19 @@ pub(crate) fn run() -> ! {
             crate::println!("[torito] devices: {p}");
         }
     }
+    // The filesystem: the app's baked-in files at `/`.
+    #[cfg(feature = "fs")]
+    {
+        // A thread waiting for a filesystem lock lets the holder run.
+        #[cfg(feature = "process")]
+        let relax: Option<fn()> = Some(unit_process::yield_now);
+        #[cfg(not(feature = "process"))]
+        let relax: Option<fn()> = None;
+        let report = unit_fs::init(crate::app::files(), relax);
+        for p in &report.problems {
+            crate::println!("[torito] fs: {p}");
+        }
+    }
     // The network stack on the first NIC, with the address from the
     // command line.
     #[cfg(feature = "net")]
@@ -85,8 +98,6 @@ pub(crate) fn run() -> ! {
     }
     #[cfg(feature = "net")]
     unit_net::vsock::init(unit_devices::take_vsock_devices());
-    // Further units (fs, net) are initialised here, in this order, once
-    // they have an implementation.
     crate::boot::mark(TraceId::AppMain);
     let code = crate::app::main();
     crate::exit::exit(code)

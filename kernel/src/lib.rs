@@ -67,7 +67,9 @@ pub fn args() -> impl Iterator<Item = &'static str> {
 }
 
 /// Declare the app's entry point: `kernel::entry!(main)` where `main` is a
-/// `fn() -> T` and `T` is `()`, `i32` or `Result<(), E: Debug>`.
+/// `fn() -> T` and `T` is `()`, `i32` or `Result<(), E: Debug>`. With the
+/// filesystem unit it also bakes the app's files into the ELF (see
+/// `torito_linker::files`).
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
@@ -76,5 +78,29 @@ macro_rules! entry {
         extern "Rust" fn __torito_app_main() -> i32 {
             $crate::Termination::report($main())
         }
+        $crate::__torito_files!();
     };
+}
+
+/// The app's files, as `torito_linker::link` packed them into the build
+/// script's `OUT_DIR` (with the filesystem unit only).
+#[cfg(feature = "fs")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __torito_files {
+    () => {
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        extern "Rust" fn __torito_app_files() -> &'static [u8] {
+            include_bytes!(concat!(env!("OUT_DIR"), "/torito-files.cpio"))
+        }
+    };
+}
+
+/// Nothing: the app does not use the filesystem unit.
+#[cfg(not(feature = "fs"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __torito_files {
+    () => {};
 }

@@ -6,9 +6,15 @@
 //! so that file offsets and load addresses differ by a constant (what the
 //! multiboot a.out-kludge fields need), and emits the `PT_NOTE` segment with
 //! the PVH and Torito notes.
+//!
+//! It also packs the app's files ([`files`]) into `OUT_DIR`, where the
+//! kernel's `entry!` macro finds them when the app uses the filesystem
+//! unit.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod files;
 
 use std::path::PathBuf;
 
@@ -26,6 +32,33 @@ pub fn link() {
         println!("cargo:rustc-link-arg=--gc-sections");
         println!("cargo:rustc-link-arg=-znoexecstack");
     }
+    if let Err(e) = pack_files() {
+        // A build script's way to fail with a message.
+        panic!("torito: baking the app's files: {e}");
+    }
+}
+
+/// Write the app's archive (possibly empty) into `OUT_DIR`.
+fn pack_files() -> Result<(), String> {
+    let (Some(out), Some(manifest)) = (std::env::var_os("OUT_DIR"), std::env::var_os("CARGO_MANIFEST_DIR"))
+    else {
+        return Ok(());
+    };
+    println!("cargo:rerun-if-env-changed={}", files::FILES_ENV);
+    let manifest = PathBuf::from(manifest);
+    println!("cargo:rerun-if-changed={}", manifest.join("Cargo.toml").display());
+    let env = std::env::var(files::FILES_ENV).ok();
+    let archive = PathBuf::from(out).join(files::ARCHIVE);
+    let mut bytes = Vec::new();
+    match files::source_dir(&manifest, env.as_deref())? {
+        Some(dir) => {
+            // Cargo rescans a directory named here when anything in it changes.
+            println!("cargo:rerun-if-changed={}", dir.display());
+            files::pack(&dir, &mut bytes).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        None => println!("cargo:rerun-if-changed={}", manifest.join("files").display()),
+    }
+    std::fs::write(&archive, bytes).map_err(|e| format!("{}: {e}", archive.display()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 
 pub mod bare;
 pub mod bench;
+pub mod fstree;
 pub mod group;
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -159,10 +161,28 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Build `app` in `variant`; returns the ELF's path.
 pub fn build_app(app: &App, variant: Variant) -> Result<PathBuf> {
+    build_app_with_files(app, variant, None)
+}
+
+/// Build `app` in `variant` with the files of `files` baked in (instead of
+/// the app's own `files/`); returns the ELF's path. Such builds have a
+/// target directory of their own, so they do not make the plain build stale.
+pub fn build_app_with_files(app: &App, variant: Variant, files: Option<&Path>) -> Result<PathBuf> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     ensure_target()?;
-    let target_dir = root().join("target/guest").join(variant.dir_name());
+    let mut dir = variant.dir_name();
     let mut c = cargo();
+    if let Some(f) = files {
+        let f = f.canonicalize().map_err(|e| format!("--files {}: {e}", f.display()))?;
+        if !f.is_dir() {
+            return Err(format!("--files {}: not a directory", f.display()));
+        }
+        dir.push_str("-files");
+        c.env("TORITO_FILES", f);
+    } else {
+        c.env_remove("TORITO_FILES");
+    }
+    let target_dir = root().join("target/guest").join(dir);
     c.args(["build", "--quiet", "--package", &app.package, "--bin", &app.bin, "--target", TARGET]);
     c.arg("--target-dir").arg(&target_dir);
     if !variant.debug {
@@ -183,6 +203,15 @@ pub fn build_app(app: &App, variant: Variant) -> Result<PathBuf> {
 /// Build the app called `name`.
 pub fn build(name: &str, variant: Variant) -> Result<PathBuf> {
     build_app(&find_app(name)?, variant)
+}
+
+/// For tests: build the app called `name` with the tree `files` baked in,
+/// and copy the ELF to `to` (so a later build with other files does not
+/// change it under a running test).
+pub fn build_with_files(name: &str, variant: Variant, files: &Path, to: &Path) -> Result<PathBuf> {
+    let elf = build_app_with_files(&find_app(name)?, variant, Some(files))?;
+    std::fs::copy(&elf, to).map_err(|e| format!("copying {} to {}: {e}", elf.display(), to.display()))?;
+    Ok(to.to_path_buf())
 }
 
 /// Build the monitor, static, for [`MONITOR_TARGET`]; returns the path of

@@ -1,7 +1,7 @@
 //! `cargo xtask`: build, run and test Torito appliances.
 //!
 //! ```text
-//! cargo xtask build <app> [--pvh] [--profile-boot] [--debug]   prints the ELF path last
+//! cargo xtask build <app> [--pvh] [--profile-boot] [--debug] [--files DIR]   prints the ELF path last
 //! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
@@ -21,7 +21,7 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Args, Clone, Copy)]
+#[derive(Args, Clone)]
 struct VariantArgs {
     /// Leave out the multiboot header (QEMU then boots the PVH entry).
     #[arg(long)]
@@ -32,6 +32,10 @@ struct VariantArgs {
     /// Debug build of the app (default: release).
     #[arg(long)]
     debug: bool,
+    /// Bake the files of this directory into the ELF, served at `/` by the
+    /// filesystem unit (default: the app's `files/` directory, if any).
+    #[arg(long, value_name = "DIR")]
+    files: Option<std::path::PathBuf>,
 }
 
 impl From<VariantArgs> for Variant {
@@ -109,12 +113,14 @@ fn status(c: &mut Command) -> Result<i32, String> {
 fn run() -> Result<i32, String> {
     match Cli::parse().cmd {
         Cmd::Build { app, variant } => {
-            let elf = xtask::build(&app, variant.into())?;
+            let files = variant.files.clone();
+            let elf = xtask::build_app_with_files(&xtask::find_app(&app)?, variant.into(), files.as_deref())?;
             println!("{}", elf.display());
             Ok(0)
         }
         Cmd::Run { app, variant, mem, cpus, disk, net, qemu, timeline, args } => {
             let cmdline = args.join(" ");
+            let files = variant.files.clone();
             if let Some(machine) = qemu {
                 let machine = QemuMachine::parse(&machine)?;
                 if !xtask::have("qemu-system-x86_64") {
@@ -133,7 +139,7 @@ fn run() -> Result<i32, String> {
                 if machine == QemuMachine::PcQbootTcg {
                     v.pvh_only = true;
                 }
-                let elf = xtask::build(&app, v)?;
+                let elf = xtask::build_app_with_files(&xtask::find_app(&app)?, v, files.as_deref())?;
                 let mut q = xtask::qemu(machine, &elf, &cmdline);
                 q.args(["-smp", &cpus.to_string()]);
                 let code = status(&mut q)?;
@@ -141,7 +147,7 @@ fn run() -> Result<i32, String> {
                 return Ok(torito_status(code));
             }
             let monitor = xtask::build_monitor(true)?;
-            let elf = xtask::build(&app, variant.into())?;
+            let elf = xtask::build_app_with_files(&xtask::find_app(&app)?, variant.into(), files.as_deref())?;
             let mut c = Command::new(monitor);
             c.arg("--mem").arg(mem).arg("--cpus").arg(cpus.to_string());
             for d in &disk {

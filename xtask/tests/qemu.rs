@@ -11,24 +11,7 @@ use std::process::Command;
 
 use xtask::{QemuMachine, Variant};
 
-fn need(tool: &str) -> bool {
-    if xtask::have(tool) {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{tool} is missing under CI=true; .ci/run should have installed it");
-    }
-    eprintln!("SKIPPED: {tool} is not installed; QEMU test not run");
-    false
-}
-
-fn kvm() -> bool {
-    let ok = xtask::kvm_usable();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable; QEMU KVM test not run");
-    }
-    ok
-}
+use xtask::testing::{kvm, need};
 
 fn elf(app: &str, pvh_only: bool) -> PathBuf {
     xtask::build(app, Variant { pvh_only, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"))
@@ -42,24 +25,7 @@ fn boot(machine: QemuMachine, elf: &Path, cmdline: &str) -> (i32, String) {
 
 /// [`boot`] with more QEMU arguments.
 fn boot_with(machine: QemuMachine, elf: &Path, cmdline: &str, extra: &[&str]) -> (i32, String) {
-    let qemu = xtask::qemu(machine, elf, cmdline);
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(qemu.get_program())
-        .args(qemu.get_args())
-        .args(extra)
-        .output()
-        .expect("run qemu");
-    let status = out.status.code().unwrap_or(-1);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "--- {machine:?} {} -> status {status}\n{text}{}",
-        elf.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // isa-debug-exit makes QEMU exit with (code << 1) | 1.
-    assert_eq!(status & 1, 1, "QEMU did not stop through isa-debug-exit (status {status})");
-    (status >> 1, text)
+    xtask::testing::qemu_boot(machine, elf, cmdline, extra)
 }
 
 #[test]

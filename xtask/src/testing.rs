@@ -1,0 +1,75 @@
+//! Helpers the boot tests share: skipping loudly when a tool or KVM is
+//! missing (a failure under `CI=true`, where `.ci/run` installs them), and
+//! booting an ELF on QEMU or on the release monitor.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::QemuMachine;
+
+/// Whether `tool` is on `PATH`; says so when not, and panics under
+/// `CI=true` (where `.ci/run` should have installed it).
+pub fn need(tool: &str) -> bool {
+    if crate::have(tool) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{tool} is missing under CI=true; .ci/run should have installed it");
+    }
+    eprintln!("SKIPPED: {tool} is not installed; test not run");
+    false
+}
+
+/// Whether `/dev/kvm` is usable; says so when not.
+pub fn kvm() -> bool {
+    let ok = crate::kvm_usable();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable; KVM test not run");
+    }
+    ok
+}
+
+/// Boot `elf` on QEMU `machine` with `extra` arguments (at most 60 s);
+/// returns (the guest's exit code, its console output). Panics unless
+/// the guest stopped through `isa-debug-exit`.
+pub fn qemu_boot(machine: QemuMachine, elf: &Path, cmdline: &str, extra: &[&str]) -> (i32, String) {
+    let qemu = crate::qemu(machine, elf, cmdline);
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .args(extra)
+        .output()
+        .expect("run qemu");
+    let status = out.status.code().unwrap_or(-1);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- {machine:?} {} -> status {status}\n{text}{}",
+        elf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // isa-debug-exit makes QEMU exit with (code << 1) | 1.
+    assert_eq!(status & 1, 1, "QEMU did not stop through isa-debug-exit (status {status})");
+    (status >> 1, text)
+}
+
+/// Boot `elf` on the release monitor with `args` and the kernel command
+/// line `cmdline` (at most 60 s); returns (exit status, stdout, stderr).
+pub fn torito(args: &[&str], elf: &Path, cmdline: &[&str]) -> (i32, String, String) {
+    let monitor = crate::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(monitor)
+        .args(["--timeout", "60"])
+        .args(args)
+        .arg(elf)
+        .arg("--")
+        .args(cmdline)
+        .output()
+        .expect("run torito");
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("--- torito {args:?} {} -> {}\n{}{}", elf.display(), r.0, r.1, r.2);
+    r
+}
