@@ -13,8 +13,19 @@ use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
 
 use crate::arch::{gate, torito};
 
-/// Stop the guest with `code`.
+/// Stop the guest with `code`, after making every file written durable
+/// (with the filesystem unit).
 pub fn exit(code: i32) -> ! {
+    #[cfg(feature = "fs")]
+    if let Err(e) = unit_fs::sync_all() {
+        crate::println!("[torito] fs: writing files back at exit: {e}");
+    }
+    stop(code)
+}
+
+/// Stop the guest with `code` at once: for panics and faults, which must
+/// not wait for a lock the failed code may hold.
+pub(crate) fn stop(code: i32) -> ! {
     crate::boot::mark(TraceId::AppExit);
     if crate::boot::protocol() == BootProtocol::Direct {
         torito::exit(code);

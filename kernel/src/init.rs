@@ -76,7 +76,8 @@ pub(crate) fn run() -> ! {
             crate::println!("[torito] devices: {p}");
         }
     }
-    // The filesystem: the app's baked-in files at `/`.
+    // The filesystem: the app's baked-in files at `/`, each disk's
+    // filesystem at `/disk<N>`.
     #[cfg(feature = "fs")]
     {
         // A thread waiting for a filesystem lock lets the holder run.
@@ -84,7 +85,20 @@ pub(crate) fn run() -> ! {
         let relax: Option<fn()> = Some(unit_process::yield_now);
         #[cfg(not(feature = "process"))]
         let relax: Option<fn()> = None;
-        let report = unit_fs::init(crate::app::files(), relax);
+        // The time FAT stamps on files: the wall clock, where there is one.
+        #[cfg(feature = "process")]
+        let clock: Option<fn() -> Option<u64>> =
+            Some(|| unit_process::clock::wall_clock_ns().map(|ns| ns / 1_000_000_000));
+        #[cfg(not(feature = "process"))]
+        let clock: Option<fn() -> Option<u64>> = None;
+        let report = unit_fs::init(unit_fs::Sources {
+            files: crate::app::files(),
+            disks: unit_devices::take_block_devices(),
+            relax,
+            clock,
+        });
+        // Disks with no filesystem stay raw block devices.
+        unit_devices::give_back_block_devices(report.raw);
         for p in &report.problems {
             crate::println!("[torito] fs: {p}");
         }

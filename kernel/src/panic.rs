@@ -14,7 +14,7 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if PANICKING.swap(true, Ordering::SeqCst) {
         // A panic while reporting a panic: stop without printing again.
-        exit::exit(PANIC);
+        exit::stop(PANIC);
     }
     #[cfg(feature = "process")]
     if let Some(t) = unit_process::current_thread() {
@@ -33,7 +33,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             heap.last_failed, heap.used, heap.size
         );
     }
-    exit::exit(PANIC)
+    exit::stop(PANIC)
 }
 
 /// Report a CPU fault and exit with `EXCEPTION_BASE + vector`.
@@ -53,5 +53,5 @@ pub(crate) fn report_fault(f: &FaultInfo) -> ! {
         let why = if f.error & 1 != 0 { "protection violation" } else { "page not present" };
         println!("[torito]   cr2={:#018x} ({what}, {why})", f.cr2);
     }
-    exit::exit(EXCEPTION_BASE + f.vector as i32)
+    exit::stop(EXCEPTION_BASE + f.vector as i32)
 }

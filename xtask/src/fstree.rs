@@ -34,14 +34,15 @@ impl Rng {
 }
 
 /// Names the generator draws from (no `/`, NUL, backslash or newline:
-/// `sha256sum` escapes those).
+/// `sha256sum` escapes those; nothing beyond the Basic Multilingual Plane:
+/// mtools 4.0 stores such characters truncated to 16 bits).
 const NAMES: &[&str] = &[
     "index.html",
     "a",
     "data.bin",
     "ünïcödé",
     "日本語のファイル",
-    "emoji-🦀",
+    "ελληνικά",
     "with space",
     "x.y.z",
     "UPPER",
@@ -161,6 +162,96 @@ pub fn assert_walk_matches(console: &str, root: &Path) {
     }
     assert!(console.contains(&total), "no '{total}' in:\n{console}");
     assert!(!console.contains("FAILED"), "{console}");
+}
+
+/// Run a host tool (from `/usr/sbin` too), panicking with its output when
+/// it fails; its standard output.
+pub fn tool(cmd: &mut Command) -> String {
+    let path = format!("/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default());
+    // mtools reads and writes long names in the locale's encoding.
+    let out =
+        cmd.env("PATH", path).env("LC_ALL", "C.UTF-8").output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An ext4 image of `mib` MiB at `img` holding the tree at `src`
+/// (`mkfs.ext4 -d`: no root, no mount).
+pub fn ext4_image(src: &Path, img: &Path, mib: u32) {
+    let _ = std::fs::remove_file(img);
+    tool(Command::new("truncate").arg("-s").arg(format!("{mib}M")).arg(img));
+    tool(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(src).arg(img));
+}
+
+/// A FAT32 image of `mib` MiB at `img` holding the directory `src` itself
+/// (as `/<its name>`; `mkfs.fat`, then `mcopy`), the filesystem starting
+/// `offset` bytes into the image (0: a bare filesystem; else an MBR with
+/// one partition there).
+pub fn fat_image(src: &Path, img: &Path, mib: u32, offset: u64) {
+    let _ = std::fs::remove_file(img);
+    tool(Command::new("truncate").arg("-s").arg(format!("{mib}M")).arg(img));
+    if offset > 0 {
+        // One partition of type 0x0c (FAT32, LBA) from `offset` to the end.
+        let mut mbr = vec![0u8; 512];
+        let (start, len) = ((offset / 512) as u32, ((u64::from(mib) << 20) - offset) as u32 / 512);
+        mbr[446 + 4] = 0x0c;
+        mbr[446 + 8..446 + 12].copy_from_slice(&start.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&len.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(img).expect("the image");
+        f.write_all(&mbr).expect("writing the MBR");
+    }
+    // The size in KiB: without it mkfs.fat sizes the filesystem to the
+    // whole file, past its end when there is an offset.
+    let kib = ((u64::from(mib) << 20) - offset) / 1024;
+    tool(
+        Command::new("mkfs.fat")
+            .args(["-F", "32", "-s", "1", "--offset"])
+            .arg((offset / 512).to_string())
+            .arg(img)
+            .arg(kib.to_string()),
+    );
+    tool(
+        Command::new("mcopy")
+            .args(["-s", "-i"])
+            .arg(format!("{}@@{offset}", img.display()))
+            .arg(src)
+            .arg("::/"),
+    );
+}
+
+/// Copy the directory `dir` of the FAT filesystem in `img` (at `offset`)
+/// into the host directory `to` (`mcopy -s`); returns where it landed
+/// (`to/<its name>`).
+pub fn fat_extract(img: &Path, offset: u64, dir: &str, to: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).expect("the target directory");
+    tool(
+        Command::new("mcopy")
+            .args(["-s", "-n", "-i"])
+            .arg(format!("{}@@{offset}", img.display()))
+            .arg(format!("::{dir}"))
+            .arg(to),
+    );
+    to.join(dir.rsplit('/').next().unwrap_or(dir))
+}
+
+/// `fsck.fat -n` over the FAT filesystem at `offset` in `img` (fsck.fat
+/// has no offset: the partition is copied out first); panics unless clean.
+pub fn assert_fat_clean(img: &Path, offset: u64) {
+    let part = img.with_extension("part");
+    let data = std::fs::read(img).expect("the image");
+    std::fs::write(&part, &data[offset as usize..]).expect("the partition");
+    let out = tool(Command::new("fsck.fat").arg("-n").arg(&part));
+    let _ = std::fs::remove_file(&part);
+    assert!(!out.contains("Dirty bit") || out.contains("0 files"), "{out}");
 }
 
 #[cfg(test)]

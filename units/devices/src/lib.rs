@@ -82,6 +82,10 @@ pub trait BlockDevice {
     fn device_id(&mut self) -> Result<String, BlockError> {
         Err(BlockError::Unsupported)
     }
+    /// Whether the device refuses writes.
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 /// The block devices found at [`init`], in the order the loader named them.
@@ -95,9 +99,21 @@ pub fn report_lines() -> Vec<String> {
     REPORT.lock().as_ref().map(|r| r.found.iter().chain(&r.problems).cloned().collect()).unwrap_or_default()
 }
 
-/// The block devices (lock held while the guard lives).
+/// The block devices (lock held while the guard lives). Disks the
+/// filesystem unit mounted are not in it.
 pub fn block_devices() -> spin::MutexGuard<'static, Vec<Box<dyn BlockDevice + Send>>> {
     BLOCKS.lock()
+}
+
+/// Take every block device (the filesystem unit looks at each; what it
+/// does not mount it gives back with [`give_back_block_devices`]).
+pub fn take_block_devices() -> Vec<Box<dyn BlockDevice + Send>> {
+    core::mem::take(&mut *BLOCKS.lock())
+}
+
+/// Put block devices back into [`block_devices`], in this order.
+pub fn give_back_block_devices(devs: Vec<Box<dyn BlockDevice + Send>>) {
+    BLOCKS.lock().extend(devs);
 }
 
 /// What [`init`] found, one line each, for the kernel to print when asked.

@@ -209,6 +209,10 @@ impl BlockDevice for VirtioBlock {
         self.dev.flush().map_err(io)
     }
 
+    fn read_only(&self) -> bool {
+        self.readonly
+    }
+
     fn device_id(&mut self) -> Result<alloc::string::String, BlockError> {
         let mut buf = [0u8; 20];
         let n = self.dev.device_id(&mut buf).map_err(io)?;

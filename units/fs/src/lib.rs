@@ -31,6 +31,7 @@
 extern crate alloc;
 
 pub mod cpio;
+pub mod disk;
 mod error;
 mod file;
 pub mod lock;
@@ -55,35 +56,59 @@ use vfs::FileSystem;
 static MOUNTS: RwLock<Vec<Mount>> = RwLock::new(Vec::new());
 
 /// What [`init`] set up and what it could not.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct Report {
     /// A line per mount.
     pub mounted: Vec<String>,
     /// What could not be mounted, and why.
     pub problems: Vec<String>,
+    /// The disks with nothing mounted, for the devices unit to keep.
+    pub raw: Vec<alloc::boxed::Box<dyn unit_devices::BlockDevice + Send>>,
 }
 
-/// Mount the app's baked-in files at `/`. `relax` is what a thread waiting
-/// for a lock does (the process unit's `yield_now`, where there is one).
-pub fn init(files: &'static [u8], relax: Option<fn()>) -> Report {
+/// What the kernel hands the unit at start-up.
+pub struct Sources {
+    /// The app's baked-in files (a cpio newc archive; empty for none).
+    pub files: &'static [u8],
+    /// The block devices the devices unit found, in order (disk N is
+    /// `disks[N]`); those with no recognised filesystem are returned in
+    /// [`Report::raw`].
+    pub disks: Vec<alloc::boxed::Box<dyn unit_devices::BlockDevice + Send>>,
+    /// What a thread waiting for a lock does (the process unit's
+    /// `yield_now`, where there is one).
+    pub relax: Option<fn()>,
+    /// The wall clock, seconds since the epoch (for the times FAT stamps).
+    pub clock: Option<fn() -> Option<u64>>,
+}
+
+/// Mount the app's baked-in files at `/` and each disk's filesystem at
+/// `/disk<N>`.
+pub fn init(sources: Sources) -> Report {
+    let Sources { files, disks, relax, clock } = sources;
     if let Some(f) = relax {
         lock::set_relax(f);
     }
+    if let Some(f) = clock {
+        disk::fat::set_clock(f);
+    }
     let mut report = Report::default();
-    let root: Arc<dyn FileSystem> = match cpio::Archive::parse(files) {
+    match cpio::Archive::parse(files) {
         Ok(a) => {
             let (n, bytes) = a.totals();
             let source = alloc::format!("baked into the ELF, {n} files, {bytes} bytes");
             let _ = mount("/", &source, Arc::new(a));
-            report.mounted.extend(mounts().iter().map(Mount::describe));
-            return report;
         }
         Err(e) => {
             report.problems.push(alloc::format!("the baked-in files: {e}"));
-            Arc::new(cpio::Archive::parse(&[]).unwrap_or_else(|_| unreachable!("an empty archive parses")))
+            if let Ok(empty) = cpio::Archive::parse(&[]) {
+                let _ = mount("/", "empty (the baked-in files are unusable)", Arc::new(empty));
+            }
         }
-    };
-    let _ = mount("/", "empty (the baked-in files are unusable)", root);
+    }
+    let (raw, lines) = disk::mount_all(disks);
+    report.raw = raw;
+    report.problems.extend(lines);
+    report.mounted.extend(mounts().iter().map(Mount::describe));
     report
 }
 
@@ -311,8 +336,18 @@ pub fn sync_all() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    // The facade's tests live with the in-memory filesystem they need:
-    // see `tests::memfs` below.
+    //! Host tests: the facade over an in-memory filesystem, and the disk
+    //! filesystems over images the host's own tools make.
+    mod disks;
     mod facade;
     pub mod memfs;
+
+    /// Tests that use the one mount table run one at a time, each with a
+    /// fresh table.
+    pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        crate::MOUNTS.write().clear();
+        g
+    }
 }

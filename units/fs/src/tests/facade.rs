@@ -10,13 +10,8 @@ use embedded_io::{Read, Seek, SeekFrom, Write};
 use super::memfs::MemFs;
 use crate::*;
 
-/// Tests share the one mount table: run them one at a time, each with a
-/// fresh table.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn fresh() -> std::sync::MutexGuard<'static, ()> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    MOUNTS.write().clear();
+    let g = super::serial();
     // An archive with one file and one directory, as the linker helper
     // would make it (built with the `cpio` crate's layout by hand).
     let mut bytes = Vec::new();
@@ -48,7 +43,12 @@ fn fresh() -> std::sync::MutexGuard<'static, ()> {
             bytes.push(0);
         }
     }
-    let report = init(alloc::boxed::Box::leak(bytes.into_boxed_slice()), None);
+    let report = init(Sources {
+        files: alloc::boxed::Box::leak(bytes.into_boxed_slice()),
+        disks: Vec::new(),
+        relax: None,
+        clock: None,
+    });
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     mount("/data", "memory", Arc::new(MemFs::new())).unwrap();
     g
