@@ -76,8 +76,8 @@ pub(crate) fn run() -> ! {
             crate::println!("[torito] devices: {p}");
         }
     }
-    // The filesystem: the app's baked-in files at `/`, each disk's
-    // filesystem at `/disk<N>`.
+    // The filesystem: the app's baked-in files at `/`, each virtio-fs share
+    // at `/<tag>`, each disk's filesystem at `/disk<N>`.
     #[cfg(feature = "fs")]
     {
         // A thread waiting for a filesystem lock lets the holder run.
@@ -96,6 +96,10 @@ pub(crate) fn run() -> ! {
             disks: unit_devices::take_block_devices(),
             relax,
             clock,
+            shares: unit_devices::take_fs_devices()
+                .into_iter()
+                .map(|d| alloc::boxed::Box::new(d) as alloc::boxed::Box<dyn unit_fs::virtiofs::Channel>)
+                .collect(),
         });
         // Disks with no filesystem stay raw block devices.
         unit_devices::give_back_block_devices(report.raw);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::devices::virtio::blk::DiskConfig;
+pub use crate::devices::virtio::fs::ShareConfig;
 pub use crate::devices::virtio::net::NetConfig;
 pub use crate::devices::virtio::vsock::VsockConfig;
 
@@ -43,6 +44,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Shared host directories (virtio-fs), in order.
+    pub shares: Vec<ShareConfig>,
 }
 
 impl VmConfig {
@@ -59,6 +62,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            shares: Vec::new(),
         }
     }
 

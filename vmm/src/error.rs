@@ -13,6 +13,8 @@ pub const EXIT_NO_INPUT: i32 = 66;
 pub const EXIT_KVM_UNAVAILABLE: i32 = 69;
 /// A KVM or OS call failed.
 pub const EXIT_OS: i32 = 71;
+/// A file or directory the configuration names is not accessible.
+pub const EXIT_NO_PERMISSION: i32 = 77;
 /// The configuration cannot work (memory size, command line).
 pub const EXIT_CONFIG: i32 = 78;
 /// `--timeout` expired.
@@ -51,6 +53,10 @@ pub enum Error {
     /// A NIC cannot be used.
     #[error("{0}")]
     Net(String),
+    /// A shared directory cannot be used: why, and whether for lack of
+    /// permission.
+    #[error("{0}")]
+    Share(String, bool),
     /// Writing into guest memory failed (a bug: the layout was checked).
     #[error("writing the guest's boot data failed: {0}")]
     GuestWrite(String),
@@ -77,6 +83,8 @@ impl Error {
             Error::KvmOpen(..) | Error::KvmCapability(_) => EXIT_KVM_UNAVAILABLE,
             Error::Kvm(..) | Error::Memory(..) | Error::GuestWrite(_) => EXIT_OS,
             Error::Config(_) | Error::Net(_) => EXIT_CONFIG,
+            Error::Share(_, true) => EXIT_NO_PERMISSION,
+            Error::Share(_, false) => EXIT_NO_INPUT,
         }
     }
 }
@@ -167,8 +175,15 @@ mod tests {
 
     #[test]
     fn statuses_are_distinct() {
-        let mut all =
-            vec![EXIT_USAGE, EXIT_BAD_IMAGE, EXIT_NO_INPUT, EXIT_KVM_UNAVAILABLE, EXIT_OS, EXIT_CONFIG];
+        let mut all = vec![
+            EXIT_USAGE,
+            EXIT_BAD_IMAGE,
+            EXIT_NO_INPUT,
+            EXIT_KVM_UNAVAILABLE,
+            EXIT_OS,
+            EXIT_NO_PERMISSION,
+            EXIT_CONFIG,
+        ];
         all.extend([EXIT_TIMEOUT, EXIT_GUEST_CRASH]);
         let n = all.len();
         all.sort();

@@ -7,7 +7,8 @@
 //! - [`config`]: what the command line asked for; [`error`]: how a run ends.
 //! - [`loader`]: the ELF's checks and loading.
 //! - [`devices`]: the guest's devices and the table of who answers where
-//!   (the register page, COM1, virtio-mmio disks, NICs and vsock).
+//!   (the register page, COM1, virtio-mmio disks, NICs, vsock and shared
+//!   directories).
 //! - [`arch`]: page tables, boot information, boot registers, CPUID.
 //! - [`vstate`]: every KVM ioctl and all of the monitor's `unsafe` code.
 //! - [`machine`]: the vCPU threads and their exit loop, stopping, the

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use torito_vmm::config::{
-    DiskConfig, NetConfig, TimelineFormat, VsockConfig, parse_cpus, parse_duration, parse_size,
+    DiskConfig, NetConfig, ShareConfig, TimelineFormat, VsockConfig, parse_cpus, parse_duration, parse_size,
 };
 use torito_vmm::timeline::{Phase, Timeline};
 use torito_vmm::{Error, VmConfig};
@@ -43,6 +43,11 @@ struct Cli {
     /// port P reach PATH_P).
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = VsockConfig::parse)]
     vsock: Option<VsockConfig>,
+    /// Share a host directory with the guest (virtio-fs), mounted at
+    /// `/<tag>` (default tag: the directory's name); `,ro` refuses changes.
+    /// Repeat for more.
+    #[arg(long = "share", value_name = "DIR[,tag=NAME][,ro]", value_parser = ShareConfig::parse)]
+    shares: Vec<ShareConfig>,
     /// Stop the guest after this long (e.g. 10, 500ms); exit status 124.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     cfg.disks = cli.disks;
     cfg.nets = cli.nets;
     cfg.vsock = cli.vsock;
+    cfg.shares = cli.shares;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod fstree;
 pub mod group;
 pub mod testing;
+pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

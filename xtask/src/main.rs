@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask build <app> [--pvh] [--profile-boot] [--debug] [--files DIR]   prints the ELF path last
-//! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--qemu MACHINE] [-- args]
+//! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--share ..] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
 //! cargo xtask bench [launch|process|block|net]... [-n 30]      benchmarks, same-run verdicts
@@ -71,6 +71,10 @@ enum Cmd {
         /// NICs for the monitor: `tap=NAME[,mac=..]`.
         #[arg(long)]
         net: Vec<String>,
+        /// Host directories for the guest, at `/TAG`: `DIR[,tag=NAME][,ro]`
+        /// (with `--qemu`: served by virtiofsd, read-write).
+        #[arg(long)]
+        share: Vec<String>,
         /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
         #[arg(long)]
         qemu: Option<String>,
@@ -118,7 +122,7 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run { app, variant, mem, cpus, disk, net, qemu, timeline, args } => {
+        Cmd::Run { app, variant, mem, cpus, disk, net, share, qemu, timeline, args } => {
             let cmdline = args.join(" ");
             let files = variant.files.clone();
             if let Some(machine) = qemu {
@@ -136,13 +140,29 @@ fn run() -> Result<i32, String> {
                     );
                 }
                 let mut v: Variant = variant.into();
-                if machine == QemuMachine::PcQbootTcg {
+                // qboot boots only PVH; microvm boots multiboot first, but
+                // names its virtio-mmio devices only to a PVH (or Linux)
+                // kernel's command line.
+                if matches!(machine, QemuMachine::PcQbootTcg | QemuMachine::MicrovmKvm) {
                     v.pvh_only = true;
                 }
                 let elf = xtask::build_app_with_files(&xtask::find_app(&app)?, v, files.as_deref())?;
                 let mut q = xtask::qemu(machine, &elf, &cmdline);
-                q.args(["-smp", &cpus.to_string()]);
+                q.args(["-smp", &cpus.to_string(), "-m", &mem]);
+                // The daemons live until QEMU has stopped.
+                let mut daemons = Vec::new();
+                if !share.is_empty() {
+                    q.args(xtask::virtiofsd::qemu_common_args(machine, &mem));
+                    let run_dir = xtask::root().join("target/run");
+                    for (n, s) in share.iter().enumerate() {
+                        let (dir, tag) = xtask::virtiofsd::parse_share(s)?;
+                        let d = xtask::virtiofsd::Virtiofsd::start(&dir, &tag, &run_dir)?;
+                        q.args(d.qemu_args(machine, n));
+                        daemons.push(d);
+                    }
+                }
                 let code = status(&mut q)?;
+                drop(daemons);
                 // QEMU's isa-debug-exit reports (code << 1) | 1.
                 return Ok(torito_status(code));
             }
@@ -155,6 +175,9 @@ fn run() -> Result<i32, String> {
             }
             for n in &net {
                 c.arg("--net").arg(n);
+            }
+            for s in &share {
+                c.arg("--share").arg(s);
             }
             c.arg(&elf);
             if timeline {

@@ -27,6 +27,7 @@ pub mod net;
 pub mod pci;
 mod stepwise;
 pub mod virtio;
+pub mod virtio_fs;
 pub mod vsock;
 
 pub use net::{NetDevice, NetError};
@@ -151,6 +152,14 @@ static NETS: spin::Mutex<Vec<Box<dyn NetDevice + Send>>> = spin::Mutex::new(Vec:
 /// The vsock devices found at [`init`].
 static VSOCKS: spin::Mutex<Vec<vsock::Vsock>> = spin::Mutex::new(Vec::new());
 
+/// The filesystem (virtio-fs) devices found at [`init`].
+static FSS: spin::Mutex<Vec<virtio_fs::VirtioFs>> = spin::Mutex::new(Vec::new());
+
+/// Take the virtio-fs devices (the filesystem unit owns them from then on).
+pub fn take_fs_devices() -> Vec<virtio_fs::VirtioFs> {
+    core::mem::take(&mut *FSS.lock())
+}
+
 /// Take the vsock devices (the networking unit owns them from then on).
 pub fn take_vsock_devices() -> Vec<vsock::Vsock> {
     core::mem::take(&mut *VSOCKS.lock())
@@ -220,6 +229,19 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 ));
                 VSOCKS.lock().push(*v);
             }
+            Ok(virtio::Probed::Fs(mut f)) => {
+                if let Some(irq) = irq.filter(|i| (i.route)(d.irq)) {
+                    f.use_interrupts(d.irq, irq.wait, irq.mmio_ack);
+                }
+                report.found.push(format!(
+                    "virtio-fs at {:#x} (irq {}, {}): tag '{}'",
+                    d.base,
+                    d.irq,
+                    if f.interrupts() { "interrupts" } else { "polled" },
+                    f.tag()
+                ));
+                FSS.lock().push(*f);
+            }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {:#x}: no driver", d.base)),
             Err(e) => report.problems.push(format!("virtio-mmio at {:#x}: {e}", d.base)),
         }
@@ -247,6 +269,9 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 report.found.push(format!("virtio-vsock at {location}: guest CID {}", v.guest_cid()));
                 VSOCKS.lock().push(*v);
             }
+            Ok(virtio::Probed::Fs(f)) => report
+                .problems
+                .push(format!("virtio-fs at {location}: tag '{}': PCI is not driven yet", f.tag())),
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {location}: no driver")),
             Err(e) => report.problems.push(format!("{location}: {e}")),
         }

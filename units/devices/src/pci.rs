@@ -176,7 +176,7 @@ pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, 
                 match p {
                     Probed::Block(b) => b.use_interrupts(line, irq.wait),
                     Probed::Net(n) => n.use_interrupts(line, irq.take),
-                    Probed::Other(_) | Probed::Vsock(_) => {}
+                    Probed::Other(_) | Probed::Vsock(_) | Probed::Fs(_) => {}
                 }
             }
             (location, probed)

@@ -46,6 +46,8 @@ pub enum Probed {
     Net(alloc::boxed::Box<crate::net::VirtioNet>),
     /// A socket (vsock) device, ready.
     Vsock(alloc::boxed::Box<crate::vsock::Vsock>),
+    /// A filesystem (virtio-fs) device, ready.
+    Fs(alloc::boxed::Box<crate::virtio_fs::VirtioFs>),
     /// A device this unit has no driver for (yet).
     Other(DeviceType),
 }
@@ -59,6 +61,8 @@ pub enum ProbeError {
     Pci(virtio_drivers::transport::pci::VirtioPciError),
     /// The driver could not set the device up.
     Driver(virtio_drivers::Error),
+    /// A device this unit drives, in a form it cannot use (the reason).
+    Unsupported(&'static str),
 }
 
 impl core::fmt::Display for ProbeError {
@@ -67,6 +71,7 @@ impl core::fmt::Display for ProbeError {
             ProbeError::Transport(e) => write!(f, "not a usable virtio-mmio device: {e}"),
             ProbeError::Pci(e) => write!(f, "not a usable virtio PCI device: {e}"),
             ProbeError::Driver(e) => write!(f, "driver set-up failed: {e}"),
+            ProbeError::Unsupported(why) => f.write_str(why),
         }
     }
 }
@@ -78,6 +83,15 @@ impl core::fmt::Display for ProbeError {
 /// loader named it), identity-mapped, and not used by anything else for
 /// the rest of the program.
 pub unsafe fn probe_mmio(d: MmioDevice, ack: bool) -> Result<Probed, ProbeError> {
+    // virtio-fs, which `virtio-drivers`' transport refuses: driven here.
+    // SAFETY: forwarded from the caller.
+    if unsafe { crate::virtio_fs::FsMmio::device_id(d) } == crate::virtio_fs::DEVICE_ID {
+        // SAFETY: forwarded from the caller.
+        let t = unsafe { crate::virtio_fs::FsMmio::new(d) }.map_err(ProbeError::Unsupported)?;
+        return crate::virtio_fs::VirtioFs::new(t)
+            .map(|f| Probed::Fs(alloc::boxed::Box::new(f)))
+            .map_err(ProbeError::Driver);
+    }
     let header = NonNull::new(d.base as *mut VirtIOHeader)
         .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
     // SAFETY: forwarded from the caller; the window lasts for ever.

@@ -37,6 +37,7 @@ mod file;
 pub mod lock;
 pub mod path;
 pub mod vfs;
+pub mod virtiofs;
 
 /// The I/O traits [`File`] implements (`embedded-io`): `use kernel::fs::io::{Read, Write, Seek}`.
 pub use embedded_io as io;
@@ -79,12 +80,14 @@ pub struct Sources {
     pub relax: Option<fn()>,
     /// The wall clock, seconds since the epoch (for the times FAT stamps).
     pub clock: Option<fn() -> Option<u64>>,
+    /// Shared host directories (virtio-fs), mounted at `/<tag>`.
+    pub shares: Vec<alloc::boxed::Box<dyn virtiofs::Channel>>,
 }
 
 /// Mount the app's baked-in files at `/` and each disk's filesystem at
 /// `/disk<N>`.
 pub fn init(sources: Sources) -> Report {
-    let Sources { files, disks, relax, clock } = sources;
+    let Sources { files, disks, relax, clock, shares } = sources;
     if let Some(f) = relax {
         lock::set_relax(f);
     }
@@ -103,6 +106,18 @@ pub fn init(sources: Sources) -> Report {
             if let Ok(empty) = cpio::Archive::parse(&[]) {
                 let _ = mount("/", "empty (the baked-in files are unusable)", Arc::new(empty));
             }
+        }
+    }
+    for ch in shares {
+        let tag = ch.tag();
+        let point = alloc::format!("/{tag}");
+        match virtiofs::VirtioFs::new(ch, false) {
+            Ok(fs) => {
+                if let Err(e) = mount(&point, &alloc::format!("virtio-fs tag {tag}"), Arc::new(fs)) {
+                    report.problems.push(alloc::format!("{point}: virtio-fs not mounted: {e}"));
+                }
+            }
+            Err(e) => report.problems.push(alloc::format!("{point}: virtio-fs: {e}")),
         }
     }
     let (raw, lines) = disk::mount_all(disks);

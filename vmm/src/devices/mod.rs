@@ -4,7 +4,7 @@
 //! | where | device |
 //! |---|---|
 //! | MMIO `TORITO_MMIO_BASE`, one page | the Torito register page ([`register_page`]) |
-//! | MMIO `VIRTIO_MMIO_BASE + i · VIRTIO_MMIO_STRIDE` | virtio device `i`: disks, then NICs, then vsock ([`virtio`]); interrupt line `i` |
+//! | MMIO `VIRTIO_MMIO_BASE + i · VIRTIO_MMIO_STRIDE` | virtio device `i`: disks, then NICs, then vsock, then shares ([`virtio`]); interrupt line `i` |
 //! | ports `0x3f8`–`0x3ff` | COM1 ([`legacy`]) |
 //! | port `0xf4` | QEMU's `isa-debug-exit`: exit code |
 //! | port `0x64` | the i8042's reset command |
@@ -110,11 +110,17 @@ pub struct Devices {
 /// order of their windows and interrupt lines); every reason one cannot
 /// be used is one line for the user.
 pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
-    let count = (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())) as u64;
+    let count =
+        (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some()) + cfg.shares.len()) as u64;
     if count > VIRTIO_MMIO_MAX {
         return Err(Error::Config(format!(
-            "{count} disks and NICs: the monitor offers at most {VIRTIO_MMIO_MAX}"
+            "{count} disks, NICs and shares: the monitor offers at most {VIRTIO_MMIO_MAX}"
         )));
+    }
+    for (i, s) in cfg.shares.iter().enumerate() {
+        if cfg.shares[..i].iter().any(|o| o.tag == s.tag) {
+            return Err(Error::Config(format!("two shares are tagged '{}' (give one tag=NAME)", s.tag)));
+        }
     }
     let mut d = Devices::new(cfg.console_out());
     for (i, disk) in cfg.disks.iter().enumerate() {
@@ -125,6 +131,17 @@ pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
     }
     if let Some(v) = &cfg.vsock {
         d.add_virtio(virtio::vsock::open(v).map_err(Error::Net)?);
+    }
+    if !cfg.shares.is_empty() {
+        // Each node the guest looks up holds a descriptor: room for them.
+        crate::vstate::sys::raise_fd_limit(65_536);
+    }
+    for s in &cfg.shares {
+        let dev = virtio::fs::open(s).map_err(|e| {
+            let denied = e.contains("ermission denied");
+            Error::Share(e, denied)
+        })?;
+        d.add_virtio(dev);
     }
     Ok(d)
 }

@@ -81,3 +81,18 @@ pub fn peak_rss_kib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Raise this process's soft limit on open descriptors towards `want`
+/// (never above the hard limit). Best effort.
+pub fn raise_fd_limit(want: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    let target = match l.maximum {
+        Some(max) => want.min(max),
+        None => want,
+    };
+    if l.current.is_some_and(|c| c < target) {
+        l.current = Some(target);
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}

@@ -1,0 +1,296 @@
+//! virtio-fs (device ID 26): FUSE requests to a host that serves a
+//! directory (the Torito monitor's `--share`, or QEMU with `virtiofsd`).
+//!
+//! `virtio-drivers` 0.13 has no driver for it, and its MMIO transport
+//! refuses the device ID, so the register window is driven here
+//! (virtio-mmio version 2, virtio 1.2 §4.2.2), with `virtio-drivers`'
+//! `VirtQueue` for the queues: queue 0 is FUSE's high-priority queue
+//! (FORGET), queue 1 the request queue. The filesystem unit encodes and
+//! decodes FUSE itself; this module moves its buffers.
+
+#![allow(unsafe_code)]
+
+use alloc::string::String;
+use core::ptr::NonNull;
+
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{PhysAddr, Result as VirtioResult};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::cmdline::MmioDevice;
+use crate::hal::ToritoHal;
+
+/// The virtio device ID of a filesystem device.
+pub const DEVICE_ID: u32 = 26;
+/// Descriptors of the request queue.
+const REQUEST_QUEUE_SIZE: usize = 64;
+/// Descriptors of the high-priority queue.
+const HIPRIO_QUEUE_SIZE: usize = 8;
+const VERSION_1: u64 = 1 << 32;
+
+/// A virtio-mmio (version 2) register window.
+pub struct FsMmio {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the window is device memory the kernel maps for ever; the
+// transport is only used through `&mut` (the filesystem unit locks it).
+unsafe impl Send for FsMmio {}
+
+impl FsMmio {
+    fn read32(&self, offset: usize) -> u32 {
+        // SAFETY: `offset` is one of the window's registers (all below
+        // 0x100 + config); `new`'s caller promised the window is mapped.
+        unsafe { self.base.as_ptr().add(offset).cast::<u32>().read_volatile() }
+    }
+
+    fn write32(&mut self, offset: usize, v: u32) {
+        // SAFETY: as in `read32`.
+        unsafe { self.base.as_ptr().add(offset).cast::<u32>().write_volatile(v) }
+    }
+
+    /// The window at `d`, when it holds a version-2 virtio-fs device.
+    ///
+    /// # Safety
+    /// `d` must be a register window the platform really has (the loader
+    /// named it), identity-mapped, and used by nothing else from now on.
+    /// Otherwise, why not (one line for the boot log).
+    pub unsafe fn new(d: MmioDevice) -> Result<Self, &'static str> {
+        let base = NonNull::new(d.base as *mut u8).ok_or("virtio-fs: no register window")?;
+        let t = Self { base };
+        if d.size < 0x200 || t.read32(0) != 0x7472_6976 || t.read32(8) != DEVICE_ID {
+            return Err("virtio-fs: not a virtio-mmio register window");
+        }
+        if t.read32(4) != 2 {
+            // virtio-fs has no legacy form; QEMU's virtio-mmio is legacy
+            // unless told otherwise.
+            return Err("virtio-fs needs virtio-mmio version 2, not legacy \
+                        (QEMU: -global virtio-mmio.force-legacy=false)");
+        }
+        Ok(t)
+    }
+
+    /// The device ID in the window at `d` (0 if not a virtio window).
+    ///
+    /// # Safety
+    /// As [`FsMmio::new`].
+    pub unsafe fn device_id(d: MmioDevice) -> u32 {
+        // SAFETY: forwarded from the caller.
+        let base = d.base as *const u32;
+        if base.is_null() || d.size < 0x100 {
+            return 0;
+        }
+        // SAFETY: magic and device ID registers of a mapped window.
+        unsafe {
+            if base.read_volatile() != 0x7472_6976 {
+                return 0;
+            }
+            base.add(2).read_volatile()
+        }
+    }
+}
+
+impl Transport for FsMmio {
+    fn device_type(&self) -> DeviceType {
+        // `DeviceType` has no filesystem variant; nothing reads this.
+        DeviceType::_9P
+    }
+    fn read_device_features(&mut self) -> u64 {
+        self.write32(0x014, 0);
+        let lo = u64::from(self.read32(0x010));
+        self.write32(0x014, 1);
+        lo | (u64::from(self.read32(0x010)) << 32)
+    }
+    fn write_driver_features(&mut self, f: u64) {
+        self.write32(0x024, 0);
+        self.write32(0x020, f as u32);
+        self.write32(0x024, 1);
+        self.write32(0x020, (f >> 32) as u32);
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.write32(0x030, u32::from(queue));
+        self.read32(0x034)
+    }
+    fn notify(&mut self, queue: u16) {
+        self.write32(0x050, u32::from(queue));
+    }
+    fn get_status(&self) -> DeviceStatus {
+        DeviceStatus::from_bits_truncate(self.read32(0x070))
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.write32(0x070, status.bits());
+    }
+    fn set_guest_page_size(&mut self, _: u32) {}
+    fn requires_legacy_layout(&self) -> bool {
+        false
+    }
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver: PhysAddr,
+        device: PhysAddr,
+    ) {
+        self.write32(0x030, u32::from(queue));
+        self.write32(0x038, size);
+        for (reg, addr) in [(0x080, descriptors), (0x090, driver), (0x0a0, device)] {
+            self.write32(reg, addr as u32);
+            self.write32(reg + 4, (addr >> 32) as u32);
+        }
+        self.write32(0x044, 1);
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        self.write32(0x030, u32::from(queue));
+        self.write32(0x044, 0);
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.write32(0x030, u32::from(queue));
+        self.read32(0x044) != 0
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        let s = self.read32(0x060);
+        self.write32(0x064, s);
+        InterruptStatus::from_bits_truncate(s)
+    }
+    fn read_config_generation(&self) -> u32 {
+        self.read32(0x0fc)
+    }
+    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> VirtioResult<T> {
+        // Word by word: each access is an exit to the host.
+        let mut v = T::new_zeroed();
+        for (i, chunk) in v.as_mut_bytes().chunks_mut(4).enumerate() {
+            let word = self.read32(0x100 + offset + 4 * i).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        Ok(v)
+    }
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        _offset: usize,
+        _value: T,
+    ) -> VirtioResult<()> {
+        Err(virtio_drivers::Error::Unsupported)
+    }
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsError {
+    /// The device refused the buffers or broke the protocol.
+    Device,
+}
+
+/// How a device's requests complete by interrupt: its line, how to wait
+/// for it, whether each interrupt must be acknowledged.
+type Irq = (u32, fn(u32), bool);
+
+/// A virtio-fs device, ready for requests.
+pub struct VirtioFs {
+    transport: FsMmio,
+    requests: VirtQueue<ToritoHal, REQUEST_QUEUE_SIZE>,
+    hiprio: VirtQueue<ToritoHal, HIPRIO_QUEUE_SIZE>,
+    tag: String,
+    /// The interrupt line and how to wait for it, and whether interrupts
+    /// must be acknowledged; `None`: requests are polled.
+    irq: Option<Irq>,
+}
+
+impl VirtioFs {
+    /// Set the device up (status steps, features, both queues).
+    pub fn new(mut t: FsMmio) -> VirtioResult<Self> {
+        t.set_status(DeviceStatus::empty());
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let offered = t.read_device_features();
+        t.write_driver_features(offered & VERSION_1);
+        t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+        if !t.get_status().contains(DeviceStatus::FEATURES_OK) {
+            return Err(virtio_drivers::Error::Unsupported);
+        }
+        let mut hiprio = VirtQueue::new(&mut t, 0, false, false)?;
+        hiprio.set_dev_notify(false);
+        let mut requests = VirtQueue::new(&mut t, 1, false, false)?;
+        requests.set_dev_notify(false);
+        t.set_status(
+            DeviceStatus::ACKNOWLEDGE
+                | DeviceStatus::DRIVER
+                | DeviceStatus::FEATURES_OK
+                | DeviceStatus::DRIVER_OK,
+        );
+        let raw: [u8; 36] = t.read_config_space(0)?;
+        let tag = String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
+        Ok(Self { transport: t, requests, hiprio, tag, irq: None })
+    }
+
+    /// The tag the host gave the share.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Complete requests by interrupt on `line` (waiting with `wait`;
+    /// `ack`: acknowledge each, as level lines need).
+    pub fn use_interrupts(&mut self, line: u32, wait: fn(u32), ack: bool) {
+        self.irq = Some((line, wait, ack));
+    }
+
+    /// Whether requests complete by interrupt.
+    pub fn interrupts(&self) -> bool {
+        self.irq.is_some()
+    }
+
+    /// Send one request on the request queue: the device reads `inputs`
+    /// and writes `outputs`; returns the bytes it wrote.
+    pub fn request<'a>(
+        &mut self,
+        inputs: &'a [&'a [u8]],
+        outputs: &'a mut [&'a mut [u8]],
+    ) -> Result<usize, FsError> {
+        // SAFETY: the buffers stay borrowed, untouched, until the same
+        // token is popped below.
+        let token = unsafe { self.requests.add(inputs, outputs) }.map_err(|_| FsError::Device)?;
+        if self.requests.should_notify() {
+            self.transport.notify(1);
+        }
+        match self.irq {
+            Some((line, wait, ack)) if self.requests.peek_used() != Some(token) => {
+                self.requests.set_dev_notify(true);
+                // The flag store before the look at the used ring.
+                core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+                while self.requests.peek_used() != Some(token) {
+                    wait(line);
+                    if ack {
+                        self.transport.ack_interrupt();
+                    }
+                }
+                self.requests.set_dev_notify(false);
+            }
+            _ => {
+                while self.requests.peek_used() != Some(token) {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+        // SAFETY: the buffers given to `add` with this token.
+        let n = unsafe { self.requests.pop_used(token, inputs, outputs) }.map_err(|_| FsError::Device)?;
+        Ok(n as usize)
+    }
+
+    /// Send a request that has no reply (FORGET) on the high-priority
+    /// queue, and wait for the device to take it.
+    pub fn send<'a>(&mut self, inputs: &'a [&'a [u8]]) -> Result<(), FsError> {
+        let mut none: [&mut [u8]; 0] = [];
+        // SAFETY: as in `request`.
+        let token = unsafe { self.hiprio.add(inputs, &mut none) }.map_err(|_| FsError::Device)?;
+        if self.hiprio.should_notify() {
+            self.transport.notify(0);
+        }
+        while self.hiprio.peek_used() != Some(token) {
+            core::hint::spin_loop();
+        }
+        // SAFETY: as in `request`.
+        unsafe { self.hiprio.pop_used(token, inputs, &mut none) }.map_err(|_| FsError::Device)?;
+        Ok(())
+    }
+}

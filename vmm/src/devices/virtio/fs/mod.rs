@@ -1,0 +1,308 @@
+//! A virtio-fs device (ID 26) on the virtio-mmio transport, whose FUSE
+//! server runs in the monitor ([`server`]) over one host directory:
+//! `--share HOST_DIR[,tag=NAME][,ro]`.
+//!
+//! Requests are served inside the guest's QueueNotify exit, like the disk:
+//! no daemon to start, no shared-memory guest RAM, no ioeventfd (which
+//! would add ~14 ms to KVM's teardown), so the launch and exit figures stay
+//! as they are. Queue 0 is FUSE's high-priority queue (FORGET), queue 1
+//! the one request queue. Every chain is read through `virtio-queue`'s
+//! checked `Reader`/`Writer`; a request larger than its caps, or a reply
+//! that does not fit the guest's buffers, is an error reply (or, without
+//! room for even the header, a chain returned with length 0).
+
+pub mod server;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use fuse_abi::linux as abi;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
+use super::queue::serve_all;
+use server::Server;
+
+const DEVICE_FS: u32 = 26;
+/// Longest tag (the config space's field).
+pub const TAG_MAX: usize = 36;
+const IN_HEADER: usize = 40;
+const OUT_HEADER: usize = 16;
+/// Largest request body read (a WRITE of the largest transfer, and its
+/// header).
+const MAX_BODY: usize = server::MAX_TRANSFER as usize + 4096;
+
+/// `--share HOST_DIR[,tag=NAME][,ro]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub dir: PathBuf,
+    /// The tag the guest mounts it by (default: the directory's name).
+    pub tag: String,
+    /// Refuse every change.
+    pub readonly: bool,
+}
+
+impl ShareConfig {
+    /// Parse `HOST_DIR[,tag=NAME][,ro]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let dir = parts
+            .next()
+            .filter(|d| !d.is_empty())
+            .ok_or("a share needs a directory: --share HOST_DIR[,tag=NAME][,ro]")?;
+        let mut tag = None;
+        let mut readonly = false;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("tag", t)) => tag = Some(t.to_string()),
+                None if p == "ro" => readonly = true,
+                _ => return Err(format!("unknown share option '{p}' (options: tag=NAME, ro)")),
+            }
+        }
+        let dir = PathBuf::from(dir);
+        let tag = match tag {
+            Some(t) => t,
+            None => dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "share".into()),
+        };
+        if tag.is_empty() || tag.len() > TAG_MAX || tag.contains(['/', '\0', ',']) {
+            return Err(format!("share tag '{tag}': 1 to {TAG_MAX} bytes, without '/', ',' or NUL"));
+        }
+        Ok(Self { dir, tag, readonly })
+    }
+}
+
+/// The virtio-fs backend.
+pub struct Fs {
+    server: Server,
+    tag: String,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    /// Requests served.
+    pub requests: u64,
+}
+
+/// Open the directory of `cfg` (every reason it cannot be shared is one
+/// line for the user) and make the device.
+pub fn open(cfg: &ShareConfig) -> Result<MmioDevice, String> {
+    Ok(MmioDevice::new(Fs::new(cfg)?))
+}
+
+impl Fs {
+    /// The backend for `cfg`.
+    pub fn new(cfg: &ShareConfig) -> Result<Self, String> {
+        let d = cfg.dir.display();
+        let meta = std::fs::metadata(&cfg.dir).map_err(|e| format!("share {d}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!("share {d}: not a directory"));
+        }
+        // Opened for reading (not O_PATH), so an unreadable directory is
+        // refused now rather than on the guest's first look.
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&cfg.dir)
+            .map_err(|e| format!("share {d}: {e}"))?;
+        std::fs::read_dir(&cfg.dir).map_err(|e| format!("share {d}: {e}"))?;
+        let server = Server::new(root.into(), cfg.readonly).map_err(|e| format!("share {d}: {e}"))?;
+        Ok(Self { server, tag: cfg.tag.clone(), out: Vec::new(), body: Vec::new(), requests: 0 })
+    }
+
+    /// Serve every request on `queue`.
+    fn serve(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        serve_all(queue, mem, |chain| {
+            let (Ok(mut r), Ok(mut w)) = (chain.clone().reader(mem), chain.writer(mem)) else { return 0 };
+            let mut h = [0u8; IN_HEADER];
+            if r.read_exact(&mut h).is_err() {
+                return 0;
+            }
+            let Ok(h) = abi::fuse_in_header::read_from_bytes(&h) else { return 0 };
+            self.requests += 1;
+            // The body: what the header says, within the chain and the cap.
+            let want = (h.len as usize).saturating_sub(IN_HEADER).min(r.available_bytes());
+            let result = if want > MAX_BODY {
+                Err(libc::E2BIG)
+            } else {
+                self.body.clear();
+                match (&mut r).take(want as u64).read_to_end(&mut self.body) {
+                    Ok(_) => self.server.handle(h.opcode, h.nodeid, &self.body, &mut self.out),
+                    Err(_) => Err(libc::EFAULT),
+                }
+            };
+            let (error, data): (i32, &[u8]) = match result {
+                Ok(false) => return 0, // FORGET: no reply
+                Ok(true) => (0, &self.out),
+                Err(e) => (-e, &[]),
+            };
+            // A reply that does not fit the guest's buffers: an error.
+            let (error, data) = if OUT_HEADER + data.len() > w.available_bytes() {
+                (-libc::EINVAL, &[][..])
+            } else {
+                (error, data)
+            };
+            let header =
+                abi::fuse_out_header { len: (OUT_HEADER + data.len()) as u32, error, unique: h.unique };
+            if OUT_HEADER > w.available_bytes()
+                || w.write_all(header.as_bytes()).is_err()
+                || w.write_all(data).is_err()
+            {
+                return 0;
+            }
+            header.len
+        });
+    }
+}
+
+impl Backend for Fs {
+    fn device_id(&self) -> u32 {
+        DEVICE_FS
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+
+    /// `tag[36]`, then `num_request_queues` (1).
+    fn config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; TAG_MAX + 4];
+        c[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
+        c[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
+        c
+    }
+
+    fn queue_count(&self) -> usize {
+        2
+    }
+
+    fn queue_max(&self) -> u16 {
+        256
+    }
+
+    fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        if let Some(q) = queues.get(index) {
+            self.serve(q, mem);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuse_abi::linux::fuse_opcode as op;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    fn request(
+        mem: &GuestMemoryMmap,
+        at: u64,
+        opcode: op,
+        nodeid: u64,
+        unique: u64,
+        body: &[u8],
+        len: Option<u32>,
+    ) -> u32 {
+        let h = abi::fuse_in_header {
+            len: len.unwrap_or((IN_HEADER + body.len()) as u32),
+            opcode: opcode as u32,
+            unique,
+            nodeid,
+            ..Default::default()
+        };
+        mem.write_slice(h.as_bytes(), GuestAddress(at)).unwrap();
+        mem.write_slice(body, GuestAddress(at + IN_HEADER as u64)).unwrap();
+        (IN_HEADER + body.len()) as u32
+    }
+
+    fn reply(mem: &GuestMemoryMmap, at: u64) -> abi::fuse_out_header {
+        let mut b = [0u8; OUT_HEADER];
+        mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+        abi::fuse_out_header::read_from_bytes(&b).unwrap()
+    }
+
+    /// Requests a hostile guest may post: a header cut short, a length that
+    /// lies, an unknown opcode, a reply larger than the buffer, a buffer
+    /// outside RAM. Each gets an error reply or its chain back; then a good
+    /// LOOKUP is answered, and the canary beside the share is untouched.
+    #[test]
+    fn malformed_requests_get_errors_and_the_device_goes_on() {
+        let (dir, canary) = server::tests::share("dev");
+        let cfg = ShareConfig { dir: dir.clone(), tag: "t".into(), readonly: false };
+        let mut fs = Fs::new(&cfg).unwrap();
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 32);
+        let mut queue: Queue = q.create_queue().unwrap();
+        let n1 = request(&mem, 0x10_0000, op::FUSE_LOOKUP, 1, 1, b"a.txt\0", Some(u32::MAX));
+        let n2 = request(&mem, 0x10_1000, op::FUSE_SETLK, 1, 2, b"", None);
+        let n3 = request(&mem, 0x10_2000, op::FUSE_LOOKUP, 1, 3, b"a.txt\0", None);
+        let n4 = request(&mem, 0x10_3000, op::FUSE_LOOKUP, 1, 4, b"a.txt\0", None);
+        q.add_desc_chains(
+            &[
+                desc(0x10_0000, 20, WRITE, 0), // header cut short (and writable)
+                desc(0x10_0000, n1, NEXT, 2),  // a length that lies
+                desc(0x20_0000, 256, WRITE, 0),
+                desc(0x10_1000, n2, NEXT, 4), // an unknown opcode
+                desc(0x20_1000, 256, WRITE, 0),
+                desc(0x10_2000, n3, NEXT, 6), // a reply larger than its buffer
+                desc(0x20_2000, 40, WRITE, 0),
+                desc(0x10_3000, n4, NEXT, 8), // a buffer outside RAM
+                desc(0xffff_0000_0000, 256, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        fs.serve(&mut queue, &mem);
+        let used: u16 = mem.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
+        assert_eq!(used, 5, "every chain returned");
+        let lied = reply(&mem, 0x20_0000);
+        assert_eq!((lied.error, lied.unique), (0, 1), "the body is what the chain holds");
+        assert_eq!(reply(&mem, 0x20_1000).error, -libc::ENOSYS);
+        assert_eq!(reply(&mem, 0x20_2000).error, -libc::EINVAL, "no room for the entry");
+        // The good one.
+        let n5 = request(&mem, 0x10_4000, op::FUSE_LOOKUP, 1, 5, b"a.txt\0", None);
+        q.add_desc_chains(&[desc(0x10_4000, n5, NEXT, 10), desc(0x20_4000, 256, WRITE, 0)], 9).unwrap();
+        fs.serve(&mut queue, &mem);
+        let ok = reply(&mem, 0x20_4000);
+        assert_eq!((ok.error, ok.unique, ok.len), (0, 5, 16 + 128));
+        assert_eq!(std::fs::read(&canary).unwrap(), b"secret");
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn share_options() {
+        let d = std::env::temp_dir();
+        let p = |s: &str| ShareConfig::parse(s);
+        assert_eq!(
+            p("/srv/www,tag=web,ro"),
+            Ok(ShareConfig { dir: "/srv/www".into(), tag: "web".into(), readonly: true })
+        );
+        assert_eq!(
+            p(&d.display().to_string()).unwrap().tag,
+            d.canonicalize().unwrap().file_name().unwrap().to_string_lossy()
+        );
+        assert!(p("/x,tag=").is_err());
+        assert!(p(&format!("/x,tag={}", "t".repeat(37))).unwrap_err().contains("1 to 36 bytes"));
+        assert!(p("/x,rw").unwrap_err().contains("unknown share option 'rw'"));
+        assert!(p("").is_err());
+        let missing =
+            Fs::new(&ShareConfig { dir: "/nonexistent/dir".into(), tag: "t".into(), readonly: false });
+        assert!(missing.err().unwrap().contains("/nonexistent/dir"));
+        let file = Fs::new(&ShareConfig { dir: "/etc/hostname".into(), tag: "t".into(), readonly: false });
+        assert!(file.err().unwrap().contains("not a directory"));
+    }
+}
