@@ -211,9 +211,14 @@ pub fn fat_image(src: &Path, img: &Path, mib: u32, offset: u64) {
     // The size in KiB: without it mkfs.fat sizes the filesystem to the
     // whole file, past its end when there is an offset.
     let kib = ((u64::from(mib) << 20) - offset) / 1024;
+    // 4 KiB clusters: mtools 4.0 cannot grow a directory by two clusters
+    // for one long name, and with 512-byte clusters a 255-byte name (21
+    // slots) sometimes needs that ("No directory slots"). FAT32 wants
+    // 65,525 clusters or more, so `mib` must be 260 or more.
+    assert!(mib >= 260, "a FAT32 image with 4 KiB clusters needs 260 MiB or more (sparse)");
     tool(
         Command::new("mkfs.fat")
-            .args(["-F", "32", "-s", "1", "--offset"])
+            .args(["-F", "32", "-s", "8", "--offset"])
             .arg((offset / 512).to_string())
             .arg(img)
             .arg(kib.to_string()),

@@ -143,7 +143,7 @@ fn fat_images_read_and_written_on_the_torito_monitor() {
     let tree = fstree::generate(&dir.join("tree"), seed(), 3 << 20, 1 << 20).unwrap();
     let img = dir.join("fat.img");
     let offset = 1 << 20;
-    fstree::fat_image(&tree.root, &img, 64, offset);
+    fstree::fat_image(&tree.root, &img, 300, offset);
     let disk = img.display().to_string();
     let elf = fscheck(false);
     // The tree is /tree in the image; fscheck writes /tree/out, among the

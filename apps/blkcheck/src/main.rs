@@ -100,8 +100,8 @@ fn main() -> i32 {
     if refused { 0 } else { 1 }
 }
 
-/// `blkcheck bench`: sequential read of the whole first disk in 64 KiB
-/// requests, then 2,000 reads of 4 KiB at random aligned offsets; MB/s
+/// `blkcheck bench [piece=KIB]`: sequential read of the whole first disk
+/// in 64 KiB (or KIB) requests, then 2,000 reads of 4 KiB at random aligned offsets; MB/s
 /// and IOPS from the TSC.
 fn bench() -> i32 {
     // The TSC frequency: from the boot information, CPUID, or measured
@@ -122,7 +122,12 @@ fn bench() -> i32 {
     let ns = |t: u64| t * 1_000_000 / khz;
     let bs = disk.block_size() as u64;
     let total = disk.num_blocks() * bs;
-    let mut buf = vec![0u8; 64 * 1024];
+    // `piece=KIB`: the size of each sequential request (default 64 KiB).
+    let piece = kernel::args()
+        .find_map(|a| a.strip_prefix("piece=")?.parse::<usize>().ok())
+        .unwrap_or(64)
+        .clamp(4, 4096);
+    let mut buf = vec![0u8; piece * 1024];
     let t0 = kernel::arch::rdtsc();
     let mut off = 0;
     while off + buf.len() as u64 <= total {
@@ -133,7 +138,7 @@ fn bench() -> i32 {
         off += buf.len() as u64;
     }
     let t = ns(kernel::arch::rdtsc() - t0).max(1);
-    println!("bench: sequential read {} MiB in 64 KiB requests: {} MB/s", off >> 20, off * 1000 / t);
+    println!("bench: sequential read {} MiB in {piece} KiB requests: {} MB/s", off >> 20, off * 1000 / t);
     const READS: u64 = 2000;
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let pages = total / 4096;

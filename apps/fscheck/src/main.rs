@@ -11,6 +11,13 @@
 //!   it reads back is what it wrote. The test then reads the disk image
 //!   on the host and compares.
 //!
+//! - `fscheck read=FILE`: reads FILE from start to end in 1 MiB pieces;
+//!   prints MB/s (the bench's sequential read).
+//! - `fscheck small=DIR [files=N]`: lists DIR, then opens, reads whole and
+//!   closes its first N files (default: all); prints the time per file
+//!   (the bench's small files; with `files=0`, the baseline whose exits
+//!   the bench subtracts).
+//!
 //! It first lists the mounts. Any error is printed and makes the exit
 //! status non-zero.
 #![no_std]
@@ -36,13 +43,15 @@ fn main() -> i32 {
     for m in fs::mounts() {
         println!("fscheck: mount {}", m.describe());
     }
-    let result = match (arg("walk"), arg("write")) {
-        (Some(dir), _) => walk(dir).map(|_| ()),
-        (None, Some(dir)) => {
+    let result = match (arg("walk"), arg("write"), arg("read"), arg("small")) {
+        (Some(dir), ..) => walk(dir).map(|_| ()),
+        (_, Some(dir), ..) => {
             let seed = arg("seed").and_then(|s| s.parse().ok()).unwrap_or(1);
             write(dir, seed)
         }
-        (None, None) => Err(String::from("nothing to do: give walk=DIR or write=DIR seed=S")),
+        (_, _, Some(file), _) => read_through(file),
+        (_, _, _, Some(dir)) => small_files(dir, arg("files").and_then(|n| n.parse().ok())),
+        _ => Err(String::from("nothing to do: give walk=DIR, write=DIR seed=S, read=FILE or small=DIR")),
     };
     match result {
         Ok(()) => 0,
@@ -112,6 +121,72 @@ fn walk(dir: &str) -> Result<Vec<String>, String> {
     kernel::print!("{text}");
     println!("fscheck: {} files, {total} bytes", files.len());
     Ok(lines)
+}
+
+/// A stopwatch on the TSC: nanoseconds since `start`.
+struct Watch {
+    khz: u64,
+    t0: u64,
+}
+
+impl Watch {
+    fn start() -> Result<Self, String> {
+        let khz = match kernel::boot_info().tsc_khz {
+            0 => kernel::arch::tsc_khz_from_cpuid().or_else(|| kernel::arch::apic::init(0)).unwrap_or(0),
+            k => k,
+        };
+        if khz == 0 {
+            return Err(String::from("the TSC frequency is unknown"));
+        }
+        Ok(Self { khz, t0: kernel::arch::rdtsc() })
+    }
+    fn ns(&self) -> u64 {
+        ((kernel::arch::rdtsc() - self.t0) * 1_000_000 / self.khz).max(1)
+    }
+}
+
+/// `read=FILE`: the whole file in 1 MiB pieces.
+fn read_through(path: &str) -> Result<(), String> {
+    let mut f = fs::File::open(path).map_err(|e| alloc::format!("open {path}: {e}"))?;
+    let mut buf = alloc::vec![0u8; 1 << 20];
+    let w = Watch::start()?;
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| alloc::format!("read {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let ns = w.ns();
+    println!("fscheck: read {} MiB in 1 MiB pieces: {} MB/s", total >> 20, total * 1000 / ns);
+    Ok(())
+}
+
+/// `small=DIR`: open, read whole and close the first `n` files of DIR.
+fn small_files(dir: &str, n: Option<usize>) -> Result<(), String> {
+    let dir = dir.trim_end_matches('/');
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|e| alloc::format!("read_dir {dir}: {e}"))?
+        .filter(|e| e.file_type() == FileType::File)
+        .map(|e| alloc::format!("{dir}/{}", e.file_name()))
+        .collect();
+    names.sort();
+    names.truncate(n.unwrap_or(usize::MAX));
+    let w = Watch::start()?;
+    let mut bytes = 0;
+    for p in &names {
+        bytes += fs::read(p).map_err(|e| alloc::format!("read {p}: {e}"))?.len();
+    }
+    let ns = w.ns();
+    let each = if names.is_empty() { 0 } else { ns / names.len() as u64 };
+    println!(
+        "fscheck: {} small files ({bytes} bytes): open, read, close: {}.{:03} us each",
+        names.len(),
+        each / 1000,
+        each % 1000
+    );
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

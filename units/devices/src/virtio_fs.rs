@@ -4,13 +4,17 @@
 //! `virtio-drivers` 0.13 has no driver for it, and its MMIO transport
 //! refuses the device ID, so the register window is driven here
 //! (virtio-mmio version 2, virtio 1.2 §4.2.2), with `virtio-drivers`'
-//! `VirtQueue` for the queues: queue 0 is FUSE's high-priority queue
-//! (FORGET), queue 1 the request queue. The filesystem unit encodes and
+//! `VirtQueue` for the request queue (queue 1; queue 0, FUSE's
+//! high-priority queue, is left unset). Requests whose reply nobody waits
+//! for (RELEASE, FLUSH, FORGET) are posted: queued without a notification,
+//! they reach the device with the next request. The filesystem unit encodes and
 //! decodes FUSE itself; this module moves its buffers.
 
 #![allow(unsafe_code)]
 
+use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use virtio_drivers::queue::VirtQueue;
@@ -25,8 +29,8 @@ use crate::hal::ToritoHal;
 pub const DEVICE_ID: u32 = 26;
 /// Descriptors of the request queue.
 const REQUEST_QUEUE_SIZE: usize = 64;
-/// Descriptors of the high-priority queue.
-const HIPRIO_QUEUE_SIZE: usize = 8;
+/// The request queue's index (0 is FUSE's high-priority queue).
+const REQUEST_QUEUE: u16 = 1;
 const VERSION_1: u64 = 1 << 32;
 
 /// A virtio-mmio (version 2) register window.
@@ -186,11 +190,27 @@ pub enum FsError {
 /// for it, whether each interrupt must be acknowledged.
 type Irq = (u32, fn(u32), bool);
 
+/// A request whose reply nobody waits for (RELEASE, FLUSH, FORGET), on
+/// the queue until the device hands it back.
+struct Posted {
+    token: u16,
+    request: Box<[u8]>,
+    reply: Box<[u8]>,
+}
+
+/// Most posted requests kept before they are pushed to the device.
+const MAX_POSTED: usize = 16;
+
 /// A virtio-fs device, ready for requests.
+///
+/// Only the request queue is set up: FUSE's high-priority queue exists
+/// for FORGETs a kernel must send while its request queue is full, which
+/// this driver never does (every request here goes to the request queue,
+/// FORGET included), and leaving it unset saves ten register exits.
 pub struct VirtioFs {
     transport: FsMmio,
     requests: VirtQueue<ToritoHal, REQUEST_QUEUE_SIZE>,
-    hiprio: VirtQueue<ToritoHal, HIPRIO_QUEUE_SIZE>,
+    posted: Vec<Posted>,
     tag: String,
     /// The interrupt line and how to wait for it, and whether interrupts
     /// must be acknowledged; `None`: requests are polled.
@@ -198,7 +218,7 @@ pub struct VirtioFs {
 }
 
 impl VirtioFs {
-    /// Set the device up (status steps, features, both queues).
+    /// Set the device up (status steps, features, the request queue).
     pub fn new(mut t: FsMmio) -> VirtioResult<Self> {
         t.set_status(DeviceStatus::empty());
         t.set_status(DeviceStatus::ACKNOWLEDGE);
@@ -209,9 +229,7 @@ impl VirtioFs {
         if !t.get_status().contains(DeviceStatus::FEATURES_OK) {
             return Err(virtio_drivers::Error::Unsupported);
         }
-        let mut hiprio = VirtQueue::new(&mut t, 0, false, false)?;
-        hiprio.set_dev_notify(false);
-        let mut requests = VirtQueue::new(&mut t, 1, false, false)?;
+        let mut requests = VirtQueue::new(&mut t, REQUEST_QUEUE, false, false)?;
         requests.set_dev_notify(false);
         t.set_status(
             DeviceStatus::ACKNOWLEDGE
@@ -221,7 +239,7 @@ impl VirtioFs {
         );
         let raw: [u8; 36] = t.read_config_space(0)?;
         let tag = String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
-        Ok(Self { transport: t, requests, hiprio, tag, irq: None })
+        Ok(Self { transport: t, requests, posted: Vec::new(), tag, irq: None })
     }
 
     /// The tag the host gave the share.
@@ -240,57 +258,115 @@ impl VirtioFs {
         self.irq.is_some()
     }
 
-    /// Send one request on the request queue: the device reads `inputs`
-    /// and writes `outputs`; returns the bytes it wrote.
+    /// Send one request: the device reads `inputs` and writes `outputs`;
+    /// returns the bytes it wrote. Posted requests go with it, in the same
+    /// notification.
     pub fn request<'a>(
         &mut self,
         inputs: &'a [&'a [u8]],
         outputs: &'a mut [&'a mut [u8]],
     ) -> Result<usize, FsError> {
+        if self.requests.available_desc() < inputs.len() + outputs.len() {
+            self.flush()?;
+        }
         // SAFETY: the buffers stay borrowed, untouched, until the same
         // token is popped below.
         let token = unsafe { self.requests.add(inputs, outputs) }.map_err(|_| FsError::Device)?;
-        if self.requests.should_notify() {
-            self.transport.notify(1);
-        }
-        match self.irq {
-            Some((line, wait, ack)) if self.requests.peek_used() != Some(token) => {
-                self.requests.set_dev_notify(true);
-                // The flag store before the look at the used ring.
-                core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-                while self.requests.peek_used() != Some(token) {
-                    wait(line);
-                    if ack {
-                        self.transport.ack_interrupt();
-                    }
-                }
-                self.requests.set_dev_notify(false);
-            }
-            _ => {
-                while self.requests.peek_used() != Some(token) {
-                    core::hint::spin_loop();
-                }
-            }
-        }
+        self.notify();
+        self.complete(Some(token))?;
         // SAFETY: the buffers given to `add` with this token.
         let n = unsafe { self.requests.pop_used(token, inputs, outputs) }.map_err(|_| FsError::Device)?;
         Ok(n as usize)
     }
 
-    /// Send a request that has no reply (FORGET) on the high-priority
-    /// queue, and wait for the device to take it.
-    pub fn send<'a>(&mut self, inputs: &'a [&'a [u8]]) -> Result<(), FsError> {
-        let mut none: [&mut [u8]; 0] = [];
-        // SAFETY: as in `request`.
-        let token = unsafe { self.hiprio.add(inputs, &mut none) }.map_err(|_| FsError::Device)?;
-        if self.hiprio.should_notify() {
-            self.transport.notify(0);
+    /// Queue `request` (its header and body in one buffer) with room for a
+    /// reply of `reply_len` bytes that nobody reads: the device sees it
+    /// with the next request, or when [`VirtioFs::flush`] is called. Costs
+    /// no exit of its own.
+    pub fn post(&mut self, request: Box<[u8]>, reply_len: usize) -> Result<(), FsError> {
+        if self.posted.len() >= MAX_POSTED || self.requests.available_desc() < 2 {
+            self.flush()?;
         }
-        while self.hiprio.peek_used() != Some(token) {
-            core::hint::spin_loop();
+        let mut reply = alloc::vec![0u8; reply_len].into_boxed_slice();
+        let token = {
+            let inputs = [&*request];
+            let mut room: [&mut [u8]; 1] = [&mut reply];
+            let outputs: &mut [&mut [u8]] = if reply_len == 0 { &mut room[..0] } else { &mut room[..] };
+            // SAFETY: both buffers are boxed and kept in `posted` (a move
+            // of the box does not move its contents) until `reap` pops
+            // this token.
+            unsafe { self.requests.add(&inputs, outputs) }.map_err(|_| FsError::Device)?
+        };
+        self.posted.push(Posted { token, request, reply });
+        Ok(())
+    }
+
+    /// Push every posted request to the device and wait until it has
+    /// handed them all back.
+    pub fn flush(&mut self) -> Result<(), FsError> {
+        if self.posted.is_empty() {
+            return Ok(());
         }
-        // SAFETY: as in `request`.
-        unsafe { self.hiprio.pop_used(token, inputs, &mut none) }.map_err(|_| FsError::Device)?;
+        self.notify();
+        self.complete(None)
+    }
+
+    fn notify(&mut self) {
+        if self.requests.should_notify() {
+            self.transport.notify(REQUEST_QUEUE);
+        }
+    }
+
+    /// Wait until `token` is next in the used ring (`None`: until every
+    /// posted request is back), taking back posted requests on the way.
+    fn complete(&mut self, token: Option<u16>) -> Result<(), FsError> {
+        let mut armed = false;
+        let r = loop {
+            if token.is_none() && self.posted.is_empty() {
+                break Ok(());
+            }
+            match self.requests.peek_used() {
+                Some(t) if Some(t) == token => break Ok(()),
+                Some(t) => {
+                    if let Err(e) = self.reap(t) {
+                        break Err(e);
+                    }
+                }
+                None => match self.irq {
+                    Some((line, wait, ack)) => {
+                        if !armed {
+                            self.requests.set_dev_notify(true);
+                            // The flag's store before the next look at the
+                            // used ring.
+                            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+                            armed = true;
+                            continue;
+                        }
+                        wait(line);
+                        if ack {
+                            self.transport.ack_interrupt();
+                        }
+                    }
+                    None => core::hint::spin_loop(),
+                },
+            }
+        };
+        if armed {
+            self.requests.set_dev_notify(false);
+        }
+        r
+    }
+
+    /// Take back the posted request `token` (its reply is not read).
+    fn reap(&mut self, token: u16) -> Result<(), FsError> {
+        let i = self.posted.iter().position(|p| p.token == token).ok_or(FsError::Device)?;
+        let mut p = self.posted.swap_remove(i);
+        let inputs = [&*p.request];
+        let empty = p.reply.is_empty();
+        let mut room: [&mut [u8]; 1] = [&mut p.reply];
+        let outputs: &mut [&mut [u8]] = if empty { &mut room[..0] } else { &mut room[..] };
+        // SAFETY: the buffers given to `add` with this token in `post`.
+        unsafe { self.requests.pop_used(token, &inputs, outputs) }.map_err(|_| FsError::Device)?;
         Ok(())
     }
 }

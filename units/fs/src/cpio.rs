@@ -12,7 +12,7 @@ use cpio_reader::Mode;
 
 use crate::error::{Error, Result};
 use crate::path::FsPath;
-use crate::vfs::{Entry, FileHandle, FileSystem, FileType, Metadata, OpenFlags};
+use crate::vfs::{Entry, FileHandle, FileSystem, FileType, Metadata, OpenFlags, Space};
 
 /// One node of the archive.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +139,10 @@ impl FileSystem for Archive {
 
     fn read_only(&self) -> bool {
         true
+    }
+
+    fn space(&self) -> Result<Space> {
+        Ok(Space { total: self.bytes, free: 0, available: 0 })
     }
 
     fn metadata(&self, path: &FsPath) -> Result<Metadata> {

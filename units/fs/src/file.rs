@@ -10,6 +10,11 @@ use embedded_io::{ErrorType, Read, Seek, SeekFrom, Write};
 use crate::error::{Error, Result};
 use crate::vfs::{FileHandle, Metadata, OpenFlags};
 
+/// What `read_to_end` asks for at once when the length is not known.
+const CHUNK: usize = 64 << 10;
+/// The most it asks for at once.
+const MAX_CHUNK: usize = 1 << 20;
+
 /// An open file. Reads and writes go through at the file's position; the
 /// file is closed when dropped.
 pub struct File {
@@ -151,16 +156,27 @@ impl File {
     /// the bytes read.
     pub fn read_to_end(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
         let start = buf.len();
-        if let Ok(len) = self.handle.size() {
-            buf.reserve(len.saturating_sub(self.pos).min(1 << 30) as usize);
-        }
-        let mut chunk = [0u8; 8192];
+        // Straight into `buf`, in pieces as large as what is left (one
+        // more byte, so a source that stops short knows the end is
+        // there), without a bounce buffer.
+        let mut left = self.handle.size_hint().map(|len| len.saturating_sub(self.pos));
         loop {
-            let n = self.read(&mut chunk)?;
+            let piece = left.map_or(CHUNK, |l| (l as usize).saturating_add(1).clamp(512, MAX_CHUNK));
+            let at = buf.len();
+            buf.resize(at + piece, 0);
+            let n = match self.read(&mut buf[at..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    buf.truncate(at);
+                    return Err(e);
+                }
+            };
+            buf.truncate(at + n);
             if n == 0 {
                 return Ok(buf.len() - start);
             }
-            buf.extend_from_slice(&chunk[..n]);
+            // A file that grew past its hint is read in plain pieces.
+            left = left.and_then(|l| l.checked_sub(n as u64));
         }
     }
 

@@ -43,7 +43,7 @@ pub mod virtiofs;
 pub use embedded_io as io;
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
-pub use vfs::{FileType, Metadata, Mount};
+pub use vfs::{FileType, Metadata, Mount, Space};
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -111,7 +111,7 @@ pub fn init(sources: Sources) -> Report {
     for ch in shares {
         let tag = ch.tag();
         let point = alloc::format!("/{tag}");
-        match virtiofs::VirtioFs::new(ch, false) {
+        match virtiofs::VirtioFs::new(ch, false, clock) {
             Ok(fs) => {
                 if let Err(e) = mount(&point, &alloc::format!("virtio-fs tag {tag}"), Arc::new(fs)) {
                     report.problems.push(alloc::format!("{point}: virtio-fs not mounted: {e}"));
@@ -185,6 +185,13 @@ fn normalised(path: &str) -> String {
 pub fn metadata(path: &str) -> Result<Metadata> {
     let (fs, p) = lookup(path)?;
     fs.metadata(&p)
+}
+
+/// How much room the filesystem holding `path` has (`statvfs`; shares and
+/// the baked-in files say, disks not yet: `Unsupported`).
+pub fn space(path: &str) -> Result<Space> {
+    let (fs, _) = lookup(path)?;
+    fs.space()
 }
 
 /// Whether something is at `path` (errors other than "not found" count as

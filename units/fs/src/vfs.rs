@@ -110,6 +110,12 @@ pub trait FileHandle: Send {
     fn size(&mut self) -> Result<u64> {
         Ok(self.metadata()?.len)
     }
+    /// Its length as far as known without asking the source again (the
+    /// length when it was opened, for a share), to size buffers; `None`:
+    /// not known.
+    fn size_hint(&mut self) -> Option<u64> {
+        self.size().ok()
+    }
     /// Cut or extend it to `len` bytes.
     fn set_len(&mut self, _len: u64) -> Result<()> {
         Err(Error::ReadOnly)
@@ -159,6 +165,21 @@ pub trait FileSystem: Send + Sync {
     fn sync(&self) -> Result<()> {
         Ok(())
     }
+    /// How much room it has.
+    fn space(&self) -> Result<Space> {
+        Err(Error::Unsupported("this filesystem does not say how much room it has"))
+    }
+}
+
+/// How much room a filesystem has, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Its whole size.
+    pub total: u64,
+    /// What is not used.
+    pub free: u64,
+    /// What an app may still fill (free, less what the source keeps back).
+    pub available: u64,
 }
 
 /// One mounted filesystem.

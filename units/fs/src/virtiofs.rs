@@ -3,13 +3,21 @@
 //! virtio-fs queues.
 //!
 //! Paths are looked up one component at a time (QEMU's `virtiofsd`
-//! refuses `a/b` in a LOOKUP), and every node looked up is forgotten again
-//! when the operation is done (`BATCH_FORGET`), so the host's tables stay
-//! small. Reads go straight into the caller's buffer; transfers are split
-//! to the host's `max_write`. Reply buffers are always as large as the
-//! largest reply a request can get (`virtiofsd` aborts otherwise).
+//! refuses `a/b` in a LOOKUP). What a LOOKUP says is kept for as long as
+//! the host allows (its `entry_valid` and `attr_valid`, by the wall clock;
+//! [`CACHE_MAX`] entries, keyed by parent node and name, as Linux's dentry
+//! cache), so a path walked again costs nothing; a node nobody holds any
+//! more is forgotten (`BATCH_FORGET`) with the next request. Requests whose
+//! reply nobody waits for (RELEASE, FLUSH, FORGET) are posted: they reach
+//! the host with the next request, at no exit of their own. So a small
+//! file costs three requests: LOOKUP, OPEN, READ (a short READ is the end
+//! of the file, as in Linux's FUSE client). Reads go straight into the
+//! caller's buffer; transfers are split to the host's `max_write`. Reply
+//! buffers are always as large as the largest reply a request can get
+//! (`virtiofsd` aborts otherwise).
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -23,26 +31,35 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::error::{Error, Result};
 use crate::lock::Mutex;
 use crate::path::FsPath;
-use crate::vfs::{Entry, FileHandle, FileSystem, FileType, Metadata, OpenFlags};
+use crate::vfs::{Entry, FileHandle, FileSystem, FileType, Metadata, OpenFlags, Space};
 
 /// What carries FUSE requests to the host.
 pub trait Channel: Send {
     /// Send `inputs`, receive into `outputs`; the bytes received.
     fn request<'a>(&mut self, inputs: &'a [&'a [u8]], outputs: &'a mut [&'a mut [u8]]) -> Result<usize>;
-    /// Send `inputs`, expecting no reply (FORGET).
-    fn send<'a>(&mut self, inputs: &'a [&'a [u8]]) -> Result<()>;
+    /// Queue `request` (header and body) with room for a reply of
+    /// `reply_len` bytes nobody reads; it may reach the host only with
+    /// the next request or [`Channel::flush`].
+    fn post(&mut self, request: Box<[u8]>, reply_len: usize) -> Result<()>;
+    /// Deliver every posted request.
+    fn flush(&mut self) -> Result<()>;
     /// The tag the host gave the share.
     fn tag(&self) -> String;
 }
 
+fn refused(_: unit_devices::virtio_fs::FsError) -> Error {
+    Error::Io(String::from("the virtio-fs device refused a request"))
+}
+
 impl Channel for unit_devices::virtio_fs::VirtioFs {
     fn request<'a>(&mut self, inputs: &'a [&'a [u8]], outputs: &'a mut [&'a mut [u8]]) -> Result<usize> {
-        unit_devices::virtio_fs::VirtioFs::request(self, inputs, outputs)
-            .map_err(|_| Error::Io(String::from("the virtio-fs device refused a request")))
+        unit_devices::virtio_fs::VirtioFs::request(self, inputs, outputs).map_err(refused)
     }
-    fn send<'a>(&mut self, inputs: &'a [&'a [u8]]) -> Result<()> {
-        unit_devices::virtio_fs::VirtioFs::send(self, inputs)
-            .map_err(|_| Error::Io(String::from("the virtio-fs device refused a request")))
+    fn post(&mut self, request: Box<[u8]>, reply_len: usize) -> Result<()> {
+        unit_devices::virtio_fs::VirtioFs::post(self, request, reply_len).map_err(refused)
+    }
+    fn flush(&mut self) -> Result<()> {
+        unit_devices::virtio_fs::VirtioFs::flush(self).map_err(refused)
     }
     fn tag(&self) -> String {
         String::from(unit_devices::virtio_fs::VirtioFs::tag(self))
@@ -53,6 +70,10 @@ const ROOT: u64 = abi::FUSE_ROOT_ID;
 const OUT_HEADER: usize = 16;
 /// The largest read asked for at once, whatever the host allows.
 const MAX_READ: u32 = 1 << 20;
+/// Most LOOKUP results kept.
+pub const CACHE_MAX: usize = 1024;
+/// Most nodes forgotten in one BATCH_FORGET.
+const FORGET_BATCH: usize = 256;
 
 /// An errno from the host, as the unit says it.
 fn errno(e: i32) -> Error {
@@ -116,26 +137,87 @@ fn cname(name: &str) -> Vec<u8> {
     v
 }
 
+/// A node the host handed out, held once (one LOOKUP's count); when the
+/// last holder lets go it is forgotten with the next request.
+struct Node {
+    id: u64,
+    forgets: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.id != ROOT {
+            self.forgets.lock().push(self.id);
+        }
+    }
+}
+
+type NodeRef = Arc<Node>;
+
+/// What a LOOKUP said, while the host lets it be trusted.
+struct Cached {
+    node: NodeRef,
+    attr: abi::fuse_attr,
+    /// Until when (wall clock, seconds) the name means this node.
+    entry_until: u64,
+    /// Until when the attributes hold.
+    attr_until: u64,
+    /// When it was last used (a counter), for eviction.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    map: BTreeMap<(u64, String), Cached>,
+    tick: u64,
+}
+
 struct Conn {
     ch: Mutex<Box<dyn Channel>>,
     unique: AtomicU64,
     max_write: u32,
     read_only: bool,
+    root: NodeRef,
+    /// Nodes to forget with the next request.
+    forgets: Arc<Mutex<Vec<u64>>>,
+    cache: Mutex<Cache>,
+    /// Wall-clock seconds; without one nothing is cached.
+    clock: Option<fn() -> Option<u64>>,
 }
 
 impl Conn {
-    /// One request: `opcode` on `nodeid` with `body`; the reply's body goes
-    /// into `reply` (sized for the largest reply); its length.
-    fn call(&self, opcode: abi::fuse_opcode, nodeid: u64, body: &[&[u8]], reply: &mut [u8]) -> Result<usize> {
-        let len = 40 + body.iter().map(|b| b.len()).sum::<usize>();
+    fn header(&self, opcode: abi::fuse_opcode, nodeid: u64, body_len: usize) -> abi::fuse_in_header {
         let unique = self.unique.fetch_add(1, Ordering::Relaxed) + 1;
-        let h = abi::fuse_in_header {
-            len: len as u32,
+        abi::fuse_in_header {
+            len: (40 + body_len) as u32,
             opcode: opcode as u32,
             unique,
             nodeid,
             ..Default::default()
-        };
+        }
+    }
+
+    /// Post the pending FORGETs on `ch`.
+    fn post_forgets(&self, ch: &mut Box<dyn Channel>) -> Result<()> {
+        let nodes = core::mem::take(&mut *self.forgets.lock());
+        for batch in nodes.chunks(FORGET_BATCH) {
+            let b = abi::fuse_batch_forget_in { count: batch.len() as u32, dummy: 0 };
+            let h = self.header(abi::fuse_opcode::FUSE_BATCH_FORGET, 0, 8 + 16 * batch.len());
+            let mut req = Vec::with_capacity(h.len as usize);
+            req.extend_from_slice(h.as_bytes());
+            req.extend_from_slice(b.as_bytes());
+            for &n in batch {
+                req.extend_from_slice(abi::fuse_forget_one { nodeid: n, nlookup: 1 }.as_bytes());
+            }
+            ch.post(req.into_boxed_slice(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// One request: `opcode` on `nodeid` with `body`; the reply's body goes
+    /// into `reply` (sized for the largest reply); its length.
+    fn call(&self, opcode: abi::fuse_opcode, nodeid: u64, body: &[&[u8]], reply: &mut [u8]) -> Result<usize> {
+        let h = self.header(opcode, nodeid, body.iter().map(|b| b.len()).sum());
         let mut inputs: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
         inputs.push(h.as_bytes());
         inputs.extend(body.iter().copied().filter(|b| !b.is_empty()));
@@ -144,11 +226,13 @@ impl Conn {
             let mut outputs: [&mut [u8]; 2] = [&mut out, reply];
             let outputs: &mut [&mut [u8]] =
                 if outputs[1].is_empty() { &mut outputs[..1] } else { &mut outputs[..] };
-            self.ch.lock().request(&inputs, outputs)?
+            let mut ch = self.ch.lock();
+            self.post_forgets(&mut ch)?;
+            ch.request(&inputs, outputs)?
         };
         let o = abi::fuse_out_header::read_from_bytes(&out)
             .map_err(|_| Error::Io(String::from("short reply")))?;
-        if got < OUT_HEADER || o.unique != unique {
+        if got < OUT_HEADER || o.unique != h.unique {
             return Err(Error::Io(String::from("the host's reply does not match the request")));
         }
         if o.error != 0 {
@@ -157,73 +241,154 @@ impl Conn {
         Ok((o.len as usize).saturating_sub(OUT_HEADER).min(got - OUT_HEADER))
     }
 
-    fn lookup(&self, parent: u64, name: &str) -> Result<abi::fuse_entry_out> {
-        let mut e = abi::fuse_entry_out::default();
-        self.call(abi::fuse_opcode::FUSE_LOOKUP, parent, &[&cname(name)], e.as_mut_bytes())?;
-        Ok(e)
+    /// Post `opcode` on `nodeid` with `body`, whose reply (a bare header)
+    /// nobody reads.
+    fn post(&self, opcode: abi::fuse_opcode, nodeid: u64, body: &[u8]) {
+        let h = self.header(opcode, nodeid, body.len());
+        let mut req = Vec::with_capacity(h.len as usize);
+        req.extend_from_slice(h.as_bytes());
+        req.extend_from_slice(body);
+        let mut ch = self.ch.lock();
+        // A request that cannot be posted is as good as answered: these
+        // only let the host free what it holds.
+        let _ = self.post_forgets(&mut ch);
+        let _ = ch.post(req.into_boxed_slice(), OUT_HEADER);
     }
 
-    /// Tell the host we are done with `nodes` (each looked up once).
-    fn forget(&self, nodes: &[u64]) {
-        if nodes.is_empty() {
+    /// Deliver everything posted (at exit, and on `sync`).
+    fn flush(&self) -> Result<()> {
+        let mut ch = self.ch.lock();
+        self.post_forgets(&mut ch)?;
+        ch.flush()
+    }
+
+    fn now(&self) -> Option<u64> {
+        self.clock.and_then(|c| c())
+    }
+
+    fn node(&self, id: u64) -> NodeRef {
+        Arc::new(Node { id, forgets: self.forgets.clone() })
+    }
+
+    /// `name` in the directory `parent`: its node and attributes, from
+    /// the cache while the host's word holds.
+    fn lookup(&self, parent: &NodeRef, name: &str) -> Result<(NodeRef, abi::fuse_attr)> {
+        let now = self.now();
+        if let Some(now) = now {
+            let mut cache = self.cache.lock();
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some(c) = cache.map.get_mut(&(parent.id, String::from(name)))
+                && now < c.entry_until
+            {
+                c.used = tick;
+                let node = c.node.clone();
+                if now < c.attr_until {
+                    return Ok((node, c.attr));
+                }
+                drop(cache);
+                let a = self.getattr_out(node.id, None)?;
+                self.remember_attr(node.id, &a.attr, now.saturating_add(a.attr_valid));
+                return Ok((node, a.attr));
+            }
+        }
+        let mut e = abi::fuse_entry_out::default();
+        self.call(abi::fuse_opcode::FUSE_LOOKUP, parent.id, &[&cname(name)], e.as_mut_bytes())?;
+        if e.nodeid == 0 {
+            // A negative entry: the host says there is no such name.
+            return Err(Error::NotFound);
+        }
+        let node = self.node(e.nodeid);
+        self.remember(parent.id, name, &node, &e);
+        Ok((node, e.attr))
+    }
+
+    /// Keep what a LOOKUP (or CREATE, MKDIR) said about `name`.
+    fn remember(&self, parent: u64, name: &str, node: &NodeRef, e: &abi::fuse_entry_out) {
+        let Some(now) = self.now() else { return };
+        if e.entry_valid == 0 {
             return;
         }
-        let b = abi::fuse_batch_forget_in { count: nodes.len() as u32, dummy: 0 };
-        let mut body = Vec::with_capacity(8 + 16 * nodes.len());
-        body.extend_from_slice(b.as_bytes());
-        for &n in nodes {
-            body.extend_from_slice(abi::fuse_forget_one { nodeid: n, nlookup: 1 }.as_bytes());
+        let mut cache = self.cache.lock();
+        if cache.map.len() >= CACHE_MAX {
+            // The least recently used goes (its node is forgotten once
+            // nobody else holds it).
+            if let Some(k) = cache.map.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) {
+                cache.map.remove(&k);
+            }
         }
-        let unique = self.unique.fetch_add(1, Ordering::Relaxed) + 1;
-        let h = abi::fuse_in_header {
-            len: (40 + body.len()) as u32,
-            opcode: abi::fuse_opcode::FUSE_BATCH_FORGET as u32,
-            unique,
-            nodeid: 0,
-            ..Default::default()
+        cache.tick += 1;
+        let c = Cached {
+            node: node.clone(),
+            attr: e.attr,
+            entry_until: now.saturating_add(e.entry_valid),
+            attr_until: now.saturating_add(e.attr_valid),
+            used: cache.tick,
         };
-        let _ = self.ch.lock().send(&[h.as_bytes(), &body]);
+        cache.map.insert((parent, String::from(name)), c);
     }
 
-    /// The node of the directory `path` (and the nodes looked up to reach
-    /// it, to forget).
-    fn walk(&self, path: &FsPath, held: &mut Vec<u64>) -> Result<(u64, abi::fuse_attr)> {
-        let mut node = ROOT;
-        let mut attr = None;
-        for c in path.components() {
-            let e = self.lookup(node, c)?;
-            held.push(e.nodeid);
-            node = e.nodeid;
-            attr = Some(e.attr);
+    /// New attributes for `node` wherever it is cached.
+    fn remember_attr(&self, node: u64, attr: &abi::fuse_attr, until: u64) {
+        for c in self.cache.lock().map.values_mut().filter(|c| c.node.id == node) {
+            c.attr = *attr;
+            c.attr_until = until;
         }
-        let attr = match attr {
+    }
+
+    /// `node` changed (written, cut, a name added or removed in it): its
+    /// cached attributes no longer hold.
+    fn stale(&self, node: u64) {
+        for c in self.cache.lock().map.values_mut().filter(|c| c.node.id == node) {
+            c.attr_until = 0;
+        }
+    }
+
+    /// `name` in `parent` no longer means what the cache says.
+    fn forget_name(&self, parent: &NodeRef, name: &str) {
+        let gone = self.cache.lock().map.remove(&(parent.id, String::from(name)));
+        drop(gone);
+        self.stale(parent.id);
+    }
+
+    /// The node of `path` and its attributes.
+    fn walk(&self, path: &FsPath) -> Result<(NodeRef, abi::fuse_attr)> {
+        let mut at = (self.root.clone(), None);
+        for c in path.components() {
+            let (node, attr) = self.lookup(&at.0, c)?;
+            at = (node, Some(attr));
+        }
+        let attr = match at.1 {
             Some(a) => a,
             None => self.getattr(ROOT, None)?,
         };
-        Ok((node, attr))
+        Ok((at.0, attr))
     }
 
     fn getattr(&self, node: u64, fh: Option<u64>) -> Result<abi::fuse_attr> {
+        self.getattr_out(node, fh).map(|a| a.attr)
+    }
+
+    fn getattr_out(&self, node: u64, fh: Option<u64>) -> Result<abi::fuse_attr_out> {
         let g =
             abi::fuse_getattr_in { getattr_flags: u32::from(fh.is_some()), dummy: 0, fh: fh.unwrap_or(0) };
         let mut a = abi::fuse_attr_out::default();
         self.call(abi::fuse_opcode::FUSE_GETATTR, node, &[g.as_bytes()], a.as_mut_bytes())?;
-        Ok(a.attr)
+        Ok(a)
     }
 
-    /// Run `f` with the node of `path`'s parent and `path`'s name; the
-    /// nodes looked up are forgotten afterwards.
-    fn in_parent<T>(&self, path: &FsPath, f: impl FnOnce(u64, &str) -> Result<T>) -> Result<T> {
+    /// Run `f` with the node of `path`'s parent and `path`'s name.
+    fn in_parent<T>(&self, path: &FsPath, f: impl FnOnce(&NodeRef, &str) -> Result<T>) -> Result<T> {
         let (dir, name) = path.split_last().ok_or(Error::PermissionDenied)?;
-        let mut held = Vec::new();
-        let r = self.walk(&dir, &mut held).and_then(|(node, a)| {
-            if file_type(a.mode) != FileType::Dir {
-                return Err(Error::NotADirectory);
-            }
-            f(node, name)
-        });
-        self.forget(&held);
-        r
+        if dir.is_root() {
+            // The share's root is a directory: no GETATTR to learn that.
+            return f(&self.root, name);
+        }
+        let (node, a) = self.walk(&dir)?;
+        if file_type(a.mode) != FileType::Dir {
+            return Err(Error::NotADirectory);
+        }
+        f(&node, name)
     }
 }
 
@@ -234,9 +399,22 @@ pub struct VirtioFs {
 }
 
 impl VirtioFs {
-    /// Greet the host over `ch` (INIT) and make the filesystem.
-    pub fn new(ch: Box<dyn Channel>, read_only: bool) -> Result<Self> {
-        let conn = Conn { ch: Mutex::new(ch), unique: AtomicU64::new(0), max_write: 4096, read_only };
+    /// Greet the host over `ch` (INIT) and make the filesystem; `clock`
+    /// (wall-clock seconds) lets it keep what the host says for as long
+    /// as the host allows.
+    pub fn new(ch: Box<dyn Channel>, read_only: bool, clock: Option<fn() -> Option<u64>>) -> Result<Self> {
+        let forgets = Arc::new(Mutex::new(Vec::new()));
+        let root = Arc::new(Node { id: ROOT, forgets: forgets.clone() });
+        let conn = Conn {
+            ch: Mutex::new(ch),
+            unique: AtomicU64::new(0),
+            max_write: 4096,
+            read_only,
+            root,
+            forgets,
+            cache: Mutex::new(Cache::default()),
+            clock,
+        };
         let i = abi::fuse_init_in { major: 7, minor: 31, max_readahead: MAX_READ, ..Default::default() };
         let mut o = abi::fuse_init_out::default();
         conn.call(abi::fuse_opcode::FUSE_INIT, 0, &[i.as_bytes()], o.as_mut_bytes())?;
@@ -255,26 +433,43 @@ impl VirtioFs {
 
 struct Handle {
     conn: Arc<Conn>,
-    node: u64,
+    node: NodeRef,
     fh: u64,
+    /// Opened for writing (its close is FLUSHed).
+    writes: bool,
+    /// Its length when opened, from the LOOKUP or CREATE.
+    len: Option<u64>,
+    /// Where a short READ said the file ends (until it is written).
+    end: Option<u64>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // Posted: no exit, no wait; they go with the next request.
+        if self.writes {
+            let f = abi::fuse_flush_in { fh: self.fh, ..Default::default() };
+            self.conn.post(abi::fuse_opcode::FUSE_FLUSH, self.node.id, f.as_bytes());
+        }
         let r = abi::fuse_release_in { fh: self.fh, ..Default::default() };
-        let _ = self.conn.call(abi::fuse_opcode::FUSE_RELEASE, self.node, &[r.as_bytes()], &mut []);
-        self.conn.forget(&[self.node]);
+        self.conn.post(abi::fuse_opcode::FUSE_RELEASE, self.node.id, r.as_bytes());
     }
 }
 
 impl FileHandle for Handle {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let n = buf.len().min(self.conn.max_write.max(MAX_READ) as usize);
-        if n == 0 {
+        if n == 0 || self.end.is_some_and(|end| offset >= end) {
             return Ok(0);
         }
         let r = abi::fuse_read_in { fh: self.fh, offset, size: n as u32, ..Default::default() };
-        self.conn.call(abi::fuse_opcode::FUSE_READ, self.node, &[r.as_bytes()], &mut buf[..n])
+        let got =
+            self.conn.call(abi::fuse_opcode::FUSE_READ, self.node.id, &[r.as_bytes()], &mut buf[..n])?;
+        if got < n {
+            // A short read is the end of the file (FUSE without direct
+            // I/O, as Linux's client takes it).
+            self.end = Some(offset + got as u64);
+        }
+        Ok(got)
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<usize> {
@@ -285,11 +480,14 @@ impl FileHandle for Handle {
         if n == 0 {
             return Ok(0);
         }
+        self.end = None;
+        self.len = None;
+        self.conn.stale(self.node.id);
         let w = abi::fuse_write_in { fh: self.fh, offset, size: n as u32, ..Default::default() };
         let mut o = abi::fuse_write_out::default();
         self.conn.call(
             abi::fuse_opcode::FUSE_WRITE,
-            self.node,
+            self.node.id,
             &[w.as_bytes(), &buf[..n]],
             o.as_mut_bytes(),
         )?;
@@ -300,10 +498,17 @@ impl FileHandle for Handle {
     }
 
     fn metadata(&mut self) -> Result<Metadata> {
-        Ok(meta(&self.conn.getattr(self.node, Some(self.fh))?, self.conn.read_only))
+        Ok(meta(&self.conn.getattr(self.node.id, Some(self.fh))?, self.conn.read_only))
+    }
+
+    fn size_hint(&mut self) -> Option<u64> {
+        self.len
     }
 
     fn set_len(&mut self, len: u64) -> Result<()> {
+        self.end = None;
+        self.len = None;
+        self.conn.stale(self.node.id);
         let s = abi::fuse_setattr_in {
             valid: abi::FATTR_SIZE | abi::FATTR_FH,
             fh: self.fh,
@@ -311,13 +516,13 @@ impl FileHandle for Handle {
             ..Default::default()
         };
         let mut a = abi::fuse_attr_out::default();
-        self.conn.call(abi::fuse_opcode::FUSE_SETATTR, self.node, &[s.as_bytes()], a.as_mut_bytes())?;
+        self.conn.call(abi::fuse_opcode::FUSE_SETATTR, self.node.id, &[s.as_bytes()], a.as_mut_bytes())?;
         Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {
         let f = abi::fuse_fsync_in { fh: self.fh, fsync_flags: 0, padding: 0 };
-        self.conn.call(abi::fuse_opcode::FUSE_FSYNC, self.node, &[f.as_bytes()], &mut [])?;
+        self.conn.call(abi::fuse_opcode::FUSE_FSYNC, self.node.id, &[f.as_bytes()], &mut [])?;
         Ok(())
     }
 }
@@ -346,10 +551,7 @@ impl FileSystem for VirtioFs {
     }
 
     fn metadata(&self, path: &FsPath) -> Result<Metadata> {
-        let mut held = Vec::new();
-        let r = self.conn.walk(path, &mut held).map(|(_, a)| meta(&a, self.conn.read_only));
-        self.conn.forget(&held);
-        r
+        self.conn.walk(path).map(|(_, a)| meta(&a, self.conn.read_only))
     }
 
     fn open(&self, path: &FsPath, flags: OpenFlags) -> Result<Box<dyn FileHandle>> {
@@ -360,33 +562,28 @@ impl FileSystem for VirtioFs {
             return Err(Error::IsADirectory);
         }
         let c = &self.conn;
+        let writes = flags.write;
         c.in_parent(path, |parent, name| {
             let oflags = open_flags(&flags);
             match c.lookup(parent, name) {
                 Ok(_) if flags.create_new => Err(Error::AlreadyExists),
-                Ok(e) => {
-                    // This lookup's count goes with the handle.
-                    match file_type(e.attr.mode) {
+                Ok((node, attr)) => {
+                    match file_type(attr.mode) {
                         FileType::File => {}
-                        FileType::Dir => {
-                            c.forget(&[e.nodeid]);
-                            return Err(Error::IsADirectory);
-                        }
-                        _ => {
-                            c.forget(&[e.nodeid]);
-                            return Err(Error::Unsupported("not a regular file"));
-                        }
+                        FileType::Dir => return Err(Error::IsADirectory),
+                        _ => return Err(Error::Unsupported("not a regular file")),
                     }
                     let o = abi::fuse_open_in { flags: oflags, open_flags: 0 };
                     let mut out = abi::fuse_open_out::default();
-                    match c.call(abi::fuse_opcode::FUSE_OPEN, e.nodeid, &[o.as_bytes()], out.as_mut_bytes()) {
-                        Ok(_) => Ok(Box::new(Handle { conn: c.clone_arc(self), node: e.nodeid, fh: out.fh })
-                            as Box<dyn FileHandle>),
-                        Err(err) => {
-                            c.forget(&[e.nodeid]);
-                            Err(err)
-                        }
-                    }
+                    c.call(abi::fuse_opcode::FUSE_OPEN, node.id, &[o.as_bytes()], out.as_mut_bytes())?;
+                    let len = if flags.truncate {
+                        c.stale(node.id);
+                        Some(0)
+                    } else {
+                        Some(attr.size)
+                    };
+                    Ok(Box::new(Handle { conn: c.clone(), node, fh: out.fh, writes, len, end: None })
+                        as Box<dyn FileHandle>)
                 }
                 Err(Error::NotFound) if flags.create => {
                     let cr = abi::fuse_create_in {
@@ -396,12 +593,19 @@ impl FileSystem for VirtioFs {
                         open_flags: 0,
                     };
                     let mut out = vec![0u8; 128 + 16];
-                    c.call(abi::fuse_opcode::FUSE_CREATE, parent, &[cr.as_bytes(), &cname(name)], &mut out)?;
-                    let e = abi::fuse_entry_out::read_from_bytes(&out[..128])
-                        .map_err(|_| Error::Io(String::from("short CREATE reply")))?;
-                    let o = abi::fuse_open_out::read_from_bytes(&out[128..])
-                        .map_err(|_| Error::Io(String::from("short CREATE reply")))?;
-                    Ok(Box::new(Handle { conn: c.clone_arc(self), node: e.nodeid, fh: o.fh })
+                    c.call(
+                        abi::fuse_opcode::FUSE_CREATE,
+                        parent.id,
+                        &[cr.as_bytes(), &cname(name)],
+                        &mut out,
+                    )?;
+                    let short = || Error::Io(String::from("short CREATE reply"));
+                    let e = abi::fuse_entry_out::read_from_bytes(&out[..128]).map_err(|_| short())?;
+                    let o = abi::fuse_open_out::read_from_bytes(&out[128..]).map_err(|_| short())?;
+                    let node = c.node(e.nodeid);
+                    c.stale(parent.id);
+                    c.remember(parent.id, name, &node, &e);
+                    Ok(Box::new(Handle { conn: c.clone(), node, fh: o.fh, writes, len: Some(0), end: None })
                         as Box<dyn FileHandle>)
                 }
                 Err(e) => Err(e),
@@ -411,58 +615,52 @@ impl FileSystem for VirtioFs {
 
     fn read_dir(&self, path: &FsPath) -> Result<Vec<Entry>> {
         let c = &self.conn;
-        let mut held = Vec::new();
-        let r = c.walk(path, &mut held).and_then(|(node, a)| {
-            if file_type(a.mode) != FileType::Dir {
-                return Err(Error::NotADirectory);
-            }
-            let o = abi::fuse_open_in { flags: 0o200_000, open_flags: 0 }; // O_DIRECTORY
-            let mut out = abi::fuse_open_out::default();
-            c.call(abi::fuse_opcode::FUSE_OPENDIR, node, &[o.as_bytes()], out.as_mut_bytes())?;
-            let fh = out.fh;
-            let mut entries = Vec::new();
-            let mut offset = 0;
-            let mut buf = vec![0u8; 16 * 1024];
-            let listed = loop {
-                let r = abi::fuse_read_in { fh, offset, size: buf.len() as u32, ..Default::default() };
-                let n = match c.call(abi::fuse_opcode::FUSE_READDIR, node, &[r.as_bytes()], &mut buf) {
-                    Ok(n) => n,
-                    Err(e) => break Err(e),
-                };
-                if n == 0 {
-                    break Ok(());
-                }
-                let mut at = 0;
-                while at + 24 <= n {
-                    let ino = u64::from_le_bytes(buf[at..at + 8].try_into().unwrap_or_default());
-                    let off = u64::from_le_bytes(buf[at + 8..at + 16].try_into().unwrap_or_default());
-                    let len =
-                        u32::from_le_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default()) as usize;
-                    let kind = u32::from_le_bytes(buf[at + 20..at + 24].try_into().unwrap_or_default());
-                    let Some(name) = buf.get(at + 24..at + 24 + len) else { break };
-                    let _ = ino;
-                    if name != b"." && name != b".." {
-                        let file_type = match kind {
-                            4 => FileType::Dir,
-                            8 => FileType::File,
-                            10 => FileType::Symlink,
-                            _ => FileType::Other,
-                        };
-                        entries.push(Entry { name: String::from_utf8_lossy(name).into_owned(), file_type });
-                    }
-                    offset = off;
-                    at += (24 + len).next_multiple_of(8);
-                }
-                if at == 0 {
-                    break Err(Error::Io(String::from("a READDIR reply without an entry")));
-                }
+        let (node, a) = c.walk(path)?;
+        if file_type(a.mode) != FileType::Dir {
+            return Err(Error::NotADirectory);
+        }
+        let o = abi::fuse_open_in { flags: 0o200_000, open_flags: 0 }; // O_DIRECTORY
+        let mut out = abi::fuse_open_out::default();
+        c.call(abi::fuse_opcode::FUSE_OPENDIR, node.id, &[o.as_bytes()], out.as_mut_bytes())?;
+        let fh = out.fh;
+        let mut entries = Vec::new();
+        let mut offset = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        let listed = loop {
+            let r = abi::fuse_read_in { fh, offset, size: buf.len() as u32, ..Default::default() };
+            let n = match c.call(abi::fuse_opcode::FUSE_READDIR, node.id, &[r.as_bytes()], &mut buf) {
+                Ok(n) => n,
+                Err(e) => break Err(e),
             };
-            let rel = abi::fuse_release_in { fh, ..Default::default() };
-            let _ = c.call(abi::fuse_opcode::FUSE_RELEASEDIR, node, &[rel.as_bytes()], &mut []);
-            listed.map(|_| entries)
-        });
-        c.forget(&held);
-        r
+            if n == 0 {
+                break Ok(());
+            }
+            let mut at = 0;
+            while at + 24 <= n {
+                let word = |i: usize| buf[i..i + 8].try_into().map(u64::from_le_bytes).unwrap_or_default();
+                let off = word(at + 8);
+                let len = (word(at + 16) & 0xffff_ffff) as usize;
+                let kind = (word(at + 16) >> 32) as u32;
+                let Some(name) = buf.get(at + 24..at + 24 + len) else { break };
+                if name != b"." && name != b".." {
+                    let file_type = match kind {
+                        4 => FileType::Dir,
+                        8 => FileType::File,
+                        10 => FileType::Symlink,
+                        _ => FileType::Other,
+                    };
+                    entries.push(Entry { name: String::from_utf8_lossy(name).into_owned(), file_type });
+                }
+                offset = off;
+                at += (24 + len).next_multiple_of(8);
+            }
+            if at == 0 {
+                break Err(Error::Io(String::from("a READDIR reply without an entry")));
+            }
+        };
+        let rel = abi::fuse_release_in { fh, ..Default::default() };
+        c.post(abi::fuse_opcode::FUSE_RELEASEDIR, node.id, rel.as_bytes());
+        listed.map(|_| entries)
     }
 
     fn create_dir(&self, path: &FsPath) -> Result<()> {
@@ -473,8 +671,9 @@ impl FileSystem for VirtioFs {
         c.in_parent(path, |parent, name| {
             let m = abi::fuse_mkdir_in { mode: 0o755, umask: 0o022 };
             let mut e = abi::fuse_entry_out::default();
-            c.call(abi::fuse_opcode::FUSE_MKDIR, parent, &[m.as_bytes(), &cname(name)], e.as_mut_bytes())?;
-            c.forget(&[e.nodeid]);
+            c.call(abi::fuse_opcode::FUSE_MKDIR, parent.id, &[m.as_bytes(), &cname(name)], e.as_mut_bytes())?;
+            c.stale(parent.id);
+            c.remember(parent.id, name, &c.node(e.nodeid), &e);
             Ok(())
         })
     }
@@ -497,25 +696,37 @@ impl FileSystem for VirtioFs {
                 // The source and, when there is one, the target are looked
                 // up first, as Linux's FUSE client does: servers such as
                 // virtiofsd act only on nodes they have handed out.
-                let old = c.lookup(old_parent, old_name)?.nodeid;
-                let target = match c.lookup(new_parent, new_name) {
-                    Ok(e) => Some(e.nodeid),
+                let _old = c.lookup(old_parent, old_name)?;
+                let _target = match c.lookup(new_parent, new_name) {
+                    Ok(t) => Some(t),
                     Err(Error::NotFound) => None,
-                    Err(e) => {
-                        c.forget(&[old]);
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 };
-                let r = abi::fuse_rename_in { newdir: new_parent };
+                let r = abi::fuse_rename_in { newdir: new_parent.id };
                 let mut names = cname(old_name);
                 names.extend_from_slice(&cname(new_name));
                 let done =
-                    c.call(abi::fuse_opcode::FUSE_RENAME, old_parent, &[r.as_bytes(), &names], &mut []);
-                let mut looked_up = alloc::vec![old];
-                looked_up.extend(target);
-                c.forget(&looked_up);
+                    c.call(abi::fuse_opcode::FUSE_RENAME, old_parent.id, &[r.as_bytes(), &names], &mut []);
+                c.forget_name(old_parent, old_name);
+                c.forget_name(new_parent, new_name);
                 done.map(|_| ())
             })
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.conn.flush()
+    }
+
+    fn space(&self) -> Result<Space> {
+        let mut o = abi::fuse_statfs_out::default();
+        self.conn.call(abi::fuse_opcode::FUSE_STATFS, ROOT, &[], o.as_mut_bytes())?;
+        let s = o.st;
+        let unit = u64::from(if s.frsize != 0 { s.frsize } else { s.bsize });
+        Ok(Space {
+            total: s.blocks.saturating_mul(unit),
+            free: s.bfree.saturating_mul(unit),
+            available: s.bavail.saturating_mul(unit),
         })
     }
 }
@@ -528,16 +739,10 @@ impl VirtioFs {
         let c = &self.conn;
         c.in_parent(path, |parent, name| {
             // Looked up first (see `rename`).
-            let node = c.lookup(parent, name)?.nodeid;
-            let done = c.call(op, parent, &[&cname(name)], &mut []);
-            c.forget(&[node]);
+            let _victim = c.lookup(parent, name)?;
+            let done = c.call(op, parent.id, &[&cname(name)], &mut []);
+            c.forget_name(parent, name);
             done.map(|_| ())
         })
-    }
-}
-
-impl Conn {
-    fn clone_arc(&self, fs: &VirtioFs) -> Arc<Conn> {
-        fs.conn.clone()
     }
 }

@@ -251,6 +251,19 @@ impl Server {
         }
     }
 
+    /// The open file `fh`, positioned at `offset` for a READ straight into
+    /// guest memory.
+    pub fn file_at(&mut self, fh: u64, offset: u64) -> Result<&mut File, Errno> {
+        use std::io::{Seek, SeekFrom};
+        match self.handles.get_mut(usize::try_from(fh).map_err(|_| libc::EBADF)?) {
+            Some(Some(Handle::File(f))) => {
+                f.seek(SeekFrom::Start(offset)).map_err(errno)?;
+                Ok(f)
+            }
+            _ => Err(libc::EBADF),
+        }
+    }
+
     /// Reopen node `nodeid` (a regular file) for I/O with `flags`.
     fn reopen(&self, nodeid: u64, flags: i32) -> Result<File, Errno> {
         let n = self.node(nodeid)?;
