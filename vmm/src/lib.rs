@@ -58,7 +58,11 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let (mem, deferred) = vm.add_memory(cfg.mem)?;
     tl.mark(Phase::MemoryReady);
 
-    loader::load(&mem, &mut image, &elf).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
+    // Large segments (baked-in files) are mapped from the file, not copied.
+    let file = image.try_clone().ok();
+    let mut map =
+        |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
+    loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
     paging::write_page_tables(&mem, cfg.mem)?;
     tl.mark(Phase::ElfLoaded);
 

@@ -241,21 +241,53 @@ fn find_note(data: &[u8]) -> Option<KernelNote> {
     None
 }
 
-/// Copy the segments of a checked image into guest memory, straight from
+/// Segments at least this large are mapped from the file rather than
+/// copied (see [`load`]): baked-in files cost nothing until they are read.
+/// Smaller ones, the kernel's code among them, are copied as before.
+pub const MAP_MIN: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// Put the segments of a checked image into guest memory, straight from
 /// `src` (a file: no intermediate buffer). Bytes beyond a segment's file
 /// size are left as they are: fresh guest memory is zero.
+///
+/// A segment of [`MAP_MIN`] bytes or more whose file offset and address
+/// agree modulo the page size has its whole pages offered to `map(gpa,
+/// offset, len)`, which maps them from the file copy-on-write (and says
+/// whether it did); only the partial pages at its ends are copied. So a
+/// large archive of baked-in files is read from the page cache page by
+/// page as the guest touches it, not copied at launch.
 pub fn load<R: ReadVolatile + Seek>(
     mem: &GuestMemoryMmap,
     src: &mut R,
     info: &ElfInfo,
+    map: &mut dyn FnMut(u64, u64, u64) -> bool,
 ) -> Result<(), String> {
+    let copy = |src: &mut R, paddr: u64, offset: u64, len: u64| -> Result<(), String> {
+        if len == 0 {
+            return Ok(());
+        }
+        src.seek(SeekFrom::Start(offset)).map_err(|e| format!("loading failed: {e}"))?;
+        mem.read_exact_volatile_from(GuestAddress(paddr), src, len as usize)
+            .map_err(|e| format!("loading the segment at {paddr:#x} failed: {e}"))
+    };
     for seg in &info.segments {
         if info.note.boot_tables != 0 && seg.paddr == u64::from(info.note.boot_tables) {
             continue;
         }
-        src.seek(SeekFrom::Start(seg.offset)).map_err(|e| format!("loading failed: {e}"))?;
-        mem.read_exact_volatile_from(GuestAddress(seg.paddr), src, seg.file_size as usize)
-            .map_err(|e| format!("loading the segment at {:#x} failed: {e}", seg.paddr))?;
+        let head = (PAGE - seg.paddr % PAGE) % PAGE;
+        let whole = seg.file_size.saturating_sub(head) / PAGE * PAGE;
+        if seg.file_size >= MAP_MIN
+            && (seg.offset + head).is_multiple_of(PAGE)
+            && whole > 0
+            && map(seg.paddr + head, seg.offset + head, whole)
+        {
+            copy(src, seg.paddr, seg.offset, head)?;
+            let tail = head + whole;
+            copy(src, seg.paddr + tail, seg.offset + tail, seg.file_size - tail)?;
+        } else {
+            copy(src, seg.paddr, seg.offset, seg.file_size)?;
+        }
     }
     Ok(())
 }
@@ -339,10 +371,56 @@ pub(crate) mod tests {
     fn loads_segments_at_their_addresses() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
         let f = tiny_elf();
-        load(&mem, &mut std::io::Cursor::new(&f[..]), &check(&f[..], MEM).unwrap()).unwrap();
+        load(&mem, &mut std::io::Cursor::new(&f[..]), &check(&f[..], MEM).unwrap(), &mut |_, _, _| false)
+            .unwrap();
         let mut code = [0u8; 3];
         mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
         assert_eq!(code, [0xe6, 0xf4, 0xf4]);
+    }
+
+    /// A segment of MAP_MIN bytes or more: its whole pages are offered to
+    /// `map` and its partial ends copied; with the real `map_file` the
+    /// guest sees the file's bytes, and its writes do not reach the file.
+    #[test]
+    fn large_segments_are_mapped_and_their_ends_copied() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let size = MAP_MIN + 5000;
+        let mut f = vec![0u8; 0x3000 + size as usize];
+        for (i, b) in f.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let path = std::env::temp_dir().join(format!("torito-loader-map-{}", std::process::id()));
+        std::fs::write(&path, &f).unwrap();
+        // Offset 0x2800 at address 0x20_0800: agree modulo the page.
+        let seg = Segment { paddr: 0x20_0800, memsz: size, file_size: size, offset: 0x2800, exec: false };
+        let info = ElfInfo { note: KernelNote::default(), segments: vec![seg] };
+        let mut offered = Vec::new();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut map = |gpa, offset, len| {
+            offered.push((gpa, offset, len));
+            crate::vstate::map_file(&mem, gpa, &file, offset, len)
+        };
+        load(&mem, &mut std::fs::File::open(&path).unwrap(), &info, &mut map).unwrap();
+        let whole = (size - 0x800) / 4096 * 4096;
+        assert_eq!(offered, vec![(0x20_1000, 0x3000, whole)]);
+        let mut got = vec![0u8; size as usize];
+        mem.read_slice(&mut got, GuestAddress(0x20_0800)).unwrap();
+        assert!(got == f[0x2800..0x2800 + size as usize], "head, mapped pages and tail as in the file");
+        mem.write_slice(b"guest", GuestAddress(0x20_1000)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), f, "the file is never written");
+        // A segment whose offset and address disagree is copied whole.
+        let odd = Segment { paddr: 0x40_0800, memsz: size, file_size: size, offset: 0x2000, exec: false };
+        offered.clear();
+        let info = ElfInfo { note: KernelNote::default(), segments: vec![odd] };
+        let mut map = |gpa, offset, len| {
+            offered.push((gpa, offset, len));
+            false
+        };
+        load(&mem, &mut std::fs::File::open(&path).unwrap(), &info, &mut map).unwrap();
+        assert!(offered.is_empty());
+        mem.read_slice(&mut got, GuestAddress(0x40_0800)).unwrap();
+        assert!(got == f[0x2000..0x2000 + size as usize]);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -351,7 +429,7 @@ pub(crate) mod tests {
         let f = tiny_elf();
         let mut info = check(&f[..], MEM).unwrap();
         info.note.boot_tables = 0x10_0000;
-        load(&mem, &mut std::io::Cursor::new(&f[..]), &info).unwrap();
+        load(&mem, &mut std::io::Cursor::new(&f[..]), &info, &mut |_, _, _| false).unwrap();
         let mut code = [0u8; 3];
         mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
         assert_eq!(code, [0, 0, 0]);

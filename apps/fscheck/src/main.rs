@@ -165,11 +165,12 @@ fn read_through(path: &str) -> Result<(), String> {
 
 /// `small=DIR`: open, read whole and close the first `n` files of DIR.
 fn small_files(dir: &str, n: Option<usize>) -> Result<(), String> {
-    let dir = dir.trim_end_matches('/');
+    let base = dir.trim_end_matches('/');
+    let dir = if base.is_empty() { "/" } else { base };
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| alloc::format!("read_dir {dir}: {e}"))?
         .filter(|e| e.file_type() == FileType::File)
-        .map(|e| alloc::format!("{dir}/{}", e.file_name()))
+        .map(|e| alloc::format!("{base}/{}", e.file_name()))
         .collect();
     names.sort();
     names.truncate(n.unwrap_or(usize::MAX));

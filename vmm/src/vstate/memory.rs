@@ -34,6 +34,45 @@ impl DeferredRam {
     }
 }
 
+/// Map `len` bytes of `file` from `offset` over guest RAM at `gpa`,
+/// copy-on-write: the guest reads the file's pages (from the host's page
+/// cache) as it first touches them, and its writes stay its own. All three
+/// must be page-aligned and the range inside one region of `mem`, before
+/// the guest or any device uses it. Returns whether it was mapped (when not,
+/// the caller copies).
+pub fn map_file(mem: &GuestMemoryMmap, gpa: u64, file: &std::fs::File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    const PAGE: u64 = 4096;
+    if !gpa.is_multiple_of(PAGE) || !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
+        return false;
+    }
+    let Some(region) = mem.find_region(GuestAddress(gpa)) else { return false };
+    let start = region.start_addr().0;
+    if gpa.checked_add(len).is_none_or(|end| end > start + region.len()) {
+        return false;
+    }
+    let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(gpa - start)) else { return false };
+    let (Ok(len), Ok(off)) = (usize::try_from(len), libc::off_t::try_from(offset)) else { return false };
+    // SAFETY: `host..host + len` lies inside the mapping that `mem` owns
+    // (checked against the region above) and is page-aligned; MAP_FIXED
+    // replaces those pages of our own mapping and nothing else. Nothing
+    // refers to them yet: the guest has not started and no device has
+    // been given guest memory. The new pages are readable and writable as
+    // the old ones were, private (the file is never written), and live
+    // until `mem` unmaps its whole range.
+    let p = unsafe {
+        libc::mmap(
+            host.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    p == host.cast()
+}
+
 impl Vm {
     /// Map `ram` bytes of guest RAM and register the first [`BOOT_SLOT`]
     /// bytes with KVM. The rest is returned as [`DeferredRam`], to be

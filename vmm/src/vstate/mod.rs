@@ -17,6 +17,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use kvm::Kvm;
-pub use memory::{BOOT_SLOT, DeferredRam};
+pub use memory::{BOOT_SLOT, DeferredRam, map_file};
 pub use vcpu::{Vcpu, VcpuThreads};
 pub use vm::Vm;

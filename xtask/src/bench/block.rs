@@ -10,19 +10,26 @@ use super::json_number;
 use super::report::Verdicts;
 use crate::{QemuMachine, Variant};
 
-/// Block device figures (`blkcheck bench`): sequential read and 4 KiB
-/// random reads of a 256 MiB image, on our monitor (`--disk`) and QEMU
-/// microvm (virtio-blk-device), and the exits each request costs on ours.
-pub fn run(monitor: &Path, out: &Path, verdicts: &mut Verdicts) -> Result<(), String> {
-    println!("\nblock device (apps/blkcheck bench, 256 MiB image, read-only):");
-    // A written (not sparse) image, kept between runs; each guest reads
-    // it once to warm the host's page cache, then the second run counts.
+/// The 256 MiB image the block and filesystem sections read: written (not
+/// sparse), kept in `out` between runs.
+pub fn image_256m(out: &Path) -> Result<std::path::PathBuf, String> {
     let img = out.join("disk-256M.img");
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     if std::fs::metadata(&img).map_or(true, |m| m.len() != 256 << 20) {
         let data: Vec<u8> = (0..256usize << 20).map(|i| (i >> 12) as u8).collect();
         std::fs::write(&img, data).map_err(|e| format!("{}: {e}", img.display()))?;
     }
+    Ok(img)
+}
+
+/// Block device figures (`blkcheck bench`): sequential read and 4 KiB
+/// random reads of a 256 MiB image, on our monitor (`--disk`) and QEMU
+/// microvm (virtio-blk-device), and the exits each request costs on ours.
+pub fn run(monitor: &Path, out: &Path, verdicts: &mut Verdicts) -> Result<(), String> {
+    println!("\nblock device (apps/blkcheck bench, 256 MiB image, read-only):");
+    // Each guest reads the image once to warm the host's page cache, then
+    // the second run counts.
+    let img = image_256m(out)?;
     let elf = crate::build("blkcheck", Variant::default())?;
     let mut runs: Vec<(&str, Command)> = Vec::new();
     // Ours by default (requests served inline at the notification's exit)

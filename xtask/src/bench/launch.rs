@@ -236,13 +236,19 @@ pub fn segments(s: &Sample) -> Vec<(String, String, f64)> {
     out
 }
 
-fn torito_configs(
-    monitor: &Path,
-    hello: &Path,
-    hello_profile: &Path,
-    bare: &Path,
-    disk: &Path,
-) -> Vec<Config> {
+/// What the launch configurations need besides the monitor.
+struct Guests<'a> {
+    hello: &'a Path,
+    hello_profile: &'a Path,
+    bare: &'a Path,
+    disk: &'a Path,
+    share: &'a Path,
+    fscheck: &'a Path,
+    fscheck_baked: &'a Path,
+}
+
+fn torito_configs(monitor: &Path, g: &Guests<'_>) -> Vec<Config> {
+    let Guests { hello, hello_profile, bare, disk, .. } = *g;
     let t = |name: &str, elf: &Path, mem: &str| Config {
         name: name.to_string(),
         kind: Kind::Torito,
@@ -276,8 +282,42 @@ fn torito_configs(
                 hello_profile.into(),
             ],
         },
+        // The cost of attaching a share (the monitor opens the directory
+        // and makes the device; the guest does not probe it).
+        Config {
+            name: SHARE.into(),
+            kind: Kind::Torito,
+            program: monitor.to_path_buf(),
+            args: vec![
+                "--timeline=json".into(),
+                "--share".into(),
+                format!("{},tag=s", g.share.display()).into(),
+                hello_profile.into(),
+            ],
+        },
+        // Baked-in files cost nothing until read: the same appliance with
+        // 4 MiB of files and without, listing `/` and reading nothing.
+        fscheck(monitor, FSCHECK, g.fscheck),
+        fscheck(monitor, FSCHECK_BAKED, g.fscheck_baked),
     ]
 }
+
+/// `fscheck small=/ files=0` (list `/`, read nothing) on our monitor.
+fn fscheck(monitor: &Path, name: &str, elf: &Path) -> Config {
+    Config {
+        name: name.into(),
+        kind: Kind::Torito,
+        program: monitor.to_path_buf(),
+        args: vec!["--timeline=json".into(), elf.into(), "--".into(), "small=/".into(), "files=0".into()],
+    }
+}
+
+/// Configuration names the report looks up.
+pub const SHARE: &str = "torito hello profile-boot + share";
+/// fscheck without baked-in files.
+pub const FSCHECK: &str = "torito fscheck, no files";
+/// fscheck with 4 MiB of baked-in files.
+pub const FSCHECK_BAKED: &str = "torito fscheck, 4 MiB baked in";
 
 /// Run the launch rounds on `monitor`, then the NIC pairs.
 pub fn run(monitor: &Path, opts: &Options) -> Result<Launch, String> {
@@ -290,7 +330,37 @@ pub fn run(monitor: &Path, opts: &Options) -> Result<Launch, String> {
 
     let disk = opts.out.join("disk-1M.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
-    let mut configs = torito_configs(monitor, &hello, &hello_profile, &bare, &disk);
+    let share = opts.out.join("share-launch");
+    std::fs::create_dir_all(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+    // 4 MiB of files to bake in (pseudo-random, so nothing compresses).
+    let baked = opts.out.join("baked-4M");
+    std::fs::create_dir_all(&baked).map_err(|e| format!("{}: {e}", baked.display()))?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let blob: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    // Written once: a new file would rebuild the appliance every run.
+    if std::fs::metadata(baked.join("blob")).map_or(true, |m| m.len() != blob.len() as u64) {
+        std::fs::write(baked.join("blob"), blob).map_err(|e| format!("{}: {e}", baked.display()))?;
+    }
+    let fscheck = crate::build("fscheck", Variant::default())?;
+    let fscheck_baked =
+        crate::build_with_files("fscheck", Variant::default(), &baked, &opts.out.join("fscheck-baked-4M"))?;
+    let guests = Guests {
+        hello: &hello,
+        hello_profile: &hello_profile,
+        bare: &bare,
+        disk: &disk,
+        share: &share,
+        fscheck: &fscheck,
+        fscheck_baked: &fscheck_baked,
+    };
+    let mut configs = torito_configs(monitor, &guests);
     // A TAP device for a launch with a NIC (needs root; left out otherwise).
     let tap = format!("trtb{}", std::process::id() % 100_000);
     let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());

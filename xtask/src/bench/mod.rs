@@ -6,6 +6,8 @@
 //!   interleaved round by round;
 //! - [`process`]: the process unit (context switch, channels, sleeps);
 //! - [`block`]: the block device (throughput, IOPS, exits per request);
+//! - [`fs`]: the filesystem unit (a share, ext4 and FAT against the raw
+//!   disk and QEMU with virtiofsd; exits per small file);
 //! - [`net`]: the network data path (stream, request/response).
 //!
 //! Verdicts hold on any machine: each target is a ratio against a
@@ -17,6 +19,7 @@
 
 pub mod block;
 mod chart;
+pub mod fs;
 pub mod launch;
 pub mod net;
 pub mod process;
@@ -35,6 +38,8 @@ pub enum Section {
     Process,
     /// The block device.
     Block,
+    /// The filesystem unit.
+    Fs,
     /// The network data path.
     Net,
 }
@@ -81,6 +86,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     }
     if opts.wants(Section::Block) {
         block::run(&monitor, &opts.out, &mut verdicts)?;
+    }
+    if opts.wants(Section::Fs) {
+        fs::run_section(&monitor, &opts.out, &mut verdicts)?;
     }
     if opts.wants(Section::Net) {
         net::run(&monitor)?;

@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 pub const EXTENT: usize = 128 * 1024;
 /// Extents kept.
 pub const EXTENTS: usize = 32;
+/// The largest device request a read makes past the cache.
+pub const DIRECT: usize = 1 << 20;
+/// The smallest: reads below it go through the cache.
+pub const DIRECT_MIN: usize = 64 * 1024;
 
 struct Extent {
     /// Index of the extent (its byte offset / [`EXTENT`]).
@@ -149,6 +153,17 @@ impl BlockCache {
             return Err(Error::Io(format!("read of {} bytes at {offset} beyond the disk's end", buf.len())));
         }
         while !buf.is_empty() {
+            // Large pieces that are not cached go from the device straight
+            // into `buf`, in runs of up to DIRECT bytes: a large sequential
+            // read neither copies twice nor pushes out what is cached.
+            let run = self.uncached_run(offset, buf.len());
+            if run > 0 {
+                self.requests.0 += 1;
+                self.dev.read_blocks(offset / self.block as u64, &mut buf[..run]).map_err(io)?;
+                buf = &mut buf[run..];
+                offset += run as u64;
+                continue;
+            }
             let within = (offset % EXTENT as u64) as usize;
             let e = self.extent(offset / EXTENT as u64)?;
             let n = buf.len().min(e.len - within);
@@ -157,6 +172,29 @@ impl BlockCache {
             offset += n as u64;
         }
         Ok(())
+    }
+
+    /// Bytes from `offset` (at most `len`, at most [`DIRECT`]) that may go
+    /// from the device straight to the caller: whole device blocks, no
+    /// byte of them cached (a cached extent may be newer than the device),
+    /// and at least [`DIRECT_MIN`] of them (smaller reads go through the
+    /// cache, which reads ahead). 0 when none.
+    fn uncached_run(&self, offset: u64, len: usize) -> usize {
+        let block = self.block as u64;
+        if !offset.is_multiple_of(block) {
+            return 0;
+        }
+        let mut run = len.min(DIRECT) as u64 / block * block;
+        for e in self.extents.iter().filter(|e| e.index != u64::MAX) {
+            let start = e.index * EXTENT as u64;
+            if start < offset + run && start + e.len as u64 > offset {
+                if start <= offset {
+                    return 0;
+                }
+                run = run.min(start - offset);
+            }
+        }
+        if run < DIRECT_MIN as u64 { 0 } else { run as usize }
     }
 
     /// Write `buf` at byte `offset` into the cache (to the device later).
@@ -271,6 +309,30 @@ pub(crate) mod tests {
             c.read_at(i * EXTENT as u64, &mut b).unwrap();
         }
         assert_eq!(disk.data.lock()[7], b'x', "written back when evicted");
+    }
+
+    /// A large read goes past the cache (one request, nothing cached),
+    /// except where a cached extent may be newer than the device.
+    #[test]
+    fn large_reads_go_past_the_cache_but_see_what_it_holds() {
+        let disk = RamDisk::new((0..8 << 20).map(|i| (i / 512) as u8).collect());
+        let mut c = BlockCache::new(Box::new(disk.clone()));
+        let mut big = vec![0u8; 1 << 20];
+        c.read_at(3 * 512, &mut big).unwrap();
+        assert_eq!(c.requests, (1, 0), "one request, straight into the buffer");
+        assert!(c.extents.is_empty(), "nothing cached");
+        assert!(big.chunks(512).enumerate().all(|(k, s)| s.iter().all(|&b| b == (k + 3) as u8)));
+        // A dirty byte in the middle: the read sees it.
+        c.write_at(EXTENT as u64 * 3 + 10, b"new").unwrap();
+        c.read_at(0, &mut big).unwrap();
+        assert_eq!(&big[EXTENT * 3 + 10..EXTENT * 3 + 13], b"new");
+        assert_eq!(big[EXTENT * 3 + 9], ((EXTENT * 3) / 512) as u8);
+        // Small and unaligned reads use the cache.
+        let mut b = [0u8; 100];
+        let before = c.requests.0;
+        c.read_at(EXTENT as u64 * 5 + 7, &mut b).unwrap();
+        c.read_at(EXTENT as u64 * 5 + 700, &mut b).unwrap();
+        assert_eq!(c.requests.0, before + 1);
     }
 
     #[test]

@@ -257,7 +257,16 @@ impl FatFs {
                 .get((pos / l.cluster) as usize)
                 .ok_or_else(|| Error::Corrupt(String::from("a cluster chain shorter than its file")))?;
             let within = pos % l.cluster;
-            let n = (len - done).min((l.cluster - within) as usize);
+            // The run of clusters that follow each other on the disk, so a
+            // contiguous file is one request per run, not per cluster.
+            let first = (pos / l.cluster) as usize;
+            let mut span = 1;
+            while chain.get(first + span).is_some_and(|&next| u64::from(next) == u64::from(c) + span as u64)
+                && (span as u64) * l.cluster < (len - done) as u64 + within
+            {
+                span += 1;
+            }
+            let n = (len - done).min((span as u64 * l.cluster - within) as usize);
             let at = l.at(c, within).ok_or_else(|| Error::Corrupt(format!("cluster {c}")))?;
             io(at, done, n)?;
             done += n;
@@ -318,7 +327,16 @@ impl FatFs {
         if len > size {
             let vol = &self.inner.vol;
             let zeros = vec![0u8; self.inner.l.cluster as usize];
-            self.file_io(&chain, size, (len - size) as usize, |at, _, n| vol.write_at(at, &zeros[..n]))?;
+            // A run may span clusters: zeros a cluster at a time.
+            self.file_io(&chain, size, (len - size) as usize, |at, _, n| {
+                let mut done = 0;
+                while done < n {
+                    let k = (n - done).min(zeros.len());
+                    vol.write_at(at + done as u64, &zeros[..k])?;
+                    done += k;
+                }
+                Ok(())
+            })?;
         }
         st.generation += 1;
         self.update(parent, &e, chain.first().copied().unwrap_or(0), len32)

@@ -1,5 +1,6 @@
-//! ext2/3/4, read-only, with `ext4-view` (pure Rust, no `unsafe`, journal
-//! aware).
+//! ext2/3/4, read-only: paths, listings and file data through [`map`] (read
+//! here, fast) wherever it applies, `ext4-view` (pure Rust, no `unsafe`,
+//! journal aware) for the rest and to check the filesystem when mounted.
 //!
 //! `ext4_view::Ext4` shares its state through `Rc`, so it cannot live in a
 //! filesystem that any thread of any core may call, and this unit forbids
@@ -7,7 +8,9 @@
 //! the volume: the superblock, the group descriptors and the journal's
 //! head, all served by the disk's extent cache after the first time. Open
 //! files read ahead [`WINDOW`] bytes per load, so a sequential read pays
-//! for a load once per window.
+//! for a load once per window; that is the fallback path.
+
+pub mod map;
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -83,14 +86,37 @@ fn metadata(m: &ext4_view::Metadata) -> Metadata {
 #[derive(Clone)]
 pub struct Ext4Fs {
     vol: Volume,
+    /// Where [`map`] reads it (`None`: `ext4-view` does everything).
+    layout: Option<map::Layout>,
 }
 
 impl Ext4Fs {
     /// The filesystem on `vol` (checked by loading it once).
     pub fn new(vol: Volume) -> Result<Self> {
-        let fs = Self { vol };
+        let mut fs = Self { vol, layout: None };
         fs.load()?;
+        fs.layout = map::Layout::read(&fs.vol).ok().flatten();
         Ok(fs)
+    }
+
+    /// Whether the fast path reads it (for tests and reports).
+    pub fn mapped(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// Leave everything to `ext4-view` (tests compare the two paths).
+    pub fn without_map(mut self) -> Self {
+        self.layout = None;
+        self
+    }
+
+    /// What `path` leads to through [`map`], if it applies.
+    fn find(&self, path: &FsPath) -> Result<Option<(map::Layout, map::Inode)>> {
+        let Some(l) = self.layout else { return Ok(None) };
+        Ok(match l.resolve(&self.vol, path)? {
+            map::Found::Inode(i) => Some((l, i)),
+            map::Found::Elsewhere => None,
+        })
     }
 
     fn load(&self) -> Result<Ext4> {
@@ -141,6 +167,23 @@ impl FileHandle for Handle {
     }
 }
 
+/// An open file read through [`map`].
+struct Mapped {
+    vol: Volume,
+    data: map::FileData,
+    meta: Metadata,
+}
+
+impl FileHandle for Mapped {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.data.read_at(&self.vol, offset, buf)
+    }
+
+    fn metadata(&mut self) -> Result<Metadata> {
+        Ok(self.meta)
+    }
+}
+
 impl FileSystem for Ext4Fs {
     fn kind(&self) -> &'static str {
         "ext4"
@@ -151,11 +194,35 @@ impl FileSystem for Ext4Fs {
     }
 
     fn metadata(&self, path: &FsPath) -> Result<Metadata> {
+        if let Some((_, i)) = self.find(path)? {
+            return Ok(i.metadata());
+        }
         let ext4 = self.load()?;
         Ok(metadata(&ext4.metadata(abs(path).as_str()).map_err(err)?))
     }
 
     fn open(&self, path: &FsPath, flags: OpenFlags) -> Result<Box<dyn FileHandle>> {
+        match self.find(path) {
+            Ok(Some((l, i))) => {
+                let meta = i.metadata();
+                if flags.create_new {
+                    return Err(Error::AlreadyExists);
+                }
+                match meta.file_type {
+                    FileType::Dir => return Err(Error::IsADirectory),
+                    FileType::File => {}
+                    _ => return Err(Error::Unsupported("not a regular file")),
+                }
+                if flags.changes() {
+                    return Err(Error::ReadOnly);
+                }
+                let data = l.file(&self.vol, &i)?;
+                return Ok(Box::new(Mapped { vol: self.vol.clone(), data, meta }));
+            }
+            Err(Error::NotFound) if flags.create => return Err(Error::ReadOnly),
+            Err(e) => return Err(e),
+            Ok(None) => {}
+        }
         let ext4 = self.load()?;
         let p = abs(path);
         let m = match ext4.metadata(p.as_str()) {
@@ -178,6 +245,14 @@ impl FileSystem for Ext4Fs {
     }
 
     fn read_dir(&self, path: &FsPath) -> Result<Vec<Entry>> {
+        if let Some((l, i)) = self.find(path)? {
+            if i.metadata().file_type != FileType::Dir {
+                return Err(Error::NotADirectory);
+            }
+            if let Some(entries) = l.list(&self.vol, &i)? {
+                return Ok(entries);
+            }
+        }
         let ext4 = self.load()?;
         let mut out = Vec::new();
         for e in ext4.read_dir(abs(path).as_str()).map_err(err)? {
