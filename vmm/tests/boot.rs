@@ -23,7 +23,7 @@ fn guest(app: &str) -> PathBuf {
 fn kvm() -> bool {
     let ok = xtask::kvm_usable();
     if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable on this machine; KVM boot test not run");
+        skip("/dev/kvm is not usable on this machine; KVM boot test not run");
     }
     ok
 }
@@ -335,7 +335,7 @@ fn two_cores_share_threads_locks_and_channels() {
         return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("SKIPPED: this host has one CPU; --cpus 2 is refused here");
+        skip("this host has one CPU; --cpus 2 is refused here");
         return;
     }
     let r = run(&["--timeout", "60", "--cpus", "2", "--timeline=json"], &guest("threads"), &["100000"]);
@@ -650,4 +650,17 @@ fn vsock_guest_connects_to_the_host() {
     assert_eq!(&got, b"hello over vsock\n");
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.contains("vsock host port 5000 answered 13 bytes"), "{}", r.stdout);
+}
+
+/// Say that the running test could not run (and record it for `cargo xtask
+/// test`, which counts it as skipped: see `xtask::testing::skip`).
+fn skip(why: &str) {
+    std::eprintln!("SKIPPED: {why}");
+    if let Some(log) = std::env::var_os("TORITO_SKIP_LOG") {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{name}\t{why}");
+        }
+    }
 }

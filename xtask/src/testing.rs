@@ -7,6 +7,23 @@ use std::process::Command;
 
 use crate::QemuMachine;
 
+/// Say that (part of) the running test could not run, and why; `cargo
+/// xtask test` counts it as skipped, not passed (through the file named by
+/// [`SKIP_LOG`], one line per skip: the test's name, a tab, the reason).
+pub fn skip(why: &str) {
+    eprintln!("SKIPPED: {why}");
+    if let Some(log) = std::env::var_os(SKIP_LOG) {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{name}\t{why}");
+        }
+    }
+}
+
+/// The environment variable naming the file where skips are recorded.
+pub const SKIP_LOG: &str = "TORITO_SKIP_LOG";
+
 /// Whether `tool` is on `PATH`; says so when not, and panics under
 /// `CI=true` (where `.ci/run` should have installed it).
 pub fn need(tool: &str) -> bool {
@@ -16,7 +33,7 @@ pub fn need(tool: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{tool} is missing under CI=true; .ci/run should have installed it");
     }
-    eprintln!("SKIPPED: {tool} is not installed; test not run");
+    skip(&format!("{tool} is not installed; test not run"));
     false
 }
 
@@ -24,7 +41,7 @@ pub fn need(tool: &str) -> bool {
 pub fn kvm() -> bool {
     let ok = crate::kvm_usable();
     if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable; KVM test not run");
+        skip("/dev/kvm is not usable; KVM test not run");
     }
     ok
 }

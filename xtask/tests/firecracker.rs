@@ -8,11 +8,11 @@ use xtask::Variant;
 
 fn usable() -> bool {
     if !xtask::have("firecracker") {
-        eprintln!("SKIPPED: no `firecracker` on PATH; Firecracker boot test not run");
+        xtask::testing::skip("no `firecracker` on PATH; Firecracker boot test not run");
         return false;
     }
     if !xtask::kvm_usable() {
-        eprintln!("SKIPPED: /dev/kvm is not usable; Firecracker boot test not run");
+        xtask::testing::skip("/dev/kvm is not usable; Firecracker boot test not run");
         return false;
     }
     true
@@ -31,6 +31,18 @@ fn boot_cpus(app: &str, args: &str, vcpus: u32) -> (Option<i32>, String) {
 /// [`boot_cpus`] with `drives`: Firecracker's `drives` array, inside.
 fn boot_with(app: &str, args: &str, vcpus: u32, drives: &str) -> (Option<i32>, String) {
     let elf = xtask::build(app, Variant { pvh_only: true, ..Default::default() }).unwrap();
+    boot_elf(&elf, app, args, vcpus, drives)
+}
+
+/// Boot `elf` (a PVH build) on Firecracker; `name` tells runs apart.
+fn boot_elf(
+    elf: &std::path::Path,
+    name: &str,
+    args: &str,
+    vcpus: u32,
+    drives: &str,
+) -> (Option<i32>, String) {
+    let app = name;
     let dir = std::env::temp_dir().join(format!("torito-fc-{app}-{vcpus}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("vm.json");
@@ -88,7 +100,7 @@ fn two_cores_on_firecracker() {
         return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("SKIPPED: this host has one CPU");
+        xtask::testing::skip("this host has one CPU");
         return;
     }
     let (status, text) = boot_cpus("threads", "100000", 2);
@@ -166,4 +178,52 @@ fn blkcheck_on_firecracker() {
     assert!(text.contains("interrupts"), "not completed by interrupt: {text}");
     xtask::assert_blkcheck_wrote(&before, &after);
     assert_eq!(status, Some(0), "{text}");
+}
+
+/// The filesystem unit on Firecracker (no virtio-fs there): files baked
+/// into the ELF, an ext4 image and a FAT image on its virtio-blk, each
+/// walked by fscheck and compared with the host's sha256sum; the FAT image
+/// is written as well and checked by fsck.fat.
+#[test]
+fn filesystems_on_firecracker() {
+    if !usable() {
+        return;
+    }
+    use xtask::fstree;
+    let dir = xtask::root().join("target/tests").join(format!("fc-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("tree seed {seed}");
+    let tree = fstree::generate(&dir.join("tree"), seed, 2 << 20, 512 << 10).unwrap();
+    let pvh = Variant { pvh_only: true, ..Default::default() };
+    let baked = xtask::build_with_files("fscheck", pvh, &tree.root, &dir.join("fscheck-baked")).unwrap();
+    let (status, text) = boot_elf(&baked, "fscheck-baked", "walk=/", 1, "");
+    fstree::assert_walk_matches(&text, &tree.root);
+    assert_eq!(status, Some(0), "{text}");
+
+    let elf = xtask::build("fscheck", pvh).unwrap();
+    let drive = |img: &std::path::Path, ro: bool| {
+        format!(
+            r#"{{"drive_id": "d0", "path_on_host": "{}", "is_root_device": false, "is_read_only": {ro}}}"#,
+            img.display()
+        )
+    };
+    let ext4 = dir.join("ext4.img");
+    fstree::ext4_image(&tree.root, &ext4, 24);
+    let (status, text) = boot_elf(&elf, "fscheck-ext4", "walk=/disk0", 1, &drive(&ext4, true));
+    fstree::assert_walk_matches(&text, &tree.root);
+    assert_eq!(status, Some(0), "{text}");
+
+    let fat = dir.join("fat.img");
+    fstree::fat_image(&tree.root, &fat, 300, 0);
+    let (status, text) =
+        boot_elf(&elf, "fscheck-fat", &format!("write=/disk0/out seed={seed}"), 1, &drive(&fat, false));
+    assert!(text.contains("fscheck: read back what was written"), "{text}");
+    assert_eq!(status, Some(0), "{text}");
+    fstree::assert_fat_clean(&fat, 0);
+    let back = fstree::fat_extract(&fat, 0, "/out", &dir.join("back"));
+    fstree::assert_walk_matches(&text, &back);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

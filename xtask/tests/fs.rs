@@ -89,7 +89,7 @@ fn image_tools() -> bool {
             .is_ok_and(|o| o.status.success());
         if !found {
             assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{t} is missing under CI=true");
-            eprintln!("SKIPPED: {t} is not installed; disk image test not run");
+            xtask::testing::skip(&format!("{t} is not installed; disk image test not run"));
         }
         found
     })
@@ -232,8 +232,9 @@ fn virtio_fs_shares_on_the_torito_monitor() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The same appliance on QEMU microvm, with the share served by
-/// virtiofsd: the same reads and writes.
+/// The same appliance on QEMU, with the share served by virtiofsd: the
+/// same reads on microvm (virtio-mmio) and pc (PCI, TCG), the same writes
+/// on microvm.
 #[test]
 fn virtio_fs_shares_on_qemu_with_virtiofsd() {
     if !need("qemu-system-x86_64") || !kvm() {
@@ -241,25 +242,28 @@ fn virtio_fs_shares_on_qemu_with_virtiofsd() {
     }
     if xtask::virtiofsd::find().is_none() {
         assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "virtiofsd is missing under CI=true");
-        eprintln!("SKIPPED: virtiofsd is not installed; test not run");
+        xtask::testing::skip("virtiofsd is not installed; test not run");
         return;
     }
     let dir = scratch("share-qemu");
     let tree = fstree::generate(&dir.join("tree"), seed(), 2 << 20, 512 << 10).unwrap();
     let w = dir.join("w");
     std::fs::create_dir(&w).unwrap();
-    let machine = QemuMachine::MicrovmKvm;
-    let boot = |share: &std::path::Path, tag: &str, cmdline: &str| {
+    let boot = |machine: QemuMachine, share: &std::path::Path, tag: &str, cmdline: &str| {
         let d = xtask::virtiofsd::Virtiofsd::start(share, tag, &dir).unwrap_or_else(|e| panic!("{e}"));
         let mut args = xtask::virtiofsd::qemu_common_args(machine, "128M");
         args.extend(d.qemu_args(machine, 0));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        xtask::testing::qemu_boot(machine, &fscheck(true), cmdline, &args)
+        let elf = fscheck(machine == QemuMachine::MicrovmKvm);
+        xtask::testing::qemu_boot(machine, &elf, cmdline, &args)
     };
-    let (code, out) = boot(&tree.root, "www", "walk=/www");
-    fstree::assert_walk_matches(&out, &tree.root);
-    assert_eq!(code, 0);
-    let (code, out) = boot(&w, "w", &format!("write=/w/out seed={}", seed()));
+    for machine in [QemuMachine::MicrovmKvm, QemuMachine::PcTcg] {
+        let (code, out) = boot(machine, &tree.root, "www", "walk=/www");
+        fstree::assert_walk_matches(&out, &tree.root);
+        assert!(out.contains("fscheck: mount /www: virtio-fs, virtio-fs tag www"), "{machine:?}: {out}");
+        assert_eq!(code, 0, "{machine:?}");
+    }
+    let (code, out) = boot(QemuMachine::MicrovmKvm, &w, "w", &format!("write=/w/out seed={}", seed()));
     assert!(out.contains("fscheck: read back what was written"), "{out}");
     assert_eq!(code, 0, "{out}");
     fstree::assert_walk_matches(&out, &w.join("out"));

@@ -52,12 +52,12 @@ impl Drop for Netns {
 fn usable() -> bool {
     for tool in ["qemu-system-x86_64", "ip", "ping", "nc"] {
         if !xtask::have(tool) {
-            eprintln!("SKIPPED: `{tool}` is not installed; network test not run");
+            xtask::testing::skip(&format!("`{tool}` is not installed; network test not run"));
             return false;
         }
     }
     if !xtask::kvm_usable() {
-        eprintln!("SKIPPED: /dev/kvm is not usable; network test not run");
+        xtask::testing::skip("/dev/kvm is not usable; network test not run");
         return false;
     }
     true
@@ -71,7 +71,7 @@ fn netns_or_skip(tag: &str) -> Option<Netns> {
     }
     let ns = Netns::create(tag);
     if ns.is_none() {
-        eprintln!("SKIPPED: cannot create a network namespace with a TAP device (needs root)");
+        xtask::testing::skip("cannot create a network namespace with a TAP device (needs root)");
     }
     ns
 }
@@ -328,7 +328,7 @@ fn udp_echo_and_a_read_timeout() {
 #[test]
 fn dhcp_on_qemu_user_networking() {
     if !xtask::have("qemu-system-x86_64") || !xtask::kvm_usable() {
-        eprintln!("SKIPPED: QEMU with KVM is not available; DHCP test not run");
+        xtask::testing::skip("QEMU with KVM is not available; DHCP test not run");
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

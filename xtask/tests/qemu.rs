@@ -87,7 +87,7 @@ fn pvh_on_pc_with_seabios_and_qboot() {
     assert!(out.contains("Hello from Torito! (booted via pvh)"));
     assert!(out.contains("command line: pvh seabios"));
     if !Path::new("/usr/share/qemu/qboot.rom").exists() {
-        eprintln!("SKIPPED: /usr/share/qemu/qboot.rom is missing");
+        xtask::testing::skip("/usr/share/qemu/qboot.rom is missing");
         return;
     }
     let (code, out) = boot(QemuMachine::PcQbootTcg, &elf("hello", true), "pvh here");

@@ -269,9 +269,14 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
                 report.found.push(format!("virtio-vsock at {location}: guest CID {}", v.guest_cid()));
                 VSOCKS.lock().push(*v);
             }
-            Ok(virtio::Probed::Fs(f)) => report
-                .problems
-                .push(format!("virtio-fs at {location}: tag '{}': PCI is not driven yet", f.tag())),
+            Ok(virtio::Probed::Fs(f)) => {
+                report.found.push(format!(
+                    "virtio-fs at {location} ({}): tag '{}'",
+                    if f.interrupts() { "MSI-X" } else { "polled" },
+                    f.tag()
+                ));
+                FSS.lock().push(*f);
+            }
             Ok(virtio::Probed::Other(t)) => report.found.push(format!("{t:?} at {location}: no driver")),
             Err(e) => report.problems.push(format!("{location}: {e}")),
         }

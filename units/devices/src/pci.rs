@@ -6,9 +6,14 @@
 //! Interrupts: MSI-X, which `virtio-drivers` does not set up: this module
 //! finds the MSI-X table and the virtio common configuration from the
 //! function's capabilities, points table entry 0 at the kernel's vector
-//! for the device, enables MSI-X and tells the device to signal queue 0's
-//! completions on entry 0 (a network device: its receive queue). A
+//! for the device, enables MSI-X and tells the device to signal the
+//! completions of the queue that matters on entry 0 (a disk's queue 0, a
+//! network device's receive queue 0, virtio-fs's request queue 1). A
 //! function without MSI-X is polled.
+//!
+//! virtio-fs (device ID 0x105a) is driven too: `virtio-drivers` 0.13
+//! refuses IDs it has no type for, so its transport is made through
+//! [`AliasCam`], which shows it an ID it knows.
 #![allow(unsafe_code)] // `ConfigurationAccess::unsafe_clone`, MSI-X table stores
 
 use virtio_drivers::transport::SomeTransport;
@@ -63,6 +68,44 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
+/// virtio's PCI vendor, and the modern device ID of virtio-fs (0x1040 +
+/// 26), which `virtio-drivers` 0.13 does not know.
+const VIRTIO_VENDOR: u16 = 0x1af4;
+const VIRTIO_FS: u16 = 0x1040 + 26;
+/// A device ID `virtio-drivers` knows and drives nothing for (9P).
+const ALIAS: u16 = 0x1040 + 9;
+
+/// [`PortCam`], except that function `fs` shows the device ID [`ALIAS`]:
+/// `PciTransport::new` refuses IDs it has no `DeviceType` for, and the
+/// transport (capabilities, BARs, queues, notifications) is the same for
+/// every modern virtio device. The virtio-fs driver never asks the
+/// transport for its type.
+struct AliasCam {
+    cam: PortCam,
+    fs: DeviceFunction,
+}
+
+impl ConfigurationAccess for AliasCam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        let w = self.cam.read_word(df, offset);
+        if df == self.fs && offset == 0 { (w & 0xffff) | u32::from(ALIAS) << 16 } else { w }
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        self.cam.write_word(df, offset, data);
+    }
+
+    // SAFETY (of the contract): as for `PortCam`.
+    unsafe fn unsafe_clone(&self) -> Self {
+        AliasCam { cam: PortCam(self.cam.0), fs: self.fs }
+    }
+}
+
+/// Whether `info` is a virtio-fs function.
+fn is_fs(info: &virtio_drivers::transport::pci::bus::DeviceFunctionInfo) -> bool {
+    info.vendor_id == VIRTIO_VENDOR && info.device_id == VIRTIO_FS
+}
+
 const CAP_POINTER: u8 = 0x34;
 const CAP_MSIX: u8 = 0x11;
 const CAP_VENDOR: u8 = 0x09;
@@ -98,9 +141,9 @@ fn load16(addr: u64) -> u16 {
     unsafe { core::ptr::read_volatile(addr as *const u16) }
 }
 
-/// Route queue 0 of function `df` to the MSI `(address, data)`; whether
-/// the device accepted it.
-fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32)) -> bool {
+/// Route queue `queue` of function `df` to the MSI `(address, data)`;
+/// whether the device accepted it.
+fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32), queue: u16) -> bool {
     let (mut msix, mut common) = (None, None);
     let mut off = (cam.read_word(df, CAP_POINTER) & 0xfc) as u8;
     for _ in 0..48 {
@@ -133,7 +176,7 @@ fn enable_msix(cam: &mut PortCam, df: DeviceFunction, (address, data): (u64, u32
     // virtio_pci_common_cfg: msix_config at 0x10, queue_select 0x16,
     // queue_msix_vector 0x1a. No configuration-change interrupts.
     store16(common + 0x10, 0xffff);
-    store16(common + 0x16, 0);
+    store16(common + 0x16, queue);
     store16(common + 0x1a, 0);
     load16(common + 0x1a) == 0
 }
@@ -154,29 +197,42 @@ pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, 
     let mut root = PciRoot::new(PortCam(io));
     let found: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
-        .filter(|(_, info)| virtio_device_type(info).is_some())
-        .map(|(df, _)| df)
+        .filter(|(_, info)| virtio_device_type(info).is_some() || is_fs(info))
+        .map(|(df, info)| (df, is_fs(&info)))
         .collect();
     found
         .into_iter()
-        .map(|df| {
+        .map(|(df, fs)| {
             // Memory decoding for the BARs, bus mastering for the queues.
             root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
             let location = Location::Pci(df.bus, df.device, df.function);
-            let mut probed = PciTransport::new::<ToritoHal, _>(&mut root, df)
-                .map_err(ProbeError::Pci)
-                .and_then(|t| attach(SomeTransport::from(t), location, true));
-            // Queue 0 (a block device's requests, a network device's
-            // receive queue) interrupts through MSI-X entry 0.
+            let mut probed = if fs {
+                let mut alias = PciRoot::new(AliasCam { cam: PortCam(io), fs: df });
+                PciTransport::new::<ToritoHal, _>(&mut alias, df).map_err(ProbeError::Pci).and_then(|t| {
+                    crate::virtio_fs::VirtioFs::new(crate::virtio_fs::FsTransport::Pci(t))
+                        .map(|f| Probed::Fs(alloc::boxed::Box::new(f)))
+                        .map_err(ProbeError::Driver)
+                })
+            } else {
+                PciTransport::new::<ToritoHal, _>(&mut root, df)
+                    .map_err(ProbeError::Pci)
+                    .and_then(|t| attach(SomeTransport::from(t), location, true))
+            };
+            // The queue that completes requests (a block device's requests,
+            // a network device's receive queue: 0; virtio-fs's request
+            // queue: 1) interrupts through MSI-X entry 0.
             let line = 16 + u32::from(df.device);
-            if let (Ok(p @ (Probed::Block(_) | Probed::Net(_))), Some(irq)) = (&mut probed, irq)
+            let queue = if fs { 1 } else { 0 };
+            if let (Ok(p @ (Probed::Block(_) | Probed::Net(_) | Probed::Fs(_))), Some(irq)) =
+                (&mut probed, irq)
                 && let Some(m) = (irq.msi)(line)
-                && enable_msix(&mut PortCam(io), df, m)
+                && enable_msix(&mut PortCam(io), df, m, queue)
             {
                 match p {
                     Probed::Block(b) => b.use_interrupts(line, irq.wait),
                     Probed::Net(n) => n.use_interrupts(line, irq.take),
-                    Probed::Other(_) | Probed::Vsock(_) | Probed::Fs(_) => {}
+                    Probed::Fs(f) => f.use_interrupts(line, irq.wait, false),
+                    Probed::Other(_) | Probed::Vsock(_) => {}
                 }
             }
             (location, probed)

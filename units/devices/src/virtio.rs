@@ -88,7 +88,7 @@ pub unsafe fn probe_mmio(d: MmioDevice, ack: bool) -> Result<Probed, ProbeError>
     if unsafe { crate::virtio_fs::FsMmio::device_id(d) } == crate::virtio_fs::DEVICE_ID {
         // SAFETY: forwarded from the caller.
         let t = unsafe { crate::virtio_fs::FsMmio::new(d) }.map_err(ProbeError::Unsupported)?;
-        return crate::virtio_fs::VirtioFs::new(t)
+        return crate::virtio_fs::VirtioFs::new(crate::virtio_fs::FsTransport::Mmio(t))
             .map(|f| Probed::Fs(alloc::boxed::Box::new(f)))
             .map_err(ProbeError::Driver);
     }

@@ -3,12 +3,14 @@
 //!
 //! `virtio-drivers` 0.13 has no driver for it, and its MMIO transport
 //! refuses the device ID, so the register window is driven here
-//! (virtio-mmio version 2, virtio 1.2 §4.2.2), with `virtio-drivers`'
-//! `VirtQueue` for the request queue (queue 1; queue 0, FUSE's
-//! high-priority queue, is left unset). Requests whose reply nobody waits
-//! for (RELEASE, FLUSH, FORGET) are posted: queued without a notification,
-//! they reach the device with the next request. The filesystem unit encodes and
-//! decodes FUSE itself; this module moves its buffers.
+//! (virtio-mmio version 2, virtio 1.2 §4.2.2); on PCI its `PciTransport`
+//! serves, once `pci.rs` has shown it a device ID it accepts. The driver
+//! uses `virtio-drivers`' `VirtQueue` for the request queue (queue 1;
+//! queue 0, FUSE's high-priority queue, is left unset). Requests whose
+//! reply nobody waits for (RELEASE, FLUSH, FORGET) are posted: queued
+//! without a notification, they reach the device with the next request.
+//! The filesystem unit encodes and decodes FUSE itself; this module moves
+//! its buffers.
 
 #![allow(unsafe_code)]
 
@@ -179,6 +181,84 @@ impl Transport for FsMmio {
     }
 }
 
+/// Where a virtio-fs device's registers are: a virtio-mmio window driven
+/// here, or a PCI function through `virtio-drivers`' `PciTransport` (which
+/// takes the function once `pci.rs` has shown it a device ID it knows).
+pub enum FsTransport {
+    /// virtio-mmio, version 2.
+    Mmio(FsMmio),
+    /// PCI (QEMU pc and q35: `vhost-user-fs-pci`).
+    Pci(virtio_drivers::transport::pci::PciTransport),
+}
+
+/// `$e` with `$t` bound to whichever transport `$s` holds.
+macro_rules! each {
+    ($s:expr, $t:ident => $e:expr) => {
+        match $s {
+            FsTransport::Mmio($t) => $e,
+            FsTransport::Pci($t) => $e,
+        }
+    };
+}
+
+impl Transport for FsTransport {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::_9P
+    }
+    fn read_device_features(&mut self) -> u64 {
+        each!(self, t => t.read_device_features())
+    }
+    fn write_driver_features(&mut self, f: u64) {
+        each!(self, t => t.write_driver_features(f))
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        each!(self, t => t.max_queue_size(queue))
+    }
+    fn notify(&mut self, queue: u16) {
+        each!(self, t => t.notify(queue))
+    }
+    fn get_status(&self) -> DeviceStatus {
+        each!(self, t => t.get_status())
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        each!(self, t => t.set_status(status))
+    }
+    fn set_guest_page_size(&mut self, size: u32) {
+        each!(self, t => t.set_guest_page_size(size))
+    }
+    fn requires_legacy_layout(&self) -> bool {
+        each!(self, t => t.requires_legacy_layout())
+    }
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver: PhysAddr,
+        device: PhysAddr,
+    ) {
+        each!(self, t => t.queue_set(queue, size, descriptors, driver, device))
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        each!(self, t => t.queue_unset(queue))
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        each!(self, t => t.queue_used(queue))
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        each!(self, t => t.ack_interrupt())
+    }
+    fn read_config_generation(&self) -> u32 {
+        each!(self, t => t.read_config_generation())
+    }
+    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> VirtioResult<T> {
+        each!(self, t => t.read_config_space(offset))
+    }
+    fn write_config_space<T: IntoBytes + Immutable>(&mut self, offset: usize, value: T) -> VirtioResult<()> {
+        each!(self, t => t.write_config_space(offset, value))
+    }
+}
+
 /// Why a request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsError {
@@ -208,7 +288,7 @@ const MAX_POSTED: usize = 16;
 /// this driver never does (every request here goes to the request queue,
 /// FORGET included), and leaving it unset saves ten register exits.
 pub struct VirtioFs {
-    transport: FsMmio,
+    transport: FsTransport,
     requests: VirtQueue<ToritoHal, REQUEST_QUEUE_SIZE>,
     posted: Vec<Posted>,
     tag: String,
@@ -219,7 +299,7 @@ pub struct VirtioFs {
 
 impl VirtioFs {
     /// Set the device up (status steps, features, the request queue).
-    pub fn new(mut t: FsMmio) -> VirtioResult<Self> {
+    pub fn new(mut t: FsTransport) -> VirtioResult<Self> {
         t.set_status(DeviceStatus::empty());
         t.set_status(DeviceStatus::ACKNOWLEDGE);
         t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
@@ -237,7 +317,11 @@ impl VirtioFs {
                 | DeviceStatus::FEATURES_OK
                 | DeviceStatus::DRIVER_OK,
         );
-        let raw: [u8; 36] = t.read_config_space(0)?;
+        // The tag, a word at a time (virtio-mmio: each word is an exit).
+        let mut raw = [0u8; 36];
+        for (i, w) in raw.chunks_mut(4).enumerate() {
+            w.copy_from_slice(&t.read_config_space::<u32>(4 * i)?.to_le_bytes());
+        }
         let tag = String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
         Ok(Self { transport: t, requests, posted: Vec::new(), tag, irq: None })
     }

@@ -31,7 +31,7 @@ fn have(tool: &str) -> bool {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{tool} is missing under CI=true; .ci/run should have installed it");
         }
-        std::eprintln!("SKIPPED: {tool} is not installed; disk image test not run");
+        skip(&format!("{tool} is not installed; disk image test not run"));
     }
     ok
 }
@@ -490,4 +490,17 @@ fn long_names_across_clusters() {
         .unwrap();
     assert!(fsck.status.success(), "fsck.fat -n: {}", String::from_utf8_lossy(&fsck.stdout));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Say that the running test could not run (and record it for `cargo xtask
+/// test`, which counts it as skipped: see `xtask::testing::skip`).
+fn skip(why: &str) {
+    std::eprintln!("SKIPPED: {why}");
+    if let Some(log) = std::env::var_os("TORITO_SKIP_LOG") {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{name}\t{why}");
+        }
+    }
 }
