@@ -305,9 +305,9 @@ fn a_hostile_guest_stays_inside_its_share() {
 }
 
 /// Every way `--share` can be wrong is one line and a status of its own,
-/// before the guest starts. (A directory the monitor cannot read is one
-/// more, refused with 77; as root, which these tests run as, every
-/// directory is readable, so that one is not exercised here.)
+/// before the guest starts; a directory the monitor may not read is 77
+/// (checked as `nobody` when the tests run as root, who may read
+/// anything).
 #[test]
 fn bad_shares_are_one_line_errors() {
     if !kvm() {
@@ -335,5 +335,46 @@ fn bad_shares_are_one_line_errors() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(!out.contains("fscheck:"), "{args:?}: the guest ran: {out}");
     }
+    // Unreadable: mode 000, and (as root) the monitor run as nobody. The
+    // share is checked before /dev/kvm is opened, so nobody gets that far.
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let monitor = xtask::build_monitor(true).unwrap();
+    let root = running_as_root();
+    let mut c = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&monitor);
+        c
+    } else {
+        std::process::Command::new(&monitor)
+    };
+    let out = c.arg("--share").arg(&locked).arg(&elf).output();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    match out {
+        Ok(o) if o.status.code() == Some(77) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("Permission denied") && err.lines().count() == 1, "{err}");
+        }
+        Ok(o) if root && o.status.code() == Some(126) => xtask::testing::skip(
+            "nobody may not run the monitor from this checkout; unreadable share not tried",
+        ),
+        Ok(o) => {
+            panic!("unreadable share: status {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr))
+        }
+        Err(e) if root => xtask::testing::skip(&format!("setpriv: {e}; unreadable share not tried")),
+        Err(e) => panic!("{e}"),
+    }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether this process runs as root (who may read any directory).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
 }
