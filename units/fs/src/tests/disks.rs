@@ -500,7 +500,9 @@ fn skip(why: &str) {
         use std::io::Write;
         let name = std::thread::current().name().unwrap_or("?").to_string();
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{name}\t{why}");
+            // One write of the whole line: O_APPEND keeps it whole among
+            // tests writing at once.
+            let _ = f.write_all(format!("{name}\t{why}\n").as_bytes());
         }
     }
 }
