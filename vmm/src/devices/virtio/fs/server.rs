@@ -67,7 +67,6 @@ pub struct Server {
     by_inode: HashMap<(u64, u64), usize>,
     handles: Vec<Option<Handle>>,
     readonly: bool,
-    buf: Vec<u8>,
 }
 
 /// `(dev, ino)` of a stat.
@@ -139,7 +138,6 @@ impl Server {
             by_inode: HashMap::new(),
             handles: Vec::new(),
             readonly,
-            buf: Vec::new(),
         };
         s.nodes.push(Some(Node { fd: root, kind: Kind::Directory, lookups: 1, key: key(&st) }));
         s.by_inode.insert(key(&st), 0);
@@ -425,18 +423,8 @@ impl Server {
                 let to = self.dir(newdir)?;
                 rustix::fs::renameat(&from.fd, a, &to.fd, b).map_err(rerr)?;
             }
-            x if x == op::FUSE_READ as u32 => {
-                let r: abi::fuse_read_in = read(body);
-                let n = r.size.min(MAX_TRANSFER) as usize;
-                let mut buf = std::mem::take(&mut self.buf);
-                buf.resize(n, 0);
-                let got = self.file(r.fh).and_then(|f| read_full(f, &mut buf, r.offset));
-                if let Ok(k) = got {
-                    out.extend_from_slice(&buf[..k]);
-                }
-                self.buf = buf;
-                got?;
-            }
+            // READ is served by the device (`Fs::read_direct`), from the
+            // file straight into guest memory, through `file_at`.
             x if x == op::FUSE_WRITE as u32 => {
                 self.writable()?;
                 let w: abi::fuse_write_in = read(body);
@@ -528,20 +516,6 @@ impl Server {
         }
         Ok(true)
     }
-}
-
-/// Read up to `buf.len()` bytes at `offset` (fewer only at the end).
-fn read_full(f: &File, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(errno(e)),
-        }
-    }
-    Ok(got)
 }
 
 /// A directory entry's type as FUSE (and `d_type`) has it.
