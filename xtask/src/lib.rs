@@ -8,6 +8,7 @@ pub mod bare;
 pub mod bench;
 pub mod fstree;
 pub mod group;
+pub mod netns;
 pub mod testing;
 pub mod virtiofsd;
 

@@ -11,69 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::group::GroupChild;
 
+use xtask::netns::Netns;
 use xtask::{QemuMachine, Variant};
-
-/// A network namespace with a TAP device `tap0` at 10.0.2.1/24; removed on
-/// drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(tag: &str) -> Option<Self> {
-        let name = format!("torito-{tag}-{}", std::process::id());
-        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-        if !ip(&["netns", "add", &name]) {
-            return None;
-        }
-        let ns = Netns { name };
-        let n = ns.name.as_str();
-        let ok = ip(&["-n", n, "tuntap", "add", "dev", "tap0", "mode", "tap"])
-            && ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", "tap0"])
-            && ip(&["-n", n, "link", "set", "tap0", "up"])
-            && ip(&["-n", n, "link", "set", "lo", "up"]);
-        ok.then_some(ns)
-    }
-
-    /// `cmd` run inside the namespace.
-    fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-fn usable() -> bool {
-    for tool in ["qemu-system-x86_64", "ip", "ping", "nc"] {
-        if !xtask::have(tool) {
-            xtask::testing::skip(&format!("`{tool}` is not installed; network test not run"));
-            return false;
-        }
-    }
-    if !xtask::kvm_usable() {
-        xtask::testing::skip("/dev/kvm is not usable; network test not run");
-        return false;
-    }
-    true
-}
 
 /// A fresh namespace with tap0 for one test, or `None` (said loudly) when
 /// the tools, KVM or root are missing.
 fn netns_or_skip(tag: &str) -> Option<Netns> {
-    if !usable() {
-        return None;
-    }
-    let ns = Netns::create(tag);
-    if ns.is_none() {
-        xtask::testing::skip("cannot create a network namespace with a TAP device (needs root)");
-    }
-    ns
+    Netns::or_skip(tag, &["qemu-system-x86_64", "ip", "ping", "nc"])
 }
 
 fn guest(app: &str, pvh_only: bool) -> PathBuf {
@@ -104,22 +48,6 @@ fn start_echo(ns: &Netns, machine: QemuMachine, cmdline: &str) -> GroupChild {
     xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start qemu")
 }
 
-/// Wait until the guest answers ping (it boots in well under a second).
-fn wait_for_ping(ns: &Netns) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        let ok = ns
-            .exec("ping")
-            .args(["-c", "1", "-W", "1", "10.0.2.15"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return true;
-        }
-    }
-    false
-}
-
 #[test]
 fn echo_on_microvm_answers_ping_and_echoes_1_mib() {
     echo_test(Some(QemuMachine::MicrovmKvm), "virtio-net at 0xfeb00e00 (irq 12, interrupts)");
@@ -148,7 +76,7 @@ fn echo_test(machine: Option<QemuMachine>, nic: &str) {
         Some(m) => start_echo(&ns, m, "torito.ip=10.0.2.15/24 port=7 conns=1"),
         None => start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=1"]),
     };
-    assert!(wait_for_ping(&ns), "the guest never answered ping");
+    assert!(ns.wait_for_ping(), "the guest never answered ping");
     let ping = ns.exec("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "10.0.2.15"]).output().unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
     assert!(text.contains("3 received"), "{text}");
@@ -213,7 +141,7 @@ fn a_thousand_concurrent_connections() {
             .stderr(Stdio::piped()),
     )
     .unwrap();
-    assert!(wait_for_ping(&ns));
+    assert!(ns.wait_for_ping());
     let out = netload(&ns, &["conns", "1000", "1000"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -239,7 +167,7 @@ fn a_thousand_concurrent_connections() {
 fn bad_peers_do_not_stall_the_others() {
     let Some(ns) = netns_or_skip("bad") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=12"]);
-    assert!(wait_for_ping(&ns));
+    assert!(ns.wait_for_ping());
     // A peer that sends 1 MiB and never reads (the echo thread's writes
     // block), held 2 s.
     let idle = ns
@@ -272,12 +200,12 @@ fn bad_peers_do_not_stall_the_others() {
 fn garbage_frames_do_not_break_the_appliance() {
     let Some(ns) = netns_or_skip("junk") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "conns=3"]);
-    assert!(wait_for_ping(&ns));
+    assert!(ns.wait_for_ping());
     let junk = netload(&ns, &["garbage", "tap0", "2000"]);
     let text = String::from_utf8_lossy(&junk.stdout);
     assert!(junk.status.success(), "{text}{}", String::from_utf8_lossy(&junk.stderr));
     assert!(text.contains("2000 malformed frames sent"), "{text}");
-    assert!(wait_for_ping(&ns), "no ping answer after the garbage");
+    assert!(ns.wait_for_ping(), "no ping answer after the garbage");
     let out = netload(&ns, &["conns", "3", "65536"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let result = vm.wait_with_output().unwrap();
@@ -292,7 +220,7 @@ fn garbage_frames_do_not_break_the_appliance() {
 fn udp_echo_and_a_read_timeout() {
     let Some(ns) = netns_or_skip("udp") else { return };
     let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "udp", "conns=3"]);
-    assert!(wait_for_ping(&ns));
+    assert!(ns.wait_for_ping());
     for i in 0..3 {
         let msg = format!("datagram {i}\n");
         let mut nc = ns

@@ -1,0 +1,81 @@
+//! A network namespace for one test or bench run: a TAP device `tap0` at
+//! 10.0.2.1/24, where the guest is 10.0.2.15. Traffic stays inside it; the
+//! clients (ping, nc, curl, wrk, redis-cli…) run in it too. Needs root.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The guest's address in every namespace made here.
+pub const GUEST: &str = "10.0.2.15";
+
+/// A network namespace with `tap0`; removed on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A namespace named after `tag` and this process, or `None`.
+    pub fn create(tag: &str) -> Option<Self> {
+        let name = format!("torito-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        let ok = ip(&["-n", n, "tuntap", "add", "dev", "tap0", "mode", "tap"])
+            && ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", "tap0"])
+            && ip(&["-n", n, "link", "set", "tap0", "up"])
+            && ip(&["-n", n, "link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+
+    /// A namespace for a test that also needs `tools` and KVM, or `None`
+    /// with the reason recorded as a skip.
+    pub fn or_skip(tag: &str, tools: &[&str]) -> Option<Self> {
+        for tool in tools {
+            if !crate::have(tool) {
+                crate::testing::skip(&format!("`{tool}` is not installed; network test not run"));
+                return None;
+            }
+        }
+        if !crate::kvm_usable() {
+            crate::testing::skip("/dev/kvm is not usable; network test not run");
+            return None;
+        }
+        let ns = Self::create(tag);
+        if ns.is_none() {
+            crate::testing::skip("cannot create a network namespace with a TAP device (needs root)");
+        }
+        ns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Wait until the guest answers ping (at most 10 s).
+    pub fn wait_for_ping(&self) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let ok = self
+                .exec("ping")
+                .args(["-c", "1", "-W", "1", GUEST])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
