@@ -367,6 +367,20 @@ impl QemuMachine {
     }
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift64): test data that
+/// nothing compresses or matches by luck, the same on every run.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A QEMU command that boots `elf` with console on stdio and the
 /// `isa-debug-exit` device; QEMU then exits with `(code << 1) | 1`.
 pub fn qemu(machine: QemuMachine, elf: &Path, cmdline: &str) -> Command {

@@ -29,16 +29,7 @@ fn site(dir: &Path, big: usize) -> PathBuf {
     std::fs::write(www.join("index.html"), "<!doctype html><h1>Torito</h1>\n").unwrap();
     std::fs::write(www.join("docs/index.html"), "<p>docs</p>\n").unwrap();
     std::fs::write(www.join("notes.txt"), "plain text\n").unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..big)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(www.join("big.bin"), data).unwrap();
+    std::fs::write(www.join("big.bin"), xtask::noise(big, 0x2545_f491_4f6c_dd1d)).unwrap();
     www
 }
 

@@ -82,17 +82,7 @@ fn echo_test(machine: Option<QemuMachine>, nic: &str) {
     assert!(text.contains("3 received"), "{text}");
 
     // 1 MiB of random bytes through `nc`, compared byte for byte.
-    let data: Vec<u8> = {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let data = xtask::noise(1 << 20, 0x9e37_79b9_7f4a_7c15);
     let mut nc = ns
         .exec("nc")
         .args(["-N", "-w", "10", "10.0.2.15", "7"])

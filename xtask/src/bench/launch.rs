@@ -335,15 +335,7 @@ pub fn run(monitor: &Path, opts: &Options) -> Result<Launch, String> {
     // 4 MiB of files to bake in (pseudo-random, so nothing compresses).
     let baked = opts.out.join("baked-4M");
     std::fs::create_dir_all(&baked).map_err(|e| format!("{}: {e}", baked.display()))?;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let blob: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let blob = crate::noise(4 << 20, 0x9e37_79b9_7f4a_7c15);
     // Written once: a new file would rebuild the appliance every run.
     if std::fs::metadata(baked.join("blob")).map_or(true, |m| m.len() != blob.len() as u64) {
         std::fs::write(baked.join("blob"), blob).map_err(|e| format!("{}: {e}", baked.display()))?;
