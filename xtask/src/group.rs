@@ -29,6 +29,12 @@ impl GroupChild {
         out
     }
 
+    /// Whether the leader has ended (it is reaped then; its output can
+    /// still be collected with [`GroupChild::wait_with_output`]).
+    pub fn has_ended(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Kill the whole group now and reap the leader.
     pub fn kill(mut self) {
         self.stop();

@@ -124,8 +124,14 @@ impl Stack {
         };
         let sockets = &mut self.sockets;
         self.closing.retain(|&h| {
-            let done =
-                sockets.get::<smoltcp::socket::tcp::Socket>(h).state() == smoltcp::socket::tcp::State::Closed;
+            let sock = sockets.get_mut::<smoltcp::socket::tcp::Socket>(h);
+            // Data for a socket nobody will read again: reset the
+            // connection, as Linux does, rather than let the peer fill the
+            // window and wait for ever.
+            if sock.recv_queue() > 0 {
+                sock.abort();
+            }
+            let done = sock.state() == smoltcp::socket::tcp::State::Closed;
             if done {
                 sockets.remove(h);
             }

@@ -210,10 +210,17 @@ impl TcpStream {
 }
 
 impl Drop for TcpStream {
+    /// Close the connection; with unread data it is reset instead (as
+    /// Linux does), so a peer still sending learns at once.
     fn drop(&mut self) {
         let h = self.handle;
         let _ = with(|s| {
-            s.sockets.get_mut::<Socket>(h).close();
+            let sock = s.sockets.get_mut::<Socket>(h);
+            if sock.recv_queue() > 0 {
+                sock.abort()
+            } else {
+                sock.close()
+            }
             s.retire(h);
         });
     }
