@@ -4,6 +4,8 @@
 //! Every register is written with one 64-bit store, so each operation costs
 //! exactly one VM exit. Reads return zero.
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Console write: the value is `addr | (len << 48)` where `addr` is the
 /// guest-physical address of `len` bytes of UTF-8 text (`len` < 65536).
 /// One exit per write, not per byte.
@@ -24,8 +26,51 @@ pub const START_CORES: u64 = 0x18;
 /// will) with vector = bits 0–7 to the local APIC ID in bits 8–15, after
 /// the delay in µs in bits 32–63 (at most one second).
 pub const TEST_INTERRUPT: u64 = 0x20;
+/// Device register batch: the value is the guest-physical address of a
+/// [`Batch`] header followed by its [`BatchOp`]s. The monitor performs the
+/// operations on its virtio-mmio devices in order, exactly as if the guest
+/// had made each access itself, writes each read's value into its op and
+/// the outcome into [`Batch::status`]: one exit for a device's whole setup
+/// (a virtio-net driver makes ~120 register accesses, each an exit).
+pub const MMIO_BATCH: u64 = 0x28;
 /// Size of the register page.
 pub const SIZE: u64 = 0x1000;
+
+/// Most operations in one [`MMIO_BATCH`].
+pub const BATCH_MAX_OPS: u32 = 256;
+
+/// [`Batch::status`]: every operation was done.
+pub const BATCH_OK: u32 = 0;
+/// [`Batch::status`] bit set when the batch stopped: the low bits hold the
+/// index of the operation that could not be done (an address outside the
+/// virtio devices, a bad size), or [`BATCH_MAX_OPS`] for a bad count.
+pub const BATCH_FAILED: u32 = 1 << 31;
+
+/// The head of a register batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Batch {
+    /// Operations that follow (at most [`BATCH_MAX_OPS`]).
+    pub count: u32,
+    /// Written by the monitor: [`BATCH_OK`] or [`BATCH_FAILED`] | index.
+    pub status: u32,
+}
+
+/// One register access of a batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BatchOp {
+    /// Guest-physical address of the register.
+    pub addr: u64,
+    /// The value written, or (written by the monitor) the value read.
+    pub value: u32,
+    /// Access size in bytes: 1, 2 or 4.
+    pub size: u8,
+    /// 1: write, 0: read.
+    pub write: u8,
+    /// Zero.
+    pub reserved: u16,
+}
 
 /// Largest length a single [`CONSOLE_WRITE`] can carry.
 pub const CONSOLE_MAX_LEN: usize = 0xffff;

@@ -71,7 +71,11 @@ pub(crate) fn run() -> ! {
         let pci = (crate::boot::protocol() != torito_abi::boot_info::BootProtocol::Direct).then_some(
             unit_devices::pci::PortIo { outl: crate::arch::gate::outl, inl: crate::arch::gate::inl },
         );
-        let report = unit_devices::init(crate::boot::cmdline(), irq, pci);
+        // On the Torito monitor a device's setup goes in a few batches
+        // (three exits instead of ~120).
+        let batch = (crate::boot::protocol() == torito_abi::boot_info::BootProtocol::Direct)
+            .then_some(crate::arch::torito::mmio_batch as fn(u64));
+        let report = unit_devices::init(crate::boot::cmdline(), irq, pci, batch);
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }

@@ -5,7 +5,7 @@
 //! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--share ..] [--qemu MACHINE] [-- args]
 //! cargo xtask test                                              everything
 //! cargo xtask lint                                              fmt + clippy (host and guest)
-//! cargo xtask bench [launch|process|block|fs|net]... [-n 30]   benchmarks, same-run verdicts
+//! cargo xtask bench [launch|process|block|fs|net|appliances]... [-n 30]
 //! ```
 
 use std::io::{BufRead, BufReader};

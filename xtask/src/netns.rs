@@ -50,6 +50,11 @@ impl Netns {
         ns
     }
 
+    /// The namespace's name (for `ip netns exec NAME`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `program` run inside the namespace.
     pub fn exec(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -14,6 +14,8 @@
 //! - `idle=15`: seconds a kept-alive connection may wait for its next
 //!   request.
 //! - `log=1`: an access line per request on the console.
+//! - `requests=N`: stop the appliance (exit 0) once N responses were sent
+//!   (0, the default: serve for ever); for measuring a whole run.
 //!
 //! Keep-alive and pipelined requests are answered in order; HTTP/1.0
 //! clients are answered and closed. Responses carry `Content-Length`,
@@ -33,7 +35,7 @@ mod http;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use kernel::fs::{self, io::Read, io::Seek};
@@ -50,9 +52,12 @@ struct Config {
     header_timeout: Duration,
     idle: Duration,
     log: bool,
+    requests: u64,
 }
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Responses sent (for `requests=N`).
+static SERVED: AtomicU64 = AtomicU64::new(0);
 /// Bytes sent per write while streaming a file.
 const PIECE: usize = 64 * 1024;
 
@@ -73,6 +78,7 @@ fn main() -> i32 {
         header_timeout: Duration::from_secs(num("header_timeout", 5).max(1)),
         idle: Duration::from_secs(num("idle", 15).max(1)),
         log: arg("log") == Some("1"),
+        requests: num("requests", 0),
     }));
     let shown = if cfg.root.is_empty() { "/" } else { cfg.root.as_str() };
     match fs::metadata(shown) {
@@ -238,6 +244,11 @@ fn serve(mut s: TcpStream, cfg: &Config) {
         let ok = respond(&mut s, &req, cfg, close);
         if cfg.log {
             println!("httpd: {} {} HTTP/1.{}", req.method, req.target, req.minor);
+        }
+        if cfg.requests > 0 && SERVED.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.requests {
+            let _ = s.flush(Duration::from_secs(1));
+            println!("httpd: {} responses sent, stopping", cfg.requests);
+            kernel::exit(0);
         }
         if !ok || close {
             return finish(s);

@@ -22,6 +22,7 @@
 //! commands. Changes go to the append-only file in the order they were
 //! made; with `always`, the clients' batches are written and synced
 //! together (one sync covers every batch that arrived meanwhile).
+//! SHUTDOWN (from any client) syncs the file and stops the machine.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -370,6 +371,12 @@ fn serve(mut s: TcpStream, srv: &'static Server) {
         if out.capacity() > 4 * READ {
             out.shrink_to(READ);
         }
+        if flow == Some(Flow::Shutdown) {
+            // As Redis: no reply, the connection closed, then the end.
+            let _ = s.shutdown();
+            let _ = s.flush(Duration::from_secs(1));
+            shutdown(srv);
+        }
         if bad.is_some() || flow == Some(Flow::Close) {
             break;
         }
@@ -405,8 +412,8 @@ fn run_batch(srv: &'static Server, batch: &mut Vec<resp::Args>, out: &mut Vec<u8
                 );
             } else if spec.has(SERVER) {
                 let info = info(srv);
-                if server::exec(spec, args, &db.store, &info, out) == Flow::Close {
-                    flow = Flow::Close;
+                flow = server::exec(spec, args, &db.store, &info, out);
+                if flow != Flow::Go {
                     break;
                 }
             } else if refuse && spec.has(WRITE) {
@@ -425,6 +432,25 @@ fn run_batch(srv: &'static Server, batch: &mut Vec<resp::Args>, out: &mut Vec<u8
         return None;
     }
     Some(flow)
+}
+
+/// SHUTDOWN: every change written and synced, then the machine stops.
+fn shutdown(srv: &Server) -> ! {
+    if let Some(aof) = &srv.aof {
+        let mut a = aof.lock();
+        let chunk = core::mem::take(&mut srv.db.lock().pending);
+        let synced = a
+            .file
+            .write_all(&chunk)
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|()| a.file.sync_all().map_err(|e| format!("{e}")));
+        if let Err(e) = synced {
+            println!("kvstore: aof: {e} at shutdown");
+            kernel::exit(1);
+        }
+    }
+    println!("kvstore: shutdown after {} commands", srv.commands.load(Ordering::Relaxed));
+    kernel::exit(0);
 }
 
 fn unknown(name: &[u8], rest: &[Vec<u8>], out: &mut Vec<u8>) {

@@ -19,6 +19,12 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
+/// Hand the monitor the register batch at guest-physical `gpa` (see
+/// `torito_abi::mmio::MMIO_BATCH`): one exit for many device accesses.
+pub fn mmio_batch(gpa: u64) {
+    write(mmio::MMIO_BATCH, gpa);
+}
+
 /// Ask the monitor to stop the guest with `code`.
 pub fn exit(code: i32) {
     write(mmio::EXIT, u64::from(code as u32));

@@ -21,6 +21,7 @@
 
 extern crate alloc;
 
+pub mod batched;
 pub mod cmdline;
 mod hal;
 pub mod net;
@@ -173,8 +174,15 @@ pub fn take_net_devices() -> Vec<Box<dyn NetDevice + Send>> {
 /// Probe every virtio-mmio device named in `cmdline` and, with `pci`, the
 /// virtio devices on PCI bus 0; keep the block devices. Called once by the
 /// kernel, before the app runs. With `irq`, virtio-mmio requests complete
-/// by interrupt where the line can be routed; otherwise by polling.
-pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report {
+/// by interrupt where the line can be routed; otherwise by polling. With
+/// `batch` (the Torito monitor), virtio-mmio devices are set up through
+/// register batches ([`batched`]).
+pub fn init(
+    cmdline: &str,
+    irq: Option<Irq>,
+    pci: Option<pci::PortIo>,
+    batch: Option<batched::Submit>,
+) -> Report {
     use alloc::format;
     let mut report = Report::default();
     let mut blocks = BLOCKS.lock();
@@ -189,7 +197,7 @@ pub fn init(cmdline: &str, irq: Option<Irq>, pci: Option<pci::PortIo>) -> Report
         // SAFETY: the loader named this window on the command line; the
         // kernel identity-maps the MMIO range and probes each entry once.
         #[allow(unsafe_code)]
-        match unsafe { virtio::probe_mmio(d, irq.is_none_or(|i| i.mmio_ack)) } {
+        match unsafe { virtio::probe_mmio(d, irq.is_none_or(|i| i.mmio_ack), batch) } {
             Ok(virtio::Probed::Block(mut b)) => {
                 if let Some(irq) = irq.filter(|i| (i.route)(d.irq)) {
                     b.use_interrupts(d.irq, irq.wait);

@@ -214,9 +214,9 @@ pub fn probe(io: PortIo, irq: Option<crate::Irq>) -> alloc::vec::Vec<(Location, 
                         .map_err(ProbeError::Driver)
                 })
             } else {
-                PciTransport::new::<ToritoHal, _>(&mut root, df)
-                    .map_err(ProbeError::Pci)
-                    .and_then(|t| attach(SomeTransport::from(t), location, true))
+                PciTransport::new::<ToritoHal, _>(&mut root, df).map_err(ProbeError::Pci).and_then(|t| {
+                    attach(crate::stepwise::Inner::Plain(SomeTransport::from(t)), location, true)
+                })
             };
             // The queue that completes requests (a block device's requests,
             // a network device's receive queue: 0; virtio-fs's request

@@ -82,7 +82,11 @@ impl core::fmt::Display for ProbeError {
 /// `d` must describe a register window the platform really has (the
 /// loader named it), identity-mapped, and not used by anything else for
 /// the rest of the program.
-pub unsafe fn probe_mmio(d: MmioDevice, ack: bool) -> Result<Probed, ProbeError> {
+pub unsafe fn probe_mmio(
+    d: MmioDevice,
+    ack: bool,
+    batch: Option<crate::batched::Submit>,
+) -> Result<Probed, ProbeError> {
     // virtio-fs, which `virtio-drivers`' transport refuses: driven here.
     // SAFETY: forwarded from the caller.
     if unsafe { crate::virtio_fs::FsMmio::device_id(d) } == crate::virtio_fs::DEVICE_ID {
@@ -92,17 +96,21 @@ pub unsafe fn probe_mmio(d: MmioDevice, ack: bool) -> Result<Probed, ProbeError>
             .map(|f| Probed::Fs(alloc::boxed::Box::new(f)))
             .map_err(ProbeError::Driver);
     }
+    // The Torito monitor: the device's setup in three exits.
+    if let Some(b) = batch.and_then(|submit| crate::batched::Batched::new(d.base, submit)) {
+        return attach(crate::stepwise::Inner::Batched(b), Location::Mmio(d), ack);
+    }
     let header = NonNull::new(d.base as *mut VirtIOHeader)
         .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
     // SAFETY: forwarded from the caller; the window lasts for ever.
     let transport = unsafe { MmioTransport::new(header, d.size as usize) }.map_err(ProbeError::Transport)?;
-    attach(SomeTransport::from(transport), Location::Mmio(d), ack)
+    attach(crate::stepwise::Inner::Plain(SomeTransport::from(transport)), Location::Mmio(d), ack)
 }
 
 /// Put the driver for its type on a transport.
 /// `ack`: whether the device's interrupts must be acknowledged.
 pub(crate) fn attach(
-    transport: SomeTransport<'static>,
+    transport: crate::stepwise::Inner,
     location: Location,
     ack: bool,
 ) -> Result<Probed, ProbeError> {

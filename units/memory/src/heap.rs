@@ -87,6 +87,9 @@ unsafe impl Sync for CoreCache {}
 /// A lockable heap. See the module documentation.
 pub struct KernelHeap {
     heap: Mutex<Heap>,
+    /// The lowest address no block has ever reached (see `alloc_zeroed`);
+    /// changed under the `heap` lock only.
+    fresh: AtomicUsize,
     last_failed: AtomicUsize,
     core: spin::Once<fn() -> usize>,
     caches: [CoreCache; MAX_CORES],
@@ -97,6 +100,7 @@ impl KernelHeap {
     pub const fn empty() -> Self {
         Self {
             heap: Mutex::new(Heap::empty()),
+            fresh: AtomicUsize::new(usize::MAX),
             last_failed: AtomicUsize::new(0),
             core: spin::Once::new(),
             caches: [const {
@@ -153,18 +157,33 @@ impl KernelHeap {
         }
     }
 
-    fn alloc_shared(&self, layout: Layout) -> *mut u8 {
+    /// A block from `heap` (locked by the caller), moving the fresh mark
+    /// past it.
+    fn take(&self, heap: &mut Heap, layout: Layout) -> Result<NonNull<u8>, ()> {
+        let p = heap.allocate_first_fit(layout)?;
+        // linked_list_allocator rounds sizes up to 16-byte units.
+        let end = (p.as_ptr() as usize).saturating_add(layout.size().max(16).next_multiple_of(16));
+        if end > self.fresh.load(Ordering::Relaxed) {
+            self.fresh.store(end, Ordering::Relaxed);
+        }
+        Ok(p)
+    }
+
+    /// A block from the shared heap, and whether it lies wholly above the
+    /// fresh mark as it was (memory no block has used).
+    fn alloc_shared(&self, layout: Layout) -> (*mut u8, bool) {
         let mut heap = self.heap.lock();
-        if let Ok(p) = heap.allocate_first_fit(layout) {
-            return p.as_ptr();
+        let fresh = self.fresh.load(Ordering::Relaxed);
+        if let Ok(p) = self.take(&mut heap, layout) {
+            return (p.as_ptr(), p.as_ptr() as usize >= fresh);
         }
         // Blocks cached on this core may be enough to meet the request.
         self.drain_own_cache(&mut heap);
-        match heap.allocate_first_fit(layout) {
-            Ok(p) => p.as_ptr(),
+        match self.take(&mut heap, layout) {
+            Ok(p) => (p.as_ptr(), p.as_ptr() as usize >= fresh),
             Err(()) => {
                 self.last_failed.store(layout.size(), Ordering::Relaxed);
-                ptr::null_mut()
+                (ptr::null_mut(), false)
             }
         }
     }
@@ -175,8 +194,10 @@ impl KernelHeap {
     /// The range must be mapped, writable, unused by anything else for the
     /// rest of the program, and this must be called at most once.
     pub unsafe fn init(&self, start: usize, len: usize) {
+        let mut heap = self.heap.lock();
+        self.fresh.store(start, Ordering::Relaxed);
         // SAFETY: forwarded from the caller.
-        unsafe { self.heap.lock().init(start as *mut u8, len) }
+        unsafe { heap.init(start as *mut u8, len) }
     }
 
     /// Current usage.
@@ -209,21 +230,55 @@ unsafe impl GlobalAlloc for KernelHeap {
             let cl = class_layout(class);
             let mut heap = self.heap.lock();
             for _ in 1..REFILL {
-                match heap.allocate_first_fit(cl) {
+                match self.take(&mut heap, cl) {
                     Ok(p) => Self::push(list, p.as_ptr()),
                     Err(()) => break,
                 }
             }
-            if let Ok(p) = heap.allocate_first_fit(cl) {
+            if let Ok(p) = self.take(&mut heap, cl) {
                 return p.as_ptr();
             }
             drop(heap);
             if let Some(p) = Self::pop(list) {
                 return p;
             }
-            return self.alloc_shared(cl);
+            return self.alloc_shared(cl).0;
         }
-        self.alloc_shared(layout)
+        self.alloc_shared(layout).0
+    }
+
+    /// Zeroed memory without touching what is already zero: a block above
+    /// the fresh mark lies in memory no block has used since the machine
+    /// gave it, which every monitor gives zeroed (fresh anonymous memory),
+    /// so only its first 64 bytes (where the allocator's own free-list
+    /// header may have been) are cleared. On a host where a guest's first
+    /// touch of a page costs an exit (4–8 µs on a PVM host), large buffers
+    /// that are made but not yet used (a listener's backlog of socket
+    /// buffers) then cost nothing until used.
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if class_of(layout).is_some() {
+            // SAFETY: forwarded from the caller.
+            let p = unsafe { self.alloc(layout) };
+            if !p.is_null() {
+                // SAFETY: `p` is a block of at least `layout.size()` bytes.
+                unsafe { ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
+        let (p, fresh) = self.alloc_shared(layout);
+        if !p.is_null() {
+            let dirty = if fresh { layout.size().min(64) } else { layout.size() };
+            // SAFETY: `p` is a block of at least `layout.size()` bytes.
+            unsafe { ptr::write_bytes(p, 0, dirty) };
+            #[cfg(debug_assertions)]
+            {
+                // SAFETY: as above; the block is ours and initialised now
+                // (or zero, as the machine gave it).
+                let block = unsafe { core::slice::from_raw_parts(p, layout.size()) };
+                debug_assert!(block.iter().all(|&b| b == 0), "fresh heap memory was not zero");
+            }
+        }
+        p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -325,6 +380,33 @@ mod tests {
             let b = h.alloc(big);
             assert!((b as usize).is_multiple_of(4096));
             h.dealloc(b, big);
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zero_whether_fresh_or_reused() {
+        let (h, _b) = heap_with(256 * 1024);
+        h.enable_core_caches(|| 0);
+        let l = Layout::from_size_align(5000, 16).unwrap();
+        let odd = Layout::from_size_align(3000, 64).unwrap();
+        // SAFETY: non-zero layouts; every block is freed once with its own.
+        unsafe {
+            for round in 0..4 {
+                let a = h.alloc_zeroed(l);
+                let b = h.alloc_zeroed(odd);
+                let c = h.alloc_zeroed(Layout::from_size_align(100, 8).unwrap());
+                for (p, n) in [(a, 5000), (b, 3000), (c, 100)] {
+                    assert!(!p.is_null());
+                    assert!(core::slice::from_raw_parts(p, n).iter().all(|&x| x == 0), "round {round}");
+                    ptr::write_bytes(p, 0xa5, n);
+                }
+                // Free in an order that merges blocks into the tail.
+                h.dealloc(b, odd);
+                h.dealloc(c, Layout::from_size_align(100, 8).unwrap());
+                if round % 2 == 0 {
+                    h.dealloc(a, l);
+                }
+            }
         }
     }
 

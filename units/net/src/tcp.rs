@@ -199,6 +199,23 @@ impl TcpStream {
         Ok(())
     }
 
+    /// Wait until the peer has acknowledged everything written (at most
+    /// `t`; `Error::TimedOut` then): before the appliance stops, so its last
+    /// answer is not lost with the machine.
+    pub fn flush(&mut self, t: core::time::Duration) -> Result<(), Error> {
+        let h = self.handle;
+        block_on(Deadline::after(Some(t)), |s: &mut Stack| {
+            let sock = s.sockets.get::<Socket>(h);
+            if sock.send_queue() == 0 {
+                Some(Ok(()))
+            } else if sock.state() == State::Closed {
+                Some(Err(Error::ConnectionReset))
+            } else {
+                None
+            }
+        })?
+    }
+
     /// Close the sending side (the peer reads end of stream).
     pub fn shutdown(&mut self) -> Result<(), Error> {
         let h = self.handle;

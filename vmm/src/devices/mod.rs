@@ -226,6 +226,7 @@ impl Devices {
                 Effect::Interrupt => Some(Action::Interrupt(i as u32)),
                 Effect::None => Some(Action::Continue),
             },
+            Some((Owner::RegisterPage, mmio::MMIO_BATCH)) => Some(self.run_batch(mem, value_of(data))),
             Some((Owner::RegisterPage, off)) => self.register_page.write(mem, off, value_of(data)),
             _ => None,
         };
@@ -233,6 +234,57 @@ impl Devices {
             self.warn(true, true, addr);
             Action::Continue
         })
+    }
+
+    /// A register batch at guest-physical `gpa` (`torito_abi::mmio::Batch`):
+    /// each operation done on its virtio device in order, reads written
+    /// back, the outcome in the header. Only virtio windows are reachable;
+    /// a bad count, address or size stops the batch there (the guest reads
+    /// which in `status`); a header outside RAM is ignored. The interrupt
+    /// of the first write that raised one is passed on.
+    fn run_batch(&mut self, mem: &GuestMemoryMmap, gpa: u64) -> Action {
+        use vm_memory::{Bytes, GuestAddress};
+        let op_size = std::mem::size_of::<mmio::BatchOp>() as u64;
+        let Ok(head) = mem.read_obj::<[u8; 8]>(GuestAddress(gpa)) else { return Action::Continue };
+        let count = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let mut action = Action::Continue;
+        let mut status = mmio::BATCH_OK;
+        if count > mmio::BATCH_MAX_OPS {
+            status = mmio::BATCH_FAILED | mmio::BATCH_MAX_OPS;
+        }
+        for i in 0..u64::from(count.min(mmio::BATCH_MAX_OPS)) {
+            if status != mmio::BATCH_OK {
+                break;
+            }
+            let at = GuestAddress(gpa.wrapping_add(8).wrapping_add(i * op_size));
+            let Ok(raw) = mem.read_obj::<[u8; 16]>(at) else {
+                status = mmio::BATCH_FAILED | i as u32;
+                break;
+            };
+            let addr = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+            let value = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+            let (size, write) = (usize::from(raw[12]), raw[13] != 0);
+            let Some((Owner::Virtio(d), off)) = find(&self.mmio, addr).filter(|_| matches!(size, 1 | 2 | 4))
+            else {
+                status = mmio::BATCH_FAILED | i as u32;
+                break;
+            };
+            if write {
+                if let Effect::Interrupt = self.virtio[d].write(off, &value.to_le_bytes()[..size], mem)
+                    && matches!(action, Action::Continue)
+                {
+                    action = Action::Interrupt(d as u32);
+                }
+            } else {
+                let mut b = [0u8; 4];
+                self.virtio[d].read(off, &mut b[..size]);
+                if mem.write_obj(b, GuestAddress(at.0.wrapping_add(8))).is_err() {
+                    status = mmio::BATCH_FAILED | i as u32;
+                }
+            }
+        }
+        let _ = mem.write_obj(status.to_le_bytes(), GuestAddress(gpa.wrapping_add(4)));
+        action
     }
 
     /// A guest load from MMIO address `addr`.
@@ -379,6 +431,71 @@ mod tests {
         let mut lsr = [0u8];
         d.pio_read(0x3fd, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "transmitter empty");
+    }
+
+    /// Write a batch of `ops` at 0x8000; run it; (status, ops as read back).
+    fn batch(
+        d: &mut Devices,
+        mem: &GuestMemoryMmap,
+        count: u32,
+        ops: &[mmio::BatchOp],
+    ) -> (u32, Vec<mmio::BatchOp>) {
+        use zerocopy::{FromBytes, IntoBytes};
+        mem.write_slice(mmio::Batch { count, status: 77 }.as_bytes(), GuestAddress(0x8000)).unwrap();
+        mem.write_slice(ops.as_bytes(), GuestAddress(0x8008)).unwrap();
+        assert_eq!(
+            d.mmio_write(mem, TORITO_MMIO_BASE + mmio::MMIO_BATCH, &0x8000u64.to_le_bytes()),
+            Action::Continue
+        );
+        let mut head = [0u8; 8];
+        mem.read_slice(&mut head, GuestAddress(0x8000)).unwrap();
+        let mut back = vec![0u8; std::mem::size_of_val(ops)];
+        mem.read_slice(&mut back, GuestAddress(0x8008)).unwrap();
+        (
+            mmio::Batch::read_from_bytes(&head).unwrap().status,
+            <[mmio::BatchOp]>::ref_from_bytes(&back).unwrap().to_vec(),
+        )
+    }
+
+    #[test]
+    fn a_register_batch_does_each_access_in_order() {
+        let (mut d, _, _, mem) = setup();
+        let path = std::env::temp_dir().join(format!("torito-batch-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        d.add_virtio(MmioDevice::new(virtio::blk::Blk::new(file, 1 << 20, false, "b".into())));
+        std::fs::remove_file(&path).unwrap();
+        let base = VIRTIO_MMIO_BASE;
+        let r = |off: u64, size: u8| mmio::BatchOp { addr: base + off, size, ..Default::default() };
+        let w =
+            |off: u64, value: u32| mmio::BatchOp { addr: base + off, value, size: 4, write: 1, reserved: 0 };
+        let ops =
+            [r(0, 4), r(8, 4), w(0x30, 0), r(0x34, 4), w(0x70, 1), r(0x70, 4), r(0x100, 4), r(0x100, 1)];
+        let (status, back) = batch(&mut d, &mem, ops.len() as u32, &ops);
+        assert_eq!(status, mmio::BATCH_OK);
+        let values: Vec<u32> = back.iter().map(|o| o.value).collect();
+        // Magic "virt", device 2 (block), a queue, the status just written,
+        // the capacity in sectors (2048), its low byte.
+        assert_eq!(values[..2], [0x7472_6976, 2]);
+        assert!(values[3] > 0);
+        assert_eq!(values[5..], [1, 2048, 0]);
+        // A bad address, a bad size and a bad count stop the batch there.
+        let bad = [r(0, 4), mmio::BatchOp { addr: TORITO_MMIO_BASE, size: 4, ..Default::default() }, r(0, 4)];
+        assert_eq!(batch(&mut d, &mem, 3, &bad).0, mmio::BATCH_FAILED | 1);
+        assert_eq!(batch(&mut d, &mem, 1, &[r(0, 3)]).0, mmio::BATCH_FAILED);
+        assert_eq!(batch(&mut d, &mem, 100_000, &[r(0, 4)]).0, mmio::BATCH_FAILED | mmio::BATCH_MAX_OPS);
+        // A batch running past the end of RAM stops there, nothing breaks.
+        let end = (1u64 << 20) - 8 - 16;
+        mem.write_slice(mmio::Batch { count: 2, status: 0 }.as_bytes(), GuestAddress(end)).unwrap();
+        use zerocopy::IntoBytes;
+        mem.write_slice(r(0, 4).as_bytes(), GuestAddress(end + 8)).unwrap();
+        assert_eq!(
+            d.mmio_write(&mem, TORITO_MMIO_BASE + mmio::MMIO_BATCH, &end.to_le_bytes()),
+            Action::Continue
+        );
+        let mut st = [0u8; 4];
+        mem.read_slice(&mut st, GuestAddress(end + 4)).unwrap();
+        assert_eq!(u32::from_le_bytes(st), mmio::BATCH_FAILED | 1);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - [`block`]: the block device (throughput, IOPS, exits per request);
 //! - [`fs`]: the filesystem unit (a share, ext4 and FAT against the raw
 //!   disk and QEMU with virtiofsd; exits per small file);
-//! - [`net`]: the network data path (stream, request/response).
+//! - [`net`]: the network data path (stream, request/response);
+//! - [`appliances`]: httpd and kvstore with wrk and redis-benchmark against
+//!   QEMU and the native servers, exits per request, cold start to first
+//!   response.
 //!
 //! Verdicts hold on any machine: each target is a ratio against a
 //! reference measured in the same run (the bare guest, QEMU, Firecracker,
@@ -17,6 +20,7 @@
 //! time alone. Absolute times are printed for information. [`report`]
 //! prints the figures and the targets; `chart` draws `launch.svg`.
 
+pub mod appliances;
 pub mod block;
 mod chart;
 pub mod fs;
@@ -42,6 +46,8 @@ pub enum Section {
     Fs,
     /// The network data path.
     Net,
+    /// httpd and kvstore under real clients; cold start to first response.
+    Appliances,
 }
 
 /// Options of a bench run.
@@ -92,6 +98,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     }
     if opts.wants(Section::Net) {
         net::run(&monitor)?;
+    }
+    if opts.wants(Section::Appliances) {
+        appliances::run(&monitor, &opts.out, &mut verdicts)?;
     }
     Ok(verdicts.print())
 }

@@ -7,6 +7,9 @@
 //! netload ADDR:PORT reset           # connect, send, reset (RST) without reading
 //! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold 2 s
 //! netload ADDR:PORT garbage IFACE N # N malformed frames to ADDR's MAC through IFACE
+//! netload ADDR:PORT first-byte http|redis -- PROGRAM ARGS...
+//!                                   # cold start to first response: spawn PROGRAM,
+//!                                   # connect every 100 µs, time its first answer
 //! ```
 //! Prints one line of results; exits non-zero on any mismatch or error.
 
@@ -57,13 +60,20 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | garbage IFACE N)"
+            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | garbage IFACE N | first-byte http|redis -- PROGRAM ARGS...)"
         );
         std::process::exit(2)
     };
     let Some(addr) = args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()) else { usage() };
     let num = |i: usize| args.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| usage());
     match args.get(2).map(String::as_str) {
+        Some("first-byte") => {
+            let proto = args.get(3).map(String::as_str).unwrap_or_else(|| usage());
+            if args.get(4).map(String::as_str) != Some("--") || args.len() < 6 {
+                usage();
+            }
+            first_byte(addr, proto, &args[5..]);
+        }
         Some("conns") => {
             let (n, len) = (num(3), num(4));
             let t = Instant::now();
@@ -430,6 +440,185 @@ mod garbage {
                 return Err(format!("sending a frame: {}", std::io::Error::last_os_error()));
             }
             Ok(())
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of the monitor's `TORITO_LAUNCH_NS`.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Cold start to first response: spawn `argv` (its launch clock in
+/// `TORITO_LAUNCH_NS`), try to connect every 100 µs (each try a new SYN: a
+/// SYN lost before the guest listens would otherwise wait a second for its
+/// retransmission), send one request and time the first byte of a good
+/// answer (`HTTP/1.1 200`, or `+PONG`). Then wait up to 5 s for the
+/// program to end by itself (the app was told to stop after one request),
+/// else kill it. Prints `first-byte: US µs, reaped: US µs, tries: N`
+/// (`reaped: -` when it had to be killed); the program's output (its
+/// console, a timeline) passes through.
+fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
+    let (request, good): (&[u8], &[u8]) = match proto {
+        "http" => (b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n", b"HTTP/1.1 200"),
+        "redis" => (b"*1\r\n$4\r\nPING\r\n", b"+PONG"),
+        other => {
+            eprintln!("netload: first-byte: unknown protocol '{other}' (http or redis)");
+            std::process::exit(2);
+        }
+    };
+    let t0 = mono_ns();
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("TORITO_LAUNCH_NS", t0.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            eprintln!("netload: cannot start {}: {e}", argv[0]);
+            std::process::exit(1)
+        });
+    let mut tries = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut dialer = Dialer::new(addr);
+    let first = loop {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("netload: first-byte: no answer within 10 s ({tries} tries)");
+            std::process::exit(1);
+        }
+        tries += 1;
+        let started = Instant::now();
+        let Some(mut s) = dialer.try_once(Duration::from_micros(100)) else {
+            // A refusal ends the wait early: the next try still waits its turn.
+            if let Some(rest) = Duration::from_micros(100).checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            continue;
+        };
+        s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut head = vec![0u8; good.len()];
+        if s.write_all(request).is_err() || s.read_exact(&mut head[..1]).is_err() {
+            continue;
+        }
+        let at = mono_ns();
+        if s.read_exact(&mut head[1..]).is_ok() && head == good {
+            break at;
+        }
+        eprintln!("netload: first-byte: unexpected answer {:?}", String::from_utf8_lossy(&head));
+        let _ = child.kill();
+        let _ = child.wait();
+        std::process::exit(1);
+    };
+    let mut reaped = None;
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < wait_until {
+        if let Ok(Some(_)) = child.try_wait() {
+            reaped = Some(mono_ns());
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    if reaped.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let us = |t: u64| format!("{:.1}", (t - t0) as f64 / 1000.0);
+    println!(
+        "first-byte: {} µs, reaped: {} µs, tries: {tries}",
+        us(first),
+        reaped.map_or_else(|| "-".to_string(), us)
+    );
+}
+
+/// Connection attempts every 100 µs, several in flight: each try starts a
+/// non-blocking connect (a new SYN) and waits up to the pause for any of
+/// the attempts to finish. `std`'s `connect_timeout` cannot do this (its
+/// wait is rounded up to a millisecond, and it waits for one SYN only).
+struct Dialer {
+    addr: libc::sockaddr_in,
+    pending: Vec<i32>,
+}
+
+impl Dialer {
+    /// Attempts kept in flight; older ones are dropped.
+    const IN_FLIGHT: usize = 32;
+
+    fn new(addr: SocketAddr) -> Self {
+        let SocketAddr::V4(v4) = addr else {
+            eprintln!("netload: first-byte needs an IPv4 address");
+            std::process::exit(2);
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        Dialer { addr: sin, pending: Vec::new() }
+    }
+
+    /// Start one attempt, then wait up to `pause` for any attempt to
+    /// connect: the connection, as a blocking stream.
+    #[allow(unsafe_code)]
+    fn try_once(&mut self, pause: Duration) -> Option<TcpStream> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on descriptors this struct owns; the
+        // address is a valid sockaddr_in of the size given.
+        unsafe {
+            let fd =
+                libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+            if fd >= 0 {
+                let sa = (&raw const self.addr).cast::<libc::sockaddr>();
+                libc::connect(fd, sa, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+                self.pending.push(fd);
+            }
+            if self.pending.len() > Self::IN_FLIGHT {
+                libc::close(self.pending.remove(0));
+            }
+            let mut fds: Vec<libc::pollfd> = self
+                .pending
+                .iter()
+                .map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 })
+                .collect();
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: pause.as_nanos() as libc::c_long };
+            libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null());
+            let mut won = None;
+            for p in fds.iter().filter(|p| p.revents != 0) {
+                let mut err: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                libc::getsockopt(p.fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len);
+                self.pending.retain(|&f| f != p.fd);
+                if err == 0 && won.is_none() {
+                    won = Some(p.fd);
+                } else {
+                    libc::close(p.fd);
+                }
+            }
+            let fd = won?;
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            Some(TcpStream::from_raw_fd(fd))
+        }
+    }
+}
+
+impl Drop for Dialer {
+    fn drop(&mut self) {
+        for &fd in &self.pending {
+            // SAFETY: descriptors this struct opened and still owns.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::close(fd)
+            };
         }
     }
 }

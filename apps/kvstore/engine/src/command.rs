@@ -69,6 +69,7 @@ pub static COMMANDS: &[Spec] = &[
     c("CONFIG", -2, SERVER),
     c("COMMAND", -1, SERVER),
     c("CLIENT", -2, SERVER),
+    c("SHUTDOWN", -1, SERVER),
 ];
 
 /// The command named `name` (any case).

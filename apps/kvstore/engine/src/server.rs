@@ -1,5 +1,5 @@
 //! The commands about the server and the connection (PING, ECHO, QUIT,
-//! SELECT, INFO, CONFIG GET, COMMAND, CLIENT), answered as far as
+//! SHUTDOWN, SELECT, INFO, CONFIG GET, COMMAND, CLIENT), answered as far as
 //! `redis-cli` and `redis-benchmark` ask.
 
 use alloc::format;
@@ -46,6 +46,8 @@ pub enum Flow {
     Go,
     /// Send the replies, then close (QUIT).
     Close,
+    /// Stop the server: the file synced, the machine stopped (SHUTDOWN).
+    Shutdown,
 }
 
 /// Run the server command `spec` (arity already checked).
@@ -61,6 +63,16 @@ pub fn exec(spec: &Spec, args: &[Vec<u8>], store: &Store, info: &Info<'_>, out: 
         "QUIT" => {
             resp::ok(out);
             return Flow::Close;
+        }
+        "SHUTDOWN" => {
+            let ok = args[1..].iter().all(|a| {
+                ["NOSAVE", "SAVE", "NOW", "FORCE"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes()))
+            });
+            if !ok {
+                resp::error(out, "ERR syntax error");
+                return Flow::Go;
+            }
+            return Flow::Shutdown;
         }
         "SELECT" => match resp::number(&args[1]) {
             Some(0) => resp::ok(out),

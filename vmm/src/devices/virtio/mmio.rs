@@ -29,6 +29,8 @@ const VENDOR: u32 = 0x4f54_5254; // "TRTO"
 pub(crate) const F_VERSION_1: u64 = 1 << 32;
 pub(crate) const STATUS_FAILED: u32 = 0x80;
 pub(crate) const NEEDS_RESET: u32 = 0x40;
+/// Device status bit: the driver is ready.
+pub(crate) const DRIVER_OK: u32 = 0x04;
 /// Most queues a device may have.
 const MAX_QUEUES: usize = 8;
 
@@ -69,6 +71,9 @@ pub trait Backend: Send {
     /// The eventfd KVM signals at each notification (see
     /// [`Backend::wants_notify_fd`]).
     fn set_notify_fd(&mut self, _fd: EventFd) {}
+    /// The driver set DRIVER_OK: the device may start (and, e.g., tell the
+    /// driver which queues it need not notify).
+    fn driver_ok(&mut self, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
 }
 
 /// A device's queues as its backend sees them: only those the driver made
@@ -203,7 +208,11 @@ impl MmioDevice {
                     self.reset();
                 } else {
                     // The driver sets bits; DEVICE_NEEDS_RESET stays ours.
+                    let started = v & DRIVER_OK != 0 && self.status & DRIVER_OK == 0;
                     self.status = v | (self.status & NEEDS_RESET);
+                    if started {
+                        return self.serve(mem, |b, q, m| b.driver_ok(q, m));
+                    }
                 }
             }
             _ => {
