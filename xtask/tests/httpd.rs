@@ -273,3 +273,41 @@ fn httpd_on_qemu_microvm_with_baked_in_files() {
     drop(vm);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Exits per request under wrk's load (32 connections), from the monitor's
+/// timeline once httpd stopped itself after 5,000 responses (boot
+/// included): an upper bound with room.
+#[test]
+fn httpd_exits_per_request() {
+    let Some(ns) = Netns::or_skip("webx", &["ip", "ping", "curl"]) else { return };
+    if !xtask::testing::need("wrk") {
+        return;
+    }
+    let dir = scratch("exits");
+    let www = site(&dir, 4096);
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let elf = xtask::build("httpd", Variant::default()).unwrap_or_else(|e| panic!("{e}"));
+    let n = 5_000;
+    let mut c = ns.exec("timeout");
+    c.arg("120").arg(monitor).args(["--cpus", "2", "--net", "tap=tap0", "--timeline=json", "--share"]);
+    c.arg(format!("{},tag=www,ro", www.display())).arg(elf);
+    c.args(["--", "torito.ip=10.0.2.15/24", "root=/www", &format!("requests={n}")]);
+    let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start torito");
+    wait_for_http(&ns);
+    let mut load = ns.exec("wrk");
+    load.args(["-t2", "-c32", "-d60s", &url("/")]).stdout(Stdio::null()).stderr(Stdio::null());
+    let load = xtask::group::spawn(&mut load).unwrap();
+    let out = vm.wait_with_output().unwrap();
+    load.kill();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let json =
+        err.lines().find(|l| l.starts_with("{\"time_zero\"")).unwrap_or_else(|| panic!("no timeline: {err}"));
+    let exits = xtask::bench::json_number(json, "exits").unwrap();
+    let per = exits as f64 / n as f64;
+    eprintln!("httpd: {exits} exits for {n} responses: {per:.2} per request");
+    // Measured ~6.3 (a share: each file costs a FUSE OPEN, READ and RELEASE).
+    assert!(per <= 10.0, "{per:.2} exits per request");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
