@@ -311,3 +311,50 @@ fn httpd_exits_per_request() {
     assert!(per <= 10.0, "{per:.2} exits per request");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// httpd over vsock (`vsock=80`, no IP network), as Toro's
+/// StaticWebServer: the host connects through the monitor's vsock socket
+/// (`CONNECT 80`), keeps the connection for two requests, gets the files
+/// byte for byte, a 404, and a 408 for a head that does not come.
+#[test]
+fn httpd_over_vsock() {
+    use std::io::{Read, Write};
+    if !xtask::testing::kvm() {
+        return;
+    }
+    let dir = scratch("vsock");
+    let www = site(&dir, 1 << 20);
+    let uds = dir.join("v.sock");
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let elf = xtask::build("httpd", Variant::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = std::process::Command::new("timeout");
+    c.arg("60").arg(monitor).arg("--vsock").arg(format!("cid=3,uds={}", uds.display())).arg("--share");
+    c.arg(format!("{},tag=www,ro", www.display())).arg(elf);
+    c.args(["--", "vsock=80", "root=/www", "header_timeout=2"]);
+    let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start torito");
+    let mut s = xtask::hybrid_vsock_connect(&uds, 80, Duration::from_secs(15));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /notes.txt HTTP/1.1\r\nHost: v\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &text[..text.len().min(300)]);
+    assert!(text.contains("plain text\n"));
+    let big = std::fs::read(www.join("big.bin")).unwrap();
+    assert!(got.ends_with(&big), "big.bin differs over vsock");
+    let mut s = xtask::hybrid_vsock_connect(&uds, 80, Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: v\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+    // A head that never ends: 408 within the timeout, the connection closed.
+    let mut s = xtask::hybrid_vsock_connect(&uds, 80, Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&rest));
+    drop(vm);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,8 @@
 //! - `root=/www`: the directory served (a `--share` tag, `/disk0`, or `/`,
 //!   the files baked into the ELF; default `/`).
 //! - `port=80`, `torito.ip=ADDR/PREFIX` (else DHCP).
+//! - `vsock=PORT`: serve over vsock instead (no IP network needed; the
+//!   host connects through the hypervisor's vsock socket).
 //! - `max_conns=256`: connections served at once; more are answered 503
 //!   and closed. `backlog=128`: connections the stack accepts ahead.
 //! - `header_max=8192`: bytes of a request head (431 beyond, 414 for a
@@ -30,6 +32,7 @@
 #![deny(unsafe_code)]
 extern crate alloc;
 
+mod conn;
 mod http;
 
 use alloc::format;
@@ -38,8 +41,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
+use conn::Conn;
 use kernel::fs::{self, io::Read, io::Seek};
-use kernel::net::tcp::{TcpListener, TcpStream};
+use kernel::net::tcp::TcpListener;
+use kernel::net::vsock::VsockListener;
 use kernel::println;
 
 kernel::entry!(main);
@@ -92,6 +97,21 @@ fn main() -> i32 {
             return 1;
         }
     }
+    if let Some(port) = arg("vsock") {
+        let Ok(port) = port.parse::<u32>() else {
+            println!("httpd: vsock={port}: not a port number");
+            return 1;
+        };
+        let mut listener = match VsockListener::bind(port) {
+            Ok(l) => l,
+            Err(e) => {
+                println!("httpd: cannot listen on vsock port {port}: {e}");
+                return 1;
+            }
+        };
+        println!("httpd: serving {shown} on vsock port {port}");
+        return serve_all(|| listener.accept(), cfg);
+    }
     if !kernel::args().any(|a| a.starts_with("torito.ip=")) {
         match kernel::net::wait_for_address(Duration::from_secs(10)) {
             Ok(a) => {
@@ -114,8 +134,17 @@ fn main() -> i32 {
         }
     };
     println!("httpd: serving {shown} on port {port}");
+    serve_all(|| listener.accept(), cfg)
+}
+
+/// Take each connection `accept` gives and serve it on a thread of its own
+/// (503 beyond `max_conns`); returns when accepting fails.
+fn serve_all<C: Conn>(
+    mut accept: impl FnMut() -> Result<C, kernel::net::Error>,
+    cfg: &'static Config,
+) -> i32 {
     loop {
-        match listener.accept() {
+        match accept() {
             Ok(mut s) => {
                 if ACTIVE.fetch_add(1, Ordering::Relaxed) >= cfg.max_conns {
                     ACTIVE.fetch_sub(1, Ordering::Relaxed);
@@ -156,7 +185,7 @@ fn head(status: u16, ctype: &str, len: u64, extra: &[(&str, String)], close: boo
 }
 
 /// An error response with a short text body.
-fn error(s: &mut TcpStream, status: u16, extra: &[(&str, String)], close: bool, with_body: bool) -> bool {
+fn error(s: &mut impl Conn, status: u16, extra: &[(&str, String)], close: bool, with_body: bool) -> bool {
     let body = format!("{status} {}\n", http::reason(status));
     let mut out = head(status, "text/plain; charset=utf-8", body.len() as u64, extra, close);
     if with_body {
@@ -172,7 +201,7 @@ fn now_ns() -> u64 {
 
 /// Serve one connection: requests in order until it closes, errs, idles
 /// out or asks to close.
-fn serve(mut s: TcpStream, cfg: &Config) {
+fn serve(mut s: impl Conn, cfg: &Config) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -257,7 +286,7 @@ fn serve(mut s: TcpStream, cfg: &Config) {
 }
 
 /// Read and drop a body of `len` bytes (part of it may be in `buf`).
-fn skip_body(s: &mut TcpStream, buf: &mut Vec<u8>, len: usize, cfg: &Config) -> bool {
+fn skip_body(s: &mut impl Conn, buf: &mut Vec<u8>, len: usize, cfg: &Config) -> bool {
     let have = buf.len().min(len);
     buf.drain(..have);
     let mut left = len - have;
@@ -272,12 +301,12 @@ fn skip_body(s: &mut TcpStream, buf: &mut Vec<u8>, len: usize, cfg: &Config) -> 
     true
 }
 
-fn finish(mut s: TcpStream) {
+fn finish(mut s: impl Conn) {
     let _ = s.shutdown();
 }
 
 /// Answer one request; whether the connection can go on.
-fn respond(s: &mut TcpStream, req: &http::Request, cfg: &Config, close: bool) -> bool {
+fn respond(s: &mut impl Conn, req: &http::Request, cfg: &Config, close: bool) -> bool {
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
         return error(s, 405, &[("Allow", String::from("GET, HEAD"))], close, true);
@@ -341,7 +370,7 @@ fn respond(s: &mut TcpStream, req: &http::Request, cfg: &Config, close: bool) ->
 /// Send the response head `out`, then `count` bytes of the file at `path`
 /// from `start`, in pieces; the head goes out with the first piece (a head
 /// sent alone would wait for the client's delayed ACK before the body).
-fn send_file(s: &mut TcpStream, mut out: Vec<u8>, path: &str, start: u64, count: u64) -> bool {
+fn send_file(s: &mut impl Conn, mut out: Vec<u8>, path: &str, start: u64, count: u64) -> bool {
     let Ok(mut f) = fs::File::open(path) else { return false };
     if let Some(bytes) = f.as_static() {
         // Baked into the ELF: sent from where it lies.

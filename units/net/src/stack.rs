@@ -272,7 +272,7 @@ impl Deadline {
         }))
     }
 
-    fn passed(self) -> bool {
+    pub(crate) fn passed(self) -> bool {
         self.0.is_some_and(|d| unit_process::clock::ticks() >= d)
     }
 }

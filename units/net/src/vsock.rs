@@ -9,6 +9,7 @@ use unit_devices::vsock::Vsock;
 use virtio_drivers::device::socket::{SocketError, VsockAddr, VsockEventType};
 
 use crate::Error;
+use crate::stack::Deadline;
 
 struct State {
     dev: Vsock,
@@ -47,16 +48,26 @@ fn pump(st: &mut State) {
 }
 
 /// Wait until `f` answers (the thread sleeps between looks).
-fn block<T>(mut f: impl FnMut(&mut State) -> Option<T>) -> Result<T, Error> {
+fn block<T>(f: impl FnMut(&mut State) -> Option<T>) -> Result<T, Error> {
+    block_until(Deadline::NONE, f)
+}
+
+/// [`block`], giving up with `Error::TimedOut` once `deadline` passed (it is
+/// looked at whenever the thread wakes: within ~20 ms).
+fn block_until<T>(deadline: Deadline, mut f: impl FnMut(&mut State) -> Option<T>) -> Result<T, Error> {
     if VSOCK.lock().is_none() {
         return Err(Error::NoInterface);
     }
-    Ok(unit_process::wait_for_event(|| {
+    unit_process::wait_for_event(|| {
         let mut g = VSOCK.lock();
         let st = g.as_mut()?;
         pump(st);
-        f(st)
-    }))
+        match f(st) {
+            Some(v) => Some(Ok(v)),
+            None if deadline.passed() => Some(Err(Error::TimedOut)),
+            None => None,
+        }
+    })
 }
 
 /// A vsock port waiting for the host's connections.
@@ -80,7 +91,7 @@ impl VsockListener {
             let i = st.pending.iter().position(|&(_, p)| p == port)?;
             let (peer, port) = st.pending.remove(i);
             st.closed.retain(|&k| k != (peer, port));
-            Some(VsockStream { peer, port })
+            Some(VsockStream { peer, port, read_timeout: None })
         })
     }
 }
@@ -89,6 +100,7 @@ impl VsockListener {
 pub struct VsockStream {
     peer: VsockAddr,
     port: u32,
+    read_timeout: Option<core::time::Duration>,
 }
 
 /// Largest piece sent at once (the peer's credit must cover it).
@@ -110,7 +122,7 @@ impl VsockStream {
         block(|st| {
             if let Some(i) = st.connected.iter().position(|&k| k == (peer, local)) {
                 st.connected.remove(i);
-                Some(Ok(VsockStream { peer, port: local }))
+                Some(Ok(VsockStream { peer, port: local, read_timeout: None }))
             } else if let Some(i) = st.closed.iter().position(|&k| k == (peer, local)) {
                 st.closed.remove(i);
                 Some(Err(Error::ConnectionRefused))
@@ -120,11 +132,23 @@ impl VsockStream {
         })?
     }
 
+    /// Make [`VsockStream::read`] give up after `t` with `Error::TimedOut`
+    /// (`None`: wait for ever), as `TcpStream::set_read_timeout`.
+    pub fn set_read_timeout(&mut self, t: Option<core::time::Duration>) {
+        self.read_timeout = t;
+    }
+
+    /// Everything written is in the device's queue at once (there is no
+    /// acknowledgement to wait for, as TCP has): returns at once.
+    pub fn flush(&mut self, _t: core::time::Duration) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Read what has arrived (waiting until something has); 0 once the
     /// peer has closed and everything was read.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let (peer, port) = (self.peer, self.port);
-        block(|st| {
+        block_until(Deadline::after(self.read_timeout), |st| {
             let closed = st.closed.contains(&(peer, port));
             match st.dev.manager().recv(peer, port, buf) {
                 Ok(n) if n > 0 => {
