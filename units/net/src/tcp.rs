@@ -8,7 +8,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 
 use crate::Error;
-use crate::stack::{Deadline, Stack, block_on, with};
+use crate::stack::{Deadline, Listening, Stack, block_on, with};
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -30,7 +30,7 @@ pub fn buffer_size() -> usize {
     BUFFER_SIZE.load(Ordering::Relaxed)
 }
 
-fn new_socket() -> Socket<'static> {
+pub(crate) fn new_socket() -> Socket<'static> {
     let n = buffer_size();
     Socket::new(SocketBuffer::new(vec![0; n]), SocketBuffer::new(vec![0; n]))
 }
@@ -38,8 +38,8 @@ fn new_socket() -> Socket<'static> {
 /// A TCP socket waiting for connections on a port.
 pub struct TcpListener {
     port: u16,
-    /// Listening sockets: each takes one connection.
-    waiting: Vec<SocketHandle>,
+    /// Its slot in the stack's listeners.
+    id: usize,
 }
 
 impl TcpListener {
@@ -49,24 +49,35 @@ impl TcpListener {
         Self::bind_with_backlog(port, BACKLOG)
     }
 
-    /// Listen on `port`, holding `backlog` (at least 1) connections ready
-    /// to be accepted: a burst of more connections than that at once gets
+    /// Listen on `port`, holding up to `backlog` (at least 1) connections
+    /// not yet accepted. Listening sockets are made as connections come
+    /// (16 ahead), not all at once; beyond the backlog, connections get
     /// resets (clients retry).
     pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<Self, Error> {
         if port == 0 {
             return Err(Error::AddrInUse);
         }
-        let waiting = with(|s| {
+        let id = with(|s| {
+            if s.listeners.iter().flatten().any(|l| l.port == port) {
+                return Err(Error::AddrInUse);
+            }
+            let l = Listening { port, backlog: backlog.max(1), held: Vec::new() };
+            let id = match s.listeners.iter().position(Option::is_none) {
+                Some(i) => {
+                    s.listeners[i] = Some(l);
+                    i
+                }
+                None => {
+                    s.listeners.push(Some(l));
+                    s.listeners.len() - 1
+                }
+            };
+            // The first sockets now: connections are welcome at once.
             s.dirty = true;
-            (0..backlog.max(1))
-                .map(|_| {
-                    let mut sock = new_socket();
-                    sock.listen(port).map_err(|_| Error::AddrInUse)?;
-                    Ok(s.sockets.add(sock))
-                })
-                .collect::<Result<Vec<_>, Error>>()
+            s.poll();
+            Ok(id)
         })??;
-        Ok(Self { port, waiting })
+        Ok(Self { port, id })
     }
 
     /// The port.
@@ -76,29 +87,27 @@ impl TcpListener {
 
     /// Wait for a connection and take it.
     pub fn accept(&mut self) -> Result<TcpStream, Error> {
-        let port = self.port;
-        let waiting = &mut self.waiting;
+        let id = self.id;
         block_on(Deadline::NONE, |s: &mut Stack| {
-            let i = waiting.iter().position(|&h| {
+            let l = s.listeners.get_mut(id)?.as_mut()?;
+            let i = l.held.iter().position(|&h| {
                 let st = s.sockets.get::<Socket>(h).state();
                 !matches!(st, State::Listen | State::SynReceived)
             })?;
-            let mut sock = new_socket();
-            if sock.listen(port).is_err() {
-                return Some(Err(Error::AddrInUse));
-            }
-            let fresh = s.sockets.add(sock);
+            let handle = l.held.remove(i);
+            // A new listening socket at the next look.
             s.dirty = true;
-            Some(Ok(TcpStream { handle: core::mem::replace(&mut waiting[i], fresh), read_timeout: None }))
+            Some(Ok(TcpStream { handle, read_timeout: None }))
         })?
     }
 }
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
-        let waiting = core::mem::take(&mut self.waiting);
+        let id = self.id;
         let _ = with(|s| {
-            for h in waiting {
+            let held = s.listeners.get_mut(id).and_then(Option::take).map(|l| l.held).unwrap_or_default();
+            for h in held {
                 s.sockets.get_mut::<Socket>(h).abort();
                 s.retire(h);
             }

@@ -104,6 +104,9 @@ pub struct Devices {
     com1: Com1,
     virtio: Vec<MmioDevice>,
     warned: BTreeSet<(bool, u64)>,
+    /// Signalled when a device has a host descriptor to watch again (the
+    /// I/O thread waits on it too).
+    rewatch: Option<EventFd>,
 }
 
 /// Open the devices `cfg` asks for (disks, then NICs, then vsock: the
@@ -160,6 +163,7 @@ impl Devices {
             com1: Com1::new(serial),
             virtio: Vec::new(),
             warned: BTreeSet::new(),
+            rewatch: None,
         }
     }
 
@@ -219,13 +223,27 @@ impl Devices {
         eprintln!("torito: warning: guest {how} unmapped {what} {addr:#x} (ignored; reads return all ones)");
     }
 
+    /// The eventfd to signal when a device has a host descriptor to watch
+    /// again (the I/O thread's).
+    pub fn set_rewatch(&mut self, fd: EventFd) {
+        self.rewatch = Some(fd);
+    }
+
     /// A guest store to MMIO address `addr`.
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
         let action = match find(&self.mmio, addr) {
-            Some((Owner::Virtio(i), off)) => match self.virtio[i].write(off, data, mem) {
-                Effect::Interrupt => Some(Action::Interrupt(i as u32)),
-                Effect::None => Some(Action::Continue),
-            },
+            Some((Owner::Virtio(i), off)) => {
+                let effect = self.virtio[i].write(off, data, mem);
+                if self.virtio[i].take_rewatch()
+                    && let Some(fd) = &self.rewatch
+                {
+                    let _ = fd.write(1);
+                }
+                Some(match effect {
+                    Effect::Interrupt => Action::Interrupt(i as u32),
+                    Effect::None => Action::Continue,
+                })
+            }
             Some((Owner::RegisterPage, mmio::MMIO_BATCH)) => Some(self.run_batch(mem, value_of(data))),
             Some((Owner::RegisterPage, off)) => self.register_page.write(mem, off, value_of(data)),
             _ => None,

@@ -37,10 +37,21 @@ impl<'a> Machine<'a> {
     }
 
     fn io_loop(&self) {
+        // A device that wants a descriptor watched again says so here.
+        let rewatch = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).ok();
+        if let Some(fd) = rewatch.as_ref().and_then(|f| f.try_clone().ok()) {
+            lock(&self.devices).set_rewatch(fd);
+        }
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = lock(&self.devices).host_fds_to_watch();
             fds.push((self.stopped.as_raw_fd(), false));
+            if let Some(r) = &rewatch {
+                fds.push((r.as_raw_fd(), false));
+            }
             if wait_ready(&fds, IO_WAIT) && !self.stop.load(Ordering::SeqCst) {
+                if let Some(r) = &rewatch {
+                    let _ = r.read();
+                }
                 let lines = lock(&self.devices).service_host(self.mem);
                 for line in lines {
                     self.device_interrupt(line);

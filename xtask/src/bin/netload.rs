@@ -581,7 +581,7 @@ impl Dialer {
                 libc::connect(fd, sa, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
                 self.pending.push(fd);
             }
-            if self.pending.len() > Self::IN_FLIGHT {
+            while self.pending.len() > Self::IN_FLIGHT {
                 libc::close(self.pending.remove(0));
             }
             let mut fds: Vec<libc::pollfd> = self

@@ -74,6 +74,12 @@ pub trait Backend: Send {
     /// The driver set DRIVER_OK: the device may start (and, e.g., tell the
     /// driver which queues it need not notify).
     fn driver_ok(&mut self, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
+    /// Whether [`Backend::host_fds`] changed since the last call in a way the
+    /// I/O thread must see at once (a descriptor to watch again); the I/O
+    /// thread otherwise looks again within its longest wait.
+    fn take_rewatch(&mut self) -> bool {
+        false
+    }
 }
 
 /// A device's queues as its backend sees them: only those the driver made
@@ -133,6 +139,11 @@ impl MmioDevice {
             interrupt_status: 0,
             interrupts: 0,
         }
+    }
+
+    /// See [`Backend::take_rewatch`].
+    pub fn take_rewatch(&mut self) -> bool {
+        self.backend.take_rewatch()
     }
 
     /// The backend.

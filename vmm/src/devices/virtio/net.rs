@@ -81,6 +81,8 @@ pub struct Net {
     pub tx_frames: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
+    /// The TAP device is to be watched again (see `Backend::take_rewatch`).
+    rewatch: bool,
 }
 
 /// Open the TAP device of `cfg` and make NIC number `index`.
@@ -93,7 +95,7 @@ pub fn open(cfg: &NetConfig, index: usize) -> Result<MmioDevice, String> {
 impl Net {
     /// A NIC on `tap` with address `mac`.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
-        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0 }
+        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0, rewatch: false }
     }
 
     /// Move frames from the TAP device into the receive queue while both
@@ -190,7 +192,13 @@ impl Backend for Net {
 
     fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
         match (index, queues.get(index)) {
-            (0, Some(q)) => self.deliver(q, mem),
+            (0, Some(q)) => {
+                let held = self.waiting.is_some();
+                self.deliver(q, mem);
+                // The frame held back went in: the TAP device is to be
+                // watched again, now (the I/O thread waits without it).
+                self.rewatch |= held && self.waiting.is_none();
+            }
             (1, Some(q)) => self.transmit(q, mem),
             _ => {}
         }
@@ -216,6 +224,10 @@ impl Backend for Net {
 
     fn driver_ok(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
         self.service_host(queues, mem);
+    }
+
+    fn take_rewatch(&mut self) -> bool {
+        std::mem::take(&mut self.rewatch)
     }
 }
 
