@@ -196,6 +196,17 @@ fn check_http(ns: &Netns, www: &Path) {
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
 }
 
+/// The guest heap in use, from httpd's `status=/server-status` page.
+fn heap_used(ns: &Netns) -> u64 {
+    let page = String::from_utf8_lossy(&curl(ns, &[&url("/server-status")]).stdout).into_owned();
+    assert!(page.starts_with("Active connections: "), "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix("Heap used: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no heap figure in {page}"))
+}
+
 /// The value of header `name` in a lower-cased head.
 fn h_value(head: &str, name: &str) -> String {
     head.lines()
@@ -220,9 +231,21 @@ fn httpd_on_the_torito_monitor_with_curl() {
     let Some(ns) = Netns::or_skip("web", &["ip", "ping", "nc", "curl"]) else { return };
     let dir = scratch("trt");
     let www = site(&dir, 64 << 20);
-    let vm = start_on_torito(&ns, &www, &["header_timeout=3"]);
+    let vm = start_on_torito(&ns, &www, &["header_timeout=3", "status=/server-status"]);
     wait_for_http(&ns);
+    let before = heap_used(&ns);
     check_http(&ns, &www);
+    // Everything the requests took (the 64 MiB file in pieces, the hostile
+    // heads, the trickling client) is given back once the connections end.
+    let t = Instant::now();
+    let after = loop {
+        let now = heap_used(&ns);
+        if now <= before + (512 << 10) || t.elapsed() > Duration::from_secs(10) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(after <= before + (512 << 10), "guest heap in use: {before} before, {after} after");
     drop(vm);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,9 @@
 //! - `idle=15`: seconds a kept-alive connection may wait for its next
 //!   request.
 //! - `log=1`: an access line per request on the console.
+//! - `status=/PATH`: answer GET of PATH with a few figures in plain text,
+//!   like nginx's stub_status (connections open, requests answered, guest
+//!   heap in use); off by default.
 //! - `requests=N`: stop the appliance (exit 0) once N responses were sent
 //!   (0, the default: serve for ever); for measuring a whole run.
 //!
@@ -58,6 +61,7 @@ struct Config {
     idle: Duration,
     log: bool,
     requests: u64,
+    status: Option<String>,
 }
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -84,6 +88,7 @@ fn main() -> i32 {
         idle: Duration::from_secs(num("idle", 15).max(1)),
         log: arg("log") == Some("1"),
         requests: num("requests", 0),
+        status: arg("status").filter(|p| p.starts_with('/')).map(String::from),
     }));
     let shown = if cfg.root.is_empty() { "/" } else { cfg.root.as_str() };
     match fs::metadata(shown) {
@@ -274,7 +279,8 @@ fn serve(mut s: impl Conn, cfg: &Config) {
         if cfg.log {
             println!("httpd: {} {} HTTP/1.{}", req.method, req.target, req.minor);
         }
-        if cfg.requests > 0 && SERVED.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.requests {
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+        if cfg.requests > 0 && served >= cfg.requests {
             let _ = s.flush(Duration::from_secs(1));
             println!("httpd: {} responses sent, stopping", cfg.requests);
             kernel::exit(0);
@@ -314,6 +320,31 @@ fn respond(s: &mut impl Conn, req: &http::Request, cfg: &Config, close: bool) ->
     let Some((path, slash)) = http::target_path(&req.target) else {
         return error(s, 400, &[], close, !head_only);
     };
+    if cfg.status.as_deref() == Some(path.as_str()) {
+        let heap = kernel::memory::heap_stats();
+        let (sockets, closing) = kernel::net::socket_counts();
+        let body = format!(
+            "Active connections: {}\nRequests: {}\nHeap used: {} of {} bytes\nSockets: {} ({} closing)\nThreads: {}\n",
+            ACTIVE.load(Ordering::Relaxed),
+            SERVED.load(Ordering::Relaxed),
+            heap.used,
+            heap.size,
+            sockets,
+            closing,
+            kernel::process::live_threads()
+        );
+        let mut out = head(
+            200,
+            "text/plain; charset=utf-8",
+            body.len() as u64,
+            &[("Cache-Control", String::from("no-store"))],
+            close,
+        );
+        if !head_only {
+            out.extend_from_slice(body.as_bytes());
+        }
+        return s.write_all(&out).is_ok();
+    }
     let mut full = format!("{}{}", cfg.root, path);
     let mut meta = match fs::metadata(&full) {
         Ok(m) => m,

@@ -294,6 +294,12 @@ pub fn address() -> Option<NetConfig> {
     })
 }
 
+/// Sockets the stack holds, and of them those closed by their owner and
+/// not yet over (`(0, 0)` without a NIC): for status pages.
+pub fn socket_counts() -> (usize, usize) {
+    STACK.lock().as_ref().map_or((0, 0), |s| (s.sockets.iter().count(), s.closing.len()))
+}
+
 /// Wait until the interface has an address (DHCP may take a moment);
 /// `Err(TimedOut)` after `t`.
 pub fn wait_for_address(t: core::time::Duration) -> Result<NetConfig, Error> {

@@ -187,6 +187,12 @@ pub fn current_thread() -> Option<ThreadId> {
     sched::current().map(|s| s.current_id())
 }
 
+/// Threads spawned whose stacks are not freed yet (running, waiting, or
+/// ended and not yet reaped): for status pages and leak checks.
+pub fn live_threads() -> usize {
+    sched::LIVE_STACKS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Run `f` on a new thread of the current core.
 pub fn spawn<F, T>(f: F) -> JoinHandle<T>
 where

@@ -11,7 +11,9 @@
 //! - [`net`]: the network data path (stream, request/response);
 //! - [`appliances`]: httpd and kvstore with wrk and redis-benchmark against
 //!   QEMU and the native servers, exits per request, cold start to first
-//!   response.
+//!   response;
+//! - [`soak`] (only when named): httpd under 1,000 connections for a
+//!   minute, memory flat.
 //!
 //! Verdicts hold on any machine: each target is a ratio against a
 //! reference measured in the same run (the bare guest, QEMU, Firecracker,
@@ -28,6 +30,7 @@ pub mod launch;
 pub mod net;
 pub mod process;
 pub mod report;
+pub mod soak;
 
 use std::path::PathBuf;
 
@@ -48,6 +51,8 @@ pub enum Section {
     Net,
     /// httpd and kvstore under real clients; cold start to first response.
     Appliances,
+    /// httpd under 1,000 connections for a minute (only when named).
+    Soak,
 }
 
 /// Options of a bench run.
@@ -65,7 +70,7 @@ pub struct Options {
 
 impl Options {
     fn wants(&self, s: Section) -> bool {
-        self.sections.is_empty() || self.sections.contains(&s)
+        (self.sections.is_empty() && s != Section::Soak) || self.sections.contains(&s)
     }
 }
 
@@ -101,6 +106,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     }
     if opts.wants(Section::Appliances) {
         appliances::run(&monitor, &opts.out, &mut verdicts)?;
+    }
+    if opts.wants(Section::Soak) {
+        soak::run(&monitor, &opts.out, &mut verdicts)?;
     }
     Ok(verdicts.print())
 }
