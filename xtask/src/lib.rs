@@ -250,6 +250,18 @@ pub fn assert_guest_wall_clock(console: &str) {
     assert!(secs.abs_diff(host) < 120, "{line} (host: {host})");
 }
 
+/// `CLOCK_MONOTONIC` in ns: the clock of the monitor's `TORITO_LAUNCH_NS`
+/// (a launcher reads it just before it spawns the monitor).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Build the `netload` test client (host, debug); its path.
 pub fn build_netload() -> Result<PathBuf> {
     let mut c = cargo();

@@ -17,6 +17,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use xtask::mono_ns;
+
 fn pattern(conn: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(7) ^ (conn as u8)).collect()
 }
@@ -442,17 +444,6 @@ mod garbage {
             Ok(())
         }
     }
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock of the monitor's `TORITO_LAUNCH_NS`.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
-    };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Cold start to first response: spawn `argv` (its launch clock in
