@@ -137,6 +137,15 @@ impl Stack {
         let sockets = &mut self.sockets;
         let mut fewest = usize::MAX;
         for l in self.listeners.iter_mut().flatten() {
+            // A connection reset before it was accepted (a half-open one
+            // the client gave up) listens again rather than reach the app
+            // as a dead stream (Linux drops those from its queue too).
+            for &h in &l.held {
+                let sock = sockets.get_mut::<Socket>(h);
+                if sock.state() == State::Closed {
+                    let _ = sock.listen(l.port);
+                }
+            }
             let mut listening =
                 l.held.iter().filter(|&&h| sockets.get::<Socket>(h).state() == State::Listen).count();
             while listening < SPARE && l.held.len() < l.backlog {
