@@ -259,8 +259,9 @@ fn httpd_under_wrk() {
     }
     let dir = scratch("wrk");
     let www = site(&dir, 4096);
-    let vm = start_on_torito(&ns, &www, &[]);
+    let vm = start_on_torito(&ns, &www, &["status=/server-status"]);
     wait_for_http(&ns);
+    let before = heap_used(&ns);
     let out = ns.exec("wrk").args(["-t2", "-c100", "-d10s", &url("/")]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
@@ -270,6 +271,17 @@ fn httpd_under_wrk() {
     assert!(!text.contains("Non-2xx"), "{text}");
     // Still serving.
     assert_eq!(status(&ns, &[&url("/")]), "200");
+    // A hundred connection threads that ended together give back their
+    // stacks and buffers (they once kept 64 KiB each).
+    let t = Instant::now();
+    let after = loop {
+        let now = heap_used(&ns);
+        if now <= before + (1 << 20) || t.elapsed() > Duration::from_secs(10) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(after <= before + (1 << 20), "guest heap in use: {before} before wrk, {after} after");
     drop(vm);
     std::fs::remove_dir_all(&dir).unwrap();
 }
