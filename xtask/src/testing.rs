@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::QemuMachine;
 
@@ -21,6 +22,33 @@ pub fn skip(why: &str) {
             let _ = f.write_all(format!("{name}\t{why}\n").as_bytes());
         }
     }
+}
+
+/// Look at `probe` every 50 ms until it holds (`true`) or `within` passed
+/// (`false`).
+pub fn poll(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if probe() {
+            return true;
+        }
+        if t.elapsed() >= within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Read a figure (a guest's heap in use, say) until it is at most `limit`
+/// or `within` passed: the last value read (`None` if none could be). For
+/// what a guest gives back a moment after its clients went.
+pub fn settle(limit: u64, within: Duration, mut read: impl FnMut() -> Option<u64>) -> Option<u64> {
+    let mut last = None;
+    poll(within, || {
+        last = read().or(last);
+        last.is_some_and(|v| v <= limit)
+    });
+    last
 }
 
 /// The environment variable naming the file where skips are recorded.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use xtask::group::GroupChild;
 use xtask::netns::{GUEST, Netns};
+use xtask::testing::settle;
 use xtask::{QemuMachine, Variant};
 
 /// A scratch directory for one test, removed first.
@@ -237,14 +238,7 @@ fn httpd_on_the_torito_monitor_with_curl() {
     check_http(&ns, &www);
     // Everything the requests took (the 64 MiB file in pieces, the hostile
     // heads, the trickling client) is given back once the connections end.
-    let t = Instant::now();
-    let after = loop {
-        let now = heap_used(&ns);
-        if now <= before + (512 << 10) || t.elapsed() > Duration::from_secs(10) {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let after = settle(before + (512 << 10), Duration::from_secs(10), || Some(heap_used(&ns))).unwrap();
     assert!(after <= before + (512 << 10), "guest heap in use: {before} before, {after} after");
     drop(vm);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -273,14 +267,7 @@ fn httpd_under_wrk() {
     assert_eq!(status(&ns, &[&url("/")]), "200");
     // A hundred connection threads that ended together give back their
     // stacks and buffers (they once kept 64 KiB each).
-    let t = Instant::now();
-    let after = loop {
-        let now = heap_used(&ns);
-        if now <= before + (1 << 20) || t.elapsed() > Duration::from_secs(10) {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let after = settle(before + (1 << 20), Duration::from_secs(10), || Some(heap_used(&ns))).unwrap();
     assert!(after <= before + (1 << 20), "guest heap in use: {before} before wrk, {after} after");
     drop(vm);
     std::fs::remove_dir_all(&dir).unwrap();

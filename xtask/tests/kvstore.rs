@@ -191,14 +191,8 @@ fn check_bad_input(ns: &Netns, dir: &Path) {
     assert_eq!(cli(ns, &["EXISTS", "big"]), "(integer) 0");
     assert_eq!(cli(ns, &["PING"]), "PONG");
     // Connections end in the guest a moment after the client closed.
-    let t = Instant::now();
-    let after = loop {
-        let now = heap_used(ns);
-        if now <= before + (256 << 10) || t.elapsed() > Duration::from_secs(5) {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let after =
+        xtask::testing::settle(before + (256 << 10), Duration::from_secs(5), || Some(heap_used(ns))).unwrap();
     assert!(after <= before + (256 << 10), "heap in use {before} before the bad input, {after} after");
 }
 

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::report::Verdicts;
 use super::{json_number, summary};
@@ -86,14 +86,7 @@ fn start(ns: &Netns, argv: &[String]) -> Result<crate::group::GroupChild, String
 
 /// Wait until `probe` succeeds (10 s at most).
 fn ready(probe: impl Fn() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if probe() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    crate::testing::poll(Duration::from_secs(10), probe)
 }
 
 fn http_ok(ns: &Netns, url: &str) -> bool {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::report::Verdicts;
 use crate::Variant;
@@ -47,16 +47,12 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
     c.arg(&elf).args(["--", "torito.ip=10.0.2.15/24", "root=/", "max_conns=2000", "backlog=1024"]);
     c.arg("status=/server-status");
     let vm = crate::group::spawn(c.stdout(Stdio::null()).stderr(Stdio::null())).map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    let before = loop {
-        if let Some(h) = heap(&ns) {
-            break h;
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            return Err("soak: httpd never answered".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut first = None;
+    crate::testing::poll(Duration::from_secs(10), || {
+        first = heap(&ns);
+        first.is_some()
+    });
+    let Some(before) = first else { return Err("soak: httpd never answered".into()) };
     let load = ns
         .exec("wrk")
         .args(["-t2", "-c1000", "-d60s", "--timeout", "10s", &format!("http://{GUEST}/")])
@@ -67,14 +63,7 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
         println!("    {l}");
     }
     // The connections end in the guest a moment after wrk closed them.
-    let t = Instant::now();
-    let after = loop {
-        let h = heap(&ns);
-        if h.is_some_and(|h| h <= before + (1 << 20)) || t.elapsed() > Duration::from_secs(10) {
-            break h;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let after = crate::testing::settle(before + (1 << 20), Duration::from_secs(10), || heap(&ns));
     vm.kill();
     let errors =
         text.lines().filter(|l| l.contains("Socket errors") || l.contains("Non-2xx")).collect::<Vec<_>>();
