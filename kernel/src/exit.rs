@@ -14,8 +14,11 @@ use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
 use crate::arch::{gate, torito};
 
 /// Stop the guest with `code`, after making every file written durable
-/// (with the filesystem unit).
+/// (with the filesystem unit) and sending the frames the network unit
+/// still holds.
 pub fn exit(code: i32) -> ! {
+    #[cfg(feature = "net")]
+    unit_net::flush();
     #[cfg(feature = "fs")]
     if let Err(e) = unit_fs::sync_all() {
         crate::println!("[torito] fs: writing files back at exit: {e}");

@@ -29,6 +29,20 @@ impl GroupChild {
         out
     }
 
+    /// [`GroupChild::wait_with_output`], but the group is killed if the
+    /// leader has not ended within `grace` (what it wrote until then is
+    /// returned).
+    pub fn wait_with_output_within(mut self, grace: std::time::Duration) -> std::io::Result<Output> {
+        let until = std::time::Instant::now() + grace;
+        while !self.has_ended() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Some(c) = &self.child {
+            kill_group(c.id());
+        }
+        self.wait_with_output()
+    }
+
     /// Whether the leader has ended (it is reaped then; its output can
     /// still be collected with [`GroupChild::wait_with_output`]).
     pub fn has_ended(&mut self) -> bool {

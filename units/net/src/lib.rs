@@ -33,7 +33,7 @@ pub mod udp;
 pub mod vsock;
 
 pub use config::NetConfig;
-pub use stack::{address, init, socket_counts, wait_for_address};
+pub use stack::{address, flush, init, socket_counts, wait_for_address};
 pub use unit_devices::{NetDevice, NetError};
 
 use core::fmt;

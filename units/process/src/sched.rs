@@ -374,6 +374,7 @@ impl Scheduler {
             // their stacks until its next switch (64 MiB after a load of
             // 1,000 connections on httpd).
             self.reap();
+            let sent = crate::run_idle_hook();
             let stuck = deadline.is_none();
             let until = deadline.unwrap_or_else(|| now.saturating_add(deadlock_check_ticks()));
             if stuck && !self.stuck.load(Ordering::SeqCst) {
@@ -383,8 +384,9 @@ impl Scheduler {
             // Before halting, watch for a notification for a while: waking a
             // halted core costs an interrupt and a host wake-up (~65 µs
             // here, sometimes several hundred), and a reply from another
-            // core often comes sooner. See `SPIN_BEFORE_HALT_US`.
-            let multi = crate::core_count() > 1;
+            // core, or an answer to what the idle hook just sent to a
+            // device, often comes sooner. See `SPIN_BEFORE_HALT_US`.
+            let multi = crate::core_count() > 1 || sent;
             if multi {
                 let spin_until = now.saturating_add(self.spin_ticks()).min(until);
                 while arch::rdtsc() < spin_until && !self.notified.load(Ordering::Relaxed) {
@@ -968,6 +970,22 @@ pub(crate) mod tests {
         let t0 = arch::rdtsc();
         s.sleep_until(t0 + 100_000);
         assert!(arch::rdtsc() >= t0 + 100_000);
+    }
+
+    static IDLE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A core about to halt runs the idle hook first (a driver's batched
+    /// notifications go out before the core sleeps).
+    #[test]
+    fn a_core_going_idle_runs_the_idle_hook() {
+        crate::set_idle_hook(|| {
+            IDLE_RUNS.fetch_add(1, Ordering::SeqCst);
+            false
+        });
+        let s = fresh();
+        let before = IDLE_RUNS.load(Ordering::SeqCst);
+        s.sleep_until(arch::rdtsc() + 100_000);
+        assert!(IDLE_RUNS.load(Ordering::SeqCst) > before, "the hook did not run");
     }
 
     fn deadlock_message(r: std::thread::Result<u8>) -> String {

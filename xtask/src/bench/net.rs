@@ -31,22 +31,27 @@ pub fn run(monitor: &Path) -> Result<(), String> {
         let netload = crate::build_netload()?;
         let echo = crate::build("echo", Variant::default())?;
         let args = "torito.ip=10.0.2.15/24 port=7 buf=65536";
-        let mut runs: Vec<(&str, Vec<String>)> = vec![(
-            "torito",
-            [
-                monitor.display().to_string(),
-                "--net".into(),
-                "tap=tap0".into(),
-                echo.display().to_string(),
-                "--".into(),
-            ]
-            .into_iter()
-            .chain(args.split(' ').map(String::from))
-            .collect(),
-        )];
-        if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
+        // Each load gets a fresh guest told how many connections it will
+        // serve (`conns=`), which then stops: our monitor's timeline gives
+        // the exits of that load alone (boot included).
+        let loads: [(&[&str], u32); 3] =
+            [(&["stream", "3"], 1), (&["rr", "1", "2"], 1), (&["rr", "64", "2"], 64)];
+        let argv_of = |name: &str, conns: u32| -> Result<Vec<String>, String> {
+            let args = format!("{args} conns={conns}");
+            if name == "torito" {
+                return Ok([
+                    monitor.display().to_string(),
+                    "--timeline=json".into(),
+                    "--net".into(),
+                    "tap=tap0".into(),
+                ]
+                .into_iter()
+                .chain([echo.display().to_string(), "--".into()])
+                .chain(args.split(' ').map(String::from))
+                .collect());
+            }
             let pvh = crate::build("echo", Variant { pvh_only: true, ..Default::default() })?;
-            let q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, args);
+            let q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, &args);
             let mut v: Vec<String> = std::iter::once(q.get_program().to_string_lossy().into_owned())
                 .chain(q.get_args().map(|a| a.to_string_lossy().into_owned()))
                 .collect();
@@ -55,38 +60,61 @@ pub fn run(monitor: &Path) -> Result<(), String> {
                     .map(String::from),
             );
             v.extend(["-device", "virtio-net-device,netdev=n0"].map(String::from));
-            runs.push(("qemu microvm", v));
+            Ok(v)
+        };
+        let mut hosts = vec!["torito"];
+        if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
+            hosts.push("qemu microvm");
         }
         let mut figures: Vec<(&str, usize, f64)> = Vec::new();
-        for (name, argv) in runs {
-            // Its own process group: killing the wrappers (`ip netns exec`,
-            // `timeout`) alone would leave the monitor running.
-            let vm = crate::group::spawn(
-                Command::new("ip")
-                    .args(["netns", "exec", &ns, "timeout", "60"])
-                    .args(&argv)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .map_err(|e| format!("{name}: {e}"))?;
-            let load = |a: &[&str]| {
-                Command::new("ip")
+        for name in hosts {
+            for (k, (load, conns)) in loads.iter().enumerate() {
+                // Its own process group: killing the wrappers (`ip netns
+                // exec`, `timeout`) alone would leave the monitor running.
+                let vm = crate::group::spawn(
+                    Command::new("ip")
+                        .args(["netns", "exec", &ns, "timeout", "60"])
+                        .args(argv_of(name, *conns)?)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped()),
+                )
+                .map_err(|e| format!("{name}: {e}"))?;
+                let out = Command::new("ip")
                     .args(["netns", "exec", &ns])
                     .arg(&netload)
                     .arg("10.0.2.15:7")
-                    .args(a)
+                    .args(*load)
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace("netload: ", ""))
-                    .unwrap_or_default()
-            };
-            for (k, a) in
-                [&["stream", "3"][..], &["rr", "1", "2"], &["rr", "64", "2"]].into_iter().enumerate()
-            {
-                let line = load(a);
-                println!("  {name:<13} {line}");
-                figures.extend(first_number(&line).map(|v| (name, k, v)));
+                    .unwrap_or_default();
+                let figure = first_number(&out);
+                figures.extend(figure.map(|v| (name, k, v)));
+                // The guest stops after its connections; a load that failed
+                // may leave it waiting, hence the kill after a grace time.
+                let guest = vm
+                    .wait_with_output_within(std::time::Duration::from_secs(5))
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default();
+                let exits = (name == "torito")
+                    .then(|| {
+                        crate::bench::json_number(
+                            guest.lines().find(|l| l.starts_with("{\"time_zero\""))?,
+                            "exits",
+                        )
+                    })
+                    .flatten();
+                let per = match (exits, figure, k) {
+                    // Bytes moved both ways: the stream's rate × time × 2.
+                    (Some(e), Some(mbs), 0) => {
+                        format!(", {:.2} exits per 64 KiB moved", e as f64 / (mbs * 3e6 * 2.0 / 65536.0))
+                    }
+                    (Some(e), Some(rate), _) => {
+                        format!(", {:.3} exits per round trip", e as f64 / (rate * 2.0))
+                    }
+                    _ => String::new(),
+                };
+                println!("  {name:<13} {out}{per}");
             }
-            vm.kill();
         }
         let of = |n: &str, k: usize| figures.iter().find(|f| f.0 == n && f.1 == k).map(|f| f.2);
         for (k, what) in

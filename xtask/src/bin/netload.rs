@@ -6,6 +6,9 @@
 //! netload ADDR:PORT stream SECONDS  # one connection, send and read back at once: MB/s
 //! netload ADDR:PORT reset           # connect, send, reset (RST) without reading
 //! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold 2 s
+//! netload ADDR:PORT bulk BYTES MS   # one connection echoes BYTES, compared byte for
+//!                                   # byte; the reader (32 KiB of socket buffer) first
+//!                                   # stalls MS ms, so the guest meets a zero window
 //! netload ADDR:PORT garbage IFACE N # N malformed frames to ADDR's MAC through IFACE
 //! netload ADDR:PORT first-byte http|redis -- PROGRAM ARGS...
 //!                                   # cold start to first response: spawn PROGRAM,
@@ -58,11 +61,64 @@ fn echo(addr: SocketAddr, conn: usize, len: usize, hold: &std::sync::Barrier) ->
     Ok(())
 }
 
+/// One connection: a thread writes `len` bytes of pattern while this one
+/// reads them back (after `stall`, with a 32 KiB receive buffer: the
+/// peer's sending meets a zero window) and compares them.
+fn bulk(addr: SocketAddr, len: usize, stall: Duration) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut s = connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let small: libc::c_int = 16 * 1024;
+    // SAFETY: a plain setsockopt on our own socket with a c_int value.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("SO_RCVBUF: {}", std::io::Error::last_os_error()));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let writer = std::thread::spawn(move || -> Result<(), String> {
+        let data = pattern(3, 1 << 20);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(data.len());
+            w.write_all(&data[..n]).map_err(|e| format!("write: {e}"))?;
+            left -= n;
+        }
+        Ok(())
+    });
+    std::thread::sleep(stall);
+    let data = pattern(3, 1 << 20);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0usize;
+    while got < len {
+        let n = s.read(&mut buf).map_err(|e| format!("read after {got} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("the connection ended after {got} of {len} bytes"));
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b != data[(got + i) % data.len()] {
+                return Err(format!("byte {} differs", got + i));
+            }
+        }
+        got += n;
+    }
+    writer.join().map_err(|_| "the writer panicked".to_string())??;
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | garbage IFACE N | first-byte http|redis -- PROGRAM ARGS...)"
+            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | bulk BYTES MS | garbage IFACE N | first-byte http|redis -- PROGRAM ARGS...)"
         );
         std::process::exit(2)
     };
@@ -189,6 +245,20 @@ fn main() {
             drop(s);
             drop(s2);
             println!("netload: reset sent");
+        }
+        Some("bulk") => {
+            let (len, stall) = (num(3), num(4) as u64);
+            let t = Instant::now();
+            match bulk(addr, len, Duration::from_millis(stall)) {
+                Ok(()) => println!(
+                    "netload: bulk: {len} bytes each way, byte for byte, in {} ms",
+                    t.elapsed().as_millis()
+                ),
+                Err(e) => {
+                    eprintln!("netload: bulk: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Some("idle") => {
             let len = num(3);
