@@ -115,6 +115,10 @@ pub(crate) fn run() -> ! {
     // command line.
     #[cfg(feature = "net")]
     match unit_net::init(crate::boot::cmdline(), unit_devices::take_net_devices()) {
+        Ok(Some(nic)) if nic.config.is_none() => crate::println!(
+            "[torito] net: no torito.ip= given: asking DHCP for an address \
+             (sockets wait until it answers)"
+        ),
         Ok(_) => {}
         Err(e) => crate::println!("[torito] net: {e}"),
     }

@@ -285,6 +285,7 @@ fn dhcp_on_qemu_user_networking() {
     assert_eq!(echoed, msg);
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("no torito.ip= given: asking DHCP"), "the wait is announced: {console}");
     assert!(console.contains("address 10.0.2.15/24 from DHCP"), "{console}");
     assert_eq!(result.status.code(), Some(1), "{console}");
 }

@@ -3,7 +3,7 @@
 //! Command line: `torito.ip=ADDR/PREFIX` (the interface; without it, the
 //! address comes from DHCP), `port=N` (default
 //! 7), `conns=N` (exit 0 after N connections have ended; default: serve for
-//! ever), `backlog=N` (connections held ready, default 8), `buf=BYTES`
+//! ever), `backlog=N` (connections held not yet accepted, default the kernel's 511), `buf=BYTES`
 //! (each connection's receive and send buffers, default 16 KiB). Each
 //! connection gets a thread of its own. With the word `udp`: a UDP echo
 //! of `conns` datagrams on the same port, then one more wait of 200 ms that

@@ -13,7 +13,8 @@
 //!   notification per stack poll ([`NetDevice::flush`]), and none while the
 //!   device says it needs none (VRING_USED_F_NO_NOTIFY). Completions are
 //!   reclaimed lazily, without interrupts (the transmit ring's
-//!   VRING_AVAIL_F_NO_INTERRUPT stays set).
+//!   VRING_AVAIL_F_NO_INTERRUPT stays set), except while the ring is full
+//!   on a device that sends in its own time (QEMU, Firecracker).
 //! - **Receive**: interrupts are masked while the stack drains the ring
 //!   ([`NetDevice::mask_interrupts`], as Linux's NAPI does) and unmasked
 //!   before its last look ([`NetDevice::frame_waiting`]); buffers go back
@@ -134,6 +135,8 @@ pub struct VirtioNet {
     /// Frames or receive buffers queued since the last notification.
     tx_unflushed: bool,
     rx_unflushed: bool,
+    /// Transmit completions interrupt (only while the ring is full).
+    tx_irq: bool,
     /// Header size: 12 bytes with virtio 1.x, 10 on a legacy device.
     hdr: usize,
     mac: [u8; 6],
@@ -180,6 +183,7 @@ impl VirtioNet {
             tx_frames: (0..QUEUE).map(|_| None).collect(),
             tx_unflushed: false,
             rx_unflushed: false,
+            tx_irq: false,
             hdr,
             mac,
             irq: None,
@@ -261,6 +265,23 @@ impl NetDevice for VirtioNet {
             self.flush();
             self.reclaim_tx();
         }
+        if self.tx.available_desc() > 0 {
+            if self.tx_irq {
+                self.tx_irq = false;
+                self.tx.set_dev_notify(false);
+            }
+            return true;
+        }
+        // Still full: the device sends in its own time (QEMU, Firecracker).
+        // Let its completion interrupt, so the stack polls again then
+        // rather than at its next timer; look once more after asking, in
+        // case the device finished meanwhile.
+        if self.irq.is_some() && !self.tx_irq {
+            self.tx_irq = true;
+            self.tx.set_dev_notify(true);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            self.reclaim_tx();
+        }
         self.tx.available_desc() > 0
     }
 
@@ -292,6 +313,12 @@ impl NetDevice for VirtioNet {
     }
 
     fn flush(&mut self) {
+        // The available index was stored (by `add`) before the device's
+        // "no notification" flag is read: a device finishing a round
+        // re-enables notifications and then re-reads the index, so one of
+        // the two sees the other (virtio 1.2 §2.7.10; x86 may otherwise
+        // move this load before that store, and the frames would wait).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         if core::mem::take(&mut self.tx_unflushed) && self.tx.should_notify() {
             self.transport.notify(QUEUE_TRANSMIT);
         }

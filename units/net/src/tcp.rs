@@ -14,8 +14,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Default receive and send buffer of each connection, in bytes.
 pub const BUFFER: usize = 16 * 1024;
-/// Default number of connections a listener holds ready to be accepted.
-pub const BACKLOG: usize = 8;
+/// Default number of connections a listener holds not yet accepted (as
+/// nginx's 511; Linux's own default is 4096). Listening sockets are made
+/// as connections come, so an unused backlog costs nothing.
+pub const BACKLOG: usize = 511;
 
 static BUFFER_SIZE: AtomicUsize = AtomicUsize::new(BUFFER);
 
@@ -43,8 +45,10 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Listen on `port` of the interface's address, with [`BACKLOG`]
-    /// connections held ready.
+    /// Listen on `port` of the interface's address, holding up to
+    /// [`BACKLOG`] (511) connections not yet accepted; beyond that, new
+    /// connections get resets. [`TcpListener::bind_with_backlog`] sets
+    /// another bound.
     pub fn bind(port: u16) -> Result<Self, Error> {
         Self::bind_with_backlog(port, BACKLOG)
     }
