@@ -149,14 +149,41 @@ fn calibrate() -> Option<u64> {
     Some((t1 - t0) * 1_000_000 / ns.max(1))
 }
 
+/// The deadline (TSC) each core's timer was last armed for.
+static ARMED: [AtomicU64; super::smp::MAX_CORES] = [const { AtomicU64::new(0) }; super::smp::MAX_CORES];
+
 /// Fire this core's timer interrupt when the TSC reaches `deadline` (only
 /// after [`init`] returned `Some`). The interrupt sets the core's wake
 /// flag; the caller clears that flag before arming.
+///
+/// A timer already armed for an earlier time that has not come yet is
+/// left as it is: it wakes the core first, and the scheduler, which looks
+/// at the time after every wake-up, arms again. Each arming is a write to
+/// the local APIC, an exit (10–30 µs on a paravirtual host); a core that
+/// halts and wakes often (a network appliance under load: once per burst
+/// of frames) would otherwise pay one per halt for its 20 ms deadlock
+/// check alone.
 pub fn arm(deadline: u64) {
+    let armed = ARMED.get(super::smp::current_core());
+    let now = rdtsc();
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
-    let ticks = deadline.saturating_sub(rdtsc());
+    if let Some(a) = armed {
+        // Only a timer still 50 µs or more away is relied on: one about to
+        // fire (or fired since the wake flag was cleared) is armed again.
+        let at = a.load(Ordering::Relaxed);
+        if at != 0 && at <= deadline && at > now.saturating_add(khz / 20) {
+            return;
+        }
+    }
+    let ticks = deadline.saturating_sub(now);
     let ns = (u128::from(ticks) * 1_000_000 / u128::from(khz)).min(u128::from(u64::MAX)) as u64;
-    let count = ns.saturating_mul(LAPIC_HZ / 1_000_000_000).clamp(1, u64::from(u32::MAX));
+    let wanted = ns.saturating_mul(LAPIC_HZ / 1_000_000_000);
+    let count = wanted.clamp(1, u64::from(u32::MAX));
+    // Remember the deadline only when the counter reaches it exactly (not
+    // clamped): a skipped arming must rely on a timer that fires by then.
+    if let Some(a) = armed {
+        a.store(if count == wanted { deadline } else { 0 }, Ordering::Relaxed);
+    }
     // A deadline beyond the counter's range (4.3 s) wakes early; the
     // scheduler checks the time and arms again.
     write(INITIAL_COUNT, count as u32);

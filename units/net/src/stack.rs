@@ -202,10 +202,9 @@ impl Stack {
         self.phy.budget = self.top_up();
         self.iface.poll(t, &mut self.phy, &mut self.sockets);
         self.note_queued();
-        // Frames that came meanwhile (without an interrupt): a few more
-        // rounds, bounded; if frames still wait, the next look polls
-        // (under a flood, later frames interrupt; at worst a waiting
-        // core's longest sleep, 20 ms, passes first).
+        // Frames that came meanwhile (interrupts were masked): a few more
+        // rounds, bounded; if frames still wait, the stack stays dirty and
+        // the next look polls.
         let mut rounds = 0;
         while self.phy.dev.frame_waiting() {
             if rounds == 8 {
@@ -256,7 +255,8 @@ impl Stack {
     /// computes after writing, without waiting, holds nothing up longer).
     /// A thread answering a request therefore sends its answer as it next
     /// waits, together with those of the other threads of its core.
-    /// Whether there was something to send.
+    ///
+    /// Returns whether there was something to send.
     pub(crate) fn flush(&mut self) -> bool {
         self.queued_at = None;
         let had = self.phy.dev.unflushed();
