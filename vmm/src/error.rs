@@ -143,6 +143,9 @@ pub enum Outcome {
     Crashed(String, CrashRegs),
     /// `--timeout` expired.
     Timeout(std::time::Duration),
+    /// The monitor got SIGINT or SIGTERM (this signal) and stopped the
+    /// guest.
+    Signalled(i32),
 }
 
 impl Outcome {
@@ -153,6 +156,8 @@ impl Outcome {
             Outcome::Reset => 0,
             Outcome::TripleFault(_) | Outcome::Halted(_) | Outcome::Crashed(..) => EXIT_GUEST_CRASH,
             Outcome::Timeout(_) => EXIT_TIMEOUT,
+            // As a shell reports a process a signal ended.
+            Outcome::Signalled(sig) => 128 + sig,
         }
     }
 
@@ -165,6 +170,14 @@ impl Outcome {
             Outcome::Halted(r) => Some(format!("guest halted with no interrupt source to wake it: {r}")),
             Outcome::Crashed(why, r) => Some(format!("guest crashed: {why}: {r}")),
             Outcome::Timeout(d) => Some(format!("guest stopped after the {:.3} s timeout", d.as_secs_f64())),
+            Outcome::Signalled(sig) => Some(format!(
+                "guest stopped by {}",
+                match *sig {
+                    libc::SIGINT => "SIGINT (Ctrl-C)",
+                    libc::SIGTERM => "SIGTERM",
+                    _ => "a signal",
+                }
+            )),
         }
     }
 }

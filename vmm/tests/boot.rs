@@ -192,6 +192,36 @@ fn timeout_stops_a_spinning_guest() {
     assert!(t.elapsed().as_secs() < 20);
 }
 
+/// SIGTERM and SIGINT (Ctrl-C) stop a guest that would run for ever the
+/// way an exit does: the timeline is printed, the status is 128 + the
+/// signal (as a shell reports it), the monitor is gone.
+#[test]
+fn a_stop_signal_stops_the_guest_and_prints_the_timeline() {
+    use std::io::BufRead;
+    if !kvm() {
+        return;
+    }
+    let spin = guest("spin");
+    for (sig, name) in [(15, "SIGTERM"), (2, "SIGINT")] {
+        let mut c = torito();
+        c.args(["--timeline", "--timeout", "30"]).arg(&spin);
+        let mut child =
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // The guest runs (the handlers are in place before it starts).
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("spin: looping forever"), "{line}");
+        // Our own child, not yet reaped: its pid is still its own.
+        let kill = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        assert!(kill.unwrap().success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + sig), "{name}: {err}");
+        assert!(err.contains(&format!("guest stopped by {name}")), "{err}");
+        assert!(err.contains("torito timeline"), "no timeline after {name}: {err}");
+    }
+}
+
 #[test]
 fn triple_fault_is_reported_with_registers() {
     if !kvm() {

@@ -78,9 +78,13 @@ enum Cmd {
         /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
         #[arg(long)]
         qemu: Option<String>,
-        /// Print the monitor's timeline.
-        #[arg(long)]
-        timeline: bool,
+        /// Print the monitor's timeline (`--timeline=json`: one JSON line).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "json")]
+        timeline: Option<String>,
+        /// Stop the guest after this many seconds (the monitor's
+        /// `--timeout`; with `--qemu`, QEMU is stopped). Status 124.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
         /// Kernel command line.
         #[arg(last = true)]
         args: Vec<String>,
@@ -126,7 +130,16 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run { app, variant, mem, cpus, disk, net, share, qemu, timeline, args } => {
+        Cmd::Run { app, variant, mem, cpus, disk, net, share, qemu, timeline, timeout, args } => {
+            if let Some(t) = &timeline
+                && t != "text"
+                && t != "json"
+            {
+                return Err(format!("--timeline={t}: use --timeline or --timeline=json"));
+            }
+            if timeout.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+                return Err("--timeout takes a number of seconds above 0, e.g. --timeout 10".into());
+            }
             let cmdline = args.join(" ");
             let files = variant.files.clone();
             if let Some(machine) = qemu {
@@ -142,6 +155,9 @@ fn run() -> Result<i32, String> {
                         "--disk and --net are for the Torito monitor; with --qemu use QEMU's own options"
                             .into(),
                     );
+                }
+                if timeline.is_some() {
+                    return Err("--timeline is the Torito monitor's; QEMU has none (leave out --qemu)".into());
                 }
                 let mut v: Variant = variant.into();
                 // qboot boots only PVH; microvm boots multiboot first, but
@@ -167,8 +183,17 @@ fn run() -> Result<i32, String> {
                         daemons.push(d);
                     }
                 }
-                let code = status(&mut q)?;
+                let code = match timeout {
+                    // `timeout` stops QEMU and reports 124, as the monitor does.
+                    Some(t) => status(
+                        Command::new("timeout").arg(format!("{t}")).arg(q.get_program()).args(q.get_args()),
+                    )?,
+                    None => status(&mut q)?,
+                };
                 drop(daemons);
+                if code == 124 && timeout.is_some() {
+                    return Ok(124);
+                }
                 // QEMU's isa-debug-exit reports (code << 1) | 1.
                 return Ok(torito_status(code));
             }
@@ -189,10 +214,19 @@ fn run() -> Result<i32, String> {
             for s in &share {
                 c.arg("--share").arg(s);
             }
-            c.arg(&elf);
-            if timeline {
-                c.arg("--timeline");
+            match timeline.as_deref() {
+                Some("json") => {
+                    c.arg("--timeline=json");
+                }
+                Some(_) => {
+                    c.arg("--timeline");
+                }
+                None => {}
             }
+            if let Some(t) = timeout {
+                c.arg("--timeout").arg(format!("{t}"));
+            }
+            c.arg(&elf);
             if !cmdline.is_empty() {
                 c.arg("--").args(&args);
             }

@@ -81,6 +81,7 @@ impl<'a> Machine<'a> {
         if cpus > 1 {
             vstate::vcpu::install_kick_handler()?;
         }
+        vstate::vcpu::catch_stop_signals()?;
         if let Some(d) = timeout {
             vstate::vcpu::arm_timeout(d)?;
         }
@@ -202,6 +203,9 @@ impl<'a> Machine<'a> {
     ) -> Option<Result<Outcome, Error>> {
         let (mem, pending) = (self.mem, &self.pending);
         loop {
+            if let Some(sig) = vstate::vcpu::stop_signal() {
+                return Some(Ok(Outcome::Signalled(sig)));
+            }
             if vstate::vcpu::timed_out() {
                 return Some(Ok(Outcome::Timeout(self.timeout.unwrap_or_default())));
             }

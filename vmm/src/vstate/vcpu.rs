@@ -242,6 +242,9 @@ fn read_stats(f: &File) -> std::io::Result<Vec<(String, u64)>> {
 
 static TIMED_OUT: AtomicBool = AtomicBool::new(false);
 
+/// The SIGINT or SIGTERM that asked the monitor to stop (0: none).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 std::thread_local! {
     /// The `kvm_run` area of the vCPU this thread runs, for the signal
     /// handlers (null when none).
@@ -263,8 +266,40 @@ fn interrupt_this_vcpu() {
 }
 
 extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    TIMED_OUT.store(true, Ordering::SeqCst);
+    // After a stop signal the alarm only carries that signal to the vCPUs.
+    if STOP_SIGNAL.load(Ordering::SeqCst) == 0 {
+        TIMED_OUT.store(true, Ordering::SeqCst);
+    }
     interrupt_this_vcpu();
+}
+
+extern "C" fn on_stop(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    interrupt_this_vcpu();
+    // The signal may have reached a thread that runs no vCPU: SIGALRM
+    // every 10 ms from now on reaches them (`on_alarm` interrupts the vCPU
+    // of the thread it lands on). `setitimer` is async-signal-safe.
+    let tv = |us: i64| libc::timeval { tv_sec: 0, tv_usec: us as _ };
+    let it = libc::itimerval { it_interval: tv(10_000), it_value: tv(1) };
+    // SAFETY: `it` is a valid itimerval; the old value is not requested.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+}
+
+/// Stop the guest as an exit would (outcome, timeline, teardown) when the
+/// monitor gets SIGINT (Ctrl-C) or SIGTERM, instead of dying with its
+/// timeline unsaid: see [`stop_signal`].
+pub fn catch_stop_signals() -> Result<(), Error> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_stop)
+            .map_err(|e| Error::Kvm("sigaction(SIGINT/SIGTERM)", e))?;
+    }
+    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
+        .map_err(|e| Error::Kvm("sigaction(SIGALRM)", e))
+}
+
+/// The stop signal received, if any.
+pub fn stop_signal() -> Option<i32> {
+    Some(STOP_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
