@@ -11,9 +11,10 @@
 //! - [`init`] probes every device once and keeps them in one list,
 //!   [`block_devices`].
 //!
-//! Status (devices issue, step 1): virtio-mmio and virtio-blk, requests
-//! completed by polling. Still to come: completion by interrupt, the PCI
-//! transport, the monitor's device side.
+//! Status: virtio-blk, virtio-net, virtio-vsock and virtio-fs over
+//! virtio-mmio (plain, or in register batches on the Torito monitor) and
+//! PCI, completion by interrupt or inside the notification's exit; used on
+//! the Torito monitor, QEMU (microvm, pc, q35) and Firecracker.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
