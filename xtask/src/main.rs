@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask build <app> [--pvh] [--profile-boot] [--debug] [--files DIR]   prints the ELF path last
 //! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--share ..] [--qemu MACHINE] [-- args]
-//! cargo xtask test                                              everything
+//! cargo xtask test [FILTER]                                     everything (or the tests whose name contains FILTER)
 //! cargo xtask lint                                              fmt + clippy (host and guest)
 //! cargo xtask bench [launch|process|block|fs|net|appliances|soak]... [-n 30] [--check]
 //! ```
@@ -89,8 +89,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: host unit tests, boot tests on the monitor and QEMU.
-    Test,
+    /// Run every test: host unit tests, boot tests on the monitor and QEMU
+    /// (with FILTER: only the tests whose name contains it).
+    Test {
+        /// Part of the test names to run (as `cargo test FILTER`).
+        filter: Option<String>,
+    },
     /// Check formatting and run clippy (host crates and guest crates).
     Lint,
     /// Measure launch-to-KernelMain against the bare-guest floor and QEMU
@@ -232,7 +236,7 @@ fn run() -> Result<i32, String> {
             }
             status(&mut c)
         }
-        Cmd::Test => test(),
+        Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Lint => lint(),
         Cmd::Bench { sections, runs, warmup, out, check } => {
             let out = if out.is_absolute() { out } else { xtask::root().join(out) };
@@ -253,7 +257,7 @@ fn torito_status(qemu_status: i32) -> i32 {
     if qemu_status & 1 == 1 { qemu_status >> 1 } else { qemu_status }
 }
 
-fn test() -> Result<i32, String> {
+fn test(filter: Option<&str>) -> Result<i32, String> {
     xtask::ensure_target()?;
     // Build every guest variant first, so a broken guest build fails here
     // with the compiler's message rather than inside a test.
@@ -266,8 +270,12 @@ fn test() -> Result<i32, String> {
     // they are counted as skipped, not passed.
     let skip_log = xtask::root().join("target/test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
-    let mut child = xtask::cargo()
-        .args(["test", "--no-fail-fast"])
+    let mut cargo = xtask::cargo();
+    cargo.args(["test", "--no-fail-fast"]);
+    if let Some(f) = filter {
+        cargo.args(["--", f]);
+    }
+    let mut child = cargo
         .env(xtask::testing::SKIP_LOG, &skip_log)
         .stdout(Stdio::piped())
         .spawn()
@@ -287,13 +295,16 @@ fn test() -> Result<i32, String> {
     // The README's first command runs the static release monitor, which
     // `cargo test` does not build: boot hello on it once.
     let mut smoke_skipped = 0;
-    match smoke() {
-        Ok(true) => passed += 1,
-        Ok(false) => smoke_skipped = 1,
-        Err(e) => {
-            println!("smoke test FAILED: {e}");
-            failed += 1;
-            code = code.max(1);
+    // (Not with a filter: the caller asked for some tests only.)
+    if filter.is_none() {
+        match smoke() {
+            Ok(true) => passed += 1,
+            Ok(false) => smoke_skipped = 1,
+            Err(e) => {
+                println!("smoke test FAILED: {e}");
+                failed += 1;
+                code = code.max(1);
+            }
         }
     }
     let mut skipped: Vec<String> =
