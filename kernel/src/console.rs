@@ -8,22 +8,27 @@
 
 use core::fmt::{self, Write};
 
-use torito_abi::boot_info::BootProtocol;
-
-use crate::arch::{gate, torito};
-
-const COM1: u16 = 0x3f8;
 const BUFFER: usize = 512;
-
-/// Serialises serial-port writes of different cores (a monitor console
-/// write is one exit, whole already).
-static SERIAL: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Write raw bytes to the console now.
 pub fn write_bytes(bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
+    #[cfg(target_os = "none")]
+    write_guest(bytes);
+    #[cfg(not(target_os = "none"))]
+    crate::host::write_bytes(bytes);
+}
+
+#[cfg(target_os = "none")]
+fn write_guest(bytes: &[u8]) {
+    use crate::arch::{gate, torito};
+    use torito_abi::boot_info::BootProtocol;
+    const COM1: u16 = 0x3f8;
+    /// Serialises serial-port writes of different cores (a monitor console
+    /// write is one exit, whole already).
+    static SERIAL: spin::Mutex<()> = spin::Mutex::new(());
     match crate::boot::protocol() {
         BootProtocol::Direct => torito::console_write(bytes),
         BootProtocol::Multiboot | BootProtocol::Pvh => {

@@ -8,10 +8,9 @@
 //!   so the kernel waits ~0.1 s before the last resort.
 //! - Anything else: a triple fault.
 
-use torito_abi::boot_info::{BootProtocol, TraceId};
 use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
 
-use crate::arch::{gate, torito};
+use crate::arch::gate;
 
 /// Stop the guest with `code`, after making every file written durable
 /// (with the filesystem unit) and sending the frames the network unit
@@ -29,11 +28,16 @@ pub fn exit(code: i32) -> ! {
 /// Stop the guest with `code` at once: for panics and faults, which must
 /// not wait for a lock the failed code may hold.
 pub(crate) fn stop(code: i32) -> ! {
-    crate::boot::mark(TraceId::AppExit);
-    if crate::boot::protocol() == BootProtocol::Direct {
-        torito::exit(code);
+    #[cfg(not(target_os = "none"))]
+    crate::host::exit(code);
+    #[cfg(target_os = "none")]
+    {
+        crate::boot::mark(torito_abi::boot_info::TraceId::AppExit);
+        if crate::boot::protocol() == torito_abi::boot_info::BootProtocol::Direct {
+            crate::arch::torito::exit(code);
+        }
+        exit_generic(code)
     }
-    exit_generic(code)
 }
 
 /// The exit sequence for hosts other than the Torito monitor (also the

@@ -51,6 +51,15 @@ pub use unit_process as process;
 
 pub extern crate alloc;
 
+// On the host (`cargo check`, an IDE, an app's unit tests) the kernel links
+// std: its allocator, its panic handler and its console stand in for the
+// guest's. Nothing boots there; see `host`.
+#[cfg(not(target_os = "none"))]
+extern crate std;
+#[cfg(not(target_os = "none"))]
+#[doc(hidden)]
+pub mod host;
+
 /// How this kernel was booted.
 pub fn boot_protocol() -> abi::boot_info::BootProtocol {
     boot::protocol()
@@ -79,6 +88,16 @@ macro_rules! entry {
             $crate::Termination::report($main())
         }
         $crate::__torito_files!();
+        /// Built for the host (`cargo build` outside `cargo xtask`): say
+        /// how to boot the app.
+        #[cfg(all(not(target_os = "none"), not(test)))]
+        const _: () = {
+            #[allow(unsafe_code)]
+            #[unsafe(no_mangle)]
+            extern "C" fn main() -> i32 {
+                $crate::host::main(env!("CARGO_PKG_NAME"))
+            }
+        };
     };
 }
 

@@ -47,6 +47,10 @@ pub(crate) fn init() {
     unsafe {
         unit_memory::heap::HEAP.init(layout.heap.start as usize, layout.heap.len() as usize)
     };
+    // On the host (a `cargo check` or an app's unit tests) the heap is the
+    // system allocator and nothing boots.
+    #[cfg(not(target_os = "none"))]
+    let _ = layout;
     // SAFETY: `page_table_root` is the PML4 the loader activated; RAM is
     // identity-mapped (offset 0) and this is the only `Paging`.
     let paging = unsafe { Paging::new(info.page_table_root, 0) };

@@ -1,17 +1,19 @@
 //! Panics and CPU faults: print what happened and where, then exit non-zero
 //! (`torito_abi::exit::PANIC`, or `EXCEPTION_BASE + vector`).
 
-use core::sync::atomic::{AtomicBool, Ordering};
-
-use torito_abi::exit::{EXCEPTION_BASE, PANIC};
+use torito_abi::exit::EXCEPTION_BASE;
 
 use crate::arch::fault::{self, FaultInfo};
 use crate::{exit, println};
 
-static PANICKING: AtomicBool = AtomicBool::new(false);
-
+/// The guest's panic handler (on the host, where an app's logic is
+/// unit-tested, std's handler is the one).
+#[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use torito_abi::exit::PANIC;
+    static PANICKING: AtomicBool = AtomicBool::new(false);
     if PANICKING.swap(true, Ordering::SeqCst) {
         // A panic while reporting a panic: stop without printing again.
         exit::stop(PANIC);

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod fstree;
 pub mod group;
 pub mod netns;
+pub mod new;
 pub mod testing;
 pub mod virtiofsd;
 
@@ -107,10 +108,28 @@ pub fn apps() -> Vec<App> {
 /// Look an app up by name.
 pub fn find_app(name: &str) -> Result<App> {
     let all = apps();
-    all.iter().find(|a| a.bin == name).cloned().ok_or_else(|| {
-        let names: Vec<&str> = all.iter().map(|a| a.bin.as_str()).collect();
-        format!("unknown app '{name}'; available: {}", names.join(", "))
-    })
+    if let Some(app) = all.iter().find(|a| a.bin == name) {
+        if app.package != "torito-testapps" && !is_member(&format!("apps/{name}")) {
+            return Err(format!(
+                "apps/{name} is not in the workspace: add \"apps/{name}\" to `members` in Cargo.toml \
+                 (`cargo xtask new` does this for a new app)"
+            ));
+        }
+        return Ok(app.clone());
+    }
+    let (apps, tests): (Vec<&App>, Vec<&App>) = all.iter().partition(|a| a.package != "torito-testapps");
+    let names = |l: &[&App]| l.iter().map(|a| a.bin.as_str()).collect::<Vec<_>>().join(", ");
+    Err(format!(
+        "unknown app '{name}'; the apps are {} (test guests: {}); create one with `cargo xtask new {name}`",
+        names(&apps),
+        names(&tests)
+    ))
+}
+
+/// Whether `member` (`apps/NAME`) is listed in the workspace's `members`.
+fn is_member(member: &str) -> bool {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap_or_default();
+    manifest.lines().any(|l| l.trim().trim_end_matches(',') == format!("\"{member}\""))
 }
 
 /// A `cargo` command with the environment of the outer cargo removed, so

@@ -18,9 +18,8 @@ pub mod rtc;
 pub mod smp;
 pub mod torito;
 
-use core::arch::global_asm;
-
-global_asm!(include_str!("boot.s"), options(att_syntax));
+#[cfg(target_os = "none")]
+core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
 const _: () = assert!(torito_abi::ABI_VERSION == 3, "update abi_version in boot.s");
@@ -28,8 +27,8 @@ const _: () = assert!(torito_abi::ABI_VERSION == 3, "update abi_version in boot.
 // The multiboot1 header with the a.out-kludge address fields, so that
 // QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which
 // makes QEMU use the PVH note instead.
-#[cfg(not(feature = "no-multiboot"))]
-global_asm!(
+#[cfg(all(target_os = "none", not(feature = "no-multiboot")))]
+core::arch::global_asm!(
     r#"
     .pushsection .multiboot, "a"
     .balign 4
