@@ -38,15 +38,20 @@ mod panic;
 pub use app::Termination;
 pub use boot::{cmdline, kernel_main};
 pub use exit::exit;
+#[doc(inline)]
 pub use torito_abi as abi;
 
 #[cfg(feature = "devices")]
+#[doc(inline)]
 pub use unit_devices as devices;
 #[cfg(feature = "fs")]
+#[doc(inline)]
 pub use unit_fs as fs;
 #[cfg(feature = "net")]
+#[doc(inline)]
 pub use unit_net as net;
 #[cfg(feature = "process")]
+#[doc(inline)]
 pub use unit_process as process;
 
 pub extern crate alloc;

@@ -43,6 +43,16 @@ impl GroupChild {
         self.wait_with_output()
     }
 
+    /// The leader's pid, which is the group's id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The leader's piped standard output, to read while it runs.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
     /// Whether the leader has ended (it is reaped then; its output can
     /// still be collected with [`GroupChild::wait_with_output`]).
     pub fn has_ended(&mut self) -> bool {
@@ -65,6 +75,64 @@ impl GroupChild {
 impl Drop for GroupChild {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// While alive, SIGINT and SIGTERM do not end this process: `cargo xtask
+/// run` waits for the guest's monitor, which got the same Ctrl-C (the
+/// terminal signals the whole foreground group), stops the guest and
+/// reports; `xtask` then exits with its status instead of dying first and
+/// leaving the monitor's last lines after the shell's prompt. A handler,
+/// not SIG_IGN: handlers are reset in an exec'd child, ignores are not.
+pub struct OutliveStopSignals {
+    old: [(libc::c_int, libc::sigaction); 2],
+}
+
+extern "C" fn note_stop_signal(_: libc::c_int) {}
+
+impl OutliveStopSignals {
+    /// Install the handlers (restored when this is dropped).
+    pub fn new() -> Self {
+        let mut old = [(libc::SIGINT, zeroed_sigaction()), (libc::SIGTERM, zeroed_sigaction())];
+        let mut act = zeroed_sigaction();
+        act.sa_sigaction = note_stop_signal as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        for (sig, prev) in &mut old {
+            // SAFETY: `act` is a valid sigaction whose handler does nothing
+            // (async-signal-safe); `prev` is valid storage for the old one.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sigaction(*sig, &act, prev)
+            };
+        }
+        OutliveStopSignals { old }
+    }
+}
+
+impl Default for OutliveStopSignals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for OutliveStopSignals {
+    fn drop(&mut self) {
+        for (sig, prev) in &self.old {
+            // SAFETY: `prev` is what sigaction returned for `sig` in `new`.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sigaction(*sig, prev, std::ptr::null_mut())
+            };
+        }
+    }
+}
+
+fn zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: `sigaction` is a plain C struct for which all-zero bytes are
+    // a valid value (SIG_DFL, empty mask, no flags).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::zeroed()
     }
 }
 

@@ -6,10 +6,12 @@
 
 pub mod bare;
 pub mod bench;
+pub mod devopts;
 pub mod fstree;
 pub mod group;
 pub mod netns;
 pub mod new;
+pub mod run;
 pub mod testing;
 pub mod virtiofsd;
 
@@ -233,6 +235,56 @@ pub fn build_with_files(name: &str, variant: Variant, files: &Path, to: &Path) -
     let elf = build_app_with_files(&find_app(name)?, variant, Some(files))?;
     std::fs::copy(&elf, to).map_err(|e| format!("copying {} to {}: {e}", elf.display(), to.display()))?;
     Ok(to.to_path_buf())
+}
+
+/// Cargo's home (`$CARGO_HOME`, else `~/.cargo`).
+pub fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// Copy the program `from` into `dir` (created if missing) under its own
+/// name, through a temporary file and a rename, so that a copy that is
+/// running is replaced, not overwritten. Returns the installed path.
+pub fn install(from: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = from.file_name().ok_or_else(|| format!("{}: not a file", from.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let to = dir.join(name);
+    let tmp = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+    std::fs::copy(from, &tmp).map_err(|e| format!("copying {} to {}: {e}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &to).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", to.display())
+    })?;
+    Ok(to)
+}
+
+/// Build the API documentation an app's author reads: the kernel crate
+/// with every unit (each at `kernel::net`, `kernel::fs`, …) and the units'
+/// and the ABI's crates, for the guest target, with rustdoc's warnings as
+/// errors. Returns the path of the kernel's `index.html`.
+pub fn api_docs(open: bool) -> Result<PathBuf> {
+    ensure_target()?;
+    let target_dir = root().join("target/doc");
+    let mut c = cargo();
+    c.args(["doc", "--quiet", "--no-deps", "--target", TARGET]).arg("--target-dir").arg(&target_dir);
+    let features = ["net", "fs", "process", "devices"].map(|f| format!("torito-kernel/{f}"));
+    c.args(["--features", &features.join(",")]);
+    for p in
+        ["torito-kernel", "unit-memory", "unit-process", "unit-devices", "unit-net", "unit-fs", "torito-abi"]
+    {
+        c.args(["-p", p]);
+    }
+    if open {
+        c.arg("--open");
+    }
+    c.env("RUSTDOCFLAGS", "-D warnings");
+    let ok = c.status().map_err(|e| format!("cannot run cargo: {e}"))?.success();
+    if !ok {
+        return Err("cargo doc failed or warned (see its output above)".into());
+    }
+    Ok(target_dir.join(TARGET).join("doc/kernel/index.html"))
 }
 
 /// Build the monitor, static, for [`MONITOR_TARGET`]; returns the path of
@@ -461,6 +513,21 @@ mod tests {
         let b = Variant { pvh_only: true, ..Default::default() }.dir_name();
         let c = Variant { profile_boot: true, debug: true, ..Default::default() }.dir_name();
         assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("release", "release-pvh", "debug-profile"));
+    }
+
+    #[test]
+    fn install_replaces_a_program_in_place() {
+        let d = std::env::temp_dir().join(format!("xtask-install-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("src")).unwrap();
+        std::fs::write(d.join("src/torito"), b"new").unwrap();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::write(d.join("bin/torito"), b"old").unwrap();
+        let to = install(&d.join("src/torito"), &d.join("bin")).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(d.join("bin")).unwrap().count(), 1, "no temporary file left");
+        assert!(install(&d.join("src/missing"), &d.join("bin")).unwrap_err().contains("copying"));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

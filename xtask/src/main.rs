@@ -3,8 +3,11 @@
 //! ```text
 //! cargo xtask new <name> [--uses net,fs,process,devices]            a new appliance under apps/
 //! cargo xtask build <app> [--pvh] [--profile-boot] [--debug] [--files DIR]   prints the ELF path last
-//! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--share ..] [--qemu MACHINE] [-- args]
+//! cargo xtask run <app> [--mem 128M] [--cpus N] [--disk ..] [--net ..] [--share ..] [--vsock ..]
+//!                       [--qemu MACHINE | --firecracker] [--timeline] [--timeout S] [-v] [-- args]
 //! cargo xtask test [FILTER]                                     everything (or the tests whose name contains FILTER)
+//! cargo xtask doc [--open]                                     the API docs (kernel and units), warning-free
+//! cargo xtask install [--to DIR]                               the monitor, to $CARGO_HOME/bin
 //! cargo xtask lint                                              fmt + clippy (the workspace on the host, the guest crates)
 //! cargo xtask bench [launch|process|block|fs|net|appliances|soak]... [-n 30] [--check]
 //! ```
@@ -13,6 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 
 use clap::{Args, Parser, Subcommand};
+use xtask::run::Target;
 use xtask::{QemuMachine, Variant};
 
 #[derive(Parser)]
@@ -45,6 +49,57 @@ impl From<VariantArgs> for Variant {
     }
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// App name.
+    app: String,
+    #[command(flatten)]
+    variant: VariantArgs,
+    /// Guest RAM.
+    #[arg(long, default_value = "128M")]
+    mem: String,
+    /// Number of CPUs (`--cpus` of the monitor, `-smp` of QEMU).
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// A disk, `/disk<N>` in the guest: `PATH[,ro][,iothread]`
+    /// (repeatable; `iothread` on the monitor only).
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<String>,
+    /// A NIC on an existing TAP device: `tap=NAME[,mac=MAC]`
+    /// (repeatable).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
+    /// A host directory for the guest, at `/TAG`: `DIR[,tag=NAME][,ro]`
+    /// (with `--qemu`: served by virtiofsd, read-write; not on
+    /// Firecracker).
+    #[arg(long, value_name = "DIR[,tag=NAME][,ro]")]
+    share: Vec<String>,
+    /// A vsock device whose host side is the Unix socket PATH:
+    /// `cid=N,uds=PATH` (the monitor and Firecracker).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<String>,
+    /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
+    #[arg(long, value_name = "MACHINE")]
+    qemu: Option<String>,
+    /// Boot on Firecracker instead (PVH build; its configuration file
+    /// is written and removed afterwards).
+    #[arg(long)]
+    firecracker: bool,
+    /// Print the command that boots the guest.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print the monitor's timeline (`--timeline=json`: one JSON line).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "json")]
+    timeline: Option<String>,
+    /// Stop the guest after this many seconds (the monitor's
+    /// `--timeout`; with `--qemu`, QEMU is stopped). Status 124.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Kernel command line.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a new appliance under apps/ (builds, boots and has a unit
@@ -65,41 +120,7 @@ enum Cmd {
         variant: VariantArgs,
     },
     /// Build the monitor and an app, and boot it; exits with the app's code.
-    Run {
-        /// App name.
-        app: String,
-        #[command(flatten)]
-        variant: VariantArgs,
-        /// Guest RAM.
-        #[arg(long, default_value = "128M")]
-        mem: String,
-        /// Number of CPUs (`--cpus` of the monitor, `-smp` of QEMU).
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
-        /// Disks for the monitor: `PATH[,ro]`.
-        #[arg(long)]
-        disk: Vec<String>,
-        /// NICs for the monitor: `tap=NAME[,mac=..]`.
-        #[arg(long)]
-        net: Vec<String>,
-        /// Host directories for the guest, at `/TAG`: `DIR[,tag=NAME][,ro]`
-        /// (with `--qemu`: served by virtiofsd, read-write).
-        #[arg(long)]
-        share: Vec<String>,
-        /// Boot on QEMU instead: pc, q35, qboot (PVH on pc) or microvm.
-        #[arg(long)]
-        qemu: Option<String>,
-        /// Print the monitor's timeline (`--timeline=json`: one JSON line).
-        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "json")]
-        timeline: Option<String>,
-        /// Stop the guest after this many seconds (the monitor's
-        /// `--timeout`; with `--qemu`, QEMU is stopped). Status 124.
-        #[arg(long, value_name = "SECS")]
-        timeout: Option<f64>,
-        /// Kernel command line.
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// Run every test: host unit tests, boot tests on the monitor and QEMU
     /// (with FILTER: only the tests whose name contains it).
     Test {
@@ -108,6 +129,20 @@ enum Cmd {
     },
     /// Check formatting and run clippy (host crates and guest crates).
     Lint,
+    /// Build the monitor (a static binary) and copy it to DIR, by default
+    /// `$CARGO_HOME/bin` (where `cargo install` puts programs).
+    Install {
+        /// The directory to install `torito` in.
+        #[arg(long, value_name = "DIR")]
+        to: Option<std::path::PathBuf>,
+    },
+    /// Build the API docs (the kernel with every unit), warning-free;
+    /// prints the path of the kernel's index.html last.
+    Doc {
+        /// Open them in a browser.
+        #[arg(long)]
+        open: bool,
+    },
     /// Measure launch-to-KernelMain against the bare-guest floor and QEMU
     /// (and Firecracker when installed), then the process unit, the block
     /// device and the network; writes JSON and an SVG chart. Missed
@@ -160,110 +195,75 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run { app, variant, mem, cpus, disk, net, share, qemu, timeline, timeout, args } => {
-            if let Some(t) = &timeline
-                && t != "text"
-                && t != "json"
-            {
-                return Err(format!("--timeline={t}: use --timeline or --timeline=json"));
-            }
-            if timeout.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
-                return Err("--timeout takes a number of seconds above 0, e.g. --timeout 10".into());
-            }
-            let cmdline = args.join(" ");
+        Cmd::Run(r) => {
+            let RunArgs {
+                app,
+                variant,
+                mem,
+                cpus,
+                disk,
+                net,
+                share,
+                vsock,
+                qemu,
+                firecracker,
+                timeline,
+                timeout,
+                verbose,
+                args,
+            } = *r;
+            let target = match (qemu, firecracker) {
+                (Some(_), true) => return Err("--qemu and --firecracker: choose one target".into()),
+                (Some(m), false) => Target::Qemu(QemuMachine::parse(&m)?),
+                (None, true) => Target::Firecracker,
+                (None, false) => Target::Torito,
+            };
             let files = variant.files.clone();
-            if let Some(machine) = qemu {
-                let machine = QemuMachine::parse(&machine)?;
-                if !xtask::have("qemu-system-x86_64") {
-                    return Err(
-                        "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)"
-                            .into(),
-                    );
-                }
-                if !disk.is_empty() || !net.is_empty() {
-                    return Err(
-                        "--disk and --net are for the Torito monitor; with --qemu use QEMU's own options"
-                            .into(),
-                    );
-                }
-                if timeline.is_some() {
-                    return Err("--timeline is the Torito monitor's; QEMU has none (leave out --qemu)".into());
-                }
-                let mut v: Variant = variant.into();
-                // qboot boots only PVH; microvm boots multiboot first, but
-                // names its virtio-mmio devices only to a PVH (or Linux)
-                // kernel's command line.
-                if matches!(machine, QemuMachine::PcQbootTcg | QemuMachine::MicrovmKvm) {
-                    v.pvh_only = true;
-                }
-                let app_dir = xtask::find_app(&app)?;
-                eprintln!("xtask: building {app} (the first build takes a minute)…");
-                let elf = xtask::build_app_with_files(&app_dir, v, files.as_deref())?;
-                let mut q = xtask::qemu(machine, &elf, &cmdline);
-                q.args(["-smp", &cpus.to_string(), "-m", &mem]);
-                // The daemons live until QEMU has stopped.
-                let mut daemons = Vec::new();
-                if !share.is_empty() {
-                    q.args(xtask::virtiofsd::qemu_common_args(machine, &mem));
-                    let run_dir = xtask::root().join("target/run");
-                    for (n, s) in share.iter().enumerate() {
-                        let (dir, tag) = xtask::virtiofsd::parse_share(s)?;
-                        let d = xtask::virtiofsd::Virtiofsd::start(&dir, &tag, &run_dir)?;
-                        q.args(d.qemu_args(machine, n));
-                        daemons.push(d);
-                    }
-                }
-                let code = match timeout {
-                    // `timeout` stops QEMU and reports 124, as the monitor does.
-                    Some(t) => status(
-                        Command::new("timeout").arg(format!("{t}")).arg(q.get_program()).args(q.get_args()),
-                    )?,
-                    None => status(&mut q)?,
-                };
-                drop(daemons);
-                if code == 124 && timeout.is_some() {
-                    return Ok(124);
-                }
-                // QEMU's isa-debug-exit reports (code << 1) | 1.
-                return Ok(torito_status(code));
-            }
-            let app_dir = xtask::find_app(&app)?;
-            // Progress on stderr: a fresh clone builds for about a minute.
-            eprintln!("xtask: building the monitor (torito)…");
-            let monitor = xtask::build_monitor(true)?;
-            eprintln!("xtask: building {app}…");
-            let elf = xtask::build_app_with_files(&app_dir, variant.into(), files.as_deref())?;
-            let mut c = Command::new(monitor);
-            c.arg("--mem").arg(mem).arg("--cpus").arg(cpus.to_string());
-            for d in &disk {
-                c.arg("--disk").arg(d);
-            }
-            for n in &net {
-                c.arg("--net").arg(n);
-            }
-            for s in &share {
-                c.arg("--share").arg(s);
-            }
-            match timeline.as_deref() {
-                Some("json") => {
-                    c.arg("--timeline=json");
-                }
-                Some(_) => {
-                    c.arg("--timeline");
-                }
-                None => {}
-            }
-            if let Some(t) = timeout {
-                c.arg("--timeout").arg(format!("{t}"));
-            }
-            c.arg(&elf);
-            if !cmdline.is_empty() {
-                c.arg("--").args(&args);
-            }
-            status(&mut c)
+            let opts = xtask::run::RunOptions {
+                app,
+                variant: variant.into(),
+                files,
+                target,
+                mem,
+                cpus,
+                disks: disk,
+                nets: net,
+                shares: share,
+                vsock,
+                timeline,
+                timeout,
+                verbose,
+                args,
+            };
+            xtask::run::run(&opts)
         }
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Install { to } => {
+            let dir = match to {
+                Some(d) => d,
+                None => {
+                    xtask::cargo_home().ok_or("cannot tell where $CARGO_HOME is: give --to DIR")?.join("bin")
+                }
+            };
+            eprintln!("xtask: building the monitor (torito)…");
+            let monitor = xtask::build_monitor(true)?;
+            let installed = xtask::install(&monitor, &dir)?;
+            println!("installed {}", installed.display());
+            let on_path = std::env::var_os("PATH").is_some_and(|p| {
+                std::env::split_paths(&p)
+                    .any(|d| d == dir || d.canonicalize().ok() == dir.canonicalize().ok())
+            });
+            if !on_path {
+                eprintln!("xtask: {} is not on PATH; add it, or run {}", dir.display(), installed.display());
+            }
+            Ok(0)
+        }
+        Cmd::Doc { open } => {
+            let index = xtask::api_docs(open)?;
+            println!("{}", index.display());
+            Ok(0)
+        }
         Cmd::Bench { sections, runs, warmup, out, check } => {
             let out = if out.is_absolute() { out } else { xtask::root().join(out) };
             let opts = xtask::bench::Options { runs: runs.max(1), warmup, out, sections };
@@ -277,10 +277,6 @@ fn run() -> Result<i32, String> {
             Ok(if ok || !check { 0 } else { 1 })
         }
     }
-}
-
-fn torito_status(qemu_status: i32) -> i32 {
-    if qemu_status & 1 == 1 { qemu_status >> 1 } else { qemu_status }
 }
 
 fn test(filter: Option<&str>) -> Result<i32, String> {

@@ -227,3 +227,29 @@ fn filesystems_on_firecracker() {
     fstree::assert_walk_matches(&text, &back);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `cargo xtask run --firecracker` writes Firecracker's configuration from
+/// the monitor's options (here a read-only disk), boots the PVH build and
+/// removes the file afterwards.
+#[test]
+fn xtask_run_boots_on_firecracker_with_the_monitors_options() {
+    if !usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("torito-fc-xrun-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0x5a; 1 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "blkcheck", "--firecracker", "--cpus", "2", "--mem", "256M", "--timeout", "30", "-v"])
+        .arg("--disk")
+        .arg(format!("{},ro", disk.display()))
+        .output()
+        .unwrap();
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}{err}");
+    assert!(err.contains("xtask: timeout 30 firecracker --no-api --config-file"), "{err}");
+    assert!(text.contains("booted via pvh") || text.contains("blkcheck"), "{text}");
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -476,3 +476,50 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     assert!(console.contains(&format!("3 connection(s), {bytes} bytes echoed")), "{console}");
     assert_eq!(result.status.code(), Some(0), "{console}");
 }
+
+/// `cargo xtask run --qemu microvm --net tap=…,mac=…`: the monitor's NIC
+/// option, translated for QEMU (a PVH build, `acpi=off`,
+/// virtio-net-device), boots echo with the NIC and MAC asked for; `-v`
+/// prints the QEMU command; the guest's exit code comes back decoded.
+#[test]
+fn xtask_run_gives_qemu_a_nic_from_the_monitors_options() {
+    let Some(ns) = netns_or_skip("xr") else { return };
+    guest("echo", true);
+    let mut c = ns.exec(env!("CARGO_BIN_EXE_xtask"));
+    c.args([
+        "run",
+        "echo",
+        "--qemu",
+        "microvm",
+        "--net",
+        "tap=tap0,mac=52:54:00:00:00:07",
+        "--timeout",
+        "60",
+        "-v",
+    ]);
+    c.args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1"]);
+    let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start xtask run");
+    assert!(ns.wait_for_ping(), "the guest never answered ping");
+    let mut nc = ns
+        .exec("nc")
+        .args(["-N", "-w", "10", "10.0.2.15", "7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        nc.stdin.take().unwrap().write_all(b"through xtask run\n").unwrap();
+    }
+    let echoed = nc.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through xtask run\n");
+    let out = vm.wait_with_output_within(Duration::from_secs(30)).unwrap();
+    let (console, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{console}{err}");
+    assert!(console.contains("MAC 52:54:00:00:00:07"), "{console}");
+    assert!(
+        err.contains("xtask: timeout 60 qemu-system-x86_64 -display none")
+            && err.contains("virtio-net-device,netdev=net0,mac=52:54:00:00:00:07")
+    );
+    assert_eq!(out.status.code(), Some(0), "the guest's code, decoded from isa-debug-exit");
+}

@@ -1,5 +1,5 @@
 //! CPU faults: the CPL0 stub in `boot.s` records the exception frame and
-//! returns to CPL3 at [`_torito_fault_upcall`] on a dedicated stack, which
+//! returns to CPL3 at `_torito_fault_upcall` on a dedicated stack, which
 //! reports it on the console and exits with `128 + vector`.
 
 /// What the CPL0 stub recorded (layout shared with `boot.s`).

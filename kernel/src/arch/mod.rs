@@ -1,7 +1,7 @@
 //! x86_64 architecture support: the boot section, the CPL3 → CPL0 gate and
 //! CPU fault reporting.
 //!
-//! This module and [`crate::boot`] hold all of the kernel's `unsafe` code.
+//! This module and `crate::boot` hold all of the kernel's `unsafe` code.
 //! The kernel and the app run at CPL3; CPL0 runs only the stubs in
 //! `boot.s`, entered through exceptions (see [`gate`]).
 

@@ -9,7 +9,7 @@
 //!
 //! Secondary cores start with one register write on the Torito monitor
 //! (it starts each vCPU at the note's `ap_entry`, in long mode at CPL3);
-//! elsewhere with INIT-SIPI (see [`start_secondary`]).
+//! elsewhere with INIT-SIPI (see `crate::boot::start_secondary`).
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};

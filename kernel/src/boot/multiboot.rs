@@ -2,8 +2,8 @@
 //!
 //! Reads the memory map (`mmap_*`, or `mem_lower`/`mem_upper` when the
 //! loader gives no map) and the command line. Multiboot loaders put the
-//! kernel's own path first on the command line (QEMU: "<file> <-append>",
-//! GRUB: "<path> <args>"); that first word is dropped so the kernel sees
+//! kernel's own path first on the command line (QEMU: "`<file> <-append>`",
+//! GRUB: "`<path> <args>`"); that first word is dropped so the kernel sees
 //! the same command line on every host.
 
 use torito_abi::boot_info::BootInfo;

@@ -13,7 +13,7 @@
 //!
 //! virtio-fs (device ID 0x105a) is driven too: `virtio-drivers` 0.13
 //! refuses IDs it has no type for, so its transport is made through
-//! [`AliasCam`], which shows it an ID it knows.
+//! `AliasCam`, which shows it an ID it knows.
 #![allow(unsafe_code)] // `ConfigurationAccess::unsafe_clone`, MSI-X table stores
 
 use virtio_drivers::transport::SomeTransport;

@@ -9,7 +9,7 @@
 //!   use `alloc` (`Vec`, `String`, `Box`). Running out of heap ends in a
 //!   panic that says how much was asked and how much was free.
 //!
-//! [`init`] splits usable RAM between the heap and the frame allocator.
+//! [`plan`] splits usable RAM between the heap and the frame allocator.
 //! Everything is built so it can be tested on the host: physical memory is
 //! reached through a `phys_offset` (0 in the guest, the address of a host
 //! buffer in tests).
@@ -25,7 +25,7 @@ mod raw;
 
 use frame::{FrameAllocator, PhysRange};
 
-/// How RAM was divided at [`init`].
+/// How RAM was divided by [`plan`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
     /// Heap range (guest-physical, identity-mapped).

@@ -4,7 +4,7 @@
 //! multiboot/PVH) identity-map RAM with user-accessible pages. [`Paging`]
 //! wraps them in an `OffsetPageTable` so the kernel can add mappings (guard
 //! pages, device windows, stacks) with page-table frames from the
-//! [`FrameAllocator`](crate::frame::FrameAllocator).
+//! [`crate::frame::FrameAllocator`].
 //!
 //! The kernel runs at CPL3 and edits these tables directly (they are mapped
 //! user-writable). A new mapping of a page that was not present needs no TLB

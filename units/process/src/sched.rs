@@ -281,7 +281,7 @@ impl Scheduler {
     }
 
     /// Wait for a notification (the caller has registered in the
-    /// [`Waiters`] of what it waits for, and re-checked): other threads run
+    /// `Waiters` of what it waits for, and re-checked): other threads run
     /// meanwhile; when none can, the core halts. Returns after a
     /// notification, or at the latest after [`DEADLOCK_CHECK_MS`]; the
     /// caller re-checks its condition either way. Panics with a clear
@@ -654,7 +654,7 @@ impl System {
 /// before the other's wake-up completes, and every round trip costs two
 /// wake-ups (~150 µs instead of ~0.3 µs; seen with 30 µs).
 pub const SPIN_BEFORE_HALT_US: u64 = 200;
-/// The longest spin window (see [`Scheduler::adapt_spin`]): a wake-up of
+/// The longest spin window (see `Scheduler::adapt_spin`): a wake-up of
 /// the host's vCPU thread took up to ~0.6 ms on the development host.
 pub const SPIN_MAX_US: u64 = 2000;
 

@@ -1,11 +1,14 @@
-//! `cargo xtask new` end to end, as a newcomer runs it: in a copy of the
-//! workspace, create an app with the network unit, build it with
-//! `cargo xtask build`, boot it on the monitor (status 0, its greeting),
-//! run its unit test on the host with `cargo test -p`, and build it with a
-//! plain `cargo build` (the host binary says how to boot it).
+//! A newcomer's first hour, as a test.
 //!
-//! The copy lives at a fixed path under `target/` so that cargo's
-//! artifacts there are reused from run to run.
+//! - `cargo xtask new` end to end: in a copy of the workspace, create an
+//!   app with the network unit, build it with `cargo xtask build`, boot it
+//!   on the monitor (status 0, its greeting), run its unit test on the host
+//!   with `cargo test -p`, and build it with a plain `cargo build` (the
+//!   host binary says how to boot it). The copy lives at a fixed path under
+//!   `target/` so that cargo's artifacts there are reused from run to run.
+//! - `cargo xtask run` stopped by Ctrl-C: xtask waits for the monitor's
+//!   timeline and exits with its status.
+//! - `cargo xtask doc`: the API docs build without a warning.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,5 +108,43 @@ fn a_new_app_builds_boots_and_tests_from_the_first_minute() {
         let (code, out, err) = xtask::testing::torito(&[], &elf, &["a", "b"]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("Hello from demo-app! 2 argument(s): a b"), "{out}");
+    }
+}
+
+/// Ctrl-C reaches the whole foreground process group: xtask must outlive
+/// it, let the monitor stop the guest and print its timeline, and exit
+/// with the monitor's status (130).
+#[test]
+fn ctrl_c_on_xtask_run_ends_with_the_monitors_timeline_and_status() {
+    use std::io::BufRead;
+    if !kvm() {
+        return;
+    }
+    xtask::build("spin", xtask::Variant::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.args(["run", "spin", "--timeline", "--timeout", "60"]);
+    let mut child =
+        xtask::group::spawn(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
+            .expect("start xtask run");
+    let stdout = child.take_stdout().expect("piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").unwrap();
+    assert!(first.contains("spin: looping forever"), "{first}");
+    // As a terminal's Ctrl-C: SIGINT to every process of the group.
+    let pgid = child.id();
+    assert!(Command::new("kill").args(["-INT", "--", &format!("-{pgid}")]).status().unwrap().success());
+    let out = child.wait_with_output_within(std::time::Duration::from_secs(30)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("guest stopped by SIGINT") && err.contains("torito timeline"), "{err}");
+}
+
+#[test]
+fn the_api_docs_build_without_warnings_and_show_every_unit() {
+    let index = xtask::api_docs(false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(index.is_file(), "{}", index.display());
+    let doc = index.parent().unwrap();
+    for unit in ["net", "fs", "process", "devices", "memory", "abi"] {
+        assert!(doc.join(unit).join("index.html").is_file(), "kernel::{unit} is not documented");
     }
 }
