@@ -135,6 +135,8 @@ struct Conn {
     state: State,
     host_port: u32,
     guest_port: u32,
+    /// The `CONNECT` line as it comes; once it is whole, the bytes that
+    /// followed it in the same read, not yet sent to the guest.
     line: Vec<u8>,
     /// Bytes from the guest not yet written to the host program.
     out: Vec<u8>,
@@ -271,6 +273,9 @@ impl Vsock {
                     else {
                         return false;
                     };
+                    // What came after the line is the program's first
+                    // bytes for the guest: kept, sent once connected.
+                    c.line.drain(..=end);
                     c.guest_port = port;
                     c.state = State::Connecting;
                     let h = self.header(&self.conns[i], OP_REQUEST, 0);
@@ -283,6 +288,15 @@ impl Vsock {
             State::Connected => {
                 let room = c.credit().min(MAX_PAYLOAD);
                 if room == 0 {
+                    return true;
+                }
+                if !c.line.is_empty() {
+                    // Bytes that arrived with the CONNECT line go first.
+                    let n = room.min(c.line.len());
+                    let data: Vec<u8> = c.line.drain(..n).collect();
+                    c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
+                    let h = self.header(&self.conns[i], OP_RW, n);
+                    self.rx.push_back((h, data));
                     return true;
                 }
                 match c.stream.read(&mut buf[..room]) {
@@ -555,6 +569,47 @@ mod tests {
         assert_eq!(v.rx.len(), 1, "one answer");
         assert_eq!(v.rx[0].0.op, OP_RST);
         assert!(v.conns.is_empty());
+        let _ = std::fs::remove_file(uds);
+    }
+
+    /// A host program that writes its first bytes in the same write as
+    /// its `CONNECT` line: the guest gets them once connected, in order,
+    /// before what the program writes later.
+    #[test]
+    fn bytes_after_the_connect_line_reach_the_guest() {
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let uds = std::env::temp_dir().join(format!("torito-vsock-line-{}.sock", std::process::id()));
+        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let mut host = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 7\nfirst bytes").unwrap();
+        let wait = || std::thread::sleep(std::time::Duration::from_millis(20));
+        wait();
+        v.service(None, &mem);
+        let (req, _) = v.rx.pop_front().expect("a connection request");
+        assert_eq!((req.op, req.dst_port), (OP_REQUEST, 7));
+        // The guest accepts, with room for data.
+        let accept = Hdr {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 7,
+            dst_port: req.src_port,
+            op: OP_RESPONSE,
+            buf_alloc: 4096,
+            ..Hdr::default()
+        };
+        v.handle_guest_packet(accept, Vec::new());
+        host.write_all(b", then more").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            wait();
+            v.service(None, &mem);
+            while let Some((h, data)) = v.rx.pop_front() {
+                if h.op == OP_RW {
+                    got.extend_from_slice(&data);
+                }
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&got), "first bytes, then more");
         let _ = std::fs::remove_file(uds);
     }
 
