@@ -185,6 +185,10 @@ pub struct BootInfo {
     pub cpu_count: u32,
     /// Zero.
     pub reserved: u32,
+    /// 32 random bytes from the host (`getrandom`), to seed the guest's
+    /// random numbers; all zero when the loader gives none (multiboot,
+    /// PVH).
+    pub entropy: [u64; 4],
 }
 
 impl BootInfo {
@@ -210,6 +214,7 @@ impl BootInfo {
             boot_realtime_ns: 0,
             cpu_count: 1,
             reserved: 0,
+            entropy: [0; 4],
         }
     }
 
@@ -258,7 +263,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<MemRegion>(), 24);
         assert_eq!(core::mem::size_of::<TraceEntry>(), 16);
         assert_eq!(core::mem::offset_of!(BootInfo, mem_map), 64);
-        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 16);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 16 + 32);
         assert_eq!(core::mem::offset_of!(BootInfo, boot_realtime_ns), 64 + 32 * 24 + 8 + 16 * 16);
         assert_eq!(core::mem::offset_of!(BootInfo, cpu_count), 64 + 32 * 24 + 8 + 16 * 16 + 8);
     }

@@ -24,5 +24,5 @@ pub mod note;
 /// Version of this contract. Bump on any incompatible change.
 ///
 /// v3: several cores (the note's per-core fields, `BootInfo::cpu_count`,
-/// the `START_CORES` register).
-pub const ABI_VERSION: u32 = 3;
+/// the `START_CORES` register). v4: `BootInfo::entropy`.
+pub const ABI_VERSION: u32 = 4;

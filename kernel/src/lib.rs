@@ -5,7 +5,7 @@
 //! or PVH with the `no-multiboot` feature) and on Firecracker (PVH).
 //!
 //! ```ignore
-//! #![no_std]
+//! #![cfg_attr(not(test), no_std)]
 //! #![no_main]
 //! kernel::entry!(main);
 //! fn main() -> i32 {
@@ -31,9 +31,12 @@ mod boot;
 pub mod console;
 pub mod exit;
 mod init;
+pub mod io;
+mod logger;
 #[allow(unsafe_code)]
 pub mod memory;
 mod panic;
+pub mod random;
 
 pub use app::Termination;
 pub use boot::{cmdline, kernel_main};
@@ -55,6 +58,10 @@ pub use unit_net as net;
 pub use unit_process as process;
 
 pub extern crate alloc;
+
+/// Logging with levels (`kernel::log::info!(…)`), printed on the console;
+/// `torito.log=LEVEL` on the command line sets the level (default `info`).
+pub use log;
 
 // On the host (`cargo check`, an IDE, an app's unit tests) the kernel links
 // std: its allocator, its panic handler and its console stand in for the

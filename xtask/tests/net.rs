@@ -316,6 +316,8 @@ fn the_appliance_connects_out() {
     let heard = server.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&heard.stdout), "hello from the appliance\n", "{console}");
     assert!(console.contains("connected to 10.0.2.1:9000, sent a greeting, got 8 bytes back"), "{console}");
+    // local_addr and peer_addr, as core::net addresses.
+    assert!(console.contains("echo: 10.0.2.15:49152 → 10.0.2.1:9000"), "{console}");
     assert_eq!(result.status.code(), Some(0));
 }
 
@@ -522,4 +524,51 @@ fn xtask_run_gives_qemu_a_nic_from_the_monitors_options() {
             && err.contains("virtio-net-device,netdev=net0,mac=52:54:00:00:00:07")
     );
     assert_eq!(out.status.code(), Some(0), "the guest's code, decoded from isa-debug-exit");
+}
+
+/// The std-like API over a real connection: `kernel::io::BufReader` lines
+/// from a `TcpStream`, `write!` into it (embedded-io), `peer_addr`, a
+/// `debug` log line (`torito.log=debug`), and random numbers seeded from
+/// the monitor's entropy.
+#[test]
+fn lines_random_numbers_and_logs_over_a_real_connection() {
+    let Some(ns) = netns_or_skip("ln") else { return };
+    let vm = start_echo_on_torito(
+        &ns,
+        &["torito.ip=10.0.2.15/24", "port=7", "conns=1", "lines", "torito.log=debug"],
+    );
+    assert!(ns.wait_for_ping(), "the guest never answered ping");
+    let mut nc = ns
+        .exec("nc")
+        .args(["-N", "-w", "10", "10.0.2.15", "7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        // Lines cut across writes, CRLF and LF, a last line without one.
+        let mut w = nc.stdin.take().unwrap();
+        for piece in ["hel", "lo\r\nrandom\nran", "dom\n", "bye"] {
+            w.write_all(piece.as_bytes()).unwrap();
+            w.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let out = nc.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = answer.lines().collect();
+    assert_eq!(lines.len(), 4, "{answer}");
+    assert_eq!((lines[0], lines[3]), ("1: hello", "4: bye"));
+    let hex = |l: &str, n: &str| {
+        let v = l.strip_prefix(n).unwrap_or_else(|| panic!("{l}"));
+        assert!(v.len() == 16 && v.chars().all(|c| c.is_ascii_hexdigit()), "{l}");
+        v.to_string()
+    };
+    assert_ne!(hex(lines[1], "2: "), hex(lines[2], "3: "));
+    let result = vm.wait_with_output().unwrap();
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert!(console.contains("[DEBUG echo] connection from 10.0.2.1:"), "{console}");
+    assert!(console.contains("random numbers seeded from the host or the CPU"), "{console}");
+    assert_eq!(result.status.code(), Some(0), "{console}");
 }

@@ -12,7 +12,10 @@
 //! socket), no IP address needed. With `connect=ADDR:PORT`: a client
 //! instead, which connects, sends a greeting, closes its side and prints
 //! what comes back; `vconnect=PORT` does the same over vsock to the host's
-//! port.
+//! port. With the word `lines`: a line protocol instead of bytes, each
+//! line answered `N: line` (`kernel::io::BufReader` over the stream and
+//! `write!` into it), `random` answered with a random number, and the
+//! peer's address logged at `debug` level (`torito.log=debug`).
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -26,6 +29,41 @@ kernel::entry!(main);
 
 fn arg(name: &str) -> Option<u64> {
     kernel::args().find_map(|a| a.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// `lines`: answer each line with its number, or a random number for
+/// `random`; the bytes read.
+fn serve_lines(s: TcpStream) -> u64 {
+    use kernel::io::{BufReader, Write};
+    if let Ok(peer) = s.peer_addr() {
+        kernel::log::debug!("connection from {peer}");
+    }
+    let mut conn = BufReader::new(s);
+    let (mut n, mut total) = (0u64, 0u64);
+    let mut line = alloc::string::String::new();
+    loop {
+        line.clear();
+        match conn.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(len) => total += len as u64,
+            Err(e) => {
+                kernel::log::warn!("reading a line: {e}");
+                break;
+            }
+        }
+        n += 1;
+        let text = line.trim_end_matches(['\r', '\n']);
+        let sent = if text == "random" {
+            writeln!(conn.get_mut(), "{n}: {:016x}", kernel::random::u64())
+        } else {
+            writeln!(conn.get_mut(), "{n}: {text}")
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = conn.get_mut().shutdown();
+    total
 }
 
 fn serve(mut s: TcpStream) -> u64 {
@@ -73,6 +111,7 @@ fn main() -> i32 {
     }
     let port = arg("port").unwrap_or(7) as u16;
     let conns = arg("conns");
+    let lines = kernel::args().any(|a| a == "lines");
     if kernel::args().any(|a| a == "udp") {
         return udp(port, conns.unwrap_or(1));
     }
@@ -88,7 +127,11 @@ fn main() -> i32 {
         }
     };
     println!("echo: listening on port {port}");
-    match serve_all(|| listener.accept(), serve, conns) {
+    if lines {
+        let how = if kernel::random::seeded_securely() { "the host or the CPU" } else { "the TSC only" };
+        println!("echo: a line protocol; random numbers seeded from {how}");
+    }
+    match serve_all(|| listener.accept(), if lines { serve_lines } else { serve }, conns) {
         Some((accepted, total)) => {
             println!("echo: {accepted} connection(s), {total} bytes echoed");
             0
@@ -197,25 +240,21 @@ fn vsock(port: u32, conns: Option<u64>) -> i32 {
 
 /// `connect=ADDR:PORT`: say hello to a server and print its answer.
 fn client(target: &str) -> i32 {
-    let parsed = target.split_once(':').and_then(|(a, p)| {
-        let mut ip = [0u8; 4];
-        let mut parts = a.split('.');
-        for b in &mut ip {
-            *b = parts.next()?.parse().ok()?;
-        }
-        Some((ip, p.parse::<u16>().ok()?))
-    });
-    let Some((ip, port)) = parsed else {
-        println!("echo: bad connect={target} (use ADDR:PORT)");
-        return 2;
-    };
-    let mut s = match TcpStream::connect(ip, port) {
+    // Any `ToSocketAddr`: "10.0.2.1:7" as given, a `SocketAddrV4`, …
+    let mut s = match TcpStream::connect(target) {
         Ok(s) => s,
+        Err(kernel::net::Error::InvalidInput) => {
+            println!("echo: bad connect={target} (use ADDR:PORT)");
+            return 2;
+        }
         Err(e) => {
             println!("echo: connect to {target}: {e}");
             return 1;
         }
     };
+    if let (Ok(me), Ok(peer)) = (s.local_addr(), s.peer_addr()) {
+        println!("echo: {me} → {peer}");
+    }
     if s.write_all(b"hello from the appliance\n").is_err() || s.shutdown().is_err() {
         println!("echo: sending failed");
         return 1;

@@ -475,7 +475,7 @@ die:                            /* exit code 255 on every host we know */
     .long 0x54300001            /* torito_abi::note::NOTE_TYPE */
     .asciz "Torito"
     .balign 4
-    .long 3                     /* abi_version (torito_abi::ABI_VERSION) */
+    .long 4                     /* abi_version (torito_abi::ABI_VERSION) */
     .long 0                     /* flags */
     .quad kernel_main           /* entry */
     .quad boot_stack_top        /* stack_top */

@@ -22,7 +22,7 @@ pub mod torito;
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
-const _: () = assert!(torito_abi::ABI_VERSION == 3, "update abi_version in boot.s");
+const _: () = assert!(torito_abi::ABI_VERSION == 4, "update abi_version in boot.s");
 
 // The multiboot1 header with the a.out-kludge address fields, so that
 // QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which
@@ -81,6 +81,57 @@ pub fn tsc_khz_from_cpuid() -> Option<u64> {
         }
     }
     None
+}
+
+/// 64 random bits from the CPU: RDSEED (meant for seeding) when the CPU
+/// has it, else RDRAND; `None` when it has neither or both keep failing.
+/// The first call asks CPUID (an exit on some hosts); both instructions
+/// run at CPL3.
+pub fn hardware_random() -> Option<u64> {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _rdrand64_step, _rdseed64_step};
+    use core::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const RDRAND: u8 = 1;
+    const RDSEED: u8 = 2;
+    const NONE: u8 = 3;
+    static KIND: AtomicU8 = AtomicU8::new(UNKNOWN);
+    let kind = match KIND.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let rdseed = __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 18) != 0;
+            let rdrand = __cpuid(1).ecx & (1 << 30) != 0;
+            let k = if rdseed {
+                RDSEED
+            } else if rdrand {
+                RDRAND
+            } else {
+                NONE
+            };
+            KIND.store(k, Ordering::Relaxed);
+            k
+        }
+        k => k,
+    };
+    #[target_feature(enable = "rdrand")]
+    fn rdrand() -> Option<u64> {
+        let mut v = 0;
+        // Retried a few times on a transient failure (the usual advice).
+        (0..10).find(|_| _rdrand64_step(&mut v) == 1).map(|_| v)
+    }
+    #[target_feature(enable = "rdseed")]
+    fn rdseed() -> Option<u64> {
+        let mut v = 0;
+        (0..100).find(|_| _rdseed64_step(&mut v) == 1).map(|_| v)
+    }
+    match kind {
+        // SAFETY: CPUID says the CPU has the instructions these functions
+        // are compiled for.
+        RDSEED => unsafe {
+            rdseed().or_else(|| if __cpuid(1).ecx & (1 << 30) != 0 { rdrand() } else { None })
+        },
+        // SAFETY: as above.
+        RDRAND => unsafe { rdrand() },
+        _ => None,
+    }
 }
 
 /// Busy-wait hint.

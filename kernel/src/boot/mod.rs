@@ -163,6 +163,11 @@ pub fn info() -> &'static BootInfo {
     BOOT.get().expect("boot information read before kernel_main")
 }
 
+/// The boot information, if `kernel_main` has run (not on the host).
+pub(crate) fn try_info() -> Option<&'static BootInfo> {
+    BOOT.get()
+}
+
 /// The TSC at the first line of `kernel_main`.
 #[cfg(feature = "process")]
 pub fn kernel_main_tsc() -> Option<u64> {

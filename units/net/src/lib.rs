@@ -26,14 +26,22 @@
 
 extern crate alloc;
 
+pub mod addr;
 pub mod config;
 mod stack;
 pub mod tcp;
 pub mod udp;
 pub mod vsock;
 
+pub use addr::ToSocketAddr;
 pub use config::NetConfig;
+pub use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+/// The I/O traits the streams implement (`embedded-io`): `use kernel::net::io::{Read, Write}`;
+/// `Write` gives `write!` on a stream.
+pub use embedded_io as io;
 pub use stack::{address, flush, init, socket_counts, wait_for_address};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
 pub use unit_devices::{NetDevice, NetError};
 
 use core::fmt;
@@ -53,6 +61,10 @@ pub enum Error {
     TimedOut,
     /// The peer refused the connection.
     ConnectionRefused,
+    /// Not a socket address, or not an IPv4 one.
+    InvalidInput,
+    /// The socket is not connected.
+    NotConnected,
 }
 
 impl fmt::Display for Error {
@@ -64,8 +76,26 @@ impl fmt::Display for Error {
             Self::NoBuffers => "no room for another socket or datagram",
             Self::TimedOut => "timed out",
             Self::ConnectionRefused => "connection refused",
+            Self::InvalidInput => "not an IPv4 socket address (e.g. 10.0.2.1:80)",
+            Self::NotConnected => "not connected",
         })
     }
 }
 
 impl core::error::Error for Error {}
+
+impl embedded_io::Error for Error {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        use embedded_io::ErrorKind as K;
+        match self {
+            Self::NoInterface => K::AddrNotAvailable,
+            Self::AddrInUse => K::AddrInUse,
+            Self::ConnectionReset => K::ConnectionReset,
+            Self::NoBuffers => K::OutOfMemory,
+            Self::TimedOut => K::TimedOut,
+            Self::ConnectionRefused => K::ConnectionRefused,
+            Self::InvalidInput => K::InvalidInput,
+            Self::NotConnected => K::NotConnected,
+        }
+    }
+}

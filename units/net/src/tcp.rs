@@ -7,8 +7,10 @@ use alloc::vec::Vec;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 
-use crate::Error;
+use core::net::SocketAddr;
+
 use crate::stack::{Deadline, Listening, Stack, block_on, with};
+use crate::{Error, ToSocketAddr};
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -139,11 +141,11 @@ fn ephemeral_port() -> u16 {
 }
 
 impl TcpStream {
-    /// Connect to `addr:port`, waiting up to 10 s for the handshake.
-    pub fn connect(addr: [u8; 4], port: u16) -> Result<TcpStream, Error> {
-        use smoltcp::wire::{IpAddress, Ipv4Address};
-        let [a, b, c, d] = addr;
-        let remote = (IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), port);
+    /// Connect to `addr` (`"10.0.2.1:80"`, a `SocketAddrV4`, `([10, 0, 2,
+    /// 1], 80)`: see [`ToSocketAddr`]), waiting up to 10 s for the
+    /// handshake.
+    pub fn connect(addr: impl ToSocketAddr) -> Result<TcpStream, Error> {
+        let remote = smoltcp::wire::IpEndpoint::from(addr.to_socket_addr()?);
         let handle = with(|s| {
             let mut sock = new_socket();
             sock.connect(s.iface.context(), remote, ephemeral_port())
@@ -160,6 +162,22 @@ impl TcpStream {
             }
         })??;
         Ok(stream)
+    }
+
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> Result<SocketAddr, Error> {
+        let h = self.handle;
+        with(|s| {
+            s.sockets.get::<Socket>(h).remote_endpoint().map(SocketAddr::from).ok_or(Error::NotConnected)
+        })?
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        let h = self.handle;
+        with(|s| {
+            s.sockets.get::<Socket>(h).local_endpoint().map(SocketAddr::from).ok_or(Error::NotConnected)
+        })?
     }
 
     /// Make [`TcpStream::read`] give up after `t` with `Error::TimedOut`
@@ -253,5 +271,30 @@ impl Drop for TcpStream {
             }
             s.retire(h);
         });
+    }
+}
+
+impl embedded_io::ErrorType for TcpStream {
+    type Error = Error;
+}
+
+/// `embedded_io::Read`: as [`TcpStream::read`] (with `read_exact` and the
+/// rest of the trait, and `kernel::io::BufReader` on top).
+impl embedded_io::Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        TcpStream::read(self, buf)
+    }
+}
+
+/// `embedded_io::Write`: as [`TcpStream::write`]; `write!(stream, …)`
+/// formats straight into the connection. Its `flush` waits (up to 10 s)
+/// until the peer has acknowledged everything.
+impl embedded_io::Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        TcpStream::write(self, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        TcpStream::flush(self, core::time::Duration::from_secs(10))
     }
 }

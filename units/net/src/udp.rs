@@ -5,18 +5,17 @@ use core::time::Duration;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::udp::{PacketBuffer, PacketMetadata, Socket};
-use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+use smoltcp::wire::IpEndpoint;
 
-use crate::Error;
+use core::net::SocketAddr;
+
 use crate::stack::{Deadline, Stack, block_on, with};
+use crate::{Error, ToSocketAddr};
 
 /// Datagrams each direction can hold.
 const DATAGRAMS: usize = 32;
 /// Payload bytes each direction can hold.
 const BYTES: usize = 64 * 1024;
-
-/// An IPv4 address and port.
-pub type SocketAddrV4 = ([u8; 4], u16);
 
 /// A UDP socket bound to a port of the interface's address.
 pub struct UdpSocket {
@@ -46,11 +45,10 @@ impl UdpSocket {
         self.read_timeout = t;
     }
 
-    /// Send `buf` as one datagram to `to`.
-    pub fn send_to(&self, buf: &[u8], to: SocketAddrV4) -> Result<usize, Error> {
+    /// Send `buf` as one datagram to `to` (see [`ToSocketAddr`]).
+    pub fn send_to(&self, buf: &[u8], to: impl ToSocketAddr) -> Result<usize, Error> {
         let h = self.handle;
-        let ([a, b, c, d], port) = to;
-        let endpoint = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), port);
+        let endpoint = IpEndpoint::from(to.to_socket_addr()?);
         block_on(Deadline::NONE, |s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
             if !sock.can_send() {
@@ -64,7 +62,7 @@ impl UdpSocket {
 
     /// Wait for a datagram; copy it into `buf` (truncated to fit) and say
     /// who sent it.
-    pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddrV4), Error> {
+    pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), Error> {
         let h = self.handle;
         block_on(Deadline::after(self.read_timeout), |s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
@@ -72,9 +70,7 @@ impl UdpSocket {
                 return None;
             }
             Some(match sock.recv_slice(buf) {
-                Ok((n, meta)) => match meta.endpoint.addr {
-                    IpAddress::Ipv4(a) => Ok((n, (a.octets(), meta.endpoint.port))),
-                },
+                Ok((n, meta)) => Ok((n, SocketAddr::from(meta.endpoint))),
                 Err(_) => Err(Error::ConnectionReset),
             })
         })?

@@ -194,3 +194,26 @@ impl Drop for VsockStream {
         }
     }
 }
+
+impl embedded_io::ErrorType for VsockStream {
+    type Error = Error;
+}
+
+/// `embedded_io::Read`: as [`VsockStream::read`].
+impl embedded_io::Read for VsockStream {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        VsockStream::read(self, buf)
+    }
+}
+
+/// `embedded_io::Write`: every write is whole (as
+/// [`VsockStream::write_all`]); `write!(stream, …)` works.
+impl embedded_io::Write for VsockStream {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+}

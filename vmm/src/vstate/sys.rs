@@ -9,6 +9,18 @@ use std::time::Duration;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// Random bytes from the kernel's generator (`getrandom`, which does not
+/// block once the host has booted); `None` when it fails.
+pub fn random_u64s<const N: usize>() -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    let len = std::mem::size_of_val(&out);
+    // The system call itself: the static musl build has no `getrandom`
+    // function to link (the weak symbol stays null).
+    // SAFETY: `out` is a valid, writable buffer of `len` bytes.
+    let n = unsafe { libc::syscall(libc::SYS_getrandom, out.as_mut_ptr(), len, 0) };
+    (n == len as libc::c_long).then_some(out)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

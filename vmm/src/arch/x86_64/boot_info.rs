@@ -54,6 +54,9 @@ pub fn write_boot_info(
     let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns, cpus);
     bi.boot_realtime_ns =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // Seeds the guest's random numbers (zero if the host gives none: the
+    // guest then mixes its TSC and RDRAND/RDSEED alone).
+    bi.entropy = crate::vstate::sys::random_u64s().unwrap_or_default();
     let w = |bytes: &[u8], at: u64| {
         mem.write_slice(bytes, GuestAddress(at)).map_err(|e| Error::GuestWrite(e.to_string()))
     };
@@ -91,6 +94,21 @@ mod tests {
         let bi = boot_info(64 << 20, "", 0, 0, 1);
         assert_eq!(bi.cmdline_addr, 0);
         assert_eq!(bi.regions().len(), 1);
+    }
+
+    /// Each launch hands the guest 32 fresh random bytes.
+    #[test]
+    fn every_launch_gets_fresh_entropy() {
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let read = || {
+            write_boot_info(&mem, 16 << 20, "", 0, 0, 1).unwrap();
+            let mut buf = vec![0u8; std::mem::size_of::<BootInfo>()];
+            mem.read_slice(&mut buf, GuestAddress(BOOT_INFO_ADDR)).unwrap();
+            BootInfo::read_from_bytes(&buf).unwrap().entropy
+        };
+        let (a, b) = (read(), read());
+        assert_ne!(a, [0; 4]);
+        assert_ne!(a, b);
     }
 
     #[test]
