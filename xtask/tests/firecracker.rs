@@ -253,3 +253,38 @@ fn xtask_run_boots_on_firecracker_with_the_monitors_options() {
     assert_eq!(out.status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A NIC on Firecracker from the monitor's `--net` option: echo in a
+/// network namespace answers ping and echoes through `nc`.
+#[test]
+fn echo_with_a_nic_on_firecracker_through_xtask_run() {
+    use std::process::Stdio;
+    if !usable() {
+        return;
+    }
+    let Some(ns) = xtask::netns::Netns::or_skip("fc", &["ip", "ping", "nc"]) else { return };
+    xtask::build("echo", Variant { pvh_only: true, ..Default::default() }).unwrap();
+    let mut c = ns.exec(env!("CARGO_BIN_EXE_xtask"));
+    c.args(["run", "echo", "--firecracker", "--net", "tap=tap0,mac=06:00:0a:00:02:0f", "--timeout", "60"]);
+    c.args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1"]);
+    let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start xtask run");
+    assert!(ns.wait_for_ping(), "the guest never answered ping");
+    let mut nc = ns
+        .exec("nc")
+        .args(["-N", "-w", "10", "10.0.2.15", "7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        nc.stdin.take().unwrap().write_all(b"through firecracker\n").unwrap();
+    }
+    let echoed = nc.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through firecracker\n");
+    let out = vm.wait_with_output_within(std::time::Duration::from_secs(30)).unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{console}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(console.contains("MAC 06:00:0a:00:02:0f"), "{console}");
+    assert!(console.contains("1 connection(s), 20 bytes echoed"), "{console}");
+}
