@@ -33,8 +33,29 @@ pub const TEST_INTERRUPT: u64 = 0x20;
 /// the outcome into [`Batch::status`]: one exit for a device's whole setup
 /// (a virtio-net driver makes ~120 register accesses, each an exit).
 pub const MMIO_BATCH: u64 = 0x28;
+/// Backtrace: the value is `addr | exact << 47 | count << 48` where `addr`
+/// is the guest-physical address of `count` (at most
+/// [`BACKTRACE_MAX`]) little-endian `u64` return addresses, innermost
+/// first; `exact` says the first is an instruction's own address (a
+/// faulting RIP), not a return address. The monitor prints each as
+/// `#N 0xADDR function at file:line` (with inlined frames) from the ELF
+/// it loaded, on the console. One exit.
+pub const BACKTRACE: u64 = 0x30;
 /// Size of the register page.
 pub const SIZE: u64 = 0x1000;
+
+/// Most addresses in one [`BACKTRACE`].
+pub const BACKTRACE_MAX: usize = 64;
+
+/// Encode a [`BACKTRACE`] write.
+pub const fn backtrace_value(addr: u64, count: usize, exact_first: bool) -> u64 {
+    (addr & 0x7fff_ffff_ffff) | (exact_first as u64) << 47 | ((count as u64 & 0xffff) << 48)
+}
+
+/// Decode a [`BACKTRACE`] write: `(addr, count, exact_first)`.
+pub const fn backtrace_decode(value: u64) -> (u64, usize, bool) {
+    (value & 0x7fff_ffff_ffff, (value >> 48) as usize, value & (1 << 47) != 0)
+}
 
 /// Most operations in one [`MMIO_BATCH`].
 pub const BATCH_MAX_OPS: u32 = 256;
@@ -104,6 +125,12 @@ mod tests {
         let v = console_value(0x12_3456, 300);
         assert_eq!(console_decode(v), (0x12_3456, 300));
         assert_eq!(console_decode(console_value(0x1000, CONSOLE_MAX_LEN)).1, 0xffff);
+    }
+
+    #[test]
+    fn backtrace_round_trip() {
+        assert_eq!(backtrace_decode(backtrace_value(0x20_0000, 12, true)), (0x20_0000, 12, true));
+        assert_eq!(backtrace_decode(backtrace_value(0x20_0000, 3, false)), (0x20_0000, 3, false));
     }
 
     #[test]

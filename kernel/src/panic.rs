@@ -1,5 +1,12 @@
-//! Panics and CPU faults: print what happened and where, then exit non-zero
-//! (`torito_abi::exit::PANIC`, or `EXCEPTION_BASE + vector`).
+//! Panics and CPU faults: print what happened and where, with a backtrace,
+//! then exit non-zero (`torito_abi::exit::PANIC`, or `EXCEPTION_BASE +
+//! vector`).
+//!
+//! The backtrace follows the frame pointers guest builds keep. On the
+//! Torito monitor the return addresses go to it in one exit
+//! (`torito_abi::mmio::BACKTRACE`), and it prints each as `function at
+//! file:line` from the app's ELF; elsewhere they are printed raw, as
+//! `#N 0xADDR` lines that `cargo xtask symbolize APP` turns into the same.
 
 use torito_abi::exit::EXCEPTION_BASE;
 
@@ -35,11 +42,49 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             heap.last_failed, heap.used, heap.size
         );
     }
+    backtrace(None, crate::arch::frame_pointer());
     exit::stop(PANIC)
 }
 
-/// Report a CPU fault and exit with `EXCEPTION_BASE + vector`.
-pub(crate) fn report_fault(f: &FaultInfo) -> ! {
+/// Print the backtrace from the frame at `rbp`, after `rip` (a faulting
+/// instruction) when given.
+fn backtrace(rip: Option<u64>, rbp: u64) {
+    use torito_abi::boot_info::BootProtocol;
+    const MAX: usize = torito_abi::mmio::BACKTRACE_MAX;
+    let mut frames = [0u64; MAX];
+    let mut n = 0;
+    if let Some(rip) = rip {
+        frames[0] = rip;
+        n = 1;
+    }
+    n += crate::arch::walk_frames(rbp, &mut frames[n..], readable);
+    if n == 0 {
+        return;
+    }
+    println!("[torito] backtrace (innermost first):");
+    if crate::boot::protocol() == BootProtocol::Direct {
+        crate::arch::torito::backtrace(&frames[..n], rip.is_some());
+    } else {
+        for (i, a) in frames[..n].iter().enumerate() {
+            println!("[torito]   #{i:<2} {a:#018x}");
+        }
+        println!("[torito]   (cargo xtask symbolize APP < LOG names these functions and lines)");
+    }
+}
+
+/// Whether 16 bytes at `addr` are RAM the boot information lists (and so
+/// mapped): what a frame pointer must point to.
+fn readable(addr: u64) -> bool {
+    crate::boot::try_info().is_some_and(|b| {
+        b.regions()
+            .iter()
+            .any(|r| r.is_usable() && r.base <= addr && addr.saturating_add(16) <= r.base + r.len)
+    })
+}
+
+/// Report a CPU fault (the faulting code's frame pointer: `rbp`) and exit
+/// with `EXCEPTION_BASE + vector`.
+pub(crate) fn report_fault(f: &FaultInfo, rbp: u64) -> ! {
     println!(
         "[torito] CPU exception: {} (vector {}), error code {:#x}",
         fault::name(f.vector),
@@ -55,5 +100,6 @@ pub(crate) fn report_fault(f: &FaultInfo) -> ! {
         let why = if f.error & 1 != 0 { "protection violation" } else { "page not present" };
         println!("[torito]   cr2={:#018x} ({what}, {why})", f.cr2);
     }
+    backtrace(Some(f.rip), rbp);
     exit::stop(EXCEPTION_BASE + f.vector as i32)
 }

@@ -24,6 +24,7 @@ pub mod devices;
 pub mod error;
 pub mod loader;
 pub mod machine;
+pub mod symbolize;
 pub mod timeline;
 #[allow(unsafe_code)]
 pub mod vstate;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! torito [OPTIONS] <ELF> [-- <kernel command line>...]
+//! torito --symbolize <ELF> < LOG      (names a backtrace's functions and lines)
 //! ```
 //! Guest console output goes to stdout; the process exits with the guest's
 //! exit code, or with a distinct status when something else stopped it
@@ -57,6 +58,11 @@ struct Cli {
     /// Print where the time went, on stderr: `--timeline` or `--timeline=json`.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_enum)]
     timeline: Option<TimelineFormat>,
+    /// Boot nothing: copy stdin to stdout, naming the function and line of
+    /// each backtrace frame (`#N 0xADDR`) and faulting `rip=0xADDR` in it
+    /// from ELF (for a log of the same ELF on QEMU or Firecracker).
+    #[arg(long)]
+    symbolize: bool,
     /// Kernel command line words.
     #[arg(last = true)]
     args: Vec<String>,
@@ -65,6 +71,16 @@ struct Cli {
 fn main() -> ExitCode {
     let mut tl = Timeline::start();
     let cli = Cli::parse();
+    if cli.symbolize {
+        let stdin = std::io::stdin().lock();
+        return match torito_vmm::symbolize::filter(&cli.elf, stdin, std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("torito: --symbolize: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let mut cfg = VmConfig::new(&cli.elf);
     cfg.mem = cli.mem;
     cfg.timeout = cli.timeout;

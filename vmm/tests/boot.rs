@@ -111,6 +111,12 @@ fn panic_prints_message_and_location() {
     assert_eq!(r.code, 101);
     assert!(r.stdout.contains("panicked at apps/testapps/src/bin/panics.rs:"), "{}", r.stdout);
     assert!(r.stdout.contains("deliberate panic, answer=41"));
+    // The backtrace, named by the monitor from the ELF's line tables: the
+    // app's own function and file come first, down to kernel_main.
+    let bt = &r.stdout[r.stdout.find("[torito] backtrace").expect("a backtrace")..];
+    let own = bt.find("panics::check_the_answer at ").expect("the app's function");
+    assert!(bt[own..].contains("apps/testapps/src/bin/panics.rs:"), "{bt}");
+    assert!(bt.contains("kernel_main at "), "{bt}");
 }
 
 #[test]
@@ -178,6 +184,10 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     }
     let r = run(&[], &fault, &["pf"]);
     assert!(r.stdout.contains("cr2=0x0000000000000008 (write, page not present)"));
+    // The faulting instruction, named: the app's line that wrote.
+    let bt = &r.stdout[r.stdout.find("[torito] backtrace").expect("a backtrace")..];
+    let first = bt.lines().take_while(|l| !l.contains("#1 ")).collect::<Vec<_>>().join("\n");
+    assert!(first.contains("#0 ") && first.contains("apps/testapps/src/bin/fault.rs:"), "{bt}");
 }
 
 #[test]

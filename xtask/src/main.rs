@@ -8,6 +8,7 @@
 //! cargo xtask test [FILTER]                                     everything (or the tests whose name contains FILTER)
 //! cargo xtask doc [--open]                                     the API docs (kernel and units), warning-free
 //! cargo xtask install [--to DIR]                               the monitor, to $CARGO_HOME/bin
+//! cargo xtask symbolize <app> [--pvh] < LOG                      backtraces of a QEMU/Firecracker log, named
 //! cargo xtask lint                                              fmt + clippy (the workspace on the host, the guest crates)
 //! cargo xtask bench [launch|process|block|fs|net|appliances|soak]... [-n 30] [--check]
 //! ```
@@ -129,6 +130,15 @@ enum Cmd {
     },
     /// Check formatting and run clippy (host crates and guest crates).
     Lint,
+    /// Name the functions and lines of the backtraces in a log (stdin) of
+    /// an app that ran on QEMU or Firecracker (the monitor does it itself).
+    Symbolize {
+        /// The app the log is from.
+        app: String,
+        /// It was built with `--pvh` (as for QEMU microvm and Firecracker).
+        #[arg(long)]
+        pvh: bool,
+    },
     /// Build the monitor (a static binary) and copy it to DIR, by default
     /// `$CARGO_HOME/bin` (where `cargo install` puts programs).
     Install {
@@ -239,6 +249,11 @@ fn run() -> Result<i32, String> {
         }
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Symbolize { app, pvh } => {
+            let monitor = xtask::build_monitor(true)?;
+            let elf = xtask::build(&app, Variant { pvh_only: pvh, ..Default::default() })?;
+            status(Command::new(monitor).arg("--symbolize").arg(elf))
+        }
         Cmd::Install { to } => {
             let dir = match to {
                 Some(d) => d,

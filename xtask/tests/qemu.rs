@@ -62,6 +62,11 @@ fn test_apps_on_pc_with_tcg() {
     let (code, out) = boot(QemuMachine::PcTcg, &elf("panics", false), "");
     assert_eq!(code, 101);
     assert!(out.contains("panicked at apps/testapps/src/bin/panics.rs:"));
+    // Raw addresses here; `torito --symbolize` (what `cargo xtask
+    // symbolize` runs) names them from the same ELF.
+    assert!(out.contains("[torito]   #1  0x"), "{out}");
+    let named = symbolize(&elf("panics", false), &out);
+    assert!(named.contains("panics::check_the_answer at ") && named.contains("kernel_main at "), "{named}");
     let (code, out) = boot(QemuMachine::PcTcg, &elf("alloc", false), "");
     assert_eq!(code, 0);
     assert!(out.contains("alloc: ok"));
@@ -286,4 +291,21 @@ fn one_blkcheck_elf_finds_its_disk_everywhere() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("virtio-blk at 0xd0000000") && text.contains("blkcheck: ok"), "{text}");
+}
+
+/// `torito --symbolize ELF` over `log`.
+fn symbolize(elf: &std::path::Path, log: &str) -> String {
+    use std::io::Write;
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = std::process::Command::new(monitor)
+        .arg("--symbolize")
+        .arg(elf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(log.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

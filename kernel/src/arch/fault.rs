@@ -61,5 +61,15 @@ extern "sysv64" fn _torito_fault_upcall() -> ! {
     // sets `_torito_fault_active`, so no other fault rewrites it: any fault
     // from now on stops the machine in the stub.
     let f = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(_torito_fault_info)) };
-    crate::panic::report_fault(&f)
+    // The stub left `rbp` as the faulting code had it, and this function's
+    // prologue saved it: the faulting function's frame heads the chain.
+    let own = super::frame_pointer();
+    let faulting_rbp = if own != 0 && own.is_multiple_of(8) {
+        // SAFETY: `own` is this function's frame on the fault stack; its
+        // first word is the saved `rbp`.
+        unsafe { core::ptr::read_volatile(own as *const u64) }
+    } else {
+        0
+    };
+    crate::panic::report_fault(&f, faulting_rbp)
 }

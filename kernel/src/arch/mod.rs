@@ -134,6 +134,43 @@ pub fn hardware_random() -> Option<u64> {
     }
 }
 
+/// The frame pointer (`rbp`) of the caller: guest builds keep frame
+/// pointers (`-C force-frame-pointers`), so it heads the chain of frames.
+#[inline(always)]
+pub fn frame_pointer() -> u64 {
+    let rbp: u64;
+    // SAFETY: reads a register; no memory is touched.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    rbp
+}
+
+/// Follow the chain of frame pointers from `rbp`: each frame holds the
+/// caller's `rbp` and, above it, the return address. Fills `out` with the
+/// return addresses, innermost first; returns how many. The walk stops at
+/// a null return address, at a frame that is not 8-aligned, not above the
+/// last one (or more than 1 MiB above it), or not `readable` (16 bytes at
+/// the frame), so a corrupt stack ends the walk instead of faulting.
+pub fn walk_frames(mut rbp: u64, out: &mut [u64], readable: impl Fn(u64) -> bool) -> usize {
+    let mut n = 0;
+    while n < out.len() && rbp != 0 && rbp.is_multiple_of(8) && readable(rbp) {
+        // SAFETY: `readable` vouched for the 16 bytes at `rbp`, which the
+        // identity map covers; a stale value there only ends the walk.
+        let (next, ret) = unsafe {
+            (core::ptr::read_volatile(rbp as *const u64), core::ptr::read_volatile((rbp + 8) as *const u64))
+        };
+        if ret == 0 {
+            break;
+        }
+        out[n] = ret;
+        n += 1;
+        if next <= rbp || next - rbp > (1 << 20) {
+            break;
+        }
+        rbp = next;
+    }
+    n
+}
+
 /// Busy-wait hint.
 #[inline(always)]
 pub fn spin_hint() {

@@ -25,6 +25,14 @@ pub fn mmio_batch(gpa: u64) {
     write(mmio::MMIO_BATCH, gpa);
 }
 
+/// Hand the monitor a backtrace (at most `mmio::BACKTRACE_MAX` addresses;
+/// the first a faulting instruction's when `exact_first`), which it
+/// prints symbolized (see `torito_abi::mmio::BACKTRACE`).
+pub fn backtrace(addrs: &[u64], exact_first: bool) {
+    let n = addrs.len().min(mmio::BACKTRACE_MAX);
+    write(mmio::BACKTRACE, mmio::backtrace_value(addrs.as_ptr() as u64, n, exact_first));
+}
+
 /// Ask the monitor to stop the guest with `code`.
 pub fn exit(code: i32) {
     write(mmio::EXIT, u64::from(code as u32));

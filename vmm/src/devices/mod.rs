@@ -126,6 +126,7 @@ pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
         }
     }
     let mut d = Devices::new(cfg.console_out());
+    d.register_page.symbolize_with(&cfg.kernel);
     for (i, disk) in cfg.disks.iter().enumerate() {
         d.add_virtio(virtio::blk::open(disk, i).map_err(Error::Disk)?);
     }
