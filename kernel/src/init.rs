@@ -6,7 +6,6 @@ use torito_abi::boot_info::TraceId;
 
 pub(crate) fn run() -> ! {
     crate::memory::init();
-    crate::logger::init();
     #[cfg(feature = "process")]
     {
         let known = tsc_khz();

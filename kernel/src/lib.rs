@@ -59,9 +59,63 @@ pub use unit_process as process;
 
 pub extern crate alloc;
 
-/// Logging with levels (`kernel::log::info!(…)`), printed on the console;
-/// `torito.log=LEVEL` on the command line sets the level (default `info`).
-pub use log;
+/// Logging with levels, printed on the console: `kernel::log::info!(…)`
+/// and `error!`, `warn!`, `debug!`, `trace!` (over the `log` crate).
+/// `torito.log=LEVEL` on the command line sets the most detailed level
+/// shown (default `info`). The logger is set up at the first message, so an
+/// app that never logs pays nothing at boot; an app whose libraries log
+/// through the `log` crate themselves calls [`log::init`] first.
+pub mod log {
+    #[doc(hidden)]
+    pub use ::log as __log;
+    pub use ::log::{Level, LevelFilter};
+
+    pub use crate::{
+        __log_debug as debug, __log_error as error, __log_info as info, __log_trace as trace,
+        __log_warn as warn,
+    };
+
+    /// Set the console logger up now (the first `kernel::log` message
+    /// does it otherwise): for libraries that call the `log` crate directly.
+    pub fn init() {
+        crate::logger::ensure();
+    }
+
+    #[doc(hidden)]
+    pub fn __ensure() {
+        crate::logger::ensure();
+    }
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_at {
+    ($level:ident, $($arg:tt)+) => {{
+        $crate::log::__ensure();
+        $crate::log::__log::$level!($($arg)+)
+    }};
+}
+
+/// An error message (see [`log`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_error { ($($arg:tt)+) => { $crate::__log_at!(error, $($arg)+) }; }
+/// A warning (see [`log`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_warn { ($($arg:tt)+) => { $crate::__log_at!(warn, $($arg)+) }; }
+/// An informative message (see [`log`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_info { ($($arg:tt)+) => { $crate::__log_at!(info, $($arg)+) }; }
+/// A debugging message (see [`log`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_debug { ($($arg:tt)+) => { $crate::__log_at!(debug, $($arg)+) }; }
+/// A tracing message (see [`log`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_trace { ($($arg:tt)+) => { $crate::__log_at!(trace, $($arg)+) }; }
 
 // On the host (`cargo check`, an IDE, an app's unit tests) the kernel links
 // std: its allocator, its panic handler and its console stand in for the

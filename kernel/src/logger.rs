@@ -2,6 +2,7 @@
 //!
 //! ```ignore
 //! kernel::log::info!("listening on port {port}");
+//! kernel::log::warn!("{peer}: request too long");
 //! kernel::log::debug!("request {n}: {path}");
 //! ```
 //!
@@ -41,9 +42,22 @@ pub(crate) fn level(cmdline: &str) -> Result<LevelFilter, &str> {
     }
 }
 
+static READY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Set the logger up if it is not yet (the first message does): nothing
+/// of it runs at boot, so an app that never logs touches none of its
+/// pages. Two cores racing both set the same level; the logger once.
+pub(crate) fn ensure() {
+    use core::sync::atomic::Ordering;
+    if !READY.load(Ordering::Acquire) {
+        init();
+        READY.store(true, Ordering::Release);
+    }
+}
+
 /// Print `log` records on the console from now on, up to the level the
 /// command line asks for.
-pub(crate) fn init() {
+fn init() {
     let max = level(crate::cmdline()).unwrap_or_else(|bad| {
         crate::println!(
             "[torito] torito.log={bad}: not a level (off, error, warn, info, debug, trace); using info"
