@@ -339,6 +339,24 @@ fn threads_mutex_channels_sleep_and_ping_pong() {
     xtask::assert_guest_wall_clock(&r.stdout);
 }
 
+/// A thread that runs past the bottom of its stack is reported at its next
+/// switch, by thread, with the way out; the same frames fit a stack made
+/// bigger with `process::Builder`.
+#[test]
+fn a_stack_overflow_is_reported_and_a_bigger_stack_works() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "20"], &guest("threads"), &["overflow"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    assert!(r.stdout.contains("[torito] thread 16 on core 0 panicked"), "{}", r.stdout);
+    assert!(r.stdout.contains("stack overflow in thread 16: it ran past the bottom of its 65536-byte stack"));
+    assert!(r.stdout.contains("process::Builder::new().stack_size(BYTES)"));
+    let r = run(&["--timeout", "20"], &guest("threads"), &["bigstack"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("64 KiB of frames on a 256 KiB stack"), "{}", r.stdout);
+}
+
 #[test]
 fn a_panicking_thread_says_which_thread_and_core() {
     if !kvm() {

@@ -10,6 +10,9 @@
 //! printed. `panic` makes a thread on the last core panic, `deadlock` makes
 //! two threads (on different cores when there are several) wait for each
 //! other, `bench` prints the figures `cargo xtask bench` collects.
+//! `bigstack` runs 72 KiB of stack frames on a thread given 256 KiB
+//! (`process::Builder`); `overflow` does the same on a default (64 KiB)
+//! stack, which the kernel must report as a stack overflow.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -51,6 +54,13 @@ fn main() -> i32 {
     }
     if arg == Some("irq") {
         return irq(last);
+    }
+    if arg == Some("bigstack") || arg == Some("overflow") {
+        let size = if arg == Some("bigstack") { 256 * 1024 } else { process::STACK_SIZE };
+        let h = process::Builder::new().stack_size(size).spawn(|| deep(64)).expect("a thread");
+        let sum = h.join();
+        println!("threads: 64 KiB of frames on a {} KiB stack, sum {sum}", size / 1024);
+        return 0;
     }
     if arg == Some("panic") {
         let h = process::spawn_on(last, || {
@@ -400,4 +410,20 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + u64::from(m <= 2);
     (y, m, d)
+}
+
+/// `depth` nested frames of a little over 1 KiB each, then a yield from
+/// the deepest (a switch: where an overflow is noticed).
+#[inline(never)]
+fn deep(depth: u32) -> u64 {
+    let mut frame = [0u8; 1024];
+    frame[depth as usize % 1024] = depth as u8;
+    core::hint::black_box(&mut frame);
+    let below = if depth > 1 {
+        deep(depth - 1)
+    } else {
+        process::yield_now();
+        0
+    };
+    below + u64::from(frame[depth as usize % 1024])
 }

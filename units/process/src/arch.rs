@@ -58,11 +58,31 @@ pub(crate) unsafe fn switch(save: *mut usize, next: usize) {
     unsafe { torito_context_switch(save, next) }
 }
 
+/// The words [`prepare`] writes at the bottom of a stack: a thread that
+/// overwrote them ran past its stack.
+const CANARY: u64 = 0x5354_4143_4b21_c0de;
+const CANARY_WORDS: usize = 4;
+
+/// Whether the canary at the bottom of the stack at `base` (prepared by
+/// [`prepare`]) is still there.
+pub(crate) fn stack_intact(base: *const u8) -> bool {
+    // SAFETY: `base` is the start of a live thread's stack, whose first
+    // CANARY_WORDS words `prepare` wrote.
+    (0..CANARY_WORDS).all(|i| unsafe { core::ptr::read_volatile((base as *const u64).add(i)) } == CANARY)
+}
+
 /// Prepare a fresh stack `[base, base + len)` so that switching to the
 /// returned stack pointer calls `thread_start(arg0, arg1)`. The caller
 /// gives a stack it owns and has not handed to anything else.
 pub(crate) fn prepare(base: *mut u8, len: usize, arg0: usize, arg1: usize) -> usize {
     assert!(len >= 256, "a thread stack of {len} bytes is too small");
+    // SAFETY: the first CANARY_WORDS words of the caller's stack range,
+    // which it owns (len ≥ 256); the stack grows down towards them.
+    unsafe {
+        for i in 0..CANARY_WORDS {
+            core::ptr::write_volatile((base as *mut u64).add(i), CANARY);
+        }
+    }
     let top = (base as usize + len) & !15;
     // After the 6 pops and `ret`, rsp = top (16-byte aligned), as the call
     // in `torito_thread_entry` expects.

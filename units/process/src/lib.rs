@@ -38,7 +38,8 @@ pub mod sync;
 
 pub use percore::{CacheLine, PerCore};
 pub use sched::{
-    DEADLOCK_CHECK_MS, JoinHandle, SPIN_BEFORE_HALT_US, SPIN_MAX_US, STACK_SIZE, Scheduler, System, ThreadId,
+    DEADLOCK_CHECK_MS, JoinHandle, MIN_STACK_SIZE, SPIN_BEFORE_HALT_US, SPIN_MAX_US, STACK_SIZE, Scheduler,
+    System, ThreadId,
 };
 
 /// The most cores the process unit (and the kernel's per-core tables)
@@ -193,7 +194,10 @@ pub fn live_threads() -> usize {
     sched::LIVE_STACKS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// Run `f` on a new thread of the current core.
+/// Run `f` on a new thread of the current core, with a stack of
+/// [`STACK_SIZE`] (64 KiB; [`Builder::stack_size`] for more). A thread
+/// that runs past the bottom of its stack stops the machine with "stack
+/// overflow in thread N" at its next switch.
 pub fn spawn<F, T>(f: F) -> JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -214,6 +218,50 @@ where
     T: Send + 'static,
 {
     sched::system().ok_or(SpawnError::NotInitialised)?.spawn_on(core, f)
+}
+
+/// Threads with settings, as `std::thread::Builder`:
+/// `Builder::new().stack_size(256 * 1024).spawn(f)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Builder {
+    stack_size: usize,
+    core: Option<CoreId>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A thread on the current core with a [`STACK_SIZE`] stack.
+    pub fn new() -> Self {
+        Builder { stack_size: STACK_SIZE, core: None }
+    }
+
+    /// Its stack, in bytes (at least [`MIN_STACK_SIZE`]; only the pages it
+    /// uses are touched).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// Run it on `core` (default: the current one).
+    pub fn core(mut self, core: CoreId) -> Self {
+        self.core = Some(core);
+        self
+    }
+
+    /// Start the thread.
+    pub fn spawn<F, T>(self, f: F) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let core = self.core.unwrap_or_else(current_core);
+        sched::system().ok_or(SpawnError::NotInitialised)?.spawn_with(core, self.stack_size, f)
+    }
 }
 
 /// Let the other threads of this core run; returns when this thread is

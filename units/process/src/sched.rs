@@ -40,9 +40,18 @@ use spin::Mutex;
 
 use crate::{CoreId, MAX_CORES, SpawnError, arch};
 
-/// Stack size of a spawned thread. Stacks come from the heap and are not
-/// zeroed, so only the pages a thread really uses are ever touched.
+/// Stack size of a spawned thread (`Builder::stack_size` sets another).
+/// Stacks come from the heap and are not zeroed, so only the pages a
+/// thread really uses are ever touched.
 pub const STACK_SIZE: usize = 64 * 1024;
+/// The smallest stack a thread may ask for.
+pub const MIN_STACK_SIZE: usize = 4 * 1024;
+/// Room below each stack that nothing uses: a thread that runs up to this
+/// far past its stack damages nothing before the switch that reports it
+/// (the canary at the stack's bottom). Never touched otherwise, so it
+/// costs heap addresses, not memory pages. Guard pages (unmapped) are the
+/// goal that needs no such room; see the debugging issue.
+const RED_ZONE: usize = 8 * 1024;
 
 /// How often a stuck core (nothing to run, nothing sleeping) wakes to look
 /// for a deadlock; also the longest a lost wake-up could delay a waiter.
@@ -80,12 +89,31 @@ impl Drop for Thread {
     }
 }
 
+/// `(id, stack size)` when `t` ran past the bottom of its stack (its canary
+/// is gone).
+fn overflowed(t: &Thread) -> Option<(ThreadId, usize)> {
+    let stack = t.stack.as_ref()?;
+    let base = stack.as_ptr().cast::<u8>().wrapping_add(RED_ZONE);
+    (!arch::stack_intact(base)).then_some((t.id, stack.len() - RED_ZONE))
+}
+
+/// Stop with a clear report, before the memory below the stack does more
+/// harm.
+#[cold]
+fn stack_overflow(id: ThreadId, size: usize) -> ! {
+    panic!(
+        "stack overflow in thread {}: it ran past the bottom of its {size}-byte stack; give it more with \
+         process::Builder::new().stack_size(BYTES)",
+        id.0
+    );
+}
+
 struct Thread {
     id: ThreadId,
     /// Saved stack pointer while the thread is not running.
     rsp: AtomicUsize,
     /// `None` for a core's boot thread, which runs on the boot stack.
-    #[allow(dead_code)] // owned so that it is freed with the thread
+    /// Its lowest bytes hold a canary ([`arch::stack_intact`]).
     stack: Option<Box<[MaybeUninit<u8>]>>,
     entry: Mutex<Option<Entry>>,
     /// The scheduler generation in which the thread started waiting, or
@@ -308,6 +336,11 @@ impl Scheduler {
             let now = arch::rdtsc();
             let mut g = self.inner.lock();
             self.adopt_boot_thread(&mut g);
+            if let Some((id, size)) = g.current.as_deref().and_then(overflowed) {
+                // Reported without the lock: the panic names the thread.
+                drop(g);
+                stack_overflow(id, size);
+            }
             let mut woke = false;
             // Wake the sleepers whose time has come, earliest first.
             if g.sleepers.iter().any(|(d, _)| *d <= now) {
@@ -562,6 +595,22 @@ impl System {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn_with(core, STACK_SIZE, f)
+    }
+
+    /// [`Scheduler::spawn_on`] with a stack of `stack_size` bytes (at least
+    /// [`MIN_STACK_SIZE`]).
+    pub fn spawn_with<F, T>(
+        &'static self,
+        core: CoreId,
+        stack_size: usize,
+        f: F,
+    ) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let stack_size = stack_size.max(MIN_STACK_SIZE);
         let c = core.0 as usize;
         if c >= self.core_count() {
             return Err(SpawnError::NoSuchCore { core, cores: self.core_count() });
@@ -580,12 +629,12 @@ impl System {
             s.waiters.notify();
         });
         let id = ThreadId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut stack = Box::<[u8]>::new_uninit_slice(STACK_SIZE);
+        let mut stack = Box::<[u8]>::new_uninit_slice(RED_ZONE + stack_size);
         LIVE_STACKS.fetch_add(1, Ordering::SeqCst);
         #[cfg(test)]
         TEST_LIVE.with(|c| c.set(c.get() + 1));
         // Moving the box into the thread does not move the stack itself.
-        let base = stack.as_mut_ptr().cast::<u8>();
+        let base = stack.as_mut_ptr().cast::<u8>().wrapping_add(RED_ZONE);
         let thread = Arc::new(Thread {
             id,
             rsp: AtomicUsize::new(0),
@@ -595,7 +644,7 @@ impl System {
         });
         let sp = arch::prepare(
             base,
-            STACK_SIZE,
+            stack_size,
             target as *const Scheduler as usize,
             Arc::as_ptr(&thread) as usize,
         );
