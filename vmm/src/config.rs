@@ -46,6 +46,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Shared host directories (virtio-fs), in order.
     pub shares: Vec<ShareConfig>,
+    /// `--core PATH`: where to write a core file when the guest panics,
+    /// faults or crashes.
+    pub core: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -63,6 +66,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             shares: Vec::new(),
+            core: None,
         }
     }
 

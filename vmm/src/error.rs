@@ -149,6 +149,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The signal a core file of this outcome reports, if it deserves one:
+    /// SIGABRT for a panic, SIGSEGV for a CPU fault, a triple fault, a
+    /// crash or a halt for ever (`None` for a clean exit, a timeout or a
+    /// stop signal).
+    pub fn core_signal(&self) -> Option<u32> {
+        match self {
+            Outcome::Exited(code) if *code == torito_abi::exit::PANIC => Some(6),
+            Outcome::Exited(code) if *code >= torito_abi::exit::EXCEPTION_BASE && *code < 256 => Some(11),
+            Outcome::TripleFault(_) | Outcome::Crashed(..) | Outcome::Halted(_) => Some(11),
+            _ => None,
+        }
+    }
+
     /// Process exit status for this outcome.
     pub fn exit_status(&self) -> i32 {
         match self {

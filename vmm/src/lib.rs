@@ -20,6 +20,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod core_dump;
 pub mod devices;
 pub mod error;
 pub mod loader;
@@ -86,7 +87,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 
     // The rest of RAM is registered from the guest's first exit on.
     let pending = PendingRam::new(deferred);
-    let parts = Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout };
+    let keep_registers = cfg.core.is_some();
+    let parts = Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout, keep_registers };
     let machine = Machine::new(&vm, &mem, parts)?;
     // A scope joins its threads (secondary vCPUs, RAM registration, device
     // I/O) on every return.
@@ -98,7 +100,20 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     machine.pending().wait()?;
     tl.pending_ram_accesses = machine.pending().accesses();
     tl.vcpus_started = machine.started();
+    let registers = machine.registers();
     let outcome = machine.into_outcome()?;
+    if let (Some(path), Some(signal)) = (&cfg.core, outcome.core_signal()) {
+        let name = cfg.kernel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match core_dump::write(path, &mem, &registers, signal, &name, &cfg.cmdline) {
+            Ok(()) => eprintln!(
+                "torito: core written to {} (gdb {} {})",
+                path.display(),
+                cfg.kernel.display(),
+                path.display()
+            ),
+            Err(e) => eprintln!("torito: warning: cannot write the core file {}: {e}", path.display()),
+        }
+    }
     tl.set_guest_trace(boot_info::read_trace(&mem));
     if cfg.timeline.is_some() {
         tl.set_stats(vcpu.stats());

@@ -58,6 +58,10 @@ struct Cli {
     /// Print where the time went, on stderr: `--timeline` or `--timeline=json`.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_enum)]
     timeline: Option<TimelineFormat>,
+    /// When the guest panics, faults or crashes, write an ELF core file of
+    /// it to PATH (`gdb <ELF> PATH`: `bt`, `info threads`).
+    #[arg(long, value_name = "PATH")]
+    core: Option<PathBuf>,
     /// Boot nothing: copy stdin to stdout, naming the function and line of
     /// each backtrace frame (`#N 0xADDR`) and faulting `rip=0xADDR` in it
     /// from ELF (for a log of the same ELF on QEMU or Firecracker).
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
     cfg.shares = cli.shares;
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
+    cfg.core = cli.core;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {
         cfg.kvm_device = dev.into();
     }

@@ -724,3 +724,51 @@ fn skip(why: &str) {
         }
     }
 }
+
+/// `--core PATH`: a guest that panics leaves an ELF core file that real
+/// gdb opens: the signal, the frames down to the app's function, one
+/// thread per vCPU.
+#[test]
+fn a_core_file_opens_in_gdb_with_the_frames_and_every_vcpu() {
+    if !kvm() || !xtask::testing::need("gdb") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("torito-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gdb = |elf: &std::path::Path, core: &std::path::Path| {
+        let out = std::process::Command::new("gdb")
+            .args(["-batch", "-nx", "-ex", "bt", "-ex", "info threads"])
+            .arg(elf)
+            .arg(core)
+            .output()
+            .expect("run gdb");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let panics = guest("panics");
+    let core = dir.join("panics.core");
+    let r = run(&["--core", core.to_str().unwrap()], &panics, &["x"]);
+    assert_eq!(r.code, 101);
+    assert!(r.stderr.contains("core written to"), "{}", r.stderr);
+    let text = gdb(&panics, &core);
+    assert!(text.contains("Program terminated with signal SIGABRT"), "{text}");
+    assert!(text.contains("panics::check_the_answer"), "{text}");
+    assert!(text.contains("kernel_main"), "{text}");
+    // Two vCPUs, two threads; a page fault is SIGSEGV.
+    let threads = guest("threads");
+    let core = dir.join("threads.core");
+    let r = run(&["--core", core.to_str().unwrap(), "--cpus", "2", "--timeout", "20"], &threads, &["panic"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    let text = gdb(&threads, &core);
+    assert!(text.contains("LWP 1") && text.contains("LWP 2"), "{text}");
+    let fault = guest("fault");
+    let core = dir.join("fault.core");
+    let r = run(&["--core", core.to_str().unwrap()], &fault, &["pf"]);
+    assert_eq!(r.code, 128 + 14);
+    assert!(gdb(&fault, &core).contains("signal SIGSEGV"));
+    // A clean exit leaves none.
+    let core = dir.join("hello.core");
+    let r = run(&["--core", core.to_str().unwrap()], &guest("hello"), &[]);
+    assert_eq!(r.code, 0);
+    assert!(!core.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

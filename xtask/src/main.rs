@@ -89,6 +89,10 @@ struct RunArgs {
     /// Print the command that boots the guest.
     #[arg(short, long)]
     verbose: bool,
+    /// When the guest panics or faults, write an ELF core file to PATH
+    /// (`gdb <ELF> PATH`; the monitor only).
+    #[arg(long, value_name = "PATH")]
+    core: Option<std::path::PathBuf>,
     /// Print the monitor's timeline (`--timeline=json`: one JSON line).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "json")]
     timeline: Option<String>,
@@ -220,6 +224,7 @@ fn run() -> Result<i32, String> {
                 timeline,
                 timeout,
                 verbose,
+                core,
                 args,
             } = *r;
             let target = match (qemu, firecracker) {
@@ -243,6 +248,7 @@ fn run() -> Result<i32, String> {
                 timeline,
                 timeout,
                 verbose,
+                core,
                 args,
             };
             xtask::run::run(&opts)

@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub timeout: Option<f64>,
     /// `-v`: print the command that boots the guest.
     pub verbose: bool,
+    /// `--core PATH` (the monitor's).
+    pub core: Option<PathBuf>,
     /// The kernel command line's words.
     pub args: Vec<String>,
 }
@@ -87,6 +89,11 @@ pub fn check(opts: &RunOptions) -> Result<Devices> {
     if opts.timeline.is_some() {
         return Err(format!(
             "--timeline is the Torito monitor's; {name} has none (leave out the target option)"
+        ));
+    }
+    if opts.core.is_some() {
+        return Err(format!(
+            "--core is the Torito monitor's; {name} writes no core of the guest (leave out the target option)"
         ));
     }
     match opts.target {
@@ -137,6 +144,9 @@ pub fn run(opts: &RunOptions) -> Result<i32> {
             };
             if let Some(t) = opts.timeout {
                 c.arg("--timeout").arg(format!("{t}"));
+            }
+            if let Some(p) = &opts.core {
+                c.arg("--core").arg(p);
             }
             c.arg(&elf);
             if !opts.args.is_empty() {
@@ -281,6 +291,7 @@ mod tests {
             timeline: None,
             timeout: None,
             verbose: false,
+            core: None,
             args: vec![],
         }
     }
@@ -291,6 +302,9 @@ mod tests {
         o.timeline = Some("text".into());
         assert!(check(&o).unwrap_err().contains("QEMU has none"));
         o.timeline = None;
+        o.core = Some("x.core".into());
+        assert!(check(&o).unwrap_err().contains("--core is the Torito monitor's"));
+        o.core = None;
         o.vsock = Some("cid=3,uds=/tmp/v".into());
         assert!(check(&o).unwrap_err().contains("--vsock"));
         let mut o = opts(Target::Firecracker);

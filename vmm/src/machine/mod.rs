@@ -56,6 +56,8 @@ pub struct Machine<'a> {
     io_started: AtomicBool,
     /// Written when the guest stops, so the I/O thread's wait ends.
     stopped: vmm_sys_util::eventfd::EventFd,
+    /// With `--core`: each vCPU's registers as it stopped.
+    registers: Option<Mutex<Vec<crate::core_dump::CoreRegs>>>,
 }
 
 /// What the machine is made of, besides the VM and its memory.
@@ -72,12 +74,14 @@ pub struct Parts {
     pub pending: PendingRam,
     /// `--timeout`.
     pub timeout: Option<Duration>,
+    /// Keep each vCPU's registers as it stops (`--core`).
+    pub keep_registers: bool,
 }
 
 impl<'a> Machine<'a> {
     /// A machine of `parts.cpus` vCPUs (vCPU 0 made by the caller).
     pub fn new(vm: &'a Vm, mem: &'a GuestMemoryMmap, parts: Parts) -> Result<Self, Error> {
-        let Parts { note, cpus, lapic, devices, pending, timeout } = parts;
+        let Parts { note, cpus, lapic, devices, pending, timeout, keep_registers } = parts;
         if cpus > 1 {
             vstate::vcpu::install_kick_handler()?;
         }
@@ -103,6 +107,7 @@ impl<'a> Machine<'a> {
             io_started: AtomicBool::new(false),
             stopped: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
+            registers: keep_registers.then(|| Mutex::new(Vec::new())),
         })
     }
 
@@ -122,6 +127,13 @@ impl<'a> Machine<'a> {
         tl.mark(Phase::FirstRun);
         let out = self.run_vcpu(scope, vcpu, Some(tl));
         self.finish(out);
+    }
+
+    /// With `--core`: the vCPUs' registers as they stopped, by vCPU.
+    pub fn registers(&self) -> Vec<crate::core_dump::CoreRegs> {
+        let mut v = self.registers.as_ref().map(|r| lock(r).clone()).unwrap_or_default();
+        v.sort_by_key(|r| r.cpu);
+        v
     }
 
     /// How the guest stopped (after every vCPU thread has been joined).
@@ -189,6 +201,9 @@ impl<'a> Machine<'a> {
     ) -> Option<Result<Outcome, Error>> {
         vcpu.receive_kicks();
         let out = self.threads.registered(|| self.vcpu_loop(scope, vcpu, &mut tl));
+        if let Some(regs) = &self.registers {
+            lock(regs).push(vcpu.core_regs());
+        }
         if std::env::var_os("TORITO_DEBUG_VCPUS").is_some() {
             eprintln!("torito: debug: {}", vcpu.crash_regs());
         }

@@ -138,6 +138,29 @@ impl Vcpu {
         }
     }
 
+    /// The registers a core file holds (zeros where KVM refuses to say).
+    pub fn core_regs(&self) -> crate::core_dump::CoreRegs {
+        let r = self.fd.get_regs().unwrap_or_default();
+        let s = self.fd.get_sregs().unwrap_or_default();
+        crate::core_dump::CoreRegs {
+            cpu: self.id,
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r: [r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15],
+            rip: r.rip,
+            rflags: r.rflags,
+            seg: [s.cs, s.ss, s.ds, s.es, s.fs, s.gs].map(|g| u64::from(g.selector)),
+            fs_base: s.fs.base,
+            gs_base: s.gs.base,
+        }
+    }
+
     /// The vCPU's KVM statistics (binary stats interface, Linux 5.14+);
     /// empty where the kernel lacks it.
     pub fn stats(&self) -> Vec<(String, u64)> {
