@@ -62,10 +62,35 @@ impl Netns {
         c
     }
 
+    /// A TCP session with the guest's `port` through `nc` (at most 10 s
+    /// idle): `write` sends on nc's standard input, which is closed after
+    /// it (nc then shuts its side down); returns what the guest sent back.
+    pub fn nc_session(&self, port: u16, write: impl FnOnce(&mut dyn std::io::Write)) -> Vec<u8> {
+        use std::process::Stdio;
+        let mut nc = self
+            .exec("nc")
+            .args(["-N", "-w", "10", GUEST, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run nc");
+        if let Some(mut stdin) = nc.stdin.take() {
+            write(&mut stdin);
+        }
+        nc.wait_with_output().expect("nc's output").stdout
+    }
+
     /// Wait until the guest answers ping (at most 10 s).
     pub fn wait_for_ping(&self) -> bool {
+        self.wait_for_ping_within(Duration::from_secs(10))
+    }
+
+    /// Wait until the guest answers ping, at most `within` (longer for a
+    /// guest that `cargo xtask run` builds first, maybe waiting for
+    /// cargo's lock while other tests build).
+    pub fn wait_for_ping_within(&self, within: Duration) -> bool {
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
+        while t.elapsed() < within {
             let ok = self
                 .exec("ping")
                 .args(["-c", "1", "-W", "1", GUEST])

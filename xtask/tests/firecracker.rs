@@ -268,20 +268,9 @@ fn echo_with_a_nic_on_firecracker_through_xtask_run() {
     c.args(["run", "echo", "--firecracker", "--net", "tap=tap0,mac=06:00:0a:00:02:0f", "--timeout", "60"]);
     c.args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1"]);
     let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start xtask run");
-    assert!(ns.wait_for_ping(), "the guest never answered ping");
-    let mut nc = ns
-        .exec("nc")
-        .args(["-N", "-w", "10", "10.0.2.15", "7"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        nc.stdin.take().unwrap().write_all(b"through firecracker\n").unwrap();
-    }
-    let echoed = nc.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through firecracker\n");
+    assert!(ns.wait_for_ping_within(std::time::Duration::from_secs(120)), "the guest never answered ping");
+    let echoed = ns.nc_session(7, |w| w.write_all(b"through firecracker\n").unwrap());
+    assert_eq!(String::from_utf8_lossy(&echoed), "through firecracker\n");
     let out = vm.wait_with_output_within(std::time::Duration::from_secs(30)).unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
     eprintln!("{console}{}", String::from_utf8_lossy(&out.stderr));

@@ -501,20 +501,9 @@ fn xtask_run_gives_qemu_a_nic_from_the_monitors_options() {
     ]);
     c.args(["--", "torito.ip=10.0.2.15/24", "port=7", "conns=1"]);
     let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start xtask run");
-    assert!(ns.wait_for_ping(), "the guest never answered ping");
-    let mut nc = ns
-        .exec("nc")
-        .args(["-N", "-w", "10", "10.0.2.15", "7"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        nc.stdin.take().unwrap().write_all(b"through xtask run\n").unwrap();
-    }
-    let echoed = nc.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through xtask run\n");
+    assert!(ns.wait_for_ping_within(Duration::from_secs(120)), "the guest never answered ping");
+    let echoed = ns.nc_session(7, |w| w.write_all(b"through xtask run\n").unwrap());
+    assert_eq!(String::from_utf8_lossy(&echoed), "through xtask run\n");
     let out = vm.wait_with_output_within(Duration::from_secs(30)).unwrap();
     let (console, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{console}{err}");
@@ -538,25 +527,15 @@ fn lines_random_numbers_and_logs_over_a_real_connection() {
         &["torito.ip=10.0.2.15/24", "port=7", "conns=1", "lines", "torito.log=debug"],
     );
     assert!(ns.wait_for_ping(), "the guest never answered ping");
-    let mut nc = ns
-        .exec("nc")
-        .args(["-N", "-w", "10", "10.0.2.15", "7"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        // Lines cut across writes, CRLF and LF, a last line without one.
-        let mut w = nc.stdin.take().unwrap();
+    // Lines cut across writes, CRLF and LF, a last line without one.
+    let out = ns.nc_session(7, |w| {
         for piece in ["hel", "lo\r\nrandom\nran", "dom\n", "bye"] {
             w.write_all(piece.as_bytes()).unwrap();
             w.flush().unwrap();
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-    let out = nc.wait_with_output().unwrap();
-    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    });
+    let answer = String::from_utf8_lossy(&out).into_owned();
     let lines: Vec<&str> = answer.lines().collect();
     assert_eq!(lines.len(), 4, "{answer}");
     assert_eq!((lines[0], lines[3]), ("1: hello", "4: bye"));
