@@ -5,7 +5,7 @@
 //! or PVH with the `no-multiboot` feature) and on Firecracker (PVH).
 //!
 //! ```ignore
-//! #![cfg_attr(not(test), no_std)]
+//! #![no_std]
 //! #![no_main]
 //! kernel::entry!(main);
 //! fn main() -> i32 {
