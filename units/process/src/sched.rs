@@ -598,7 +598,7 @@ impl System {
         self.spawn_with(core, STACK_SIZE, f)
     }
 
-    /// [`Scheduler::spawn_on`] with a stack of `stack_size` bytes (at least
+    /// [`Self::spawn_on`] with a stack of `stack_size` bytes (at least
     /// [`MIN_STACK_SIZE`]).
     pub fn spawn_with<F, T>(
         &'static self,

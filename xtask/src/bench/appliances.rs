@@ -16,7 +16,11 @@
 //!   against QEMU microvm (and Firecracker where installed), and
 //!   kernel_main → app main with a NIC against hello's, paired.
 //!
-//! Both guests get 2 vCPUs and 128 MiB. The clients print their own lines.
+//! With `firecracker` on PATH, the same ELF runs on Firecracker too (its
+//! configuration written by `crate::devopts`, as `cargo xtask run
+//! --firecracker` does), for the throughputs and the cold start.
+//!
+//! The guests get 2 vCPUs and 128 MiB. The clients print their own lines.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -38,6 +42,7 @@ const COLD_RUNS: usize = 9;
 enum Vmm {
     Torito,
     Qemu,
+    Firecracker,
 }
 
 impl Vmm {
@@ -45,14 +50,38 @@ impl Vmm {
         match self {
             Vmm::Torito => "torito",
             Vmm::Qemu => "qemu microvm",
+            Vmm::Firecracker => "firecracker",
         }
     }
 }
 
+/// Firecracker configuration files written so far (each run gets its own).
+static FC_CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The command line running `elf` with `args` on `vmm` (2 vCPUs, 128 MiB,
-/// NIC on tap0), and extra monitor flags for ours.
-fn argv(vmm: Vmm, monitor: &Path, elf: &Path, args: &str, extra: &[&str]) -> Vec<String> {
+/// NIC on tap0), and extra monitor flags for ours. Firecracker's
+/// configuration file and log go to `dir`.
+fn argv(vmm: Vmm, monitor: &Path, elf: &Path, args: &str, extra: &[&str], dir: &Path) -> Vec<String> {
     match vmm {
+        Vmm::Firecracker => {
+            let n = FC_CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (cfg, log) =
+                (dir.join(format!("firecracker-{n}.json")), dir.join(format!("firecracker-{n}.log")));
+            let devices = crate::devopts::Devices {
+                mem_mib: 128,
+                cpus: 2,
+                nics: vec![crate::devopts::Nic { tap: "tap0".into(), mac: Some(MAC.into()) }],
+                ..Default::default()
+            };
+            let json = crate::devopts::firecracker_config(elf, args, &devices).unwrap_or_default();
+            let _ = std::fs::write(&cfg, json);
+            let _ = std::fs::write(&log, "");
+            ["firecracker", "--no-api", "--config-file", &cfg.display().to_string()]
+                .into_iter()
+                .map(String::from)
+                .chain(["--log-path".to_string(), log.display().to_string()])
+                .collect()
+        }
         Vmm::Torito => {
             let mut v = vec![monitor.display().to_string()];
             v.extend(["--cpus", "2", "--mem", "128M", "--net", "tap=tap0"].map(String::from));
@@ -139,14 +168,19 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
     let pvh = Variant { pvh_only: true, ..Default::default() };
     let httpd = crate::build_with_files("httpd", pvh, &www, &dir.join("httpd.elf"))?;
     let kvstore = crate::build("kvstore", pvh)?;
-    let qemu = crate::have("qemu-system-x86_64");
-    let vmms: Vec<Vmm> = if qemu { vec![Vmm::Torito, Vmm::Qemu] } else { vec![Vmm::Torito] };
+    let mut vmms = vec![Vmm::Torito];
+    if crate::have("qemu-system-x86_64") {
+        vmms.push(Vmm::Qemu);
+    }
+    if crate::have("firecracker") {
+        vmms.push(Vmm::Firecracker);
+    }
     let ip = "torito.ip=10.0.2.15/24";
 
     // httpd under wrk.
     let mut rps: Vec<(&str, f64)> = Vec::new();
     for &vmm in &vmms {
-        let vm = start(&ns, &argv(vmm, monitor, &httpd, &format!("{ip} root=/"), &[]))?;
+        let vm = start(&ns, &argv(vmm, monitor, &httpd, &format!("{ip} root=/"), &[], &dir))?;
         if !ready(|| http_ok(&ns, &format!("http://{GUEST}/"))) {
             println!("  {}: httpd never answered", vmm.name());
             continue;
@@ -170,7 +204,7 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
     // kvstore under redis-benchmark.
     let mut ops: Vec<(&str, f64)> = Vec::new();
     for &vmm in &vmms {
-        let vm = start(&ns, &argv(vmm, monitor, &kvstore, ip, &[]))?;
+        let vm = start(&ns, &argv(vmm, monitor, &kvstore, ip, &[], &dir))?;
         if !ready(|| pong(&ns, GUEST, "6379")) {
             println!("  {}: kvstore never answered", vmm.name());
             continue;
@@ -196,8 +230,8 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
     }
     ratios(v, "kvstore, redis-benchmark GET+SET/s", &ops, Some(2.0), "redis", Some(0.5));
 
-    exits_per_request(&ns, monitor, &httpd, &kvstore, v)?;
-    cold_start(&ns, monitor, &httpd, &vmms, v)
+    exits_per_request(&ns, monitor, &httpd, &kvstore, v, &dir)?;
+    cold_start(&ns, monitor, &httpd, &vmms, v, &dir)
 }
 
 /// `wrk -t2 -c32 -d10s URL`: its lines printed (errors pointed out),
@@ -258,6 +292,9 @@ fn ratios(
         ),
         _ => v.note(format!("{what}: no QEMU figure ({ours:.0} on ours)")),
     }
+    if let Some(f) = of("firecracker") {
+        v.note(format!("{what}: torito / firecracker = {:.2}× ({ours:.0} vs {f:.0})", ours / f));
+    }
     match (of(native), vs_native) {
         (Some(n), Some(goal)) => v.check(
             ours / n >= goal,
@@ -311,10 +348,11 @@ fn exits_per_request(
     httpd: &Path,
     kvstore: &Path,
     v: &mut Verdicts,
+    dir: &Path,
 ) -> Result<(), String> {
     let n = 20_000;
     let args = format!("torito.ip=10.0.2.15/24 root=/ requests={n}");
-    let vm = start(ns, &argv(Vmm::Torito, monitor, httpd, &args, &["--timeline=json"]))?;
+    let vm = start(ns, &argv(Vmm::Torito, monitor, httpd, &args, &["--timeline=json"], dir))?;
     if ready(|| http_ok(ns, &format!("http://{GUEST}/"))) {
         let mut load = ns.exec("wrk");
         load.args(["-t2", "-c32", "-d60s", &format!("http://{GUEST}/")])
@@ -334,7 +372,8 @@ fn exits_per_request(
             None => v.note("httpd: no timeline: exits per request not measured".into()),
         }
     }
-    let vm = start(ns, &argv(Vmm::Torito, monitor, kvstore, "torito.ip=10.0.2.15/24", &["--timeline=json"]))?;
+    let vm =
+        start(ns, &argv(Vmm::Torito, monitor, kvstore, "torito.ip=10.0.2.15/24", &["--timeline=json"], dir))?;
     if ready(|| pong(ns, GUEST, "6379")) {
         let _ = ns
             .exec("redis-benchmark")
@@ -377,6 +416,7 @@ fn cold_start(
     httpd: &Path,
     vmms: &[Vmm],
     v: &mut Verdicts,
+    dir: &Path,
 ) -> Result<(), String> {
     let netload = crate::build_netload()?;
     let hello = crate::build("hello", Variant { pvh_only: true, ..Default::default() })?;
@@ -388,7 +428,8 @@ fn cold_start(
     for _ in 0..COLD_RUNS {
         for (i, &vmm) in vmms.iter().enumerate() {
             let extra: &[&str] = if vmm == Vmm::Torito { &["--timeline=json"] } else { &[] };
-            let Some((fb, r, tl)) = first_byte(ns, &netload, &argv(vmm, monitor, httpd, args, extra)) else {
+            let Some((fb, r, tl)) = first_byte(ns, &netload, &argv(vmm, monitor, httpd, args, extra, dir))
+            else {
                 println!("  {}: a cold start failed", vmm.name());
                 continue;
             };
@@ -454,7 +495,14 @@ fn cold_start(
             format!("cold start to first response: qemu microvm / torito = {:.1}× (goal ≥ 15×)", q / ours),
         );
     }
-    v.note("cold start on Firecracker: not measured (the bench has no Firecracker network setup yet)".into());
+    match vmms.iter().position(|&m| m == Vmm::Firecracker) {
+        Some(i) => v.note(format!(
+            "cold start to first response: firecracker / torito = {:.1}× ({:.0} vs {ours:.0} µs)",
+            med(&first[i]) / ours,
+            med(&first[i])
+        )),
+        None => v.note("cold start on Firecracker: not measured (no `firecracker` on PATH)".into()),
+    }
     let (k, h) = (med(&kmain), med(&hello_kmain));
     v.check(
         k / h <= 3.0,
