@@ -25,11 +25,21 @@ fn guest(app: &str, pvh_only: bool) -> PathBuf {
 }
 
 /// Start the echo appliance on the Torito monitor inside `ns` (`--net
-/// tap=tap0`).
+/// tap=tap0`), stopped after 60 s at most.
 fn start_echo_on_torito(ns: &Netns, cmdline: &[&str]) -> GroupChild {
+    start_echo_on_torito_for(ns, cmdline, 60)
+}
+
+/// [`start_echo_on_torito`], stopped after `secs` at most.
+fn start_echo_on_torito_for(ns: &Netns, cmdline: &[&str], secs: u32) -> GroupChild {
     let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
     let mut c = ns.exec("timeout");
-    c.arg("60").arg(monitor).args(["--net", "tap=tap0"]).arg(guest("echo", false)).arg("--").args(cmdline);
+    c.arg(secs.to_string())
+        .arg(monitor)
+        .args(["--net", "tap=tap0"])
+        .arg(guest("echo", false))
+        .arg("--")
+        .args(cmdline);
     xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start torito")
 }
 
@@ -429,7 +439,11 @@ fn the_data_path_costs_few_exits() {
 #[test]
 fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     let Some(ns) = Netns::or_skip("loss", &["ip", "ping", "nft"]) else { return };
-    let vm = start_echo_on_torito(&ns, &["torito.ip=10.0.2.15/24", "port=7", "buf=65536", "conns=3"]);
+    // Three transfers, ~20 s for the lossy one alone: on a loaded machine
+    // (CI runs tests side by side) the whole may take minutes, and a guest
+    // stopped by its timeout mid-transfer looked like a stall.
+    let vm =
+        start_echo_on_torito_for(&ns, &["torito.ip=10.0.2.15/24", "port=7", "buf=65536", "conns=3"], 600);
     assert!(ns.wait_for_ping());
     let nft = |rules: &str| {
         let ok = ns.exec("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().is_ok_and(|mut c| {
