@@ -53,6 +53,11 @@ impl GroupChild {
         self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
+    /// The leader's piped standard error, to read while it runs.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut().and_then(|c| c.stderr.take())
+    }
+
     /// Whether the leader has ended (it is reaped then; its output can
     /// still be collected with [`GroupChild::wait_with_output`]).
     pub fn has_ended(&mut self) -> bool {

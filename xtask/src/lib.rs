@@ -42,6 +42,9 @@ pub struct Variant {
     pub profile_boot: bool,
     /// Debug build instead of release.
     pub debug: bool,
+    /// Full debug information (variables, types) in the optimised build,
+    /// for gdb (`cargo xtask run --gdb`).
+    pub gdb: bool,
 }
 
 impl Variant {
@@ -52,6 +55,9 @@ impl Variant {
         }
         if self.profile_boot {
             s.push_str("-profile");
+        }
+        if self.gdb {
+            s.push_str("-gdb");
         }
         s
     }
@@ -210,6 +216,9 @@ pub fn build_app_with_files(app: &App, variant: Variant, files: Option<&Path>) -
     c.arg("--target-dir").arg(&target_dir);
     if !variant.debug {
         c.arg("--release");
+    }
+    if variant.gdb {
+        c.env("CARGO_PROFILE_RELEASE_DEBUG", "full").env("CARGO_PROFILE_DEV_DEBUG", "full");
     }
     let features = variant.features();
     if !features.is_empty() {

@@ -46,7 +46,7 @@ struct VariantArgs {
 
 impl From<VariantArgs> for Variant {
     fn from(v: VariantArgs) -> Self {
-        Variant { pvh_only: v.pvh, profile_boot: v.profile_boot, debug: v.debug }
+        Variant { pvh_only: v.pvh, profile_boot: v.profile_boot, debug: v.debug, gdb: false }
     }
 }
 
@@ -89,6 +89,12 @@ struct RunArgs {
     /// Print the command that boots the guest.
     #[arg(short, long)]
     verbose: bool,
+    /// Wait for gdb before the first instruction, on PORT (default 1234),
+    /// with full debug information in the build; prints the gdb command.
+    /// QEMU with TCG only for now (`--qemu pc`, `q35`, `qboot`): the
+    /// monitor's own stub is not there yet.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
+    gdb: Option<u16>,
     /// When the guest panics or faults, write an ELF core file to PATH
     /// (`gdb <ELF> PATH`; the monitor only).
     #[arg(long, value_name = "PATH")]
@@ -225,6 +231,7 @@ fn run() -> Result<i32, String> {
                 timeout,
                 verbose,
                 core,
+                gdb,
                 args,
             } = *r;
             let target = match (qemu, firecracker) {
@@ -249,6 +256,7 @@ fn run() -> Result<i32, String> {
                 timeout,
                 verbose,
                 core,
+                gdb,
                 args,
             };
             xtask::run::run(&opts)

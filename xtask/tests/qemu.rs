@@ -309,3 +309,44 @@ fn symbolize(elf: &std::path::Path, log: &str) -> String {
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `cargo xtask run --qemu pc --gdb=PORT`: QEMU (TCG) waits before the
+/// first instruction; real gdb attaches, stops at the app's `main` with
+/// the frames below it (full debug information in the optimised build),
+/// and lets the guest run to its exit.
+#[test]
+fn gdb_attaches_through_xtask_run_on_qemu_tcg() {
+    use std::io::BufRead;
+    if !need("qemu-system-x86_64") || !need("gdb") {
+        return;
+    }
+    let port = 20_000 + std::process::id() % 20_000;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.args(["run", "hello", "--qemu", "pc", &format!("--gdb={port}"), "--timeout", "120"]);
+    let mut vm =
+        xtask::group::spawn(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
+            .expect("start xtask run");
+    // The build's lines, then the gdb command to run.
+    let err = vm.take_stderr().expect("piped");
+    let mut lines = std::io::BufReader::new(err).lines();
+    let elf = loop {
+        let l = lines.next().expect("xtask's stderr ended early").unwrap();
+        if let Some(cmd) = l.trim().strip_prefix("gdb ") {
+            break cmd.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let out = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-batch", "-nx", "-ex", &format!("target remote :{port}")])
+        .args(["-ex", "break hello::main", "-ex", "continue", "-ex", "bt", "-ex", "continue", &elf])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // The optimised build inlines `main`'s first calls: the stop may name
+    // one of them, with `hello::main` among the frames below.
+    assert!(text.contains("Breakpoint 1, "), "{text}");
+    assert!(text.contains("hello::main () at apps/hello/src/main.rs:"), "{text}");
+    assert!(text.contains("kernel::boot::kernel_main"), "{text}");
+    let done = vm.wait_with_output_within(std::time::Duration::from_secs(60)).unwrap();
+    assert!(String::from_utf8_lossy(&done.stdout).contains("Hello from Torito!"));
+    assert_eq!(done.status.code(), Some(0));
+}
