@@ -1,7 +1,7 @@
 //! The network section: `apps/echo` behind a TAP device in a network
 //! namespace made for the run, driven by `netload` (stream, request/
-//! response with 1 and 64 connections), on our monitor and QEMU microvm
-//! side by side. Needs root; skipped otherwise.
+//! response with 1 and 64 connections), on our monitor, QEMU microvm and
+//! (when on PATH) Firecracker side by side. Needs root; skipped otherwise.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,6 +51,27 @@ pub fn run(monitor: &Path) -> Result<(), String> {
                 .collect());
             }
             let pvh = crate::build("echo", Variant { pvh_only: true, ..Default::default() })?;
+            if name == "firecracker" {
+                // Its configuration file, as `cargo xtask run --firecracker`
+                // writes it: 1 vCPU and 128 MiB like the others.
+                let devices = crate::devopts::Devices {
+                    mem_mib: 128,
+                    cpus: 1,
+                    nics: vec![crate::devopts::Nic { tap: "tap0".into(), mac: None }],
+                    ..Default::default()
+                };
+                let dir = std::env::temp_dir();
+                let cfg = dir.join(format!("torito-bench-fc-{}-{conns}.json", std::process::id()));
+                let log = dir.join(format!("torito-bench-fc-{}-{conns}.log", std::process::id()));
+                std::fs::write(&cfg, crate::devopts::firecracker_config(&pvh, &args, &devices)?)
+                    .and_then(|()| std::fs::write(&log, ""))
+                    .map_err(|e| format!("{}: {e}", cfg.display()))?;
+                return Ok(["firecracker", "--no-api", "--config-file"]
+                    .map(String::from)
+                    .into_iter()
+                    .chain([cfg.display().to_string(), "--log-path".into(), log.display().to_string()])
+                    .collect());
+            }
             let q = crate::qemu(QemuMachine::MicrovmKvm, &pvh, &args);
             let mut v: Vec<String> = std::iter::once(q.get_program().to_string_lossy().into_owned())
                 .chain(q.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -65,6 +86,9 @@ pub fn run(monitor: &Path) -> Result<(), String> {
         let mut hosts = vec!["torito"];
         if crate::have("qemu-system-x86_64") && crate::kvm_usable() {
             hosts.push("qemu microvm");
+        }
+        if crate::have("firecracker") && crate::kvm_usable() {
+            hosts.push("firecracker");
         }
         let mut figures: Vec<(&str, usize, f64)> = Vec::new();
         for name in hosts {
@@ -120,8 +144,10 @@ pub fn run(monitor: &Path) -> Result<(), String> {
         for (k, what) in
             ["stream", "round trips/s, 1 connection", "round trips/s, 64 connections"].iter().enumerate()
         {
-            if let (Some(a), Some(b)) = (of("torito", k), of("qemu microvm", k)) {
-                println!("  {what}, torito / qemu microvm, same run: {:.2}×", a / b);
+            for peer in ["qemu microvm", "firecracker"] {
+                if let (Some(a), Some(b)) = (of("torito", k), of(peer, k)) {
+                    println!("  {what}, torito / {peer}, same run: {:.2}×", a / b);
+                }
             }
         }
         Ok(())
