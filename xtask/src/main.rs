@@ -111,6 +111,36 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+impl RunArgs {
+    /// What `xtask::run` needs: the target chosen, the rest as given.
+    fn into_options(self) -> Result<xtask::run::RunOptions, String> {
+        let target = match (self.qemu, self.firecracker) {
+            (Some(_), true) => return Err("--qemu and --firecracker: choose one target".into()),
+            (Some(m), false) => Target::Qemu(QemuMachine::parse(&m)?),
+            (None, true) => Target::Firecracker,
+            (None, false) => Target::Torito,
+        };
+        Ok(xtask::run::RunOptions {
+            app: self.app,
+            files: self.variant.files.clone(),
+            variant: self.variant.into(),
+            target,
+            mem: self.mem,
+            cpus: self.cpus,
+            disks: self.disk,
+            nets: self.net,
+            shares: self.share,
+            vsock: self.vsock,
+            timeline: self.timeline,
+            timeout: self.timeout,
+            verbose: self.verbose,
+            core: self.core,
+            gdb: self.gdb,
+            args: self.args,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a new appliance under apps/ (builds, boots and has a unit
@@ -215,52 +245,7 @@ fn run() -> Result<i32, String> {
             println!("{}", elf.display());
             Ok(0)
         }
-        Cmd::Run(r) => {
-            let RunArgs {
-                app,
-                variant,
-                mem,
-                cpus,
-                disk,
-                net,
-                share,
-                vsock,
-                qemu,
-                firecracker,
-                timeline,
-                timeout,
-                verbose,
-                core,
-                gdb,
-                args,
-            } = *r;
-            let target = match (qemu, firecracker) {
-                (Some(_), true) => return Err("--qemu and --firecracker: choose one target".into()),
-                (Some(m), false) => Target::Qemu(QemuMachine::parse(&m)?),
-                (None, true) => Target::Firecracker,
-                (None, false) => Target::Torito,
-            };
-            let files = variant.files.clone();
-            let opts = xtask::run::RunOptions {
-                app,
-                variant: variant.into(),
-                files,
-                target,
-                mem,
-                cpus,
-                disks: disk,
-                nets: net,
-                shares: share,
-                vsock,
-                timeline,
-                timeout,
-                verbose,
-                core,
-                gdb,
-                args,
-            };
-            xtask::run::run(&opts)
-        }
+        Cmd::Run(r) => xtask::run::run(&r.into_options()?),
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Lint => lint(),
         Cmd::Symbolize { app, pvh } => {
