@@ -41,8 +41,56 @@ pub const MMIO_BATCH: u64 = 0x28;
 /// `#N 0xADDR function at file:line` (with inlined frames) from the ELF
 /// it loaded, on the console. One exit.
 pub const BACKTRACE: u64 = 0x30;
+/// Debug trap: the value is the guest-virtual address of a
+/// [`DebugFrame`] on the CPL0 stack. Written by the kernel's #BP and #DB
+/// stubs only while a debugger is attached (the monitor, serving
+/// `--gdb`, sets the byte at the ELF symbol [`DEBUGGER_SYMBOL`]): the
+/// vCPU stops until the debugger resumes it; the stub then reloads the
+/// registers from the frame (which the debugger may have changed) and
+/// returns from the exception. One exit per stop.
+pub const DEBUG_TRAP: u64 = 0x38;
 /// Size of the register page.
 pub const SIZE: u64 = 0x1000;
+
+/// The kernel's byte that routes #BP and #DB to [`DEBUG_TRAP`] when
+/// non-zero (to the fault report otherwise).
+pub const DEBUGGER_SYMBOL: &str = "_torito_debugger";
+
+/// What the #BP and #DB stubs leave on the stack for [`DEBUG_TRAP`]: the
+/// registers they saved, the vector, then the CPU's interrupt frame
+/// (lowest address first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct DebugFrame {
+    /// r15 down to r8, as pushed (`r[0]` is r15).
+    pub r15_to_r8: [u64; 8],
+    /// rbp.
+    pub rbp: u64,
+    /// rdi.
+    pub rdi: u64,
+    /// rsi.
+    pub rsi: u64,
+    /// rdx.
+    pub rdx: u64,
+    /// rcx.
+    pub rcx: u64,
+    /// rbx.
+    pub rbx: u64,
+    /// rax.
+    pub rax: u64,
+    /// 1 (#DB) or 3 (#BP).
+    pub vector: u64,
+    /// Where the trapped code resumes (after the `int3` for #BP).
+    pub rip: u64,
+    /// Its code segment.
+    pub cs: u64,
+    /// Its flags.
+    pub rflags: u64,
+    /// Its stack pointer.
+    pub rsp: u64,
+    /// Its stack segment.
+    pub ss: u64,
+}
 
 /// Most addresses in one [`BACKTRACE`].
 pub const BACKTRACE_MAX: usize = 64;

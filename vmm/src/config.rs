@@ -49,6 +49,8 @@ pub struct VmConfig {
     /// `--core PATH`: where to write a core file when the guest panics,
     /// faults or crashes.
     pub core: Option<PathBuf>,
+    /// `--gdb ADDR`: serve gdb there.
+    pub gdb: Option<crate::gdb::GdbAddr>,
 }
 
 impl VmConfig {
@@ -67,6 +69,7 @@ impl VmConfig {
             vsock: None,
             shares: Vec::new(),
             core: None,
+            gdb: None,
         }
     }
 

@@ -14,6 +14,8 @@
 //! - [`machine`]: the vCPU threads and their exit loop, stopping, the
 //!   timeout, deferred RAM, the device I/O thread.
 //! - [`timeline`]: where the time went (`--timeline`).
+//! - [`gdb`]: the GDB remote protocol (`--gdb`); [`core_dump`]: `--core`;
+//!   [`symbolize`]: backtraces named from the ELF.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@ pub mod config;
 pub mod core_dump;
 pub mod devices;
 pub mod error;
+pub mod gdb;
 pub mod loader;
 pub mod machine;
 pub mod symbolize;
@@ -48,6 +51,10 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let mut image = open_kernel(cfg)?;
     let elf = loader::check(&image, cfg.mem).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
     let mut devices = devices::attach(cfg)?;
+    let gdb = match &cfg.gdb {
+        Some(addr) => Some((gdb::Listener::bind(addr)?, gdb::debugger_flag(&cfg.kernel)?)),
+        None => None,
+    };
     let cmdline = format!("{}{}", cfg.cmdline, devices.cmdline());
     let cmdline = boot_info::check_cmdline(cmdline.trim_start())?;
 
@@ -88,7 +95,21 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     // The rest of RAM is registered from the guest's first exit on.
     let pending = PendingRam::new(deferred);
     let keep_registers = cfg.core.is_some();
-    let parts = Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout, keep_registers };
+    let gdb = match gdb {
+        Some((listener, flag)) => {
+            let dbg = gdb::Debugger::new(flag)?;
+            dbg.attach(&mem)?;
+            eprintln!(
+                "torito: waiting for gdb on {0}: gdb {1} -ex 'target remote {0}'",
+                listener.addr(),
+                cfg.kernel.display()
+            );
+            Some((listener, dbg))
+        }
+        None => None,
+    };
+    let parts =
+        Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout, keep_registers, gdb };
     let machine = Machine::new(&vm, &mem, parts)?;
     // A scope joins its threads (secondary vCPUs, RAM registration, device
     // I/O) on every return.

@@ -62,6 +62,11 @@ struct Cli {
     /// it to PATH (`gdb <ELF> PATH`: `bt`, `info threads`).
     #[arg(long, value_name = "PATH")]
     core: Option<PathBuf>,
+    /// Serve gdb at ADDR (`127.0.0.1:PORT`, `:PORT` or a Unix socket
+    /// path): the guest waits before its first instruction until gdb
+    /// continues (`gdb <ELF> -ex 'target remote ADDR'`).
+    #[arg(long, value_name = "ADDR", value_parser = torito_vmm::gdb::parse_addr)]
+    gdb: Option<torito_vmm::gdb::GdbAddr>,
     /// Boot nothing: copy stdin to stdout, naming the function and line of
     /// each backtrace frame (`#N 0xADDR`) and faulting `rip=0xADDR` in it
     /// from ELF (for a log of the same ELF on QEMU or Firecracker).
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
     cfg.cmdline = cli.cmdline.unwrap_or_else(|| cli.args.join(" "));
     cfg.timeline = cli.timeline;
     cfg.core = cli.core;
+    cfg.gdb = cli.gdb;
     if let Some(dev) = std::env::var_os("TORITO_KVM_DEVICE") {
         cfg.kvm_device = dev.into();
     }

@@ -91,8 +91,8 @@ struct RunArgs {
     verbose: bool,
     /// Wait for gdb before the first instruction, on PORT (default 1234),
     /// with full debug information in the build; prints the gdb command.
-    /// QEMU with TCG only for now (`--qemu pc`, `q35`, `qboot`): the
-    /// monitor's own stub is not there yet.
+    /// On the monitor (`torito --gdb`) or QEMU with TCG (`--qemu pc`, `q35`,
+    /// `qboot`); not QEMU microvm (KVM) or Firecracker.
     #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
     gdb: Option<u16>,
     /// When the guest panics or faults, write an ELF core file to PATH

@@ -23,6 +23,7 @@
     .set WAKE_VECTOR, 0x41      /* inter-processor wake-up */
     .set LAPIC_EOI, 0xfee000b0
     .set GS_BASE_MSR, 0xc0000101
+    .set DEBUG_TRAP, 0xc0000038 /* torito_abi: TORITO_MMIO_BASE + mmio::DEBUG_TRAP */
 
     /* Per-core state. Each core's GS base points at its block in
      * _torito_percpu (the monitor sets it; the 32-bit paths write the MSR),
@@ -382,7 +383,7 @@ gate_table:
  * Record the frame in _torito_fault_info and return to CPL3 at
  * _torito_fault_upcall on its own stack, where Rust code reports and exits.
  * A fault while one is being handled stops the machine from here. */
-    .irp v, 0,1,2,3,4,5,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    .irp v, 0,2,4,5,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
 isr_\v:
     pushq $0
     pushq $\v
@@ -393,6 +394,64 @@ isr_\v:
     pushq $\v
     jmp fault_common
     .endr
+
+/* ---- #DB and #BP: to the debugger when one is attached ------------------
+ * The Torito monitor serving gdb sets _torito_debugger. The stub saves the
+ * registers under the CPU's frame (torito_abi::mmio::DebugFrame), hands
+ * the frame's address to the monitor in one write, which stops this vCPU
+ * until gdb resumes it, and returns with the registers as gdb left them
+ * (gdb's single step sets TF in the saved flags). Without a debugger both
+ * are faults like any other. */
+    .irp v, 1,3
+isr_\v:
+    cmpb $0, _torito_debugger
+    je 1f
+    pushq $\v
+    jmp debug_trap
+1:  pushq $0
+    pushq $\v
+    jmp fault_common
+    .endr
+
+debug_trap:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movabsq $DEBUG_TRAP, %rax
+    movq %rsp, (%rax)           /* stops here until the debugger resumes */
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rbp
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rbx
+    popq %rax
+    addq $8, %rsp               /* the vector */
+    iretq
+
+    .globl _torito_debugger
+_torito_debugger:
+    .byte 0
 
 isr_ignore:                     /* other vectors: nothing is routed there */
     iretq

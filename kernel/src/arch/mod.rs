@@ -23,6 +23,11 @@ core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
 const _: () = assert!(torito_abi::ABI_VERSION == 4, "update abi_version in boot.s");
+// `boot.s` writes the debug trap register's address by hand.
+const _: () = assert!(
+    torito_abi::layout::TORITO_MMIO_BASE + torito_abi::mmio::DEBUG_TRAP == 0xc000_0038,
+    "update DEBUG_TRAP in boot.s"
+);
 
 // The multiboot1 header with the a.out-kludge address fields, so that
 // QEMU and GRUB load this 64-bit ELF. Left out with `no-multiboot`, which

@@ -56,6 +56,9 @@ pub enum Action {
     TestInterrupt(u8, u8, u32),
     /// Virtio device `n` (disks, then NICs) raises its interrupt line `n`.
     Interrupt(u32),
+    /// The kernel's #BP/#DB stub stopped for the debugger; the value is
+    /// the guest-virtual address of its `DebugFrame`.
+    DebugTrap(u64),
 }
 
 /// A device of the table.

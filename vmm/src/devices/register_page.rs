@@ -85,6 +85,7 @@ impl RegisterPage {
                 self.backtrace(mem, value)?;
                 Action::Continue
             }
+            mmio::DEBUG_TRAP => Action::DebugTrap(value),
             mmio::TRACE => {
                 self.host_marks.push((value as u32, crate::vstate::sys::now_ns()));
                 Action::Continue

@@ -48,6 +48,9 @@ pub enum Step {
     TestInterrupt(u8, u8, u32),
     /// Raise device interrupt line `n`.
     Interrupt(u32),
+    /// Stop for the debugger: the kernel's debug frame is at this
+    /// guest-virtual address (ignored without `--gdb`).
+    DebugTrap(u64),
     /// The guest triple-faulted.
     TripleFault,
     /// The guest halted and nothing can wake it.
@@ -59,7 +62,14 @@ pub enum Step {
 impl Step {
     /// Whether the guest runs on after this step.
     pub fn goes_on(&self) -> bool {
-        matches!(self, Step::Continue | Step::StartCores(_) | Step::Interrupt(_) | Step::TestInterrupt(..))
+        matches!(
+            self,
+            Step::Continue
+                | Step::StartCores(_)
+                | Step::Interrupt(_)
+                | Step::TestInterrupt(..)
+                | Step::DebugTrap(_)
+        )
     }
 }
 
@@ -74,6 +84,7 @@ fn step(a: Action) -> Step {
         Action::StartCores(n) => Step::StartCores(n),
         Action::TestInterrupt(v, a, d) => Step::TestInterrupt(v, a, d),
         Action::Interrupt(n) => Step::Interrupt(n),
+        Action::DebugTrap(frame) => Step::DebugTrap(frame),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Machine<'a> {
     stopped: vmm_sys_util::eventfd::EventFd,
     /// With `--core`: each vCPU's registers as it stopped.
     registers: Option<Mutex<Vec<crate::core_dump::CoreRegs>>>,
+    /// With `--gdb`: the socket and what the vCPUs share with gdb's thread.
+    gdb: Option<(crate::gdb::Listener, crate::gdb::Debugger)>,
 }
 
 /// What the machine is made of, besides the VM and its memory.
@@ -76,13 +78,16 @@ pub struct Parts {
     pub timeout: Option<Duration>,
     /// Keep each vCPU's registers as it stops (`--core`).
     pub keep_registers: bool,
+    /// `--gdb`: the bound socket and the debugger (which holds the guest
+    /// before its first instruction until gdb continues).
+    pub gdb: Option<(crate::gdb::Listener, crate::gdb::Debugger)>,
 }
 
 impl<'a> Machine<'a> {
     /// A machine of `parts.cpus` vCPUs (vCPU 0 made by the caller).
     pub fn new(vm: &'a Vm, mem: &'a GuestMemoryMmap, parts: Parts) -> Result<Self, Error> {
-        let Parts { note, cpus, lapic, devices, pending, timeout, keep_registers } = parts;
-        if cpus > 1 {
+        let Parts { note, cpus, lapic, devices, pending, timeout, keep_registers, gdb } = parts;
+        if cpus > 1 || gdb.is_some() {
             vstate::vcpu::install_kick_handler()?;
         }
         vstate::vcpu::catch_stop_signals()?;
@@ -108,6 +113,7 @@ impl<'a> Machine<'a> {
             stopped: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
             registers: keep_registers.then(|| Mutex::new(Vec::new())),
+            gdb,
         })
     }
 
@@ -124,6 +130,13 @@ impl<'a> Machine<'a> {
     /// Run vCPU 0 on this thread until the guest stops; secondary vCPUs
     /// run on threads of `scope`, which the caller joins.
     pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
+        if let Some((listener, dbg)) = &self.gdb {
+            scope.spawn(move || {
+                let kick = || self.threads.kick_others();
+                let kill = || self.finish(Some(Ok(Outcome::Signalled(libc::SIGKILL))));
+                crate::gdb::serve(listener, dbg, self.mem, &self.stop, &kick, &kill);
+            });
+        }
         tl.mark(Phase::FirstRun);
         let out = self.run_vcpu(scope, vcpu, Some(tl));
         self.finish(out);
@@ -148,12 +161,21 @@ impl<'a> Machine<'a> {
         if let Some(r) = out {
             let mut g = lock(&self.result);
             if g.is_none() {
+                if let (Some((_, dbg)), Ok(outcome)) = (&self.gdb, &r) {
+                    dbg.end(outcome);
+                }
                 *g = Some(r);
             }
         }
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.stopped.write(1);
         self.threads.kick_others();
+    }
+
+    /// Whether the guest is being stopped (by a vCPU, a signal or the
+    /// timeout).
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || vstate::vcpu::stop_signal().is_some() || vstate::vcpu::timed_out()
     }
 
     fn start_cores<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, want: u32) {
@@ -200,7 +222,14 @@ impl<'a> Machine<'a> {
         mut tl: Option<&mut Timeline>,
     ) -> Option<Result<Outcome, Error>> {
         vcpu.receive_kicks();
+        let dbg = self.gdb.as_ref().map(|(_, d)| d);
+        if let Some(d) = dbg {
+            d.enter(vcpu.id());
+        }
         let out = self.threads.registered(|| self.vcpu_loop(scope, vcpu, &mut tl));
+        if let Some(d) = dbg {
+            d.leave(vcpu.id());
+        }
         if let Some(regs) = &self.registers {
             lock(regs).push(vcpu.core_regs());
         }
@@ -226,6 +255,14 @@ impl<'a> Machine<'a> {
             }
             if self.stop.load(Ordering::SeqCst) {
                 return None;
+            }
+            if let Some((_, dbg)) = &self.gdb {
+                if let Err(e) = dbg.checkpoint(vcpu, mem, &|| self.stopping()) {
+                    return Some(Err(e));
+                }
+                if self.stopping() {
+                    continue;
+                }
             }
             let mut exit = match vcpu.run() {
                 Ok(exit) => exit,
@@ -263,6 +300,14 @@ impl<'a> Machine<'a> {
                 Step::Interrupt(line) => self.device_interrupt(line),
                 Step::TestInterrupt(vector, apic, delay_us) => {
                     scope.spawn(move || self.test_interrupt(vector, apic, delay_us));
+                }
+                Step::DebugTrap(frame) => {
+                    if let Some((_, dbg)) = &self.gdb {
+                        let kick = || self.threads.kick_others();
+                        if let Err(e) = dbg.trap(vcpu, mem, frame, &kick, &|| self.stopping()) {
+                            return Some(Err(e));
+                        }
+                    }
                 }
                 Step::Exit(code) => return Some(Ok(Outcome::Exited(code))),
                 Step::Reset => return Some(Ok(Outcome::Reset)),

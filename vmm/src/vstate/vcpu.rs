@@ -64,6 +64,57 @@ impl Vcpu {
         Self { fd, id, _on_its_thread: PhantomData }
     }
 
+    /// This vCPU's index (0 is the boot vCPU).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// General registers, flags and RIP (for the debugger).
+    pub fn regs(&self) -> Result<kvm_bindings::kvm_regs, Error> {
+        self.fd.get_regs().map_err(|e| Error::Kvm("KVM_GET_REGS", e))
+    }
+
+    /// Set the general registers, flags and RIP.
+    pub fn set_regs(&self, r: &kvm_bindings::kvm_regs) -> Result<(), Error> {
+        self.fd.set_regs(r).map_err(|e| Error::Kvm("KVM_SET_REGS", e))
+    }
+
+    /// Segment and control registers.
+    pub fn sregs(&self) -> Result<kvm_bindings::kvm_sregs, Error> {
+        self.fd.get_sregs().map_err(|e| Error::Kvm("KVM_GET_SREGS", e))
+    }
+
+    /// Set the segment and control registers.
+    pub fn set_sregs(&self, r: &kvm_bindings::kvm_sregs) -> Result<(), Error> {
+        self.fd.set_sregs(r).map_err(|e| Error::Kvm("KVM_SET_SREGS", e))
+    }
+
+    /// x87 and SSE state.
+    pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, Error> {
+        self.fd.get_fpu().map_err(|e| Error::Kvm("KVM_GET_FPU", e))
+    }
+
+    /// Set the x87 and SSE state.
+    pub fn set_fpu(&self, f: &kvm_bindings::kvm_fpu) -> Result<(), Error> {
+        self.fd.set_fpu(f).map_err(|e| Error::Kvm("KVM_SET_FPU", e))
+    }
+
+    /// The guest's own debug registers: DR0–DR3 and DR7 (for gdb's
+    /// hardware breakpoints and watchpoints; their #DB reaches the
+    /// guest's IDT).
+    pub fn set_debug_registers(&self, db: [u64; 4], dr7: u64) -> Result<(), Error> {
+        let mut d = self.fd.get_debug_regs().map_err(|e| Error::Kvm("KVM_GET_DEBUGREGS", e))?;
+        d.db = db;
+        d.dr7 = dr7;
+        d.dr6 = 0xffff_0ff0;
+        self.fd.set_debug_regs(&d).map_err(|e| Error::Kvm("KVM_SET_DEBUGREGS", e))
+    }
+
+    /// DR6: which debug register fired.
+    pub fn debug_status(&self) -> Result<u64, Error> {
+        self.fd.get_debug_regs().map(|d| d.dr6).map_err(|e| Error::Kvm("KVM_GET_DEBUGREGS", e))
+    }
+
     /// TSC frequency KVM gives the guest (0 if unknown).
     pub fn tsc_khz(&self) -> u64 {
         self.fd.get_tsc_khz().map(u64::from).unwrap_or(0)
@@ -180,6 +231,18 @@ impl Vcpu {
     pub fn receive_kicks(&mut self) {
         let run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run));
+    }
+
+    /// Complete the exit the monitor just served (an I/O exit is finished
+    /// only by the next `KVM_RUN`), without running guest code: a run with
+    /// `immediate_exit` set does exactly that (KVM's API documentation
+    /// recommends it before reading the state). For the debugger.
+    pub fn complete_pending_exit(&mut self) -> Result<(), Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.run() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Run the guest until its next exit. A signal (kick, timeout) reads as
