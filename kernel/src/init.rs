@@ -10,6 +10,13 @@ pub(crate) fn run() -> ! {
     {
         let known = tsc_khz();
         use crate::arch::{apic, gate, smp};
+        // Thread stacks get an unmapped guard page below them.
+        let guards = unit_process::Platform {
+            guard: Some(|a| crate::memory::guard_page(a as u64)),
+            unguard: Some(|a, frame| crate::memory::unguard_page(a as u64, frame)),
+            flush: Some(|a| gate::invlpg(a as u64)),
+            ..unit_process::Platform::SPIN
+        };
         let (khz, platform) = match apic::init(known) {
             Some(khz) => (
                 khz,
@@ -19,9 +26,10 @@ pub(crate) fn run() -> ! {
                     core: smp::current_core,
                     clear_wake: smp::clear_wake,
                     kick: smp::kick,
+                    ..guards
                 },
             ),
-            None => (known, unit_process::Platform::SPIN),
+            None => (known, guards),
         };
         // Several cores need the local APIC (wake-ups, timers). They are
         // started now and wait until the process unit is ready.

@@ -85,6 +85,22 @@ pub fn unmap_page(virt: u64) -> Result<u64, PagingError> {
     Ok(frame)
 }
 
+/// Make the page at `virt` a guard page (unmapped; a 2 MiB page around it
+/// is split) and flush it from this core's TLB; returns the frame it
+/// mapped, for [`unguard_page`]. Other cores flush it themselves before
+/// they rely on it (`arch::gate::invlpg`).
+pub fn guard_page(virt: u64) -> Option<u64> {
+    let frame = with(|m| m.paging.guard(virt, &mut m.frames)).ok()?;
+    arch::gate::invlpg(virt);
+    Some(frame)
+}
+
+/// Map a guard page back to its frame (a page that was not present needs
+/// no flush).
+pub fn unguard_page(virt: u64, frame: u64) {
+    let _ = with(|m| m.paging.map(virt, frame, paging::DATA, &mut m.frames));
+}
+
 /// The physical address `virt` maps to.
 pub fn translate(virt: u64) -> Option<u64> {
     with(|m| m.paging.translate(virt))

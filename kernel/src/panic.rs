@@ -85,6 +85,20 @@ fn readable(addr: u64) -> bool {
 /// Report a CPU fault (the faulting code's frame pointer: `rbp`) and exit
 /// with `EXCEPTION_BASE + vector`.
 pub(crate) fn report_fault(f: &FaultInfo, rbp: u64) -> ! {
+    #[cfg(feature = "process")]
+    if f.vector == 14
+        && let Some(o) = unit_process::stack_overflow_at(unit_process::current_core(), f.cr2)
+    {
+        let name = o.name.map(|n| alloc::format!(" ('{n}')")).unwrap_or_default();
+        println!(
+            "[torito] stack overflow in thread {}{name} on core {}: it ran past the bottom of its {}-byte \
+             stack into its guard page (at {:#x}, rip={:#x}); give it more with \
+             process::Builder::new().stack_size(BYTES)",
+            o.thread.0, o.core.0, o.size, f.cr2, f.rip
+        );
+        backtrace(Some(f.rip), rbp);
+        exit::stop(EXCEPTION_BASE + f.vector as i32)
+    }
     println!(
         "[torito] CPU exception: {} (vector {}), error code {:#x}",
         fault::name(f.vector),

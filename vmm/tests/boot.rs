@@ -339,19 +339,26 @@ fn threads_mutex_channels_sleep_and_ping_pong() {
     xtask::assert_guest_wall_clock(&r.stdout);
 }
 
-/// A thread that runs past the bottom of its stack is reported at its next
-/// switch, by thread, with the way out; the same frames fit a stack made
-/// bigger with `process::Builder`.
+/// A thread that runs past the bottom of its stack faults on its guard page
+/// and is reported by thread, name and core, with the way out; the same
+/// frames fit a stack made bigger with `process::Builder`.
 #[test]
 fn a_stack_overflow_is_reported_and_a_bigger_stack_works() {
     if !kvm() {
         return;
     }
     let r = run(&["--timeout", "20"], &guest("threads"), &["overflow"]);
-    assert_eq!(r.code, 101, "{}", r.stdout);
-    assert!(r.stdout.contains("[torito] thread 16 on core 0 panicked"), "{}", r.stdout);
-    assert!(r.stdout.contains("stack overflow in thread 16: it ran past the bottom of its 65536-byte stack"));
+    assert_eq!(r.code, 128 + 14, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "stack overflow in thread 16 ('deep') on core 0: it ran past the bottom of its 65536-byte stack into \
+             its guard page"
+        ),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("process::Builder::new().stack_size(BYTES)"));
+    assert!(r.stdout.contains("threads::deep at"), "the frames: {}", r.stdout);
     let r = run(&["--timeout", "20"], &guest("threads"), &["bigstack"]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.contains("64 KiB of frames on a 256 KiB stack"), "{}", r.stdout);

@@ -57,7 +57,7 @@ fn main() -> i32 {
     }
     if arg == Some("bigstack") || arg == Some("overflow") {
         let size = if arg == Some("bigstack") { 256 * 1024 } else { process::STACK_SIZE };
-        let h = process::Builder::new().stack_size(size).spawn(|| deep(64)).expect("a thread");
+        let h = process::Builder::new().name("deep").stack_size(size).spawn(|| deep(64)).expect("a thread");
         let sum = h.join();
         println!("threads: 64 KiB of frames on a {} KiB stack, sum {sum}", size / 1024);
         return 0;
@@ -304,6 +304,20 @@ fn bench() -> i32 {
     const TRIPS: u64 = 100_000;
     let (_, _, t) = ping_pong(process::current_core(), TRIPS);
     println!("bench: channel round trip {} ns", ns(t) / TRIPS);
+    // Spawn and join: 32 threads at once need stacks of their own (each
+    // gets a guard page: page-table writes), then one at a time, from the
+    // stacks the first ones left.
+    let t0 = process::clock::ticks();
+    let handles: Vec<_> = (0..32).map(|_| process::spawn(|| ())).collect();
+    handles.into_iter().for_each(|h| h.join());
+    let fresh = process::clock::ticks() - t0;
+    const SPAWNS: u64 = 2000;
+    let t0 = process::clock::ticks();
+    for _ in 0..SPAWNS {
+        process::spawn(|| ()).join();
+    }
+    let reused = process::clock::ticks() - t0;
+    println!("bench: spawn + join {} ns; with new stacks {} ns each", ns(reused) / SPAWNS, ns(fresh) / 32);
     if process::core_count() > 1 {
         cross_core_bench(khz);
     }

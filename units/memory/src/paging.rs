@@ -41,6 +41,8 @@ pub enum PagingError {
 /// The active page tables.
 pub struct Paging {
     table: OffsetPageTable<'static>,
+    /// Where physical memory is mapped (0: identity).
+    offset: u64,
 }
 
 impl Paging {
@@ -56,7 +58,7 @@ impl Paging {
         // SAFETY: the caller guarantees `root` is a page table mapped at
         // `phys_offset` and that this is its only user.
         let table = unsafe { OffsetPageTable::new(&mut *pml4, offset) };
-        Self { table }
+        Self { table, offset: phys_offset }
     }
 
     /// Physical address `virt` maps to, if any.
@@ -107,6 +109,75 @@ impl Paging {
     }
 }
 
+impl Paging {
+    /// Make the 4 KiB page at `virt` a guard page: unmapped, so that any
+    /// access faults. A 2 MiB page around it is first split into 4 KiB
+    /// pages that map the same frames (one page-table frame from
+    /// `frames`). Returns the frame it mapped, for [`Paging::map`] to put
+    /// back. The caller must flush the TLB entry for `virt` (which also
+    /// drops a 2 MiB entry that covered it).
+    pub fn guard(&mut self, virt: u64, frames: &mut FrameAllocator) -> Result<u64, PagingError> {
+        match self.unmap(virt) {
+            Err(PagingError::InsideLargePage) => {
+                self.split_2mib(virt, frames)?;
+                self.unmap(virt)
+            }
+            r => r,
+        }
+    }
+
+    /// Replace the 2 MiB page mapping `virt` by a table of 512 4 KiB pages
+    /// with the same frames and flags. (The `x86_64` crate maps and unmaps
+    /// but does not split large pages.) A 1 GiB page is refused.
+    fn split_2mib(&mut self, virt: u64, frames: &mut FrameAllocator) -> Result<(), PagingError> {
+        let v = VirtAddr::new(virt);
+        let offset = self.offset;
+        let table_at = |e: &x86_64::structures::paging::page_table::PageTableEntry| {
+            (e.addr().as_u64() + offset) as *mut PageTable
+        };
+        let p4 = self.table.level_4_table_mut();
+        let e4 = &p4[v.p4_index()];
+        if !e4.flags().contains(PageTableFlags::PRESENT) {
+            return Err(PagingError::NotMapped);
+        }
+        // SAFETY: a present PML4 entry points at a page table, mapped at
+        // `offset` (the `new` contract); `&mut self` makes this the only
+        // reference made through this `Paging`.
+        let p3 = unsafe { &mut *table_at(e4) };
+        let e3 = &p3[v.p3_index()];
+        let flags3 = e3.flags();
+        if !flags3.contains(PageTableFlags::PRESENT) {
+            return Err(PagingError::NotMapped);
+        }
+        if flags3.contains(PageTableFlags::HUGE_PAGE) {
+            return Err(PagingError::InsideLargePage);
+        }
+        // SAFETY: as above, one level down.
+        let p2 = unsafe { &mut *table_at(e3) };
+        let e2 = &mut p2[v.p2_index()];
+        let flags = e2.flags();
+        if !flags.contains(PageTableFlags::PRESENT) {
+            return Err(PagingError::NotMapped);
+        }
+        if !flags.contains(PageTableFlags::HUGE_PAGE) {
+            return Ok(());
+        }
+        let base = e2.addr().as_u64() & !0x1f_ffff;
+        let frame = frames.allocate().ok_or(PagingError::OutOfFrames)?;
+        // SAFETY: a frame the allocator just handed over, mapped at
+        // `offset`, not yet referenced by any table.
+        let pt = unsafe { &mut *((frame.start_address().as_u64() + offset) as *mut PageTable) };
+        let leaf = flags - PageTableFlags::HUGE_PAGE;
+        for (i, e) in pt.iter_mut().enumerate() {
+            e.set_addr(PhysAddr::new(base + i as u64 * 4096), leaf);
+        }
+        let parent =
+            flags & (PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE);
+        e2.set_frame(frame, parent);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +219,41 @@ mod tests {
         assert_eq!(p.unmap(virt), Ok(data));
         assert_eq!(p.translate(virt), None);
         assert_eq!(p.unmap(virt), Err(PagingError::NotMapped));
+    }
+
+    #[test]
+    fn a_guard_page_inside_a_2mib_page_splits_it() {
+        let ram = Ram::new(8);
+        let off = ram.offset();
+        let mut frames = FrameAllocator::new(off);
+        frames.add_range(PhysRange::new(BASE, BASE + 8 * 4096)).unwrap();
+        let root = frames.allocate().unwrap().start_address().as_u64();
+        // SAFETY: as above.
+        let mut p = unsafe { Paging::new(root, off) };
+        // PML4[0] -> PDPT -> PD whose entry 1 is a 2 MiB page at 0x20_0000.
+        let pdpt = frames.allocate().unwrap();
+        let pd = frames.allocate().unwrap();
+        let table = |f: PhysFrame| (f.start_address().as_u64() + off) as *mut PageTable;
+        // SAFETY: frames of `ram`, tables nothing else references.
+        unsafe {
+            (&mut *table(PhysFrame::containing_address(PhysAddr::new(root))))[0].set_frame(pdpt, DATA);
+            (&mut *table(pdpt))[0].set_frame(pd, DATA);
+            (&mut *table(pd))[1].set_addr(PhysAddr::new(0x20_0000), DATA | PageTableFlags::HUGE_PAGE);
+        }
+        assert_eq!(p.translate(0x20_5123), Some(0x20_5123));
+        assert_eq!(p.unmap(0x20_5000), Err(PagingError::InsideLargePage));
+        assert_eq!(p.guard(0x20_5000, &mut frames), Ok(0x20_5000));
+        assert_eq!(p.translate(0x20_5123), None, "the guard page");
+        assert_eq!(p.translate(0x20_4fff), Some(0x20_4fff), "its neighbours keep their frames");
+        assert_eq!(p.translate(0x20_6000), Some(0x20_6000));
+        assert_eq!(p.translate(0x3f_ffff), Some(0x3f_ffff));
+        // A second guard in the same 2 MiB needs no new table; putting one
+        // back maps the frame again.
+        let free = frames.free_bytes();
+        assert_eq!(p.guard(0x20_9000, &mut frames), Ok(0x20_9000));
+        assert_eq!(frames.free_bytes(), free);
+        p.map(0x20_5000, 0x20_5000, DATA, &mut frames).unwrap();
+        assert_eq!(p.translate(0x20_5123), Some(0x20_5123));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod channel;
 pub mod clock;
 mod percore;
 mod sched;
+mod stack;
 pub mod sync;
 
 pub use percore::{CacheLine, PerCore};
@@ -41,6 +42,7 @@ pub use sched::{
     DEADLOCK_CHECK_MS, JoinHandle, MIN_STACK_SIZE, SPIN_BEFORE_HALT_US, SPIN_MAX_US, STACK_SIZE, Scheduler,
     System, ThreadId,
 };
+pub use stack::{Overflow, stack_overflow_at};
 
 /// The most cores the process unit (and the kernel's per-core tables)
 /// support.
@@ -64,6 +66,8 @@ pub enum SpawnError {
     },
     /// The process unit was not initialised.
     NotInitialised,
+    /// The heap has no room for the thread's stack.
+    OutOfMemory,
 }
 
 impl fmt::Display for SpawnError {
@@ -73,6 +77,7 @@ impl fmt::Display for SpawnError {
                 write!(f, "cannot spawn on core {}: this machine has {cores} core(s)", core.0)
             }
             SpawnError::NotInitialised => f.write_str("the process unit is not initialised"),
+            SpawnError::OutOfMemory => f.write_str("no memory left for the thread's stack"),
         }
     }
 }
@@ -95,13 +100,29 @@ pub struct Platform {
     pub clear_wake: fn(),
     /// Interrupt core `i` so that it leaves [`Platform::idle`].
     pub kick: fn(usize),
+    /// Unmap the 4 KiB page at this address (a thread stack's guard page)
+    /// and flush it from the calling core's TLB; the frame it mapped, or
+    /// `None` when it could not (`None`: stacks get no guard page).
+    pub guard: Option<fn(usize) -> Option<u64>>,
+    /// Map a guard page back to its frame.
+    pub unguard: Option<fn(usize, u64)>,
+    /// Drop the calling core's translation of a page (`invlpg`).
+    pub flush: Option<fn(usize)>,
 }
 
 impl Platform {
     /// One core, no timer, no halting: waiting spins (host tests, hosts
-    /// without a usable timer).
-    pub const SPIN: Platform =
-        Platform { arm: None, idle: core::hint::spin_loop, core: || 0, clear_wake: || {}, kick: |_| {} };
+    /// without a usable timer); no guard pages.
+    pub const SPIN: Platform = Platform {
+        arm: None,
+        idle: core::hint::spin_loop,
+        core: || 0,
+        clear_wake: || {},
+        kick: |_| {},
+        guard: None,
+        unguard: None,
+        flush: None,
+    };
 }
 
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
@@ -222,10 +243,11 @@ where
 
 /// Threads with settings, as `std::thread::Builder`:
 /// `Builder::new().stack_size(256 * 1024).spawn(f)`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Builder {
     stack_size: usize,
     core: Option<CoreId>,
+    name: Option<alloc::string::String>,
 }
 
 impl Default for Builder {
@@ -237,11 +259,19 @@ impl Default for Builder {
 impl Builder {
     /// A thread on the current core with a [`STACK_SIZE`] stack.
     pub fn new() -> Self {
-        Builder { stack_size: STACK_SIZE, core: None }
+        Builder { stack_size: STACK_SIZE, core: None, name: None }
     }
 
-    /// Its stack, in bytes (at least [`MIN_STACK_SIZE`]; only the pages it
-    /// uses are touched).
+    /// Name it (its stack overflow report says the name).
+    pub fn name(mut self, name: impl Into<alloc::string::String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Its stack, in bytes (at least [`MIN_STACK_SIZE`], rounded up to whole
+    /// 4 KiB pages; only the pages it uses are touched). An unmapped guard
+    /// page lies below it: running past its bottom stops the machine with
+    /// "stack overflow in thread N on core C".
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = bytes;
         self
@@ -260,7 +290,8 @@ impl Builder {
         T: Send + 'static,
     {
         let core = self.core.unwrap_or_else(current_core);
-        sched::system().ok_or(SpawnError::NotInitialised)?.spawn_with(core, self.stack_size, f)
+        let name = self.name.map(alloc::string::String::into_boxed_str);
+        sched::system().ok_or(SpawnError::NotInitialised)?.spawn_named(core, self.stack_size, name, f)
     }
 }
 

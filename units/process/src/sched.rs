@@ -33,11 +33,11 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::stack::{self, Stack};
 use crate::{CoreId, MAX_CORES, SpawnError, arch};
 
 /// Stack size of a spawned thread (`Builder::stack_size` sets another).
@@ -46,12 +46,6 @@ use crate::{CoreId, MAX_CORES, SpawnError, arch};
 pub const STACK_SIZE: usize = 64 * 1024;
 /// The smallest stack a thread may ask for.
 pub const MIN_STACK_SIZE: usize = 4 * 1024;
-/// Room below each stack that nothing uses: a thread that runs up to this
-/// far past its stack damages nothing before the switch that reports it
-/// (the canary at the stack's bottom). Never touched otherwise, so it
-/// costs heap addresses, not memory pages. Guard pages (unmapped) are the
-/// goal that needs no such room; see the debugging issue.
-const RED_ZONE: usize = 8 * 1024;
 
 /// How often a stuck core (nothing to run, nothing sleeping) wakes to look
 /// for a deadlock; also the longest a lost wake-up could delay a waiter.
@@ -81,7 +75,8 @@ std::thread_local! {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        if self.stack.is_some() {
+        if let Some(stack) = self.stack.take() {
+            stack.release();
             LIVE_STACKS.fetch_sub(1, Ordering::SeqCst);
             #[cfg(test)]
             TEST_LIVE.with(|c| c.set(c.get() - 1));
@@ -93,8 +88,7 @@ impl Drop for Thread {
 /// is gone).
 fn overflowed(t: &Thread) -> Option<(ThreadId, usize)> {
     let stack = t.stack.as_ref()?;
-    let base = stack.as_ptr().cast::<u8>().wrapping_add(RED_ZONE);
-    (!arch::stack_intact(base)).then_some((t.id, stack.len() - RED_ZONE))
+    (!arch::stack_intact(stack.base())).then_some((t.id, stack.size()))
 }
 
 /// Stop with a clear report, before the memory below the stack does more
@@ -113,8 +107,9 @@ struct Thread {
     /// Saved stack pointer while the thread is not running.
     rsp: AtomicUsize,
     /// `None` for a core's boot thread, which runs on the boot stack.
-    /// Its lowest bytes hold a canary ([`arch::stack_intact`]).
-    stack: Option<Box<[MaybeUninit<u8>]>>,
+    /// Its lowest bytes hold a canary ([`arch::stack_intact`]); a guard
+    /// page lies below it.
+    stack: Option<Stack>,
     entry: Mutex<Option<Entry>>,
     /// The scheduler generation in which the thread started waiting, or
     /// [`NOT_WAITING`]. Written under the scheduler's lock.
@@ -377,6 +372,10 @@ impl Scheduler {
                     Leave::Exit => g.zombies.push(prev),
                 }
                 let next_rsp = next.rsp.load(Ordering::Relaxed);
+                if let Some(st) = &next.stack {
+                    st.ready_on(self.core);
+                }
+                stack::set_running(self.core, next.id.0, next.stack.as_ref());
                 // No reference may stay on this stack across the switch: an
                 // ending thread's frame is never unwound, and a clone of
                 // `next` left here would keep the next thread (and its
@@ -610,6 +609,22 @@ impl System {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn_named(core, stack_size, None, f)
+    }
+
+    /// [`Self::spawn_with`], the thread named `name` (in its stack
+    /// overflow report).
+    pub fn spawn_named<F, T>(
+        &'static self,
+        core: CoreId,
+        stack_size: usize,
+        name: Option<Box<str>>,
+        f: F,
+    ) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let stack_size = stack_size.max(MIN_STACK_SIZE);
         let c = core.0 as usize;
         if c >= self.core_count() {
@@ -629,12 +644,13 @@ impl System {
             s.waiters.notify();
         });
         let id = ThreadId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut stack = Box::<[u8]>::new_uninit_slice(RED_ZONE + stack_size);
+        let mut stack = Stack::new(stack_size).ok_or(SpawnError::OutOfMemory)?;
+        stack.name = name;
         LIVE_STACKS.fetch_add(1, Ordering::SeqCst);
         #[cfg(test)]
         TEST_LIVE.with(|c| c.set(c.get() + 1));
-        // Moving the box into the thread does not move the stack itself.
-        let base = stack.as_mut_ptr().cast::<u8>().wrapping_add(RED_ZONE);
+        // Moving the stack into the thread does not move its memory.
+        let (base, stack_size) = (stack.base(), stack.size());
         let thread = Arc::new(Thread {
             id,
             rsp: AtomicUsize::new(0),
