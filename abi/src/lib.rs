@@ -24,5 +24,6 @@ pub mod note;
 /// Version of this contract. Bump on any incompatible change.
 ///
 /// v3: several cores (the note's per-core fields, `BootInfo::cpu_count`,
-/// the `START_CORES` register). v4: `BootInfo::entropy`.
-pub const ABI_VERSION: u32 = 4;
+/// the `START_CORES` register). v4: `BootInfo::entropy`. v5: the note's
+/// stack guard pages.
+pub const ABI_VERSION: u32 = 5;

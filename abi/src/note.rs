@@ -67,7 +67,21 @@ pub struct KernelNote {
     /// `tss_base + i * tss_stride`, its GDT selector
     /// `tss_selector + 16 * i`).
     pub tss_stride: u16,
+    /// Guest-physical address of a table of `stack_guard_count` `u64`s
+    /// (ABI v5): the pages below the kernel's static stacks (boot, fault
+    /// report, each core's CPL0 and double-fault stacks), which must stay
+    /// unmapped so that an overflow faults. The monitor leaves those in the
+    /// first 2 MiB out of the page tables it builds; the kernel unmaps any
+    /// others itself. 0: none.
+    pub stack_guards: u64,
+    /// Entries in the `stack_guards` table (at most [`MAX_STACK_GUARDS`]).
+    pub stack_guard_count: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
+
+/// Most entries a `stack_guards` table may have.
+pub const MAX_STACK_GUARDS: u32 = 64;
 
 /// Size of the descriptor in bytes.
 pub const KERNEL_NOTE_SIZE: usize = core::mem::size_of::<KernelNote>();
@@ -93,6 +107,8 @@ mod tests {
         assert_eq!(offset_of!(KernelNote, percpu_stride), 88);
         assert_eq!(offset_of!(KernelNote, max_cores), 92);
         assert_eq!(offset_of!(KernelNote, tss_stride), 94);
-        assert_eq!(KERNEL_NOTE_SIZE, 96);
+        assert_eq!(offset_of!(KernelNote, stack_guards), 96);
+        assert_eq!(offset_of!(KernelNote, stack_guard_count), 104);
+        assert_eq!(KERNEL_NOTE_SIZE, 112);
     }
 }

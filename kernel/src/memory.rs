@@ -55,6 +55,10 @@ pub(crate) fn init() {
     // identity-mapped (offset 0) and this is the only `Paging`.
     let paging = unsafe { Paging::new(info.page_table_root, 0) };
     *MEMORY.lock() = Some(Memory { frames, paging });
+    // On the host (unit tests) nothing booted: no stacks of the kernel's.
+    if cfg!(target_os = "none") {
+        arch::stacks::guard_static_stacks(crate::boot::protocol());
+    }
 }
 
 fn with<R>(f: impl FnOnce(&mut Memory) -> R) -> R {
@@ -93,6 +97,12 @@ pub fn guard_page(virt: u64) -> Option<u64> {
     let frame = with(|m| m.paging.guard(virt, &mut m.frames)).ok()?;
     arch::gate::invlpg(virt);
     Some(frame)
+}
+
+/// [`guard_page`] without the TLB flush: for a page no core can have a
+/// translation of (the caller says why).
+pub(crate) fn guard_page_unflushed(virt: u64) -> Option<u64> {
+    with(|m| m.paging.guard(virt, &mut m.frames)).ok()
 }
 
 /// Map a guard page back to its frame (a page that was not present needs

@@ -72,7 +72,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let mut map =
         |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
     loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    paging::write_page_tables(&mem, cfg.mem)?;
+    paging::write_page_tables(&mem, cfg.mem, &loader::stack_guards(&mem, &elf.note))?;
     tl.mark(Phase::ElfLoaded);
 
     let lapic = vm.enable_lapic()?;

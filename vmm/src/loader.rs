@@ -218,6 +218,24 @@ pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
     Ok(ElfInfo { note, segments })
 }
 
+/// The note's stack guard pages, from the loaded image: page-aligned,
+/// non-zero addresses only, at most `MAX_STACK_GUARDS` (an ELF's table is
+/// not trusted beyond that).
+pub fn stack_guards(mem: &GuestMemoryMmap, note: &KernelNote) -> Vec<u64> {
+    let n = note.stack_guard_count.min(torito_abi::note::MAX_STACK_GUARDS) as usize;
+    if note.stack_guards == 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut raw = vec![0u8; n * 8];
+    if mem.read_slice(&mut raw, GuestAddress(note.stack_guards)).is_err() {
+        return Vec::new();
+    }
+    raw.chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .filter(|&a| a != 0 && a.is_multiple_of(4096))
+        .collect()
+}
+
 /// Find the Torito note in the contents of a `PT_NOTE` segment.
 fn find_note(data: &[u8]) -> Option<KernelNote> {
     let mut off = 0u64;

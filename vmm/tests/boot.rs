@@ -188,6 +188,16 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     let bt = &r.stdout[r.stdout.find("[torito] backtrace").expect("a backtrace")..];
     let first = bt.lines().take_while(|l| !l.contains("#1 ")).collect::<Vec<_>>().join("\n");
     assert!(first.contains("#0 ") && first.contains("apps/testapps/src/bin/fault.rs:"), "{bt}");
+    // main running past the bottom of the boot stack meets its guard page,
+    // which the monitor left out of the page tables.
+    let r = run(&["--timeout", "10"], &fault, &["stack"]);
+    assert_eq!(r.code, 128 + 14, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("stack overflow on the boot stack of core 0 (where the app's main runs)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("fault::deep at"), "{}", r.stdout);
 }
 
 #[test]

@@ -78,6 +78,10 @@ fn test_apps_on_pc_with_tcg() {
     let (code, out) = boot(QemuMachine::PcTcg, &elf("fault", false), "df");
     assert_eq!(code, 8);
     assert!(out.contains("double fault (#DF) (vector 8)"));
+    // The kernel unmaps the boot stack's guard page itself here.
+    let (code, out) = boot(QemuMachine::PcTcg, &elf("fault", false), "stack");
+    assert_eq!(code, 14, "{out}");
+    assert!(out.contains("stack overflow on the boot stack of core 0"), "{out}");
 }
 
 #[test]

@@ -43,6 +43,9 @@
     .set TSS_STRIDE, 128
     .set CPL0_STACK_SIZE, 8192
     .set IST_STACK_SIZE, 4096
+    .set GUARD, 4096            /* an unmapped page below each static stack */
+    .set CPL0_SLOT, GUARD + CPL0_STACK_SIZE
+    .set IST_SLOT, GUARD + IST_STACK_SIZE
 
     /* From 32-bit protected mode: paging on the link-time tables, long
      * mode, then a far jump to 64-bit `target` (clobbers eax, ecx, edx). */
@@ -114,10 +117,10 @@ _torito_tss:
     .set c, 0
     .rept MAX_CORES
     .long 0
-    .quad cpl0_stacks + (c + 1) * CPL0_STACK_SIZE   /* RSP0: every CPL3 -> CPL0 entry */
+    .quad cpl0_stacks + (c + 1) * CPL0_SLOT         /* RSP0: every CPL3 -> CPL0 entry */
     .quad 0, 0
     .quad 0
-    .quad ist_stacks + (c + 1) * IST_STACK_SIZE     /* IST1: double fault */
+    .quad ist_stacks + (c + 1) * IST_SLOT           /* IST1: double fault */
     .quad 0, 0, 0, 0, 0, 0
     .quad 0
     .word 0
@@ -137,7 +140,7 @@ _torito_percpu:
     .quad 0                                         /* PC_WAKE */
     .quad 0                                         /* PC_STACK */
     .quad _torito_tss + c * TSS_STRIDE              /* PC_TSS */
-    .quad cpl0_stacks + (c + 1) * CPL0_STACK_SIZE   /* PC_RSP0 */
+    .quad cpl0_stacks + (c + 1) * CPL0_SLOT         /* PC_RSP0 */
     .quad 0                                         /* PC_IRQ */
     .quad 0                                         /* PC_NOTIFY */
     .set c, c + 1
@@ -216,7 +219,7 @@ _torito_pvh_entry:
     movl %ebx, %esi             /* hvm_start_info */
 
 enter_long_mode:
-    movl $(cpl0_stacks + CPL0_STACK_SIZE), %esp
+    movl $(cpl0_stacks + CPL0_SLOT), %esp
     lgdt gdt_ptr
     ENTER_LONG_MODE long_mode
 
@@ -530,11 +533,11 @@ die:                            /* exit code 255 on every host we know */
     .pushsection .note.torito, "a"
     .balign 4
     .long 7                     /* namesz: "Torito\0" */
-    .long 96                    /* descsz: size_of::<KernelNote>() */
+    .long 112                   /* descsz: size_of::<KernelNote>() */
     .long 0x54300001            /* torito_abi::note::NOTE_TYPE */
     .asciz "Torito"
     .balign 4
-    .long 4                     /* abi_version (torito_abi::ABI_VERSION) */
+    .long 5                     /* abi_version (torito_abi::ABI_VERSION) */
     .long 0                     /* flags */
     .quad kernel_main           /* entry */
     .quad boot_stack_top        /* stack_top */
@@ -554,6 +557,25 @@ die:                            /* exit code 255 on every host we know */
     .long PERCPU_STRIDE
     .word MAX_CORES
     .word TSS_STRIDE
+    .quad _torito_stack_guards  /* stack_guards (ABI v5) */
+    .long 2 + 2 * MAX_CORES     /* stack_guard_count */
+    .long 0
+    .popsection
+
+/* The guard pages: boot stack, fault stack, then each core's CPL0 and
+ * double-fault stacks (kernel/src/arch/stacks.rs reads the same order). */
+    .pushsection .rodata.torito_stack_guards, "a"
+    .balign 8
+    .globl _torito_stack_guards
+_torito_stack_guards:
+    .quad _torito_boot_stack_guard
+    .quad _torito_fault_stack_guard
+    .set c, 0
+    .rept MAX_CORES
+    .quad cpl0_stacks + c * CPL0_SLOT
+    .quad ist_stacks + c * IST_SLOT
+    .set c, c + 1
+    .endr
     .popsection
 
 /* ---- Boot page tables: identity map of [0, 4 GiB), user pages ----------
@@ -590,14 +612,28 @@ boot_pt0:                       /* until the loader's data is read, see unmap_nu
     .popsection
 
 /* ---- Stacks and fault record ------------------------------------------- */
+/* Each stack has a guard page below it, listed in _torito_stack_guards
+ * for the note: the monitor (or the kernel, on other hosts) leaves it
+ * unmapped, so running past the bottom faults instead of overwriting the
+ * stack below. */
     .pushsection .bss.torito_stacks, "aw", @nobits
     .balign 4096
-cpl0_stacks:                    /* one per core */
-    .skip CPL0_STACK_SIZE * MAX_CORES
+    .globl _torito_cpl0_stacks
+_torito_cpl0_stacks:
+cpl0_stacks:                    /* per core: guard page, stack */
+    .skip CPL0_SLOT * MAX_CORES
+    .globl _torito_ist_stacks
+_torito_ist_stacks:
 ist_stacks:
-    .skip IST_STACK_SIZE * MAX_CORES
+    .skip IST_SLOT * MAX_CORES
+    .globl _torito_fault_stack_guard
+_torito_fault_stack_guard:
+    .skip GUARD
     .skip 32768                 /* the fault report's (one fault at a time) */
 fault_stack_top:
+    .globl _torito_boot_stack_guard
+_torito_boot_stack_guard:
+    .skip GUARD
     .skip 131072
     .globl boot_stack_top
 boot_stack_top:

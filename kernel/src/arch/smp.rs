@@ -86,8 +86,12 @@ fn percpu_block(core: usize) -> *mut u64 {
 /// Give secondary core `core` (with local APIC ID `apic_id`) a stack for
 /// its boot thread.
 fn prepare(core: usize, apic_id: u32) {
-    let stack: &'static mut [core::mem::MaybeUninit<u8>] = Box::leak(Box::new_uninit_slice(AP_STACK_SIZE));
-    let top = (stack.as_mut_ptr() as usize + AP_STACK_SIZE) & !15;
+    // A page more below the stack, page-aligned: its guard.
+    let stack: &'static mut [core::mem::MaybeUninit<u8>] =
+        Box::leak(Box::new_uninit_slice(AP_STACK_SIZE + 8192));
+    let base = (stack.as_mut_ptr() as usize + 4096).next_multiple_of(4096);
+    super::stacks::guard_ap_stack(core, base as u64);
+    let top = base + AP_STACK_SIZE;
     APIC_IDS[core].store(apic_id, Ordering::Relaxed);
     // SAFETY: `core < MAX_CORES`, so the block exists in boot.s; the core
     // has not started, so nothing else reads or writes its stack slot.

@@ -4,7 +4,8 @@
 //! `pf` (write through a null pointer), `gp` (non-canonical address),
 //! `ud` (invalid opcode), `de` (divide by zero), `df` (double fault: the
 //! CPL0 stack pointer in the TSS is broken, so delivering any exception
-//! faults again).
+//! faults again), `stack` (main runs past the bottom of the boot stack,
+//! 4 KiB frame after 4 KiB frame, into its guard page).
 #![no_std]
 #![no_main]
 #![allow(unsafe_code)]
@@ -37,11 +38,24 @@ fn main() -> i32 {
             ((kernel::arch::tss_base() + 4) as *mut u64).write_unaligned(0x800);
             asm!("xor r10d, r10d", "ud2", out("r10") _);
         },
+        "stack" => {
+            core::hint::black_box(deep(1000));
+        }
         other => {
-            kernel::println!("fault: unknown fault '{other}' (pf, gp, ud, de, df)");
+            kernel::println!("fault: unknown fault '{other}' (pf, gp, ud, de, df, stack)");
             return 2;
         }
     }
     kernel::println!("fault: {which} did not fault");
     1
+}
+
+/// `depth` frames of 4 KiB each.
+#[inline(never)]
+fn deep(depth: u32) -> u64 {
+    let mut frame = [0u8; 4096];
+    frame[depth as usize % 4096] = depth as u8;
+    core::hint::black_box(&mut frame);
+    let below = if depth > 1 { deep(depth - 1) } else { 0 };
+    below + u64::from(frame[depth as usize % 4096])
 }

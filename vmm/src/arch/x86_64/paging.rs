@@ -17,8 +17,9 @@ const PTE_PS: u64 = 0x80;
 
 /// The page tables for `ram` bytes: an identity map of
 /// `[0, mapped_end(ram))`, 2 MiB pages except the first 2 MiB (4 KiB pages
-/// with page 0 absent). Returns `(guest address, table)` pairs.
-pub fn page_tables(ram: u64) -> Vec<(u64, Vec<u64>)> {
+/// with page 0 absent, and the kernel's stack guard pages `guards` that lie
+/// there). Returns `(guest address, table)` pairs.
+pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
     let gib = mapped_end(ram).div_ceil(1 << 30);
     let mut pml4 = vec![0u64; 512];
     pml4[0] = PDPT_ADDR | PTE_PWU;
@@ -32,7 +33,9 @@ pub fn page_tables(ram: u64) -> Vec<(u64, Vec<u64>)> {
         tables.push((pd_addr, pd));
     }
     tables[0].1[0] = PT0_ADDR | PTE_PWU;
-    let pt0: Vec<u64> = (0..512u64).map(|i| if i == 0 { 0 } else { (i * PAGE_SIZE) | PTE_PWU }).collect();
+    let absent = |page: u64| page == 0 || guards.contains(&page);
+    let pt0: Vec<u64> =
+        (0..512u64).map(|i| if absent(i * PAGE_SIZE) { 0 } else { (i * PAGE_SIZE) | PTE_PWU }).collect();
     tables.push((PML4_ADDR, pml4));
     tables.push((PDPT_ADDR, pdpt));
     tables.push((PT0_ADDR, pt0));
@@ -40,8 +43,8 @@ pub fn page_tables(ram: u64) -> Vec<(u64, Vec<u64>)> {
 }
 
 /// Write [`page_tables`] into guest memory.
-pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64) -> Result<(), Error> {
-    for (addr, table) in page_tables(ram) {
+pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64, guards: &[u64]) -> Result<(), Error> {
+    for (addr, table) in page_tables(ram, guards) {
         mem.write_slice(table.as_bytes(), GuestAddress(addr))
             .map_err(|e| Error::GuestWrite(e.to_string()))?;
     }
@@ -80,7 +83,7 @@ mod tests {
 
     #[test]
     fn identity_map_with_a_null_guard() {
-        let t = page_tables(128 << 20);
+        let t = page_tables(128 << 20, &[]);
         assert_eq!(translate(&t, 0), None);
         assert_eq!(translate(&t, 0xfff), None);
         for va in [0x1000, 0x10_0123, 0x20_0000, 0x7ff_ffff, 0xc000_0008, 0xffff_f000] {
@@ -90,8 +93,19 @@ mod tests {
     }
 
     #[test]
+    fn stack_guards_in_the_first_2mib_stay_unmapped() {
+        let t = page_tables(128 << 20, &[0x15_0000, 0x16_3000, 0x40_0000]);
+        assert_eq!(translate(&t, 0x15_0008), None);
+        assert_eq!(translate(&t, 0x16_3ff8), None);
+        assert_eq!(translate(&t, 0x14_fff8), Some(0x14_fff8));
+        assert_eq!(translate(&t, 0x15_1000), Some(0x15_1000));
+        // Beyond the first 2 MiB the kernel unmaps guards itself.
+        assert_eq!(translate(&t, 0x40_0000), Some(0x40_0000));
+    }
+
+    #[test]
     fn large_guests_map_ram_above_4g() {
-        let t = page_tables(4 << 30);
+        let t = page_tables(4 << 30, &[]);
         assert_eq!(translate(&t, (5 << 30) - 8), Some((5 << 30) - 8));
         assert_eq!(translate(&t, 5 << 30), None);
         // Every table fits below the kernel.
