@@ -7,7 +7,9 @@
 //! 0x0000_3000  PML4
 //! 0x0000_4000  PDPT (covers 512 GiB)
 //! 0x0000_5000  PT for the first 2 MiB (4 KiB pages, page 0 absent)
-//! 0x0000_6000  page directories, one per GiB of mapped address space
+//! 0x0000_6000  page directories, one per GiB of mapped address space, then
+//!              4 KiB-page tables of the 2 MiB regions holding the kernel's
+//!              stack guard pages beyond the first 2 MiB (see the note)
 //! 0x0010_0000  kernel image (linked here, see linker/torito.ld)
 //!   ...        usable RAM
 //! 0xC000_0000  MMIO window (3 GiB .. 4 GiB): monitor devices, never RAM

@@ -70,9 +70,9 @@ pub struct KernelNote {
     /// Guest-physical address of a table of `stack_guard_count` `u64`s
     /// (ABI v5): the pages below the kernel's static stacks (boot, fault
     /// report, each core's CPL0 and double-fault stacks), which must stay
-    /// unmapped so that an overflow faults. The monitor leaves those in the
-    /// first 2 MiB out of the page tables it builds; the kernel unmaps any
-    /// others itself. 0: none.
+    /// unmapped so that an overflow faults. The monitor leaves them out of
+    /// the page tables it builds (the kernel does nothing about them on the
+    /// direct entry). 0: none.
     pub stack_guards: u64,
     /// Entries in the `stack_guards` table (at most [`MAX_STACK_GUARDS`]).
     pub stack_guard_count: u32,

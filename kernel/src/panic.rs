@@ -84,6 +84,9 @@ fn readable(addr: u64) -> bool {
 
 /// Report a CPU fault (the faulting code's frame pointer: `rbp`) and exit
 /// with `EXCEPTION_BASE + vector`.
+/// (Inlined into its one caller, the fault upcall, which lives with the
+/// other code that runs only when things go wrong: `linker/torito.ld`.)
+#[inline(always)]
 pub(crate) fn report_fault(f: &FaultInfo, rbp: u64) -> ! {
     #[cfg(feature = "process")]
     if f.vector == 14
@@ -101,27 +104,17 @@ pub(crate) fn report_fault(f: &FaultInfo, rbp: u64) -> ! {
     }
     // A stack of the kernel's own: the boot stack (where the app's `main`
     // runs) faults as a page fault; a CPL0 stack as a double fault, which
-    // then runs on its own stack.
+    // then runs on its own stack. The usual report follows.
     if matches!(f.vector, 8 | 14)
         && let Some((what, core)) = crate::arch::stacks::guard_hit(f.cr2)
     {
+        println!("[torito] stack overflow: the {what} of core {core} ran into its guard page");
         if what == "boot stack" && core == 0 {
             println!(
-                "[torito] stack overflow on the boot stack of core 0 (where the app's main runs): it ran past the \
-                 bottom of its {} bytes into its guard page (at {:#x}, rip={:#x}); move large locals to the heap \
-                 (Box, Vec) or into a thread with a bigger stack (process::Builder::new().stack_size(BYTES))",
-                crate::arch::stacks::BOOT_STACK_SIZE,
-                f.cr2,
-                f.rip
-            );
-        } else {
-            println!(
-                "[torito] stack overflow on the kernel's {what} of core {core} (guard page at {:#x})",
-                f.cr2
+                "[torito]   the app's main runs on it: move large locals to the heap (Box, Vec), or into a \
+                 thread with a bigger stack (process::Builder::new().stack_size(BYTES))"
             );
         }
-        backtrace(Some(f.rip), rbp);
-        exit::stop(EXCEPTION_BASE + f.vector as i32)
     }
     println!(
         "[torito] CPU exception: {} (vector {}), error code {:#x}",

@@ -193,10 +193,12 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     let r = run(&["--timeout", "10"], &fault, &["stack"]);
     assert_eq!(r.code, 128 + 14, "{}", r.stdout);
     assert!(
-        r.stdout.contains("stack overflow on the boot stack of core 0 (where the app's main runs)"),
+        r.stdout.contains("stack overflow: the boot stack of core 0 ran into its guard page"),
         "{}",
         r.stdout
     );
+    assert!(r.stdout.contains("the app's main runs on it"), "{}", r.stdout);
+    assert!(r.stdout.contains("page fault (#PF) (vector 14)"), "{}", r.stdout);
     assert!(r.stdout.contains("fault::deep at"), "{}", r.stdout);
 }
 

@@ -81,7 +81,7 @@ fn test_apps_on_pc_with_tcg() {
     // The kernel unmaps the boot stack's guard page itself here.
     let (code, out) = boot(QemuMachine::PcTcg, &elf("fault", false), "stack");
     assert_eq!(code, 14, "{out}");
-    assert!(out.contains("stack overflow on the boot stack of core 0"), "{out}");
+    assert!(out.contains("stack overflow: the boot stack of core 0 ran into its guard page"), "{out}");
 }
 
 #[test]

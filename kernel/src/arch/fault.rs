@@ -56,6 +56,7 @@ unsafe extern "C" {
 
 /// CPL3 continuation of every fault; never returns.
 #[unsafe(no_mangle)]
+#[cfg_attr(target_os = "none", unsafe(link_section = ".torito_cold"))]
 extern "sysv64" fn _torito_fault_upcall() -> ! {
     // SAFETY: the stub wrote the record completely before jumping here and
     // sets `_torito_fault_active`, so no other fault rewrites it: any fault

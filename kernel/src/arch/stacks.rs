@@ -4,13 +4,17 @@
 //! stack, and lists the guards for the note), and the boot stacks of
 //! secondary cores (from the heap).
 //!
-//! On the Torito monitor the guards in the first 2 MiB are already
-//! unmapped in the page tables it built (the note's `stack_guards`): the
-//! guest does nothing. The others, and all of them on other hosts, are
-//! unmapped here at boot. Only this core's TLB can hold a translation of
-//! them then (no other core has started), and only of those it could have
-//! touched; the first four (boot, fault report, core 0's CPL0 and
-//! double-fault stacks) are flushed from it.
+//! On the Torito monitor they are already unmapped in the page tables it
+//! built (the note's `stack_guards`): the guest does nothing. On other
+//! hosts the kernel boots on its link-time tables, whose first 2 MiB are
+//! 4 KiB pages: the guards there are cleared from that table at boot (the
+//! static stacks lie there unless baked-in files push them beyond; those
+//! go without). Only this core's TLB can hold a translation of them then
+//! (no other core has started), and only of those it could have touched:
+//! the first four (boot, fault report, core 0's CPL0 and double-fault
+//! stacks) are flushed from it. This path stays out of the page-table
+//! code of the memory unit, so that a small appliance's image, and the
+//! pages it touches, do not grow.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,9 +28,6 @@ const COUNT: usize = 2 + 2 * MAX_CORES;
 const PAGE: u64 = 4096;
 /// Where the monitor's page tables map 4 KiB pages.
 const FIRST_2MIB: u64 = 2 << 20;
-
-/// Size of the boot stack below `boot_stack_top` (boot.s).
-pub const BOOT_STACK_SIZE: usize = 128 * 1024;
 
 /// The guard page below each secondary core's boot stack (0: none).
 static AP_GUARDS: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
@@ -48,21 +49,48 @@ fn table() -> [u64; COUNT] {
 }
 
 /// Unmap the static stacks' guard pages the boot path left mapped.
+#[inline]
 pub(crate) fn guard_static_stacks(protocol: BootProtocol) {
-    // The usual case costs nothing: every guard is in the first 2 MiB, and
-    // the monitor has them (the table is not even read: a page touched).
-    if protocol == BootProtocol::Direct && super::image_range().1 <= FIRST_2MIB {
-        return;
+    if protocol != BootProtocol::Direct {
+        guard_in_boot_tables();
     }
+}
+
+/// Kept out of the direct entry's path (its code would spread the pages
+/// a small appliance touches at boot).
+#[cold]
+#[inline(never)]
+#[cfg_attr(target_os = "none", unsafe(link_section = ".torito_cold"))]
+fn guard_in_boot_tables() {
     for (i, page) in table().into_iter().enumerate() {
-        if protocol == BootProtocol::Direct && page < FIRST_2MIB {
-            continue;
-        }
-        if crate::memory::guard_page_unflushed(page).is_some() && i < 4 {
-            super::gate::invlpg(page);
+        if page != 0 && page < FIRST_2MIB {
+            clear_boot_pt0_entry((page / PAGE) as usize);
+            if i < 4 {
+                super::gate::invlpg(page);
+            }
         }
     }
 }
+
+/// Clear entry `i` of the link-time table of the first 2 MiB.
+#[cfg(target_os = "none")]
+fn clear_boot_pt0_entry(i: usize) {
+    unsafe extern "C" {
+        static mut _torito_boot_pt0: [u64; 512];
+    }
+    if i < 512 {
+        // SAFETY: the link-time table is identity-mapped and user-writable
+        // and is the active one on this boot path; clearing an entry of a
+        // page nothing uses (a guard) changes no other mapping. The caller
+        // flushes what may be cached.
+        unsafe {
+            core::ptr::write_volatile((core::ptr::addr_of_mut!(_torito_boot_pt0) as *mut u64).add(i), 0)
+        };
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn clear_boot_pt0_entry(_: usize) {}
 
 /// Leave the page below a secondary core's boot stack (which starts at
 /// `base`) unmapped; the core has not started, so no TLB holds it.
@@ -75,6 +103,7 @@ pub(crate) fn guard_ap_stack(core: usize, base: u64) {
 
 /// Which of the kernel's own stacks has its guard page at `addr`, if any:
 /// `(what, core)`.
+#[cfg_attr(target_os = "none", unsafe(link_section = ".torito_cold"))]
 pub fn guard_hit(addr: u64) -> Option<(&'static str, usize)> {
     let page = addr & !(PAGE - 1);
     if page == 0 {
@@ -90,5 +119,5 @@ pub fn guard_hit(addr: u64) -> Option<(&'static str, usize)> {
     if let Some(i) = t[2..].iter().position(|&g| g == page) {
         return Some((if i % 2 == 0 { "CPL0 stack" } else { "double-fault stack" }, i / 2));
     }
-    AP_GUARDS.iter().position(|g| g.load(Ordering::Relaxed) == page).map(|c| ("boot stack", c))
+    AP_GUARDS.iter().position(|g| g.load(Ordering::Relaxed) == page).map(|c| ("scheduler's boot stack", c))
 }

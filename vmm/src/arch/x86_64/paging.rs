@@ -3,7 +3,7 @@
 //! the kernel runs at CPL3. The kernel keeps them; it maps more itself.
 
 use torito_abi::layout::{
-    LARGE_PAGE_SIZE, PAGE_SIZE, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR, PT0_ADDR, mapped_end,
+    KERNEL_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR, PT0_ADDR, mapped_end,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zerocopy::IntoBytes;
@@ -17,8 +17,10 @@ const PTE_PS: u64 = 0x80;
 
 /// The page tables for `ram` bytes: an identity map of
 /// `[0, mapped_end(ram))`, 2 MiB pages except the first 2 MiB (4 KiB pages
-/// with page 0 absent, and the kernel's stack guard pages `guards` that lie
-/// there). Returns `(guest address, table)` pairs.
+/// with page 0 absent) and the 2 MiB regions that hold the kernel's stack
+/// guard pages `guards` (4 KiB pages, the guards absent: tables placed
+/// after the page directories, while there is room below the kernel).
+/// Returns `(guest address, table)` pairs.
 pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
     let gib = mapped_end(ram).div_ceil(1 << 30);
     let mut pml4 = vec![0u64; 512];
@@ -36,6 +38,29 @@ pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
     let absent = |page: u64| page == 0 || guards.contains(&page);
     let pt0: Vec<u64> =
         (0..512u64).map(|i| if absent(i * PAGE_SIZE) { 0 } else { (i * PAGE_SIZE) | PTE_PWU }).collect();
+    // Regions beyond the first 2 MiB with guards get a table of their own.
+    let end = mapped_end(ram);
+    let mut regions: Vec<u64> = guards
+        .iter()
+        .map(|g| g & !(LARGE_PAGE_SIZE - 1))
+        .filter(|&r| r >= LARGE_PAGE_SIZE && r < end)
+        .collect();
+    regions.sort_unstable();
+    regions.dedup();
+    let mut next_table = PD_BASE_ADDR + gib * PAGE_SIZE;
+    for region in regions {
+        if next_table + PAGE_SIZE > KERNEL_BASE {
+            break;
+        }
+        let pt: Vec<u64> = (0..512u64)
+            .map(|i| region + i * PAGE_SIZE)
+            .map(|page| if absent(page) { 0 } else { page | PTE_PWU })
+            .collect();
+        let (g, i) = ((region >> 30) as usize, ((region >> 21) & 511) as usize);
+        tables[g].1[i] = next_table | PTE_PWU;
+        tables.push((next_table, pt));
+        next_table += PAGE_SIZE;
+    }
     tables.push((PML4_ADDR, pml4));
     tables.push((PDPT_ADDR, pdpt));
     tables.push((PT0_ADDR, pt0));
@@ -99,8 +124,12 @@ mod tests {
         assert_eq!(translate(&t, 0x16_3ff8), None);
         assert_eq!(translate(&t, 0x14_fff8), Some(0x14_fff8));
         assert_eq!(translate(&t, 0x15_1000), Some(0x15_1000));
-        // Beyond the first 2 MiB the kernel unmaps guards itself.
-        assert_eq!(translate(&t, 0x40_0000), Some(0x40_0000));
+        // Beyond the first 2 MiB, a table of its own for the region.
+        assert_eq!(translate(&t, 0x40_0008), None);
+        assert_eq!(translate(&t, 0x40_1008), Some(0x40_1008));
+        assert_eq!(translate(&t, 0x5f_f008), Some(0x5f_f008));
+        assert_eq!(translate(&t, 0x60_0008), Some(0x60_0008), "the next region keeps its 2 MiB page");
+        assert!(t.iter().all(|(a, v)| a + v.len() as u64 * 8 <= KERNEL_BASE));
     }
 
     #[test]
