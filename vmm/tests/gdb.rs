@@ -93,9 +93,11 @@ fn gdb_breaks_steps_reads_and_changes_a_guest_on_the_monitor() {
         &[
             "info registers rip cs",
             "break kernel_main",
+            "break gdbme::main",
             "break gdbme::report",
             "continue",
             "bt",
+            "continue",
             "continue",
             "bt",
             "info registers",
@@ -117,7 +119,8 @@ fn gdb_breaks_steps_reads_and_changes_a_guest_on_the_monitor() {
     // Held before the first instruction: gdb sees the entry at CPL3.
     assert!(text.contains("cs             0x23"), "{text}");
     assert!(text.contains("Breakpoint 1, ") && text.contains("kernel_main"), "{text}");
-    assert!(text.contains("Breakpoint 2, gdbme::report (answer=41)"), "{text}");
+    assert!(text.contains("Breakpoint 2, gdbme::main () at"), "the app's main: {text}");
+    assert!(text.contains("Breakpoint 3, gdbme::report (answer=41)"), "{text}");
     assert!(text.contains("in gdbme::main ()"), "bt reaches the caller: {text}");
     for reg in ["rax ", "r15 ", "eflags ", "cr3 ", "fs_base ", "gs_base "] {
         assert!(text.contains(reg), "info registers shows {reg}: {text}");
@@ -206,6 +209,31 @@ fn detach_and_a_malformed_packet_let_the_guest_run_on() {
     assert!(out.contains("answer=41"), "{out}");
     assert_eq!(code, 7, "gdbme's exit code when nobody changed its answer");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// gdb killed while the guest runs: the monitor says so and the guest
+/// runs on (here until the monitor's timeout).
+#[test]
+fn a_gdb_that_vanishes_mid_run_does_not_stop_the_monitor() {
+    if !ready() {
+        return;
+    }
+    let spin = guest("spin", false);
+    let m = start(&["--gdb", ":0", "--timeout", "4"], &spin, &[]);
+    let mut c = Command::new("gdb");
+    c.args(["-batch", "-nx"]).arg(&spin).args([
+        "-ex",
+        &format!("target remote {}", m.addr),
+        "-ex",
+        "continue",
+    ]);
+    let g = group::spawn(c.stdout(Stdio::null()).stderr(Stdio::null())).expect("run gdb");
+    std::thread::sleep(Duration::from_millis(1500));
+    g.kill();
+    let (code, out, err) = m.finish();
+    assert!(out.contains("spin: looping forever"), "{out}");
+    assert!(err.contains("the guest runs on"), "{err}");
+    assert_eq!(code, 124, "the guest ran on until the timeout: {err}");
 }
 
 #[test]

@@ -320,13 +320,26 @@ fn symbolize(elf: &std::path::Path, log: &str) -> String {
 /// and lets the guest run to its exit.
 #[test]
 fn gdb_attaches_through_xtask_run_on_qemu_tcg() {
-    use std::io::BufRead;
     if !need("qemu-system-x86_64") || !need("gdb") {
         return;
     }
-    let port = 20_000 + std::process::id() % 20_000;
+    gdb_through_xtask_run(&["--qemu", "pc"], 20_000);
+}
+
+/// The same on the Torito monitor (`torito --gdb`).
+#[test]
+fn gdb_attaches_through_xtask_run_on_the_monitor() {
+    if !xtask::testing::kvm() || !need("gdb") {
+        return;
+    }
+    gdb_through_xtask_run(&[], 40_000);
+}
+
+fn gdb_through_xtask_run(target: &[&str], base_port: u32) {
+    use std::io::BufRead;
+    let port = base_port + std::process::id() % 20_000;
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
-    c.args(["run", "hello", "--qemu", "pc", &format!("--gdb={port}"), "--timeout", "120"]);
+    c.args(["run", "hello"]).args(target).args([&format!("--gdb={port}"), "--timeout", "120"]);
     let mut vm =
         xtask::group::spawn(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
             .expect("start xtask run");
@@ -339,6 +352,8 @@ fn gdb_attaches_through_xtask_run_on_qemu_tcg() {
             break cmd.split_whitespace().next().unwrap().to_string();
         }
     };
+    // Drain the rest, so that the monitor never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let out = std::process::Command::new("timeout")
         .args(["60", "gdb", "-batch", "-nx", "-ex", &format!("target remote :{port}")])
         .args(["-ex", "break hello::main", "-ex", "continue", "-ex", "bt", "-ex", "continue", &elf])
