@@ -598,6 +598,16 @@ fn bad_disks_are_clear_errors() {
     let r = run(&["--disk", "/proc/version,ro"], &blkcheck, &[]);
     assert_eq!(r.code, 66, "{}", r.stderr);
     assert!(r.stderr.contains("smaller than one 512-byte sector"), "{}", r.stderr);
+    // A size that is not whole sectors is refused, not cut (it lost its
+    // tail before).
+    let odd = std::env::temp_dir().join(format!("torito-odd-{}.img", std::process::id()));
+    std::fs::write(&odd, vec![7u8; 600]).unwrap();
+    let r = run(&["--disk", odd.to_str().unwrap()], &blkcheck, &[]);
+    std::fs::remove_file(&odd).unwrap();
+    assert_eq!(r.code, 66, "{}", r.stderr);
+    assert!(r.stderr.contains("600 bytes is not a whole number of 512-byte sectors"), "{}", r.stderr);
+    assert!(r.stderr.contains("truncate -s %512"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     let r = run(&["--disk", "x.img,rw"], &blkcheck, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("unknown disk option 'rw'"), "{}", r.stderr);

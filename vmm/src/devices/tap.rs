@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::vstate::sys::{IFNAMSIZ, tun_set_iff};
+use crate::vstate::sys::{IFNAMSIZ, interface_index, tun_set_iff};
 
 const IFF_TAP: u16 = 0x0002;
 const IFF_NO_PI: u16 = 0x1000;
@@ -26,7 +26,9 @@ impl Tap {
         if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('/') {
             return Err(format!("'{name}' is not a network interface name"));
         }
-        if !std::path::Path::new("/sys/class/net").join(name).exists() {
+        // Looked up in this process's network namespace: TUNSETIFF alone
+        // would create a TAP device of that name where none exists.
+        if interface_index(name).is_none() {
             return Err(format!(
                 "no network device '{name}': create a TAP device first, e.g. \
                  `ip tuntap add dev {name} mode tap user $USER && ip link set {name} up`"

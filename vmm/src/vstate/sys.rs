@@ -69,6 +69,19 @@ pub fn tun_set_iff(tun: &impl AsRawFd, name: &str, flags: u16) -> std::io::Resul
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// The index of network interface `name` in this thread's network
+/// namespace (`if_nametoindex`: a query on a socket of the namespace),
+/// `None` when it has none. Not `/sys/class/net`, which shows the
+/// namespace `/sys` was mounted in: a process that joined a namespace with
+/// `setns()`, as a container runtime does, still sees the host's there.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which
+    // only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Guest RAM resident in this process, in KiB (`mincore` over each region).
 pub fn resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
     let mut pages = 0u64;

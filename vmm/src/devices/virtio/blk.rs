@@ -101,6 +101,17 @@ impl DiskConfig {
         if len < SECTOR {
             return Err(format!("disk {}: {len} bytes, smaller than one {SECTOR}-byte sector", p.display()));
         }
+        // A disk is whole sectors: the tail would be out of the guest's
+        // reach, and silently lost to it.
+        if !len.is_multiple_of(SECTOR) {
+            return Err(format!(
+                "disk {}: {len} bytes is not a whole number of {SECTOR}-byte sectors (the last {} bytes would be \
+                 out of reach); pad it: truncate -s %{SECTOR} {}",
+                p.display(),
+                len % SECTOR,
+                p.display()
+            ));
+        }
         Ok((file, len))
     }
 }

@@ -83,6 +83,9 @@ pub struct Net {
     pub rx_frames: u64,
     /// The TAP device is to be watched again (see `Backend::take_rewatch`).
     rewatch: bool,
+    /// The TAP device failed for good (its namespace was deleted, say): it
+    /// is no longer watched, so the I/O thread does not spin on its error.
+    gone: bool,
 }
 
 /// Open the TAP device of `cfg` and make NIC number `index`.
@@ -95,7 +98,22 @@ pub fn open(cfg: &NetConfig, index: usize) -> Result<MmioDevice, String> {
 impl Net {
     /// A NIC on `tap` with address `mac`.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
-        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0, rewatch: false }
+        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0, rewatch: false, gone: false }
+    }
+
+    /// The TAP device returned an error other than "no frame": say so once
+    /// and stop watching it (a device gone with its namespace reports an
+    /// error, and is ready to poll, for ever). The guest runs on, its
+    /// frames dropped as a cable pulled out would.
+    fn tap_failed(&mut self, e: &std::io::Error) {
+        if !self.gone {
+            self.gone = true;
+            eprintln!(
+                "torito: NIC on TAP device '{}' stopped: {e} (was the device or its namespace removed?); the \
+                 guest runs on without it",
+                self.tap.name()
+            );
+        }
     }
 
     /// Move frames from the TAP device into the receive queue while both
@@ -120,7 +138,11 @@ impl Net {
                             buf.truncate(n);
                             buf
                         }
-                        _ => return,
+                        Ok(None) => return,
+                        Err(e) => {
+                            self.tap_failed(&e);
+                            return;
+                        }
                     }
                 }
             };
@@ -211,7 +233,7 @@ impl Backend for Net {
     /// The TAP device, unless a frame already waits for a guest buffer
     /// (then the guest's next notification delivers it).
     fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
-        if self.waiting.is_none() {
+        if self.waiting.is_none() && !self.gone {
             fds.push((self.tap.as_raw_fd(), false));
         }
     }
@@ -238,6 +260,23 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
+
+    /// A TAP device that fails (here a descriptor that cannot be read) is
+    /// said once and no longer watched: the I/O thread would otherwise
+    /// wake on its error for ever.
+    #[test]
+    fn a_failing_tap_is_no_longer_watched() {
+        let f = std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap();
+        let mut n = Net::new(Tap::for_tests(f), [0; 6]);
+        let mut fds = Vec::new();
+        n.host_fds(&mut fds);
+        assert_eq!(fds.len(), 1);
+        let e = n.tap.recv(&mut [0u8; 64]).unwrap_err();
+        n.tap_failed(&e);
+        fds.clear();
+        n.host_fds(&mut fds);
+        assert!(fds.is_empty());
+    }
 
     /// Chains a guest may post on the transmit queue: a header too short,
     /// a frame outside RAM, a wrapping buffer, a self-loop, an oversized
