@@ -118,6 +118,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         tl.mark(Phase::GuestStopped);
     });
 
+    machine.flush_devices();
     machine.pending().wait()?;
     tl.pending_ram_accesses = machine.pending().accesses();
     tl.vcpus_started = machine.started();

@@ -202,6 +202,30 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     assert!(r.stdout.contains("fault::deep at"), "{}", r.stdout);
 }
 
+/// SIGTERM and SIGINT stop every vCPU of a running guest and the monitor
+/// exits 143 and 130, saying why.
+#[test]
+fn sigterm_and_sigint_stop_every_vcpu_with_their_statuses() {
+    if !kvm() {
+        return;
+    }
+    let threads = guest("threads");
+    for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        let mut c = torito();
+        c.args(["--cpus", "2", "--timeout", "60"]).arg(&threads).args(["--", "100000000"]);
+        let vm =
+            xtask::group::spawn(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
+                .expect("start torito");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let sent = Command::new("kill").args([&format!("-{signal}"), &vm.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = vm.wait_with_output_within(std::time::Duration::from_secs(30)).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "SIG{signal}: {err}");
+        assert!(err.contains(&format!("SIG{signal}")), "{err}");
+    }
+}
+
 #[test]
 fn timeout_stops_a_spinning_guest() {
     if !kvm() {

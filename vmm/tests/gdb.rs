@@ -236,6 +236,34 @@ fn a_gdb_that_vanishes_mid_run_does_not_stop_the_monitor() {
     assert_eq!(code, 124, "the guest ran on until the timeout: {err}");
 }
 
+/// A monitor killed while it waited for gdb leaves its socket file; the
+/// next one on the same path replaces it. A socket a live monitor listens
+/// on is refused.
+#[test]
+fn a_stale_gdb_socket_is_replaced_and_a_live_one_refused() {
+    if !ready() {
+        return;
+    }
+    let hello = guest("hello", false);
+    let dir = std::env::temp_dir().join(format!("torito-gdbsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("gdb.sock");
+    let first = start(&["--gdb", sock.to_str().unwrap()], &hello, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_torito"))
+        .args(["--gdb", sock.to_str().unwrap()])
+        .arg(&hello)
+        .output();
+    let err = String::from_utf8_lossy(&out.as_ref().unwrap().stderr).into_owned();
+    assert!(err.contains("is in use by another process"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    first.child.kill();
+    assert!(sock.exists(), "SIGKILL leaves the socket file");
+    let second = start(&["--gdb", sock.to_str().unwrap()], &hello, &[]);
+    assert_eq!(second.addr, sock.to_str().unwrap());
+    second.child.kill();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_gdb_addresses_are_refused_in_one_line() {
     let out =

@@ -359,6 +359,18 @@ impl Devices {
         fds
     }
 
+    /// Make what the guest wrote durable, device by device (the monitor is
+    /// stopping); one line per device that could not.
+    pub fn flush(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (i, dev) in self.virtio.iter_mut().enumerate() {
+            if let Err(e) = dev.flush() {
+                failed.push(format!("virtio device {i}: cannot flush: {e}"));
+            }
+        }
+        failed
+    }
+
     /// Whether any device has host-side I/O (a thread must watch it).
     pub fn has_host_io(&self) -> bool {
         self.virtio.iter().any(|d| d.backend().has_host_io())
@@ -376,6 +388,22 @@ impl Devices {
         }
         lines
     }
+}
+
+/// Make `path` free for a listening Unix socket: a socket file a killed
+/// monitor left behind (nobody accepts on it) is removed, so a restart does
+/// not trip over it; a socket a live process listens on, or a file of
+/// another kind, is refused.
+pub fn claim_socket_path(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !m.file_type().is_socket() {
+        return Err(format!("{} exists and is not a socket", path.display()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!("{} is in use by another process (a running monitor?)", path.display()));
+    }
+    std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))
 }
 
 /// A `Write` into shared memory, for tests and for capturing output.
@@ -402,6 +430,26 @@ impl SharedBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a restart finds on a socket path: nothing, a stale socket (a
+    /// killed monitor's: replaced), a live one (refused), a plain file
+    /// (refused).
+    #[test]
+    fn socket_paths_are_claimed_only_when_stale() {
+        let dir = std::env::temp_dir().join(format!("torito-claim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.sock");
+        claim_socket_path(&p).unwrap();
+        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        assert!(claim_socket_path(&p).unwrap_err().contains("in use"));
+        drop(live);
+        assert!(p.exists(), "a closed listener leaves its file");
+        claim_socket_path(&p).unwrap();
+        assert!(!p.exists());
+        std::fs::write(&p, b"x").unwrap();
+        assert!(claim_socket_path(&p).unwrap_err().contains("not a socket"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     use vm_memory::{Bytes, GuestAddress};
 

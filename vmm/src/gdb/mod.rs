@@ -91,9 +91,13 @@ enum ListenerKind {
 }
 
 impl Listener {
-    /// Bind `addr` (a Unix socket path must not exist yet).
+    /// Bind `addr` (a stale Unix socket file there, left by a killed
+    /// monitor, is replaced; one in use is refused).
     pub fn bind(addr: &GdbAddr) -> Result<Self, Error> {
         let err = |e: std::io::Error| Error::Config(format!("--gdb {addr}: {e}"));
+        if let GdbAddr::Unix(p) = addr {
+            crate::devices::claim_socket_path(p).map_err(|e| Error::Config(format!("--gdb: {e}")))?;
+        }
         let inner = match addr {
             GdbAddr::Tcp(a) => ListenerKind::Tcp(TcpListener::bind(a).map_err(err)?),
             GdbAddr::Unix(p) => ListenerKind::Unix(UnixListener::bind(p).map_err(err)?),

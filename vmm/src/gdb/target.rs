@@ -61,7 +61,19 @@ pub fn serve(
     kick: &(dyn Fn() + Sync),
     kill: &dyn Fn(),
 ) {
-    let Some(conn) = listener.accept(stopped) else { return };
+    // A connection closed before its first byte (a probe: another monitor
+    // checking the socket is in use, a port scan) is not a session.
+    let conn = loop {
+        let Some(mut conn) = listener.accept(stopped) else { return };
+        match conn.read_byte() {
+            Ok(b) => {
+                conn.peeked = Some(b);
+                break conn;
+            }
+            Err(_) if stopped.load(Ordering::SeqCst) => return,
+            Err(_) => continue,
+        }
+    };
     if !dbg.wait_stopped(stopped) {
         return;
     }

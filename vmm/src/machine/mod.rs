@@ -149,6 +149,15 @@ impl<'a> Machine<'a> {
         v
     }
 
+    /// Make what the guest wrote to its devices durable (`fdatasync` of
+    /// its disks), however it stopped: a SIGTERM loses nothing a crash of
+    /// the host would then lose.
+    pub fn flush_devices(&self) {
+        for line in lock(&self.devices).flush() {
+            eprintln!("torito: warning: {line}");
+        }
+    }
+
     /// How the guest stopped (after every vCPU thread has been joined).
     pub fn into_outcome(self) -> Result<Outcome, Error> {
         let r = self.result.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -80,6 +80,11 @@ pub trait Backend: Send {
     fn take_rewatch(&mut self) -> bool {
         false
     }
+    /// Make what the guest wrote durable: the monitor is stopping (a disk
+    /// calls `fdatasync`).
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A device's queues as its backend sees them: only those the driver made
@@ -149,6 +154,11 @@ impl MmioDevice {
     /// The backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// [`Backend::flush`].
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.backend.flush()
     }
 
     /// Give the backend the eventfd for queue notifications it asked for.

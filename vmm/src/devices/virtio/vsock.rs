@@ -173,15 +173,9 @@ pub fn open(cfg: &VsockConfig) -> Result<MmioDevice, String> {
 
 impl Vsock {
     /// The device's host side, listening on the Unix socket of `cfg` (a
-    /// stale socket file there is replaced).
+    /// stale socket file there is replaced; one in use is refused).
     pub fn listen(cfg: &VsockConfig) -> Result<Self, String> {
-        use std::os::unix::fs::FileTypeExt;
-        if let Ok(m) = std::fs::symlink_metadata(&cfg.uds) {
-            if !m.file_type().is_socket() {
-                return Err(format!("vsock: {} exists and is not a socket", cfg.uds.display()));
-            }
-            let _ = std::fs::remove_file(&cfg.uds);
-        }
+        crate::devices::claim_socket_path(&cfg.uds).map_err(|e| format!("vsock: {e}"))?;
         let listener = UnixListener::bind(&cfg.uds)
             .map_err(|e| format!("vsock: cannot listen on {}: {e}", cfg.uds.display()))?;
         listener.set_nonblocking(true).map_err(|e| format!("vsock: {e}"))?;
