@@ -42,6 +42,15 @@ const OP_CREDIT_REQUEST: u16 = 7;
 const BUF_ALLOC: u32 = 256 * 1024;
 /// Largest payload of one packet to the guest.
 const MAX_PAYLOAD: usize = 4096;
+/// Packets waiting for the guest's receive buffers, at most: a guest that
+/// posts none while it provokes answers (resets for packets to no
+/// connection, say) must not make the monitor grow. Beyond, answers are
+/// dropped and host data waits in its socket (read no more).
+pub const MAX_RX: usize = 1024;
+/// Connections at most, host- and guest-initiated together; beyond, a
+/// host program's connection is closed at once and a guest's request
+/// reset.
+pub const MAX_CONNS: usize = 1024;
 /// Host ports given to connections the host opens.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -208,6 +217,10 @@ impl Vsock {
     /// buffers.
     pub fn service(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) {
         while let Ok((stream, _)) = self.listener.accept() {
+            if self.conns.len() >= MAX_CONNS {
+                drop(stream);
+                continue;
+            }
             if stream.set_nonblocking(true).is_ok() {
                 let host_port = self.next_port;
                 self.next_port = self.next_port.wrapping_add(1).max(FIRST_HOST_PORT);
@@ -249,7 +262,7 @@ impl Vsock {
                     c.out.drain(..n);
                     c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
                     let h = self.header(&self.conns[i], OP_CREDIT_UPDATE, 0);
-                    self.rx.push_back((h, Vec::new()));
+                    self.push(h, Vec::new());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return self.reset(i),
@@ -273,7 +286,7 @@ impl Vsock {
                     c.guest_port = port;
                     c.state = State::Connecting;
                     let h = self.header(&self.conns[i], OP_REQUEST, 0);
-                    self.rx.push_back((h, Vec::new()));
+                    self.push(h, Vec::new());
                     true
                 }
                 Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
@@ -281,7 +294,7 @@ impl Vsock {
             State::Connecting => true,
             State::Connected => {
                 let room = c.credit().min(MAX_PAYLOAD);
-                if room == 0 {
+                if room == 0 || self.rx.len() >= MAX_RX {
                     return true;
                 }
                 if !c.line.is_empty() {
@@ -290,20 +303,20 @@ impl Vsock {
                     let data: Vec<u8> = c.line.drain(..n).collect();
                     c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
                     let h = self.header(&self.conns[i], OP_RW, n);
-                    self.rx.push_back((h, data));
+                    self.push(h, data);
                     return true;
                 }
                 match c.stream.read(&mut buf[..room]) {
                     Ok(0) => {
                         let mut h = self.header(&self.conns[i], OP_SHUTDOWN, 0);
                         h.flags = 3;
-                        self.rx.push_back((h, Vec::new()));
+                        self.push(h, Vec::new());
                         false
                     }
                     Ok(n) => {
                         c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
                         let h = self.header(&self.conns[i], OP_RW, n);
-                        self.rx.push_back((h, buf[..n].to_vec()));
+                        self.push(h, buf[..n].to_vec());
                         true
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
@@ -313,11 +326,20 @@ impl Vsock {
         }
     }
 
+    /// Queue a packet for the guest, unless [`MAX_RX`] already wait (then
+    /// it is dropped: only answers come here once the queue is that long,
+    /// host data waits in its socket).
+    fn push(&mut self, h: Hdr, data: Vec<u8>) {
+        if self.rx.len() < MAX_RX {
+            self.rx.push_back((h, data));
+        }
+    }
+
     /// Tell the guest connection `i` is gone; `false` (drop it).
     fn reset(&mut self, i: usize) -> bool {
         if self.conns[i].state != State::AwaitingLine {
             let h = self.header(&self.conns[i], OP_RST, 0);
-            self.rx.push_back((h, Vec::new()));
+            self.push(h, Vec::new());
         }
         false
     }
@@ -378,7 +400,7 @@ impl Vsock {
             match h.op {
                 OP_REQUEST => self.guest_connects(h),
                 OP_RST => {}
-                _ => self.rx.push_back((self.reply(&h, OP_RST), Vec::new())),
+                _ => self.push(self.reply(&h, OP_RST), Vec::new()),
             }
             return;
         };
@@ -398,24 +420,27 @@ impl Vsock {
             }
             OP_CREDIT_REQUEST => {
                 let r = self.header(&self.conns[i], OP_CREDIT_UPDATE, 0);
-                self.rx.push_back((r, Vec::new()));
+                self.push(r, Vec::new());
             }
             OP_CREDIT_UPDATE => {}
             OP_SHUTDOWN | OP_RST => {
                 // Flush what is left, then close.
                 let c = &mut self.conns[i];
+                // A program that reads nothing holds the device up for
+                // 200 ms at most.
                 let _ = c.stream.set_nonblocking(false);
+                let _ = c.stream.set_write_timeout(Some(std::time::Duration::from_millis(200)));
                 let _ = c.stream.write_all(&c.out);
                 if h.op == OP_SHUTDOWN {
                     let r = self.header(&self.conns[i], OP_RST, 0);
-                    self.rx.push_back((r, Vec::new()));
+                    self.push(r, Vec::new());
                 }
                 self.conns.swap_remove(i);
             }
             _ => {
                 // A packet that breaks the protocol: reset.
                 let r = self.header(&self.conns[i], OP_RST, 0);
-                self.rx.push_back((r, Vec::new()));
+                self.push(r, Vec::new());
                 self.conns.swap_remove(i);
             }
         }
@@ -438,6 +463,10 @@ impl Vsock {
     /// The guest connects to host port `h.dst_port`: the Unix socket
     /// `PATH_<port>`.
     fn guest_connects(&mut self, h: Hdr) {
+        if self.conns.len() >= MAX_CONNS {
+            self.push(self.reply(&h, OP_RST), Vec::new());
+            return;
+        }
         let path = guest_target(&self.uds, h.dst_port);
         match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
             Ok(stream) => {
@@ -453,9 +482,9 @@ impl Vsock {
                     peer_buf_alloc: h.buf_alloc,
                     fwd_cnt: 0,
                 });
-                self.rx.push_back((self.reply(&h, OP_RESPONSE), Vec::new()));
+                self.push(self.reply(&h, OP_RESPONSE), Vec::new());
             }
-            Err(_) => self.rx.push_back((self.reply(&h, OP_RST), Vec::new())),
+            Err(_) => self.push(self.reply(&h, OP_RST), Vec::new()),
         }
     }
 }
@@ -563,6 +592,34 @@ mod tests {
         assert_eq!(v.rx.len(), 1, "one answer");
         assert_eq!(v.rx[0].0.op, OP_RST);
         assert!(v.conns.is_empty());
+        let _ = std::fs::remove_file(uds);
+    }
+
+    /// A guest that sends packets to no connection and posts no receive
+    /// buffer earns one reset each, but the monitor keeps at most
+    /// `MAX_RX` of them; guest connection requests beyond `MAX_CONNS`
+    /// are reset, not kept.
+    #[test]
+    fn a_guest_cannot_make_the_device_grow() {
+        let uds = std::env::temp_dir().join(format!("torito-vsock-bound-{}.sock", std::process::id()));
+        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let rw = Hdr { src_cid: 3, dst_cid: 2, src_port: 7, dst_port: 99, op: OP_RW, ..Hdr::default() };
+        for port in 0..3 * MAX_RX as u32 {
+            v.handle_guest_packet(Hdr { src_port: port, ..rw }, Vec::new());
+        }
+        assert_eq!(v.rx.len(), MAX_RX);
+        // Connections: the guest's targets exist (a listener per port is
+        // not needed: a refused connect is a reset too); the table stays
+        // bounded whatever the guest asks.
+        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
+        v.rx.clear();
+        let req = Hdr { op: OP_REQUEST, dst_port: 5, buf_alloc: 4096, ..rw };
+        for port in 0..MAX_CONNS as u32 + 10 {
+            v.handle_guest_packet(Hdr { src_port: 10_000 + port, ..req }, Vec::new());
+        }
+        assert_eq!(v.conns.len(), MAX_CONNS);
+        drop(target);
+        let _ = std::fs::remove_file(guest_target(&uds, 5));
         let _ = std::fs::remove_file(uds);
     }
 
