@@ -718,6 +718,37 @@ fn vsock_echo_through_the_unix_socket() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A monitor killed with SIGKILL leaves its vsock socket file; a restart
+/// on the same path replaces it, while a second monitor on the path of a
+/// live one is refused in one line.
+#[test]
+fn a_restart_after_sigkill_reuses_the_vsock_path() {
+    if !kvm() {
+        return;
+    }
+    let uds = std::env::temp_dir().join(format!("torito-vsock-kill-{}.sock", std::process::id()));
+    let opt = format!("cid=3,uds={}", uds.display());
+    let start = || {
+        let mut c = torito();
+        c.args(["--timeout", "30", "--vsock", &opt]).arg(guest("echo")).args(["--", "vsock", "port=7"]);
+        xtask::group::spawn(c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()))
+            .unwrap()
+    };
+    let first = start();
+    assert!(xtask::testing::poll(std::time::Duration::from_secs(10), || uds.exists()), "listening");
+    let r = run(&["--vsock", &opt], &guest("echo"), &["vsock", "port=7"]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(r.stderr.contains("is in use by another process"), "{}", r.stderr);
+    first.kill();
+    assert!(uds.exists(), "SIGKILL leaves the socket file");
+    let second = start();
+    let mut s = xtask::hybrid_vsock_connect(&uds, 7, std::time::Duration::from_secs(10));
+    xtask::assert_echoes(&mut s, 4096, 3);
+    drop(s);
+    second.kill();
+    let _ = std::fs::remove_file(&uds);
+}
+
 /// Bad vsock settings are refused before the guest starts.
 #[test]
 fn bad_vsock_options_are_clear_errors() {
