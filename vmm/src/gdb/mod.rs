@@ -29,7 +29,7 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use torito_abi::mmio::DebugFrame;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Outcome};
@@ -141,8 +142,8 @@ impl Listener {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let fd = match &self.inner {
-                        ListenerKind::Tcp(l) => l.as_fd(),
-                        ListenerKind::Unix(l) => l.as_fd(),
+                        ListenerKind::Tcp(l) => l.as_raw_fd(),
+                        ListenerKind::Unix(l) => l.as_raw_fd(),
                     };
                     wait_readable(&[fd], Duration::from_millis(100));
                 }
@@ -177,10 +178,10 @@ pub struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    fn fd(&self) -> BorrowedFd<'_> {
+    fn fd(&self) -> RawFd {
         match &self.stream {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
         }
     }
 
@@ -245,16 +246,9 @@ impl gdbstub::conn::ConnectionExt for Conn<'_> {
 
 /// Wait up to `timeout` for any of `fds` to be readable (or closed);
 /// the indices of those that are.
-fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<usize> {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut polls: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
-    let t = Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
-    match rustix::event::poll(&mut polls, Some(&t)) {
-        Ok(n) if n > 0 => {
-            polls.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).map(|(i, _)| i).collect()
-        }
-        _ => Vec::new(),
-    }
+fn wait_readable(fds: &[RawFd], timeout: Duration) -> Vec<usize> {
+    let fds: Vec<(RawFd, bool)> = fds.iter().map(|&fd| (fd, false)).collect();
+    crate::vstate::sys::ready_fds(&fds, timeout)
 }
 
 /// The address of the kernel's `_torito_debugger` byte (the kernel is
@@ -344,7 +338,7 @@ pub struct Debugger {
     changed: Condvar,
     /// Written when a vCPU stops or the guest ends: the gdb thread waits
     /// on it together with its connection.
-    wake: std::os::fd::OwnedFd,
+    wake: EventFd,
     /// The kernel's `_torito_debugger` byte.
     flag: u64,
     /// Whether debug registers fire on this host (not on PVM).
@@ -359,11 +353,8 @@ impl Debugger {
     /// A debugger that holds the guest before its first instruction; the
     /// kernel's flag byte at guest-physical `flag`.
     pub fn new(flag: u64) -> Result<Self, Error> {
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
-        )
-        .map_err(|e| Error::Config(format!("--gdb: eventfd: {e}")))?;
+        let wake =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Config(format!("--gdb: eventfd: {e}")))?;
         Ok(Self {
             state: Mutex::new(State { halt: true, ..State::default() }),
             changed: Condvar::new(),
@@ -381,13 +372,12 @@ impl Debugger {
     }
 
     fn notify(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let _ = self.wake.write(1);
         self.changed.notify_all();
     }
 
     fn drain_wake(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut b);
+        let _ = self.wake.read();
     }
 
     /// vCPU `id`'s thread starts running the guest.

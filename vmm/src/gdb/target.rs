@@ -21,7 +21,7 @@ use gdbstub::target::ext::breakpoints::{
     SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::arch::{Regs, ToritoX86_64};
@@ -278,7 +278,7 @@ impl<'a> BlockingEventLoop for Loop<'a> {
                 let b = conn.read().map_err(WaitForStopReasonError::Connection)?;
                 return Ok(Event::IncomingData(b));
             }
-            let ready = wait_readable(&[conn.fd(), target.dbg.wake.as_fd()], Duration::from_millis(100));
+            let ready = wait_readable(&[conn.fd(), target.dbg.wake.as_raw_fd()], Duration::from_millis(100));
             if ready.contains(&1) {
                 target.dbg.drain_wake();
             }

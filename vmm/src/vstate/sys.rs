@@ -32,6 +32,12 @@ pub fn now_ns() -> u64 {
 /// Wait until one of `fds` is readable (or writable, when its flag says
 /// so), at most `timeout`. Returns whether any is ready.
 pub fn wait_ready(fds: &[(RawFd, bool)], timeout: Duration) -> bool {
+    !ready_fds(fds, timeout).is_empty()
+}
+
+/// [`wait_ready`], saying which: the indices in `fds` of the descriptors
+/// that are ready (or closed, or in error).
+pub fn ready_fds(fds: &[(RawFd, bool)], timeout: Duration) -> Vec<usize> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&(fd, out)| libc::pollfd {
@@ -45,7 +51,10 @@ pub fn wait_ready(fds: &[(RawFd, bool)], timeout: Duration) -> bool {
     // the call's duration. A descriptor closed meanwhile reads as POLLNVAL,
     // which is harmless.
     let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    n > 0
+    if n <= 0 {
+        return Vec::new();
+    }
+    pfds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect()
 }
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.

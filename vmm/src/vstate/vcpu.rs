@@ -239,10 +239,7 @@ impl Vcpu {
     /// recommends it before reading the state). For the debugger.
     pub fn complete_pending_exit(&mut self) -> Result<(), Error> {
         self.fd.set_kvm_immediate_exit(1);
-        match self.run() {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.run().map(|_| ())
     }
 
     /// Run the guest until its next exit. A signal (kick, timeout) reads as
