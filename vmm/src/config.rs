@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub core: Option<PathBuf>,
     /// `--gdb ADDR`: serve gdb there.
     pub gdb: Option<crate::gdb::GdbAddr>,
+    /// `--seccomp`: what the threads' filters do with a forbidden call.
+    pub seccomp: crate::sandbox::SeccompMode,
 }
 
 impl VmConfig {
@@ -70,6 +72,7 @@ impl VmConfig {
             shares: Vec::new(),
             core: None,
             gdb: None,
+            seccomp: crate::sandbox::SeccompMode::On,
         }
     }
 

@@ -4,7 +4,7 @@
 //! [`run`] is the whole life of a guest, written as its boot script. The
 //! rooms it visits:
 //!
-//! - [`config`]: what the command line asked for; [`error`]: how a run ends.
+//! - [`cli`]: the `torito` command line; [`config`]: what it asked for; [`error`]: how a run ends.
 //! - [`loader`]: the ELF's checks and loading.
 //! - [`devices`]: the guest's devices and the table of who answers where
 //!   (the register page, COM1, virtio-mmio disks, NICs, vsock and shared
@@ -13,6 +13,7 @@
 //! - [`vstate`]: every KVM ioctl and all of the monitor's `unsafe` code.
 //! - [`machine`]: the vCPU threads and their exit loop, stopping, the
 //!   timeout, deferred RAM, the device I/O thread.
+//! - [`sandbox`]: a seccomp filter per thread (`--seccomp`).
 //! - [`timeline`]: where the time went (`--timeline`).
 //! - [`gdb`]: the GDB remote protocol (`--gdb`); [`core_dump`]: `--core`;
 //!   [`symbolize`]: backtraces named from the ELF.
@@ -21,13 +22,17 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod cli;
 pub mod config;
 pub mod core_dump;
 pub mod devices;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gdb;
 pub mod loader;
 pub mod machine;
+pub mod sandbox;
 pub mod symbolize;
 pub mod timeline;
 #[allow(unsafe_code)]
@@ -57,6 +62,9 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     };
     let cmdline = format!("{}{}", cfg.cmdline, devices.cmdline());
     let cmdline = boot_info::check_cmdline(cmdline.trim_start())?;
+    // The seccomp filters: compiled on a thread of their own meanwhile.
+    let sandbox = sandbox::Sandbox::new(cfg);
+    let installer = sandbox.installer()?;
 
     let kvm = Kvm::open(&cfg.kvm_device)?;
     tl.mark(Phase::KvmReady);
@@ -93,7 +101,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     tl.mark(Phase::VcpuReady);
 
     // The rest of RAM is registered from the guest's first exit on.
-    let pending = PendingRam::new(deferred);
+    let pending = PendingRam::new(deferred, sandbox.clone());
     let keep_registers = cfg.core.is_some();
     let gdb = match gdb {
         Some((listener, flag)) => {
@@ -108,8 +116,18 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         }
         None => None,
     };
-    let parts =
-        Parts { note: elf.note, cpus, lapic, devices, pending, timeout: cfg.timeout, keep_registers, gdb };
+    let parts = Parts {
+        note: elf.note,
+        cpus,
+        lapic,
+        devices,
+        pending,
+        timeout: cfg.timeout,
+        keep_registers,
+        gdb,
+        sandbox,
+        installer,
+    };
     let machine = Machine::new(&vm, &mem, parts)?;
     // A scope joins its threads (secondary vCPUs, RAM registration, device
     // I/O) on every return.
@@ -121,6 +139,9 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     machine.flush_devices();
     machine.pending().wait()?;
     tl.pending_ram_accesses = machine.pending().accesses();
+    if let Some(t) = machine.sandboxed_at() {
+        tl.mark_at(Phase::Sandboxed, t);
+    }
     tl.vcpus_started = machine.started();
     let registers = machine.registers();
     let outcome = machine.into_outcome()?;

@@ -34,6 +34,9 @@ pub enum Phase {
     ElfLoaded,
     /// vCPU created and its registers set.
     VcpuReady,
+    /// The vCPU seccomp filter in place on every thread (installed by the
+    /// sandbox thread while the guest starts).
+    Sandboxed,
     /// First `KVM_RUN` issued.
     FirstRun,
     /// The guest stopped.
@@ -50,6 +53,7 @@ impl Phase {
             Phase::MemoryReady => "memory_ready",
             Phase::ElfLoaded => "elf_loaded",
             Phase::VcpuReady => "vcpu_ready",
+            Phase::Sandboxed => "sandboxed",
             Phase::FirstRun => "first_run",
             Phase::GuestStopped => "guest_stopped",
             Phase::ProcessExit => "process_exit",
@@ -122,6 +126,11 @@ impl Timeline {
     /// Record `phase` now.
     pub fn mark(&mut self, phase: Phase) {
         self.points.push((phase, now_ns()));
+    }
+
+    /// Record `phase` at `ns` (`CLOCK_MONOTONIC`), seen by another thread.
+    pub fn mark_at(&mut self, phase: Phase, ns: u64) {
+        self.points.push((phase, ns));
     }
 
     /// Set the guest clock reference.

@@ -856,3 +856,80 @@ fn a_core_file_opens_in_gdb_with_the_frames_and_every_vcpu() {
     assert!(!core.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// seccomp: a system call no filter allows, made by the vCPU thread once
+/// its filter is in place (the `TORITO_TEST_FORBIDDEN_SYSCALL` aid:
+/// `execve` of nothing), kills the monitor with SIGSYS after one line
+/// naming the thread and the call. `--seccomp=log` lets it through (the
+/// kernel logs it) and `--no-seccomp` installs nothing and says so: the
+/// same call then fails harmlessly and the guest runs to its end.
+#[test]
+fn a_forbidden_system_call_kills_the_monitor_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    if !kvm() {
+        return;
+    }
+    let hello = guest("hello");
+    let out = torito()
+        .env("TORITO_TEST_FORBIDDEN_SYSCALL", "1")
+        .args(["--timeout", "10"])
+        .arg(&hello)
+        .output()
+        .expect("run torito");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{:?}: {err}", out.status);
+    assert!(err.contains("seccomp: the vCPU thread made system call execve (59;"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Hello from Torito"), "the guest stopped at once");
+    let env = [("TORITO_TEST_FORBIDDEN_SYSCALL", "1")];
+    let r = run_env(&env, &["--timeout", "10", "--seccomp=log"], &hello, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("seccomp logs instead of stopping"), "{}", r.stderr);
+    let r = run_env(&env, &["--timeout", "10", "--no-seccomp"], &hello, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Hello from Torito"), "{}", r.stdout);
+    assert!(r.stderr.contains("seccomp is off"), "{}", r.stderr);
+    let r = run(&["--seccomp=off", "--no-seccomp"], &hello, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// Every thread of a running monitor is under a seccomp filter
+/// (`Seccomp: 2` in `/proc/PID/task/*/status`): vCPU 0, the device I/O
+/// thread (a vsock device has host I/O), secondary vCPUs.
+#[test]
+fn every_thread_of_a_running_monitor_is_filtered() {
+    use std::io::BufRead;
+    if !kvm() {
+        return;
+    }
+    let uds = std::env::temp_dir().join(format!("torito-seccomp-{}.sock", std::process::id()));
+    let mut c = torito();
+    c.args(["--timeout", "60", "--cpus", "2", "--mem", "256M", "--vsock"])
+        .arg(format!("cid=3,uds={}", uds.display()))
+        .arg(guest("threads"))
+        .args(["--", "100000000"]);
+    let mut vm =
+        xtask::group::spawn(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()))
+            .unwrap();
+    let mut out = std::io::BufReader::new(vm.take_stdout().expect("stdout"));
+    let mut line = String::new();
+    while out.read_line(&mut line).is_ok_and(|n| n > 0) && !line.contains("core(s)") {
+        line.clear();
+    }
+    assert!(line.contains("threads: 2 core(s)"), "{line}");
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", vm.id()));
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(&tasks).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default()
+        };
+        assert_eq!(field("Seccomp:"), "2", "{status}");
+        names.push(field("Name:"));
+    }
+    vm.kill();
+    let _ = std::fs::remove_file(&uds);
+    names.sort();
+    for want in ["io", "torito", "vcpu1"] {
+        assert!(names.iter().any(|n| n == want), "no {want} thread in {names:?}");
+    }
+}

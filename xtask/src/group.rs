@@ -83,6 +83,72 @@ impl Drop for GroupChild {
     }
 }
 
+/// The environment variable that marks every process a test run or a
+/// bench starts (children inherit it, through `ip netns exec`, `timeout`
+/// and every other wrapper), so that what is left at the end can be found.
+pub const RUN_MARK: &str = "TORITO_RUN_MARK";
+
+/// A mark for one run, unique on this machine.
+pub fn new_mark() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{t}", std::process::id())
+}
+
+/// Mark this process, so that every process it starts from now on
+/// carries the mark; returns it. Call first thing, while single-threaded.
+pub fn mark_this_process() -> String {
+    let mark = new_mark();
+    // SAFETY: called before the caller starts any thread (the bench's
+    // first step), so no other thread reads the environment meanwhile.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var(RUN_MARK, &mark)
+    };
+    mark
+}
+
+/// Processes still alive whose environment holds `RUN_MARK=mark`, the
+/// caller itself aside: their pid and command line. (Processes of other users cannot be read and are
+/// not seen; those of the caller's own are.)
+pub fn left_behind(mark: &str) -> Vec<(u32, String)> {
+    let want = format!("{RUN_MARK}={mark}");
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        if !env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            continue;
+        }
+        // A zombie has no command line and holds nothing: only a parent
+        // that did not reap it yet.
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmd.is_empty() {
+            continue;
+        }
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string();
+        found.push((pid, cmd));
+    }
+    found
+}
+
+/// Kill what [`left_behind`] found (SIGKILL); say so, one line each.
+pub fn kill_left_behind(mark: &str, who: &str) -> usize {
+    let left = left_behind(mark);
+    for (pid, cmd) in &left {
+        eprintln!("{who}: left behind: pid {pid}: {cmd} (killed)");
+        // SAFETY: kill(2) with a pid read from /proc and a valid signal.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL)
+        };
+    }
+    left.len()
+}
+
 /// While alive, SIGINT and SIGTERM do not end this process: `cargo xtask
 /// run` waits for the guest's monitor, which got the same Ctrl-C (the
 /// terminal signals the whole foreground group), stops the guest and
@@ -150,4 +216,31 @@ fn kill_group(pgid: u32) {
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL)
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that outlives its starter is found by its mark, and
+    /// killed; one killed with its group is not.
+    #[test]
+    fn processes_left_behind_are_found_by_their_mark() {
+        let mark = new_mark();
+        let mut stray = Command::new("sleep");
+        stray.arg("30").env(RUN_MARK, &mark);
+        let stray = stray.spawn().unwrap();
+        let mut grouped = Command::new("sh");
+        grouped.args(["-c", "sleep 30 & wait"]).env(RUN_MARK, &mark);
+        let grouped = spawn(&mut grouped).unwrap();
+        assert!(crate::testing::poll(std::time::Duration::from_secs(5), || left_behind(&mark).len() == 3));
+        grouped.kill();
+        let left = left_behind(&mark);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, stray.id());
+        assert_eq!(kill_left_behind(&mark, "test"), 1);
+        let mut stray = stray;
+        let _ = stray.wait();
+        assert!(left_behind(&mark).is_empty());
+    }
 }

@@ -8,6 +8,7 @@ pub mod bare;
 pub mod bench;
 pub mod devopts;
 pub mod fstree;
+pub mod fuzz;
 pub mod group;
 pub mod netns;
 pub mod new;

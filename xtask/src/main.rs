@@ -215,6 +215,16 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Fuzz the monitor's guest-facing parsers with cargo-fuzz (nightly
+    /// toolchain, for this only): every target, or the ones named.
+    Fuzz {
+        /// Targets (default: all): elf, command_line, mmio, virtio_blk,
+        /// virtio_net, virtio_vsock.
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
 }
 
 fn status(c: &mut Command) -> Result<i32, String> {
@@ -278,6 +288,10 @@ fn run() -> Result<i32, String> {
             println!("{}", index.display());
             Ok(0)
         }
+        Cmd::Fuzz { targets, time } => {
+            let outcomes = xtask::fuzz::run(&targets, time.max(1))?;
+            Ok(if outcomes.iter().all(|o| o.clean) { 0 } else { 1 })
+        }
         Cmd::Bench { sections, runs, warmup, out, check } => {
             let out = if out.is_absolute() { out } else { xtask::root().join(out) };
             let opts = xtask::bench::Options { runs: runs.max(1), warmup, out, sections };
@@ -313,8 +327,12 @@ fn test(filter: Option<&str>) -> Result<i32, String> {
     if let Some(f) = filter {
         cargo.args(["--", f]);
     }
+    // Every process the tests start carries this mark: whatever is still
+    // alive with it at the end was left behind, and fails the run.
+    let mark = xtask::group::new_mark();
     let mut child = cargo
         .env(xtask::testing::SKIP_LOG, &skip_log)
+        .env(xtask::group::RUN_MARK, &mark)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;
@@ -355,6 +373,16 @@ fn test(filter: Option<&str>) -> Result<i32, String> {
     }
     let skipped = skipped.len() as u64;
     let (passed, skipped) = (passed.saturating_sub(skipped), skipped + smoke_skipped);
+    // Stragglers get a moment to finish dying before they count.
+    let settled = xtask::testing::poll(std::time::Duration::from_secs(3), || {
+        xtask::group::left_behind(&mark).is_empty()
+    });
+    if !settled {
+        let n = xtask::group::kill_left_behind(&mark, "xtask test");
+        println!("FAILED: the tests left {n} process(es) running (listed above)");
+        failed += 1;
+        code = code.max(1);
+    }
     println!("xtask test: {passed} passed, {failed} failed, {skipped} skipped");
     Ok(code)
 }

@@ -47,7 +47,7 @@ impl Tap {
     }
 
     /// A stand-in over any file (a socket pair's end), for tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn for_tests(file: File) -> Self {
         Self { file, name: "test".into() }
     }

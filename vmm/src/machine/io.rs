@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
-use super::{Machine, lock};
+use super::{Machine, lock, spawn};
+use crate::sandbox::Role;
 use crate::vstate::sys::wait_ready;
 
 /// The longest the I/O thread waits before it looks at the devices again
@@ -32,7 +33,14 @@ impl<'a> Machine<'a> {
     /// `kernel_main`.
     pub(super) fn start_io<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
         if self.has_host_io && !self.io_started.swap(true, Ordering::SeqCst) {
-            scope.spawn(move || self.io_loop());
+            let started = spawn(scope, "io", move || {
+                if self.confine(Role::Io) {
+                    self.io_loop();
+                }
+            });
+            if let Err(e) = started {
+                self.finish(Some(Err(e)));
+            }
         }
     }
 

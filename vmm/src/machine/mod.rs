@@ -11,7 +11,7 @@ pub mod exit;
 mod io;
 pub mod ram;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::Scope;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use vmm_sys_util::errno;
 
 use crate::devices::Devices;
 use crate::error::{Error, Outcome};
+use crate::sandbox::{Installer, Role, Sandbox};
 use crate::timeline::{Phase, Timeline};
 use crate::vstate::{self, Vcpu, VcpuThreads, Vm};
 use exit::{Exit, Step, handle_exit};
@@ -29,6 +30,20 @@ pub use ram::PendingRam;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run `f` on a thread of `scope` named `name` (as `ps -L`, gdb and
+/// `/proc/PID/task/*/comm` show it).
+pub(crate) fn spawn<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() + Send + 'scope,
+) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(scope, f)
+        .map(|_| ())
+        .map_err(|e| Error::Config(format!("cannot start the {name} thread: {e}")))
 }
 
 /// A guest being run: what its vCPU threads share.
@@ -60,6 +75,14 @@ pub struct Machine<'a> {
     registers: Option<Mutex<Vec<crate::core_dump::CoreRegs>>>,
     /// With `--gdb`: the socket and what the vCPUs share with gdb's thread.
     gdb: Option<(crate::gdb::Listener, crate::gdb::Debugger)>,
+    /// Each thread's seccomp filter.
+    sandbox: Sandbox,
+    /// The vCPU filter on its way to every thread.
+    installer: Installer,
+    /// When the vCPU filter was on every thread (0: not yet known here).
+    sandboxed_ns: AtomicU64,
+    /// Whether the vCPU filter is known to be in place.
+    sandboxed: AtomicBool,
 }
 
 /// What the machine is made of, besides the VM and its memory.
@@ -81,12 +104,17 @@ pub struct Parts {
     /// `--gdb`: the bound socket and the debugger (which holds the guest
     /// before its first instruction until gdb continues).
     pub gdb: Option<(crate::gdb::Listener, crate::gdb::Debugger)>,
+    /// The threads' seccomp filters.
+    pub sandbox: Sandbox,
+    /// The sandbox thread, holding the vCPU filter.
+    pub installer: Installer,
 }
 
 impl<'a> Machine<'a> {
     /// A machine of `parts.cpus` vCPUs (vCPU 0 made by the caller).
     pub fn new(vm: &'a Vm, mem: &'a GuestMemoryMmap, parts: Parts) -> Result<Self, Error> {
-        let Parts { note, cpus, lapic, devices, pending, timeout, keep_registers, gdb } = parts;
+        let Parts { note, cpus, lapic, devices, pending, timeout, keep_registers, gdb, sandbox, installer } =
+            parts;
         if cpus > 1 || gdb.is_some() {
             vstate::vcpu::install_kick_handler()?;
         }
@@ -114,6 +142,10 @@ impl<'a> Machine<'a> {
                 .map_err(|e| Error::Kvm("eventfd", errno::Error::new(e.raw_os_error().unwrap_or(0))))?,
             registers: keep_registers.then(|| Mutex::new(Vec::new())),
             gdb,
+            sandbox,
+            installer,
+            sandboxed_ns: AtomicU64::new(0),
+            sandboxed: AtomicBool::new(false),
         })
     }
 
@@ -129,14 +161,23 @@ impl<'a> Machine<'a> {
 
     /// Run vCPU 0 on this thread until the guest stops; secondary vCPUs
     /// run on threads of `scope`, which the caller joins.
+    ///
+    /// The vCPU seccomp filter goes on every thread as the guest starts
+    /// (`sandbox::Installer`); no exit is handled before it is there.
     pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
         if let Some((listener, dbg)) = &self.gdb {
-            scope.spawn(move || {
-                let kick = || self.threads.kick_others();
-                let kill = || self.finish(Some(Ok(Outcome::Signalled(libc::SIGKILL))));
-                crate::gdb::serve(listener, dbg, self.mem, &self.stop, &kick, &kill);
+            let started = spawn(scope, "gdb", move || {
+                if self.sandboxed() && self.confine(Role::Gdb) {
+                    let kick = || self.threads.kick_others();
+                    let kill = || self.finish(Some(Ok(Outcome::Signalled(libc::SIGKILL))));
+                    crate::gdb::serve(listener, dbg, self.mem, &self.stop, &kick, &kill);
+                }
             });
+            if let Err(e) = started {
+                return self.finish(Some(Err(e)));
+            }
         }
+        self.installer.go();
         tl.mark(Phase::FirstRun);
         let out = self.run_vcpu(scope, vcpu, Some(tl));
         self.finish(out);
@@ -181,6 +222,45 @@ impl<'a> Machine<'a> {
         self.threads.kick_others();
     }
 
+    /// Wait until the vCPU filter is on every thread (at once, after the
+    /// first time); false (and the guest stopped) if it could not be.
+    fn sandboxed(&self) -> bool {
+        if self.sandboxed.load(Ordering::Acquire) {
+            return true;
+        }
+        match self.installer.wait() {
+            Ok(at) => {
+                self.sandboxed_ns.store(at.unwrap_or(0), Ordering::Relaxed);
+                self.sandboxed.store(true, Ordering::Release);
+                if std::env::var_os("TORITO_TEST_FORBIDDEN_SYSCALL").is_some() {
+                    vstate::sigsys::attempt_forbidden_call();
+                }
+                true
+            }
+            Err(e) => {
+                self.finish(Some(Err(e)));
+                false
+            }
+        }
+    }
+
+    /// When the vCPU filter was on every thread (`CLOCK_MONOTONIC` ns).
+    pub fn sandboxed_at(&self) -> Option<u64> {
+        Some(self.sandboxed_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// Install `role`'s seccomp filter on this thread; false (and the
+    /// guest stopped with the error) if it could not be.
+    fn confine(&self, role: Role) -> bool {
+        match self.sandbox.enter(role) {
+            Ok(()) => true,
+            Err(e) => {
+                self.finish(Some(Err(e)));
+                false
+            }
+        }
+    }
+
     /// Whether the guest is being stopped (by a vCPU, a signal or the
     /// timeout).
     fn stopping(&self) -> bool {
@@ -194,10 +274,13 @@ impl<'a> Machine<'a> {
             match self.started.compare_exchange(cur, want, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
                     for id in cur..want {
-                        scope.spawn(move || {
+                        let started = spawn(scope, &format!("vcpu{id}"), move || {
                             let out = self.run_secondary(scope, id);
                             self.finish(out);
                         });
+                        if let Err(e) = started {
+                            self.finish(Some(Err(e)));
+                        }
                     }
                     return;
                 }
@@ -231,6 +314,8 @@ impl<'a> Machine<'a> {
         mut tl: Option<&mut Timeline>,
     ) -> Option<Result<Outcome, Error>> {
         vcpu.receive_kicks();
+        // The vCPU filter: from the sandbox thread, or inherited.
+        self.sandbox.inherit(Role::Vcpu);
         let dbg = self.gdb.as_ref().map(|(_, d)| d);
         if let Some(d) = dbg {
             d.enter(vcpu.id());
@@ -280,6 +365,10 @@ impl<'a> Machine<'a> {
             if let Some(tl) = tl.as_deref_mut() {
                 tl.runs += 1;
             }
+            // The guest's first exit is the first the monitor acts on.
+            if !self.sandboxed() {
+                return None;
+            }
             // RAM not registered yet: the monitor does the access.
             let done = match exit {
                 Exit::MmioRead(a, ref mut d) if pending.contains(a) => {
@@ -308,7 +397,14 @@ impl<'a> Machine<'a> {
                 Step::StartCores(n) => self.start_cores(scope, n),
                 Step::Interrupt(line) => self.device_interrupt(line),
                 Step::TestInterrupt(vector, apic, delay_us) => {
-                    scope.spawn(move || self.test_interrupt(vector, apic, delay_us));
+                    let started = spawn(scope, "irq-test", move || {
+                        if self.confine(Role::Timer) {
+                            self.test_interrupt(vector, apic, delay_us);
+                        }
+                    });
+                    if let Err(e) = started {
+                        return Some(Err(e));
+                    }
                 }
                 Step::DebugTrap(frame) => {
                     if let Some((_, dbg)) = &self.gdb {

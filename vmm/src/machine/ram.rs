@@ -6,8 +6,9 @@ use std::thread::Scope;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::lock;
+use super::{lock, spawn};
 use crate::error::Error;
+use crate::sandbox::{Role, Sandbox};
 use crate::vstate::{DeferredRam, Vm};
 
 /// RAM whose registration with KVM was deferred, registered on another
@@ -22,6 +23,7 @@ pub struct PendingRam {
     state: Mutex<RamState>,
     done: Condvar,
     accesses: AtomicU64,
+    sandbox: Sandbox,
 }
 
 enum RamState {
@@ -31,11 +33,12 @@ enum RamState {
 }
 
 impl PendingRam {
-    /// `deferred` RAM, to be registered on a thread later.
-    pub fn new(deferred: DeferredRam) -> Self {
+    /// `deferred` RAM, to be registered later on a thread that `sandbox`
+    /// confines.
+    pub fn new(deferred: DeferredRam, sandbox: Sandbox) -> Self {
         let ranges = deferred.ranges();
         let state = if deferred.is_empty() { RamState::Done(Ok(())) } else { RamState::Deferred(deferred) };
-        Self { ranges, state: Mutex::new(state), done: Condvar::new(), accesses: AtomicU64::new(0) }
+        Self { ranges, state: Mutex::new(state), done: Condvar::new(), accesses: AtomicU64::new(0), sandbox }
     }
 
     /// Start registering on a thread of `scope`, if that has not started.
@@ -46,11 +49,15 @@ impl PendingRam {
         }
         let RamState::Deferred(d) = std::mem::replace(&mut *g, RamState::Registering) else { return };
         drop(g);
-        scope.spawn(move || {
-            let r = vm.register(&d);
+        let started = spawn(scope, "ram", move || {
+            let r = self.sandbox.enter(Role::Ram).and_then(|()| vm.register(&d));
             *lock(&self.state) = RamState::Done(r);
             self.done.notify_all();
         });
+        if let Err(e) = started {
+            *lock(&self.state) = RamState::Done(Err(e));
+            self.done.notify_all();
+        }
     }
 
     /// Whether `addr` lies in the deferred RAM.

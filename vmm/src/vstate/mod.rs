@@ -9,9 +9,11 @@
 //!   that stop it (kicks between vCPUs, the timeout).
 //! - [`sys`]: host calls that are not KVM's (clock, `poll`, `TUNSETIFF`,
 //!   `mincore`).
+//! - [`sigsys`]: a forbidden system call's one line, then `SIGSYS`.
 
 pub mod kvm;
 pub mod memory;
+pub mod sigsys;
 pub mod sys;
 pub mod vcpu;
 pub mod vm;

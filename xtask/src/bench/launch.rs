@@ -34,6 +34,9 @@ pub struct Launch {
     pub notes: Vec<String>,
     /// exec → kernel_main with a NIC / without, paired runs (min, median, max).
     pub nic_ratio: Option<(f64, f64, f64)>,
+    /// exec → kernel_main with the seccomp filters − without, paired runs
+    /// (µs: min, median, max).
+    pub seccomp_cost: Option<(f64, f64, f64)>,
     /// The hello ELF (its size is a target).
     pub hello: PathBuf,
 }
@@ -50,6 +53,7 @@ pub enum Kind {
 }
 
 /// One configuration: a command launched again and again.
+#[derive(Clone)]
 pub struct Config {
     /// Its name in the report.
     pub name: String,
@@ -408,7 +412,17 @@ pub fn run(monitor: &Path, opts: &Options) -> Result<Launch, String> {
         ip(&["tuntap", "del", "dev", &tap, "mode", "tap"]);
     }
     let (samples, nic_ratio) = measured?;
-    Ok(Launch { configs, samples, runs: opts.runs, warmup: opts.warmup, notes, nic_ratio, hello })
+    let seccomp_cost = seccomp_pairs(&configs[0], opts)?;
+    Ok(Launch {
+        configs,
+        samples,
+        runs: opts.runs,
+        warmup: opts.warmup,
+        notes,
+        nic_ratio,
+        seccomp_cost,
+        hello,
+    })
 }
 
 /// The shuffled rounds, then the NIC's pairs: every configuration's
@@ -466,6 +480,31 @@ fn rounds(
         nic_ratio = summary(&r);
     }
     Ok((samples, nic_ratio))
+}
+
+/// What the seccomp filters cost the launch: pairs of (`base`, the same
+/// with `--no-seccomp`), in alternating order; each pair's difference of
+/// exec → kernel_main, in µs.
+fn seccomp_pairs(base: &Config, opts: &Options) -> Result<Option<(f64, f64, f64)>, String> {
+    let mut off = base.clone();
+    off.name = format!("{} --no-seccomp", base.name);
+    off.args.insert(0, "--no-seccomp".into());
+    let km = |s: &Sample| s.event("kernel_main");
+    let mut d = Vec::new();
+    for round in 0..opts.runs + opts.warmup {
+        let (on, without) = if round % 2 == 0 {
+            (launch(base)?, launch(&off)?)
+        } else {
+            let o = launch(&off)?;
+            (launch(base)?, o)
+        };
+        if round >= opts.warmup
+            && let (Some(x), Some(y)) = (km(&on), km(&without))
+        {
+            d.push(x - y);
+        }
+    }
+    Ok(summary(&d))
 }
 
 /// The order of one round: the Torito block and every other configuration

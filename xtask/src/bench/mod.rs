@@ -76,6 +76,9 @@ impl Options {
 
 /// Run the benchmark; `Ok(false)` when a target was missed.
 pub fn run(opts: &Options) -> Result<bool, String> {
+    // Every process the bench starts carries this mark, so that what
+    // outlives it is found at the end.
+    let mark = crate::group::mark_this_process();
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     eprintln!("bench: building the monitor");
     let monitor = crate::build_monitor(true)?;
@@ -110,6 +113,11 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     if opts.wants(Section::Soak) {
         soak::run(&monitor, &opts.out, &mut verdicts)?;
     }
+    let settled = crate::testing::poll(std::time::Duration::from_secs(3), || {
+        crate::group::left_behind(&mark).is_empty()
+    });
+    let left = if settled { 0 } else { crate::group::kill_left_behind(&mark, "bench") };
+    verdicts.check(left == 0, format!("processes the bench started and left running: {left} (0)"));
     Ok(verdicts.print())
 }
 

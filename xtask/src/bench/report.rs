@@ -268,6 +268,15 @@ impl Launch {
         if let Some(e) = self.median(HELLO, emulated) {
             v.check(e <= 100.0, format!("hello: {e:.0} emulated instructions ≤ 100"));
         }
+        if let Some((lo, m, hi)) = self.seccomp_cost {
+            v.check(
+                m <= 50.0,
+                format!(
+                    "installing the seccomp filters: exec → kernel_main with − without, paired runs, median \
+                     {m:.0} µs (min {lo:.0}, max {hi:.0}) ≤ 50"
+                ),
+            );
+        }
         if let Some((_, r, _)) = self.nic_ratio {
             v.check(
                 r <= 1.10,
@@ -370,6 +379,7 @@ impl Launch {
             "time_zero": "launcher CLOCK_MONOTONIC before spawn",
             "hello_elf_bytes": std::fs::metadata(&self.hello).map(|m| m.len()).ok(),
             "nic_ratio": self.nic_ratio.map(|(a, b, c)| json!({"min": a, "median": b, "max": c})),
+            "seccomp_cost_us": self.seccomp_cost.map(|(a, b, c)| json!({"min": a, "median": b, "max": c})),
             "notes": self.notes, "configs": configs,
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

@@ -128,6 +128,10 @@ impl Net {
         if self.waiting.is_none() {
             let _ = queue.disable_notification(mem);
         }
+        // A buffer seen posted after the queue looked empty is tried once:
+        // a hostile driver's ring can say "more" for ever (an index beyond
+        // the queue's size, a used ring outside RAM) and hand out nothing.
+        let mut retried = false;
         loop {
             let frame = match self.waiting.take() {
                 Some(f) => f,
@@ -167,13 +171,15 @@ impl Net {
                 // taken now.
                 self.waiting = Some(frame);
                 match queue.enable_notification(mem) {
-                    Ok(true) => {
+                    Ok(true) if !retried => {
+                        retried = true;
                         let _ = queue.disable_notification(mem);
                         continue;
                     }
                     _ => return,
                 }
             }
+            retried = false;
         }
     }
 

@@ -1,0 +1,132 @@
+//! The vCPU filter onto every thread, off the launch path.
+//!
+//! Installing a filter costs the kernel ~100 µs on this host (checking,
+//! translating and JIT-compiling it, then running it once per system call
+//! number to fill its cache), and compiling it here as much again. Done on
+//! the main thread, that would all come before the guest's first
+//! instruction. Instead a thread of its own compiles it while the monitor
+//! sets the VM up, and when told [`Installer::go`] (the set-up is over)
+//! installs it on every thread at once (`SECCOMP_FILTER_FLAG_TSYNC`) while
+//! the guest runs its first instructions. The main thread waits for it
+//! ([`Installer::wait`]) before it acts on the guest's first exit: the
+//! guest's code before that is its own and KVM's, so no code of the
+//! monitor that a guest drives ever runs unfiltered.
+//!
+//! The thread waits for `go` by polling a flag and yielding, not on a
+//! futex: being woken would put it on the main thread's CPU as often as
+//! not, and the install would then delay the guest's start after all. On
+//! a host that gives the monitor one CPU there is nothing to overlap: the
+//! main thread compiles and installs the filter itself, at `go`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use seccompiler::BpfProgram;
+
+use super::{Role, Sandbox};
+use crate::error::Error;
+use crate::machine::lock;
+use crate::vstate::{sigsys, sys};
+
+const COMPILING: u8 = 0;
+const GO: u8 = 1;
+const CANCELLED: u8 = 2;
+const DONE: u8 = 3;
+
+struct Shared {
+    stage: AtomicU8,
+    /// When the filter was on every thread (`CLOCK_MONOTONIC` ns), or why
+    /// it is not; set before `stage` becomes `DONE`.
+    result: Mutex<Option<Result<u64, String>>>,
+    done: Condvar,
+}
+
+/// The vCPU filter on its way to every thread.
+pub struct Installer {
+    shared: Arc<Shared>,
+    /// On a one-CPU host (or with no thread to spare): the main thread
+    /// installs at `go`.
+    inline: Option<Sandbox>,
+}
+
+impl Installer {
+    /// Start compiling `sandbox`'s vCPU filter.
+    pub(super) fn start(sandbox: &Sandbox) -> Result<Self, Error> {
+        let shared = Arc::new(Shared {
+            stage: AtomicU8::new(COMPILING),
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        if !sandbox.enabled() {
+            finish(&shared, Ok(0));
+            return Ok(Self { shared, inline: None });
+        }
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return Ok(Self { shared, inline: Some(sandbox.clone()) });
+        }
+        let (mine, theirs) = (sandbox.clone(), shared.clone());
+        let spawned =
+            std::thread::Builder::new().name("sandbox".into()).stack_size(256 << 10).spawn(move || {
+                let bpf = mine.compile(Role::Vcpu);
+                loop {
+                    match theirs.stage.load(Ordering::Acquire) {
+                        GO => break,
+                        CANCELLED => return,
+                        _ => std::thread::yield_now(),
+                    }
+                }
+                finish(&theirs, bpf.and_then(|b| install(&b)));
+            });
+        match spawned {
+            Ok(_) => Ok(Self { shared, inline: None }),
+            // No thread to spare: do it inline.
+            Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()) }),
+        }
+    }
+
+    /// The monitor's set-up is over: install the filter on every thread.
+    pub fn go(&self) {
+        if let Some(sandbox) = &self.inline {
+            if self.shared.stage.load(Ordering::Acquire) == COMPILING {
+                finish(&self.shared, sandbox.compile(Role::Vcpu).and_then(|b| install(&b)));
+            }
+            return;
+        }
+        let _ = self.shared.stage.compare_exchange(COMPILING, GO, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Wait until the filter is on every thread: when that happened
+    /// (`None` without filters), or why it could not be.
+    pub fn wait(&self) -> Result<Option<u64>, Error> {
+        let mut g = lock(&self.shared.result);
+        while g.is_none() {
+            g = self.shared.done.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        match g.as_ref() {
+            Some(Ok(0)) | None => Ok(None),
+            Some(Ok(t)) => Ok(Some(*t)),
+            Some(Err(e)) => Err(Error::Sandbox(e.clone())),
+        }
+    }
+}
+
+impl Drop for Installer {
+    /// A run that ends before its guest started lets the sandbox thread
+    /// end without installing anything.
+    fn drop(&mut self) {
+        let _ = self.shared.stage.compare_exchange(COMPILING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+fn install(bpf: &BpfProgram) -> Result<u64, Error> {
+    sigsys::catch_forbidden()?;
+    seccompiler::apply_filter_all_threads(bpf)
+        .map_err(|e| Error::Sandbox(format!("cannot install the seccomp filter: {e}")))?;
+    Ok(sys::now_ns())
+}
+
+fn finish(shared: &Shared, r: Result<u64, Error>) {
+    *lock(&shared.result) = Some(r.map_err(|e| e.to_string()));
+    shared.stage.store(DONE, Ordering::Release);
+    shared.done.notify_all();
+}

@@ -1,0 +1,159 @@
+//! `cargo xtask fuzz [TARGET] [--time SECONDS]`: the monitor's fuzz
+//! targets (`fuzz/`), one after the other, with cargo-fuzz and libFuzzer.
+//!
+//! cargo-fuzz needs the nightly toolchain (sanitizer coverage); nothing
+//! else in the project does: the build and the tests use the stable one.
+//! Each target starts from its seed corpus, `fuzz/corpus/TARGET/` (small,
+//! committed), and adds what it finds there; a crash is left in
+//! `fuzz/artifacts/TARGET/` by libFuzzer and should be copied into the
+//! corpus once fixed: the stable unit tests replay every corpus file
+//! (`vmm::fuzzing`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// The targets, in the order they run.
+pub const TARGETS: [&str; 6] = ["elf", "command_line", "mmio", "virtio_blk", "virtio_net", "virtio_vsock"];
+
+/// What one target's run came to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// The target.
+    pub target: String,
+    /// Inputs run.
+    pub executions: u64,
+    /// Coverage points reached (libFuzzer's `cov:`).
+    pub coverage: u64,
+    /// Inputs in the corpus at the end.
+    pub corpus: u64,
+    /// Seconds spent.
+    pub seconds: u64,
+    /// libFuzzer's peak RSS (MB).
+    pub peak_rss_mb: u64,
+    /// Whether it ended without a crash, timeout or out-of-memory.
+    pub clean: bool,
+}
+
+/// The nightly toolchain and cargo-fuzz, or what to install.
+fn check_tools() -> Result<(), String> {
+    let fuzz = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output();
+    match fuzz {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("cargo-fuzz on the nightly toolchain is needed: rustup toolchain install nightly && cargo \
+                  +nightly install cargo-fuzz"
+            .into()),
+    }
+}
+
+/// Run `targets` (all of [`TARGETS`] when empty) for `seconds` each.
+pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
+    for t in targets {
+        if !TARGETS.contains(&t.as_str()) {
+            return Err(format!("no fuzz target '{t}' (there are: {})", TARGETS.join(", ")));
+        }
+    }
+    check_tools()?;
+    let all: Vec<String> = TARGETS.iter().map(|t| t.to_string()).collect();
+    let targets = if targets.is_empty() { &all[..] } else { targets };
+    let dir = crate::root().join("fuzz");
+    let mut outcomes = Vec::new();
+    for t in targets {
+        eprintln!("fuzz: {t} for {seconds} s");
+        let corpus = dir.join("corpus").join(t);
+        // The corpus grows in a scratch copy; the committed seeds stay few.
+        let work = crate::root().join("target/fuzz-corpus").join(t);
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let mut c = Command::new("cargo");
+        c.current_dir(crate::root())
+            .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
+            .arg(&dir)
+            .args(["--release", "--debug-assertions", t])
+            .arg(&work)
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1", "-timeout=10"])
+            .args(["-rss_limit_mb=2048", "-max_len=16384", "-print_pcs=0"])
+            .env("RUSTUP_TOOLCHAIN", "nightly")
+            .stderr(Stdio::piped());
+        let mut child = crate::group::spawn(&mut c).map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let mut out = Outcome { target: t.clone(), seconds, ..Default::default() };
+        if let Some(err) = child.take_stderr() {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                parse_line(&line, &mut out);
+                if line.contains("ERROR: libFuzzer")
+                    || line.contains("SUMMARY:")
+                    || line.starts_with("stat::")
+                {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        let status = child.wait_with_output().map_err(|e| format!("cargo fuzz: {e}"))?.status;
+        out.clean = status.success();
+        eprintln!(
+            "fuzz: {t}: {} executions, coverage {}, corpus {}, {} s, peak RSS {} MB: {}",
+            out.executions,
+            out.coverage,
+            out.corpus,
+            out.seconds,
+            out.peak_rss_mb,
+            if out.clean { "no crash, timeout or OOM" } else { "FAILED (see fuzz/artifacts)" }
+        );
+        outcomes.push(out);
+    }
+    Ok(outcomes)
+}
+
+/// Take what libFuzzer says into `out`: status lines (`#N ... cov: C
+/// ... corp: K/...`) and final statistics (`stat::name: value`).
+pub fn parse_line(line: &str, out: &mut Outcome) {
+    let after = |key: &str| {
+        line.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if line.starts_with('#') {
+        if let Some(c) = after("cov:") {
+            out.coverage = c;
+        }
+        if let Some(c) = after("corp:") {
+            out.corpus = c;
+        }
+    }
+    if let Some(v) = line.strip_prefix("stat::number_of_executed_units:") {
+        out.executions = v.trim().parse().unwrap_or(out.executions);
+    }
+    if let Some(v) = line.strip_prefix("stat::peak_rss_mb:") {
+        out.peak_rss_mb = v.trim().parse().unwrap_or(out.peak_rss_mb);
+    }
+    if let Some(v) = line.strip_prefix("Done ").and_then(|r| r.split_whitespace().next()) {
+        out.executions = v.parse().unwrap_or(out.executions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libfuzzer_lines_are_read() {
+        let mut o = Outcome::default();
+        parse_line(
+            "#1048576\tpulse  cov: 1234 ft: 4567 corp: 89/12Kb lim: 4096 exec/s: 9000 rss: 80Mb",
+            &mut o,
+        );
+        parse_line("stat::number_of_executed_units: 10000001", &mut o);
+        parse_line("stat::peak_rss_mb:              91", &mut o);
+        assert_eq!((o.coverage, o.corpus, o.executions, o.peak_rss_mb), (1234, 89, 10_000_001, 91));
+    }
+
+    #[test]
+    fn every_target_has_a_file_and_seeds() {
+        for t in TARGETS {
+            let root = crate::root().join("fuzz");
+            assert!(root.join("fuzz_targets").join(format!("{t}.rs")).exists(), "{t}");
+            assert!(std::fs::read_dir(root.join("corpus").join(t)).unwrap().count() > 0, "{t}");
+        }
+    }
+}
