@@ -56,8 +56,12 @@ const DESC: u64 = 0x0;
 const AVAIL: u64 = 0x800;
 const USED: u64 = 0x1000;
 
+/// A scratch file's path: in memory (`/dev/shm`) where there is one, as
+/// the disk is rewritten for every input.
 fn scratch(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("torito-fuzz-{name}-{}", std::process::id()))
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    dir.join(format!("torito-fuzz-{name}-{}", std::process::id()))
 }
 
 fn make(kind: Kind, readonly: bool) -> Option<(MmioDevice, Option<std::os::unix::net::UnixDatagram>)> {

@@ -933,3 +933,24 @@ fn every_thread_of_a_running_monitor_is_filtered() {
         assert!(names.iter().any(|n| n == want), "no {want} thread in {names:?}");
     }
 }
+
+/// A guest that prints 64 MiB as fast as it can (`flood`): the monitor
+/// streams it to its standard output, one console write (≤ 64 KiB) at a
+/// time; its peak RSS stays under 16 MiB.
+#[test]
+fn a_guest_printing_a_lot_is_streamed_not_kept() {
+    if !kvm() {
+        return;
+    }
+    let out = torito()
+        .args(["--timeout", "120", "--timeline=json"])
+        .arg(guest("flood"))
+        .args(["--", "64"])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("run torito");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let rss = json_u64(&err, "peak_rss_kib").expect("peak RSS in the timeline");
+    assert!(rss < 16 * 1024, "peak RSS {rss} KiB after printing 64 MiB");
+}

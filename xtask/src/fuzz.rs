@@ -13,7 +13,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 /// The targets, in the order they run.
-pub const TARGETS: [&str; 6] = ["elf", "command_line", "mmio", "virtio_blk", "virtio_net", "virtio_vsock"];
+pub const TARGETS: [&str; 7] =
+    ["elf", "command_line", "kernel_cmdline", "mmio", "virtio_blk", "virtio_net", "virtio_vsock"];
 
 /// What one target's run came to.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -190,9 +190,10 @@ fn check_http(ns: &Netns, www: &Path) {
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    let t = Instant::now();
     assert_eq!(status(ns, &[&url("/")]), "200");
-    assert!(t.elapsed() < Duration::from_secs(2), "the others waited {:?}", t.elapsed());
+    // Served while the slow client still trickles (≥ 9 s of it): an
+    // order, not a time, so a loaded machine does not change the verdict.
+    assert!(!slow.is_finished(), "the others were served only after the slow client");
     let answer = slow.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
 }

@@ -54,6 +54,18 @@ fn parse_size(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The fuzz corpus of the kernel's command-line parsers
+    /// (`fuzz/corpus/kernel_cmdline`, findings included) parses without a
+    /// panic.
+    #[test]
+    fn the_fuzz_corpus_parses() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kernel_cmdline");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let line = String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned();
+            let _ = mmio_devices(&line).take(64).count();
+        }
+    }
+
     #[test]
     fn qemu_firecracker_and_torito_formats() {
         let line = "a virtio_mmio.device=512@0xfeb00e00:12 b virtio_mmio.device=4K@0xd0000000:5";

@@ -44,6 +44,18 @@ impl NetConfig {
 mod tests {
     use super::*;
 
+    /// The fuzz corpus of the kernel's command-line parsers
+    /// (`fuzz/corpus/kernel_cmdline`, findings included) parses without a
+    /// panic.
+    #[test]
+    fn the_fuzz_corpus_parses() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kernel_cmdline");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let line = String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned();
+            let _ = NetConfig::from_cmdline(&line);
+        }
+    }
+
     #[test]
     fn addresses_from_the_command_line() {
         assert_eq!(

@@ -5,7 +5,7 @@
 //! netload ADDR:PORT rr N SECONDS    # N connections doing 64-byte request/response
 //! netload ADDR:PORT stream SECONDS  # one connection, send and read back at once: MB/s
 //! netload ADDR:PORT reset           # connect, send, reset (RST) without reading
-//! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold 2 s
+//! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold until stdin ends (60 s at most)
 //! netload ADDR:PORT bulk BYTES MS   # one connection echoes BYTES, compared byte for
 //!                                   # byte; the reader (32 KiB of socket buffer) first
 //!                                   # stalls MS ms, so the guest meets a zero window
@@ -265,7 +265,15 @@ fn main() {
             let mut s = connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
             s.set_write_timeout(Some(Duration::from_secs(2))).ok();
             let sent = s.write(&pattern(0, len)).unwrap_or(0);
-            std::thread::sleep(Duration::from_secs(2));
+            // Held until the caller closes our stdin (so that a test can
+            // check the others were served meanwhile, however slow the
+            // machine), 60 s at most.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(60));
             println!("netload: idle peer sent {sent} bytes and read nothing");
         }
         Some("garbage") => {
