@@ -49,7 +49,8 @@ mod tests {
     /// panic.
     #[test]
     fn the_fuzz_corpus_parses() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kernel_cmdline");
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kernel_cmdline");
         for e in std::fs::read_dir(dir).unwrap() {
             let line = String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned();
             let _ = NetConfig::from_cmdline(&line);

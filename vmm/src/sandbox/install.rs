@@ -61,7 +61,7 @@ impl Installer {
             finish(&shared, Ok(0));
             return Ok(Self { shared, inline: None });
         }
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        if sys::cpus_allowed() < 2 {
             return Ok(Self { shared, inline: Some(sandbox.clone()) });
         }
         let (mine, theirs) = (sandbox.clone(), shared.clone());

@@ -1,5 +1,7 @@
 //! The monitor's sandbox: a seccomp filter on every thread, allowing only
-//! the system calls that thread needs (seccompiler builds the BPF).
+//! the system calls that thread needs. [`tree`] lays each filter out as
+//! BPF (why not seccompiler's compiler: see there); seccompiler installs
+//! it, and its own compiler is what the tests check ours against.
 //!
 //! The guest is not trusted; should it ever take over the monitor (a bug
 //! in a device model), the filters keep it from the rest of the host: no

@@ -1,5 +1,6 @@
 //! Host calls the monitor makes besides KVM's: the clock, waiting on
-//! descriptors, the TAP device's `TUNSETIFF`, and its own memory figures.
+//! descriptors, the TAP device's `TUNSETIFF`, its own memory figures and
+//! CPU affinity.
 //! `vmm-sys-util` has no safe form of these (its `poll` module is epoll
 //! with registration, heavier than one `poll` over a changing set), so the
 //! few `unsafe` calls are here, beside the KVM ones.
@@ -19,6 +20,21 @@ pub fn random_u64s<const N: usize>() -> Option<[u64; N]> {
     // SAFETY: `out` is a valid, writable buffer of `len` bytes.
     let n = unsafe { libc::syscall(libc::SYS_getrandom, out.as_mut_ptr(), len, 0) };
     (n == len as libc::c_long).then_some(out)
+}
+
+/// How many CPUs this thread may run on (`sched_getaffinity`): one
+/// system call, where std's `available_parallelism` also reads the
+/// cgroup's files (~30 calls); 1 if it fails.
+pub fn cpus_allowed() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid and writable for `size_of_val(&set)` bytes.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return 1;
+    }
+    // SAFETY: `set` was filled in by the kernel.
+    (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds.
