@@ -916,20 +916,40 @@ fn every_thread_of_a_running_monitor_is_filtered() {
         line.clear();
     }
     assert!(line.contains("threads: 2 core(s)"), "{line}");
+    // (name, Seccomp field) of each thread of the monitor; KVM's own
+    // workers (`kvm-nx-lpage-recovery`, in the process's thread group on
+    // recent kernels) run no code of ours and are left out.
     let tasks = std::path::PathBuf::from(format!("/proc/{}/task", vm.id()));
-    let mut names = Vec::new();
-    for t in std::fs::read_dir(&tasks).unwrap() {
-        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
-        let field = |k: &str| {
-            status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default()
-        };
-        assert_eq!(field("Seccomp:"), "2", "{status}");
-        names.push(field("Name:"));
+    let threads = || -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for t in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            if !field("Name:").starts_with("kvm-") {
+                v.push((field("Name:"), field("Seccomp:")));
+            }
+        }
+        v
+    };
+    // A thread names itself once it runs: on a busy machine that can be a
+    // moment after the guest's line.
+    let named = |v: &[(String, String)]| ["io", "vcpu1"].iter().all(|w| v.iter().any(|(n, _)| n == w));
+    xtask::testing::poll(std::time::Duration::from_secs(30), || named(&threads()));
+    let all = threads();
+    for (name, seccomp) in &all {
+        assert_eq!(seccomp, "2", "thread {name}: {all:?}");
     }
+    let mut names: Vec<String> = all.into_iter().map(|(n, _)| n).collect();
     vm.kill();
     let _ = std::fs::remove_file(&uds);
     names.sort();
-    for want in ["io", "torito", "vcpu1"] {
+    for want in ["io", "vcpu1"] {
         assert!(names.iter().any(|n| n == want), "no {want} thread in {names:?}");
     }
 }
