@@ -63,6 +63,9 @@ pub enum Error {
     /// The sandbox (seccomp filters) could not be set up.
     #[error("{0}")]
     Sandbox(String),
+    /// The host refused a thread.
+    #[error("{0}")]
+    Thread(String),
 }
 
 fn kvm_hint(e: &std::io::Error) -> &'static str {
@@ -84,7 +87,11 @@ impl Error {
             Error::ReadKernel(..) | Error::Disk(_) => EXIT_NO_INPUT,
             Error::BadImage(..) => EXIT_BAD_IMAGE,
             Error::KvmOpen(..) | Error::KvmCapability(_) => EXIT_KVM_UNAVAILABLE,
-            Error::Kvm(..) | Error::Memory(..) | Error::GuestWrite(_) | Error::Sandbox(_) => EXIT_OS,
+            Error::Kvm(..)
+            | Error::Memory(..)
+            | Error::GuestWrite(_)
+            | Error::Sandbox(_)
+            | Error::Thread(_) => EXIT_OS,
             Error::Config(_) | Error::Net(_) => EXIT_CONFIG,
             Error::Share(_, true) => EXIT_NO_PERMISSION,
             Error::Share(_, false) => EXIT_NO_INPUT,

@@ -16,7 +16,7 @@
 //! beyond what the device bounds allow.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use torito_abi::layout::{TORITO_MMIO_BASE, VIRTIO_MMIO_BASE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -56,24 +56,28 @@ const DESC: u64 = 0x0;
 const AVAIL: u64 = 0x800;
 const USED: u64 = 0x1000;
 
-/// A scratch file's path: in memory (`/dev/shm`) where there is one, as
-/// the disk is rewritten for every input.
+/// A scratch file's path, new at each call (tests run inputs on several
+/// threads at once): in memory (`/dev/shm`) where there is one. Removed
+/// as soon as the device holds it open, so nothing is left behind.
 fn scratch(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-    dir.join(format!("torito-fuzz-{name}-{}", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("torito-fuzz-{name}-{}-{n}", std::process::id()))
 }
 
 fn make(kind: Kind, readonly: bool) -> Option<(MmioDevice, Option<std::os::unix::net::UnixDatagram>)> {
     match kind {
         Kind::None => None,
         Kind::Blk => {
-            static DISK: OnceLock<PathBuf> = OnceLock::new();
-            let path = DISK.get_or_init(|| scratch("disk"));
-            // The same disk every run, so a run can be replayed.
-            std::fs::write(path, vec![0u8; 64 << 10]).ok()?;
+            // The same (zeroed) disk every run, so a run can be replayed.
+            let path = scratch("disk");
+            std::fs::write(&path, vec![0u8; 64 << 10]).ok()?;
             let cfg = crate::config::DiskConfig { path: path.clone(), readonly, iothread: false };
-            crate::devices::virtio::blk::open(&cfg, 0).ok().map(|d| (d, None))
+            let dev = crate::devices::virtio::blk::open(&cfg, 0);
+            let _ = std::fs::remove_file(&path);
+            dev.ok().map(|d| (d, None))
         }
         Kind::Net => {
             let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().ok()?;
@@ -85,11 +89,12 @@ fn make(kind: Kind, readonly: bool) -> Option<(MmioDevice, Option<std::os::unix:
             Some((MmioDevice::new(net), Some(theirs)))
         }
         Kind::Vsock => {
-            static UDS: OnceLock<PathBuf> = OnceLock::new();
-            let uds = UDS.get_or_init(|| scratch("vsock.sock"));
-            let _ = std::fs::remove_file(uds);
+            let uds = scratch("vsock.sock");
             let cfg = crate::config::VsockConfig { cid: 3, uds: uds.clone() };
-            crate::devices::virtio::vsock::open(&cfg).ok().map(|d| (d, None))
+            let dev = crate::devices::virtio::vsock::open(&cfg);
+            // The listener stays open; nobody needs to connect.
+            let _ = std::fs::remove_file(&uds);
+            dev.ok().map(|d| (d, None))
         }
     }
 }

@@ -4,7 +4,8 @@
 //! cargo-fuzz needs the nightly toolchain (sanitizer coverage); nothing
 //! else in the project does: the build and the tests use the stable one.
 //! Each target starts from its seed corpus, `fuzz/corpus/TARGET/` (small,
-//! committed), and adds what it finds there; a crash is left in
+//! committed), and adds what it finds to `target/fuzz-corpus/TARGET/`; a
+//! crash is left in
 //! `fuzz/artifacts/TARGET/` by libFuzzer and should be copied into the
 //! corpus once fixed: the stable unit tests replay every corpus file
 //! (`vmm::fuzzing`).
@@ -73,6 +74,8 @@ pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
             .arg(&corpus)
             .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1", "-timeout=10"])
             .args(["-rss_limit_mb=2048", "-max_len=16384", "-print_pcs=0"])
+            // For the cargo that cargo-fuzz runs, under this checkout's
+            // pinned stable toolchain file.
             .env("RUSTUP_TOOLCHAIN", "nightly")
             .stderr(Stdio::piped());
         let mut child = crate::group::spawn(&mut c).map_err(|e| format!("cannot run cargo fuzz: {e}"))?;

@@ -218,8 +218,8 @@ enum Cmd {
     /// Fuzz the monitor's guest-facing parsers with cargo-fuzz (nightly
     /// toolchain, for this only): every target, or the ones named.
     Fuzz {
-        /// Targets (default: all): elf, command_line, mmio, virtio_blk,
-        /// virtio_net, virtio_vsock.
+        /// Targets (default: all): elf, command_line, kernel_cmdline, mmio,
+        /// virtio_blk, virtio_net, virtio_vsock.
         targets: Vec<String>,
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

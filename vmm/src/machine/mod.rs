@@ -43,7 +43,7 @@ pub(crate) fn spawn<'scope, 'env>(
         .name(name.into())
         .spawn_scoped(scope, f)
         .map(|_| ())
-        .map_err(|e| Error::Config(format!("cannot start the {name} thread: {e}")))
+        .map_err(|e| Error::Thread(format!("cannot start the {name} thread: {e}")))
 }
 
 /// A guest being run: what its vCPU threads share.
@@ -180,6 +180,14 @@ impl<'a> Machine<'a> {
         self.installer.go();
         tl.mark(Phase::FirstRun);
         let out = self.run_vcpu(scope, vcpu, Some(tl));
+        // A guest stopped before its first exit (a signal, the timeout):
+        // the filter is on its way all the same; let it land now, not at
+        // some point of the teardown.
+        if !self.sandboxed.load(Ordering::Acquire)
+            && let Ok(at) = self.installer.wait()
+        {
+            self.sandboxed_ns.store(at.unwrap_or(0), Ordering::Relaxed);
+        }
         self.finish(out);
     }
 

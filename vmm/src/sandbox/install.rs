@@ -14,8 +14,10 @@
 //!
 //! The thread waits for `go` by polling a flag and yielding, not on a
 //! futex: being woken would put it on the main thread's CPU as often as
-//! not, and the install would then delay the guest's start after all. On
-//! a host that gives the monitor one CPU there is nothing to overlap: the
+//! not, and the install would then delay the guest's start after all.
+//! It polls for at most [`SPIN`] (a set-up takes ~1 ms), then every
+//! millisecond asleep, so that a CPU quota is not spent spinning. On a
+//! host that gives the monitor one CPU there is nothing to overlap: the
 //! main thread compiles and installs the filter itself, at `go`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -27,6 +29,10 @@ use super::{Role, Sandbox};
 use crate::error::Error;
 use crate::machine::lock;
 use crate::vstate::{sigsys, sys};
+
+/// How long the sandbox thread polls for `go` before it sleeps between
+/// looks.
+const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
 const COMPILING: u8 = 0;
 const GO: u8 = 1;
@@ -67,14 +73,19 @@ impl Installer {
         let (mine, theirs) = (sandbox.clone(), shared.clone());
         let spawned =
             std::thread::Builder::new().name("sandbox".into()).stack_size(256 << 10).spawn(move || {
+                // Whatever happens here (a panic included), a waiter is told.
+                let guard = Unfinished(&theirs);
+                let started = std::time::Instant::now();
                 let bpf = mine.compile(Role::Vcpu);
                 loop {
                     match theirs.stage.load(Ordering::Acquire) {
                         GO => break,
                         CANCELLED => return,
-                        _ => std::thread::yield_now(),
+                        _ if started.elapsed() < SPIN => std::thread::yield_now(),
+                        _ => std::thread::sleep(std::time::Duration::from_millis(1)),
                     }
                 }
+                std::mem::forget(guard);
                 finish(&theirs, bpf.and_then(|b| install(&b)));
             });
         match spawned {
@@ -115,6 +126,18 @@ impl Drop for Installer {
     /// end without installing anything.
     fn drop(&mut self) {
         let _ = self.shared.stage.compare_exchange(COMPILING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// Tells the waiters the filter will not come, if the sandbox thread ends
+/// without saying (a panic).
+struct Unfinished<'a>(&'a Shared);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.0.stage.load(Ordering::Acquire) != DONE {
+            finish(self.0, Err(Error::Sandbox("the sandbox thread failed".into())));
+        }
     }
 }
 

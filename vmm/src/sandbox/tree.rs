@@ -10,7 +10,9 @@
 //! filter took ~200 µs to install, on the path to the guest's first
 //! instruction. Here runs of neighbouring allowed calls share one leaf,
 //! a leaf is one `RET`, and an argument check is one compare per value:
-//! the same filter is ~4× shorter and each cache run ~8 instructions.
+//! the same vCPU filter is 160 instructions instead of 330 (183 instead
+//! of 402 with a disk and vsock), and the kernel's cache runs take ~12×
+//! fewer steps (~8 per call number).
 //! seccompiler still installs it and, in the tests, is the reference its
 //! verdicts are checked against, call by call.
 
@@ -114,12 +116,11 @@ fn size(runs: &[(u32, Verdict)]) -> usize {
 
 fn leaf_size(v: &Verdict) -> usize {
     match v {
-        Verdict::Miss | Verdict::Allow | Verdict::Check(Leaf::Allow) => 1,
+        Verdict::Miss | Verdict::Allow | Verdict::Check(Leaf::Allow | Leaf::Fail(_)) => 1,
         Verdict::Check(Leaf::OneOf { values, .. }) => {
             1 + values.len() + 2 * values.len().div_ceil(254).max(1)
         }
         Verdict::Check(Leaf::Masked { .. }) => 5,
-        Verdict::Check(Leaf::Fail(_)) => 1,
     }
 }
 

@@ -62,7 +62,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     let nr = unsafe { *info.cast::<u8>().add(24).cast::<i32>() };
     let role = ROLE.with(Cell::get);
     let mut line = Line { buf: [0; 320], len: 0 };
-    let thread = Role::from_u8(role).map_or("unsandboxed", Role::name);
+    let thread = Role::from_u8(role).map_or("unnamed", Role::name);
     let call = syscalls::Sysno::new(nr as usize).map_or("?", |s| s.name());
     // The call's first two arguments, as the thread left them.
     // SAFETY: an SA_SIGINFO handler's third argument is its ucontext.
