@@ -264,39 +264,57 @@ fn dhcp_on_qemu_user_networking() {
         xtask::testing::skip("QEMU with KVM is not available; DHCP test not run");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &guest("echo", true), "port=7 conns=1");
-    let vm = xtask::group::spawn(
-        Command::new("timeout")
-            .arg("60")
-            .arg(qemu.get_program())
-            .args(qemu.get_args())
-            .args(["-machine", "acpi=off", "-netdev"])
-            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"))
-            .args(["-device", "virtio-net-device,netdev=n0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    )
-    .unwrap();
+    let elf = guest("echo", true);
     let msg = b"through DHCP and a forwarded port\n";
-    let t = Instant::now();
-    let echoed = loop {
-        use std::io::{Read, Write};
-        let attempt = (|| -> std::io::Result<Vec<u8>> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(msg)?;
-            s.shutdown(std::net::Shutdown::Write)?;
-            let mut back = Vec::new();
-            s.read_to_end(&mut back)?;
-            Ok(back)
-        })();
-        match attempt {
-            Ok(b) if !b.is_empty() => break b,
-            _ if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(200)),
-            other => panic!("no echo through the forwarded port: {other:?}"),
+    // QEMU on a free port; once more on another if it ended before it
+    // echoed (the port, free when picked, may have been taken meanwhile:
+    // QEMU then cannot forward it and stops), with what it said.
+    let mut launch = |first: bool| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &elf, "port=7 conns=1");
+        let mut vm = xtask::group::spawn(
+            Command::new("timeout")
+                .arg("60")
+                .arg(qemu.get_program())
+                .args(qemu.get_args())
+                .args(["-machine", "acpi=off", "-netdev"])
+                .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"))
+                .args(["-device", "virtio-net-device,netdev=n0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap();
+        let t = Instant::now();
+        loop {
+            use std::io::{Read, Write};
+            let attempt = (|| -> std::io::Result<Vec<u8>> {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(msg)?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                let mut back = Vec::new();
+                s.read_to_end(&mut back)?;
+                Ok(back)
+            })();
+            match attempt {
+                Ok(b) if !b.is_empty() => return Some((b, vm)),
+                _ if vm.has_ended() && first => {
+                    let out = vm.wait_with_output().unwrap();
+                    eprintln!("QEMU ended before it echoed: {}", String::from_utf8_lossy(&out.stderr));
+                    return None;
+                }
+                _ if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(200)),
+                other => {
+                    let out = vm.wait_with_output_within(Duration::from_secs(1)).unwrap();
+                    panic!(
+                        "no echo through the forwarded port: {other:?}; QEMU: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                }
+            }
         }
     };
+    let (echoed, vm) = launch(true).or_else(|| launch(false)).expect("a second launch echoes or panics");
     assert_eq!(echoed, msg);
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
