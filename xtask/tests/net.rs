@@ -269,7 +269,7 @@ fn dhcp_on_qemu_user_networking() {
     // QEMU on a free port; once more on another if it ended before it
     // echoed (the port, free when picked, may have been taken meanwhile:
     // QEMU then cannot forward it and stops), with what it said.
-    let mut launch = |first: bool| {
+    let launch = |first: bool| {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let qemu = xtask::qemu(QemuMachine::MicrovmKvm, &elf, "port=7 conns=1");
         let mut vm = xtask::group::spawn(
