@@ -134,6 +134,10 @@ pub(crate) fn run() -> ! {
     unit_net::vsock::init(unit_devices::take_vsock_devices());
     crate::boot::mark(TraceId::AppMain);
     let code = crate::app::main();
+    // What closed connections still hold goes out before the machine
+    // stops (at most 2 s).
+    #[cfg(feature = "net")]
+    unit_net::drain_closed(core::time::Duration::from_secs(2));
     crate::exit::exit(code)
 }
 

@@ -39,7 +39,7 @@ pub use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 /// The I/O traits the streams implement (`embedded-io`): `use kernel::net::io::{Read, Write}`;
 /// `Write` gives `write!` on a stream.
 pub use embedded_io as io;
-pub use stack::{address, flush, init, socket_counts, wait_for_address};
+pub use stack::{address, drain_closed, flush, init, socket_counts, wait_for_address};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unit_devices::{NetDevice, NetError};

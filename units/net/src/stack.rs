@@ -382,6 +382,19 @@ pub fn socket_counts() -> (usize, usize) {
     STACK.lock().as_ref().map_or((0, 0), |s| (s.sockets.iter().count(), s.closing.len()))
 }
 
+/// Let the connections the app closed send what they still hold, for at
+/// most `t`: the machine stops when the app's `main` returns, and with it
+/// whatever a closed socket had not sent yet (a peer saw the end of an
+/// echoed stream cut off). Returns at once when nothing is left.
+pub fn drain_closed(t: core::time::Duration) {
+    let _ = block_on(Deadline::after(Some(t)), |s| {
+        let sockets = &s.sockets;
+        let pending =
+            s.closing.iter().any(|&h| sockets.get::<smoltcp::socket::tcp::Socket>(h).send_queue() > 0);
+        (!pending).then_some(())
+    });
+}
+
 /// Wait until the interface has an address (DHCP may take a moment);
 /// `Err(TimedOut)` after `t`.
 pub fn wait_for_address(t: core::time::Duration) -> Result<NetConfig, Error> {
