@@ -6,10 +6,12 @@
 
 pub mod bare;
 pub mod bench;
+pub mod containerd;
 pub mod devopts;
 pub mod fstree;
 pub mod fuzz;
 pub mod group;
+pub mod image;
 pub mod netns;
 pub mod new;
 pub mod run;
@@ -315,6 +317,31 @@ pub fn build_monitor(release: bool) -> Result<PathBuf> {
         .join(MONITOR_TARGET)
         .join(if release { "release" } else { "debug" })
         .join("torito"))
+}
+
+/// Build `torito-oci` (static, beside the monitor) and the monitor; the
+/// path of `torito-oci` (it finds `torito` in its own directory).
+pub fn build_oci(release: bool) -> Result<PathBuf> {
+    let monitor = build_monitor(release)?;
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--quiet",
+        "--package",
+        "torito-oci",
+        "--bin",
+        "torito-oci",
+        "--target",
+        MONITOR_TARGET,
+    ]);
+    if release {
+        c.arg("--release");
+    }
+    let ok = c.status().map_err(|e| format!("cannot run cargo: {e}"))?.success();
+    if !ok {
+        return Err("building torito-oci failed (see the compiler output above)".into());
+    }
+    Ok(monitor.with_file_name("torito-oci"))
 }
 
 /// For tests: check that the `threads` app's "wall clock N s" line is

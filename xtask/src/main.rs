@@ -8,6 +8,7 @@
 //! cargo xtask test [FILTER]                                     everything (or the tests whose name contains FILTER)
 //! cargo xtask doc [--open]                                     the API docs (kernel and units), warning-free
 //! cargo xtask install [--to DIR]                               the monitor, to $CARGO_HOME/bin
+//! cargo xtask image <app> [-o FILE] [--mem 128M] [-- args]      an OCI image tarball (ctr images import)
 //! cargo xtask symbolize <app> [--pvh] < LOG                      backtraces of a QEMU/Firecracker log, named
 //! cargo xtask lint                                              fmt + clippy (the workspace on the host, the guest crates)
 //! cargo xtask bench [launch|process|block|fs|net|appliances|soak]... [-n 30] [--check]
@@ -186,6 +187,25 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         to: Option<std::path::PathBuf>,
     },
+    /// Write an OCI image tarball of an app (`ctr images import FILE`,
+    /// then run it with `torito-oci`, see docs/kubernetes.md); prints its
+    /// path and the image's name last.
+    Image {
+        /// App name.
+        app: String,
+        /// The tarball (default: target/images/<app>.oci.tar).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// The image's name (default: docker.io/torito/<app>:latest).
+        #[arg(long)]
+        name: Option<String>,
+        /// Guest RAM when the container has no memory limit (TORITO_MEM).
+        #[arg(long, default_value = "128M")]
+        mem: String,
+        /// Default guest arguments (the image's Cmd).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build the API docs (the kernel with every unit), warning-free;
     /// prints the path of the kernel's index.html last.
     Doc {
@@ -281,6 +301,28 @@ fn run() -> Result<i32, String> {
             if !on_path {
                 eprintln!("xtask: {} is not on PATH; add it, or run {}", dir.display(), installed.display());
             }
+            Ok(0)
+        }
+        Cmd::Image { app, output, name, mem, args } => {
+            let digits = mem.strip_suffix(['K', 'M', 'G']).unwrap_or(&mem);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("--mem {mem}: not a size like 128M"));
+            }
+            let elf = xtask::build(&app, Variant::default())?;
+            let bytes = std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+            let out = match output {
+                Some(o) => o,
+                None => {
+                    let dir = xtask::root().join("target/images");
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    dir.join(format!("{app}.oci.tar"))
+                }
+            };
+            let name = name.unwrap_or_else(|| xtask::image::default_name(&app));
+            let spec = xtask::image::ImageSpec::appliance(&name, Some(&bytes), &args, &mem);
+            xtask::image::write(&spec, &out)?;
+            println!("{}\n{name}", out.display());
             Ok(0)
         }
         Cmd::Doc { open } => {

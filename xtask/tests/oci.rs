@@ -1,0 +1,134 @@
+//! `torito-oci` under Debian's containerd, started by the test with a
+//! private config (`xtask::containerd`): images written by `cargo xtask
+//! image` are imported with `ctr` and run through containerd's own runc
+//! v2 shim with `--runc-binary torito-oci` — output, exit codes, the
+//! monitor's statuses for a missing or corrupt ELF, SIGTERM through `ctr
+//! task kill`, a container that is not an appliance handed to runc, and
+//! nothing left behind (containers, runtime state, cgroups).
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use xtask::Variant;
+use xtask::containerd::Containerd;
+use xtask::image::ImageSpec;
+
+/// Write `spec` as a tarball in `dir` and import it.
+fn import(c: &Containerd, dir: &Path, spec: &ImageSpec) {
+    let tarball = dir.join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
+    xtask::image::write(spec, &tarball).unwrap();
+    c.import(&tarball);
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What runc's state root holds for this namespace (the shim's `--root`).
+fn runtime_state(namespace: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(Path::new("/run/containerd/runc").join(namespace))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn ctr_runs_appliance_images_through_torito_oci() {
+    let Some(c) = Containerd::or_skip("ctr") else { return };
+    let oci = xtask::build_oci(true).unwrap();
+    let dir = xtask::root().join("target/tests").join(format!("oci-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let elf = |app: &str| std::fs::read(xtask::build(app, Variant::default()).unwrap()).unwrap();
+    let (hello, exit42, spin) = (elf("hello"), elf("exit42"), elf("spin"));
+    let cmd = vec!["from".to_string(), "image".to_string()];
+    import(&c, &dir, &ImageSpec::appliance("docker.io/torito/hello:latest", Some(&hello), &cmd, "64M"));
+    import(&c, &dir, &ImageSpec::appliance("docker.io/torito/exit42:latest", Some(&exit42), &[], "64M"));
+    import(&c, &dir, &ImageSpec::appliance("docker.io/torito/spin:latest", Some(&spin), &[], "64M"));
+    import(&c, &dir, &ImageSpec::appliance("docker.io/torito/missing:latest", None, &[], "64M"));
+    import(
+        &c,
+        &dir,
+        &ImageSpec::appliance("docker.io/torito/corrupt:latest", Some(b"\x7fELF but no more"), &[], "64M"),
+    );
+    // Not an appliance: a static Linux program (the monitor itself), runc's.
+    let monitor = std::fs::read(oci.with_file_name("torito")).unwrap();
+    import(
+        &c,
+        &dir,
+        &ImageSpec {
+            name: "docker.io/torito/linux:latest",
+            files: vec![("/torito", &monitor)],
+            entrypoint: vec!["/torito".into()],
+            cmd: vec!["--version".into()],
+            env: vec![],
+        },
+    );
+
+    let o = c.run_rm(&oci, "docker.io/torito/hello:latest", "hello-cmd", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Hello from Torito!") && out.contains("command line: from image"), "{}", text(&o));
+    let o = c.run_rm(&oci, "docker.io/torito/hello:latest", "hello-args", &["a", "b=c"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("command line: a b=c"), "{}", text(&o));
+
+    let o = c.run_rm(&oci, "docker.io/torito/exit42:latest", "exit42", &[]);
+    assert_eq!(o.status.code(), Some(42), "a guest's exit code is the task's: {}", text(&o));
+    let o = c.run_rm(&oci, "docker.io/torito/missing:latest", "missing", &[]);
+    assert_eq!(o.status.code(), Some(66), "a missing ELF: the monitor's status: {}", text(&o));
+    assert!(text(&o).contains("appliance.elf"), "{}", text(&o));
+    let o = c.run_rm(&oci, "docker.io/torito/corrupt:latest", "corrupt", &[]);
+    assert_eq!(o.status.code(), Some(65), "a corrupt ELF: the monitor's status: {}", text(&o));
+
+    let o = c.run_rm(&oci, "docker.io/torito/linux:latest", "linux", &[]);
+    assert_eq!(o.status.code(), Some(0), "runc runs what is not an appliance: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("torito"), "{}", text(&o));
+
+    // SIGTERM through the shim: `ctr task kill` of a guest that never ends.
+    let mut attached = xtask::group::spawn(
+        c.ctr()
+            .args(["run", "--rm", "--snapshotter", c.snapshotter(), "--runc-binary"])
+            .arg(&oci)
+            .args(["docker.io/torito/spin:latest", "spin"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let running = xtask::testing::poll(Duration::from_secs(30), || {
+        c.ctr().args(["tasks", "ls"]).output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("spin ") && l.contains("RUNNING"))
+        })
+    });
+    assert!(running, "spin did not run: {}", c.log());
+    let state =
+        std::fs::read_to_string(Path::new("/run/containerd/runc/torito-ctr/spin/torito-oci.json")).unwrap();
+    assert!(state.contains("\"pid\""), "{state}");
+    let k = c.ctr().args(["tasks", "kill", "spin"]).output().unwrap();
+    assert!(k.status.success(), "{}", text(&k));
+    assert!(
+        xtask::testing::poll(Duration::from_secs(30), || attached.has_ended()),
+        "SIGTERM did not stop spin"
+    );
+    let o = attached.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "SIGTERM: the monitor's 143: {}", text(&o));
+
+    // Nothing left: no container, no runtime state, no cgroup.
+    let ls = c.ctr().args(["containers", "ls", "-q"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), "", "containers left");
+    assert_eq!(runtime_state("torito-ctr"), Vec::<PathBuf>::new(), "runtime state left");
+    let hierarchies: Vec<PathBuf> =
+        std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|e| e.path()).collect();
+    for id in ["hello-cmd", "exit42", "spin"] {
+        for h in hierarchies.iter().chain([&PathBuf::from("/sys/fs/cgroup")]) {
+            let cg = h.join("torito-ctr").join(id);
+            assert!(!cg.exists(), "{} left", cg.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
