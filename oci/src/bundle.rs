@@ -134,7 +134,12 @@ pub fn plan_spec(spec: &Spec, bundle: &Path) -> Result<Option<Launch>, String> {
         .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
     {
         None => NetNs::Host,
-        Some(n) => n.path().clone().map_or(NetNs::New, NetNs::Join),
+        // The runtime's own namespace (a hostNetwork pod's) is never rewired.
+        Some(n) => match n.path() {
+            Some(p) if crate::net::same_as_mine(p) => NetNs::Host,
+            Some(p) => NetNs::Join(p.clone()),
+            None => NetNs::New,
+        },
     };
     Ok(Some(Launch {
         elf,
@@ -180,18 +185,24 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 impl Launch {
-    /// The monitor's arguments (after its path).
-    pub fn monitor_args(&self) -> Vec<std::ffi::OsString> {
+    /// The monitor's arguments (after its path), with a NIC on the pod's
+    /// interface when there is one.
+    pub fn monitor_args(&self, nic: Option<&crate::net::Uplink>) -> Vec<std::ffi::OsString> {
         let mut a: Vec<std::ffi::OsString> = vec![
             "--mem".into(),
             format!("{}M", self.mem >> 20).into(),
             "--cpus".into(),
             self.cpus.to_string().into(),
         ];
+        if let Some(nic) = nic {
+            a.extend(["--net".into(), nic.net_arg().into()]);
+        }
         a.push(self.elf.clone().into());
-        if !self.guest_args.is_empty() {
+        let words: Vec<String> =
+            self.guest_args.iter().cloned().chain(nic.map(|n| n.guest_words()).unwrap_or_default()).collect();
+        if !words.is_empty() {
             a.push("--".into());
-            a.extend(self.guest_args.iter().map(Into::into));
+            a.extend(words.into_iter().map(Into::into));
         }
         a
     }
@@ -238,7 +249,7 @@ mod tests {
         assert_eq!(l.guest_args, ["a", "b=c"]);
         assert_eq!(l.mem, 64 << 20);
         assert_eq!(l.net, NetNs::New);
-        let args: Vec<_> = l.monitor_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<_> = l.monitor_args(None).into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(args[..4], ["--mem", "64M", "--cpus", "1"]);
         assert_eq!(args[5..], ["--", "a", "b=c"]);
         let _ = std::fs::remove_dir_all(&b);
@@ -274,6 +285,26 @@ mod tests {
         assert_eq!(l.cgroups_path.as_deref(), Some("/kubepods/pod1/c1"));
         let host = base(&["TORITO_APPLIANCE=1"], serde_json::json!({ "linux": { "namespaces": [] } }));
         assert_eq!(plan_spec(&host, &b).unwrap().unwrap().net, NetNs::Host);
+        let mine = base(
+            &["TORITO_APPLIANCE=1"],
+            serde_json::json!({ "linux": { "namespaces": [{ "type": "network", "path": "/proc/self/ns/net" }] } }),
+        );
+        assert_eq!(
+            plan_spec(&mine, &b).unwrap().unwrap().net,
+            NetNs::Host,
+            "the runtime's own is never joined"
+        );
+        let nic = crate::net::Uplink {
+            name: "eth0".into(),
+            mac: "0a:58:0a:58:00:05".into(),
+            ip: "10.88.0.5".parse().unwrap(),
+            prefix: 16,
+            gw: None,
+            mtu: None,
+        };
+        let args: Vec<_> = l.monitor_args(Some(&nic)).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(args[4..6], ["--net", "tap=torito0,mac=0a:58:0a:58:00:05"]);
+        assert_eq!(args.last().unwrap(), "torito.ip=10.88.0.5/16");
         let _ = std::fs::remove_dir_all(&b);
     }
 

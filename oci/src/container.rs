@@ -245,6 +245,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), Error> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    unwire(&state::dir(root, id));
     // A cgroup empties when its last process has exited; give it a moment.
     for _ in 0..50 {
         cgroup::remove(&st.cgroups);
@@ -255,6 +256,24 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), Error> {
     }
     let dir = state::dir(root, id);
     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("cannot remove {}", dir.display()), e))
+}
+
+/// Take the TAP out of the pod's namespace, if one was wired (and the
+/// namespace is still there). This process joins it: `delete` does
+/// nothing after.
+fn unwire(dir: &Path) {
+    let Ok(text) = std::fs::read(dir.join(state::NET)) else { return };
+    let Ok(wired) = serde_json::from_slice::<crate::net::Wired>(&text) else { return };
+    let Ok(ns) = std::fs::File::open(&wired.netns) else { return };
+    if crate::net::same_as_mine(&wired.netns) {
+        return;
+    }
+    use std::os::fd::AsFd;
+    if rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+        .is_ok()
+    {
+        crate::net::unwire(&wired.uplink);
+    }
 }
 
 /// `ps`: the container's processes (the monitor), `json` or `table`.

@@ -1,5 +1,6 @@
 //! The container's process between `create` and `start` (`torito-oci init
-//! DIR`, as `runc init`): it enters the network namespace the spec names,
+//! DIR`, as `runc init`): it enters the network namespace the spec names
+//! (and joins a TAP to a pod's interface there, see [`crate::net`]),
 //! tells `create` it is ready (or why not) on `sync.sock`, waits on
 //! `exec.fifo` until `start` opens it, then becomes the monitor — same pid,
 //! same stdio, so the shim sees the monitor's output and exit status as
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::bundle::{Launch, NetNs};
-use crate::state::{FIFO, LAUNCH, SYNC};
+use crate::net::{self, Uplink, Wired};
+use crate::state::{FIFO, LAUNCH, NET, SYNC};
 
 /// What `create` hands to the container's process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,12 +58,16 @@ pub fn run(dir: &Path) -> Result<u8, Error> {
     let text = std::fs::read(&path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     let plan: Plan =
         serde_json::from_slice(&text).map_err(|e| Error::io(format!("{} is damaged", path.display()), e))?;
-    let ready = enter_namespaces(&plan.launch);
+    let ready = enter_namespaces(&plan.launch).and_then(|()| wire(dir, &plan.launch));
+    let nic = match &ready {
+        Ok(nic) => nic.clone(),
+        Err(_) => None,
+    };
     let sync = dir.join(SYNC);
     let mut s =
         UnixStream::connect(&sync).map_err(|e| Error::io(format!("cannot reach {}", sync.display()), e))?;
     let said = match &ready {
-        Ok(()) => writeln!(s, "ok"),
+        Ok(_) => writeln!(s, "ok"),
         Err(e) => writeln!(s, "error: {e}"),
     };
     said.map_err(|e| Error::io("cannot answer create", e))?;
@@ -75,9 +81,21 @@ pub fn run(dir: &Path) -> Result<u8, Error> {
         .map_err(|e| Error::io(format!("cannot open {}", fifo.display()), e))?;
     f.write_all(b"0").map_err(|e| Error::io("cannot tell start", e))?;
     drop(f);
-    let e = Command::new(&plan.monitor).args(plan.launch.monitor_args()).exec();
+    let e = Command::new(&plan.monitor).args(plan.launch.monitor_args(nic.as_ref())).exec();
     eprintln!("torito-oci: cannot run the monitor {}: {e}", plan.monitor.display());
     Ok(EXIT_NO_MONITOR)
+}
+
+/// In a pod's namespace, join a TAP to its interface; what the guest
+/// takes from it (recorded in the state directory for `delete`).
+fn wire(dir: &Path, launch: &Launch) -> Result<Option<Uplink>, String> {
+    let NetNs::Join(netns) = &launch.net else { return Ok(None) };
+    let Some(uplink) = net::find_uplink()? else { return Ok(None) };
+    let wired = Wired { netns: netns.clone(), uplink: uplink.clone() };
+    let text = serde_json::to_vec(&wired).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(NET), text).map_err(|e| format!("cannot record the wiring: {e}"))?;
+    net::wire(&uplink)?;
+    Ok(Some(uplink))
 }
 
 /// Enter the network namespace of the launch (a pod's, or a new one).

@@ -18,7 +18,8 @@
 //! Rooms: [`cli`] (the command line), [`bundle`] (the OCI spec to a
 //! [`bundle::Launch`]), [`appliance`] (is it one), [`state`] (what a
 //! container left in `--root`), [`container`] (the verbs), [`init`] (the
-//! container's process before it is the monitor), [`cgroup`], [`signal`],
+//! container's process before it is the monitor), [`net`] (a pod's
+//! interface to the guest), [`cgroup`], [`signal`],
 //! [`log`] (errors where the shim reads them), [`runc`] (the hand-over).
 
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod container;
 pub mod error;
 pub mod init;
 pub mod log;
+pub mod net;
 pub mod runc;
 pub mod signal;
 pub mod state;

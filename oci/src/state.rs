@@ -17,6 +17,8 @@ pub const FILE: &str = "torito-oci.json";
 pub const FIFO: &str = "exec.fifo";
 /// The socket the container's process says it is ready on.
 pub const SYNC: &str = "sync.sock";
+/// What was wired in a pod's network namespace ([`crate::net::Wired`]).
+pub const NET: &str = "net.json";
 /// The launch the container's process reads.
 pub const LAUNCH: &str = "launch.json";
 

@@ -132,3 +132,159 @@ fn ctr_runs_appliance_images_through_torito_oci() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pod's network as CNI would leave it, in miniature: two namespaces
+/// joined by a veth pair, the pod's `eth0` at 10.0.3.2/24 with its default
+/// route through the client's end at 10.0.3.1. Removed on drop.
+struct PodNet {
+    pod: String,
+    client: String,
+}
+
+impl PodNet {
+    fn create(tag: &str) -> PodNet {
+        let pid = std::process::id();
+        let net =
+            PodNet { pod: format!("torito-{tag}-pod-{pid}"), client: format!("torito-{tag}-cli-{pid}") };
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        };
+        let (p, c) = (net.pod.as_str(), net.client.as_str());
+        ip(&["netns", "add", p]);
+        ip(&["netns", "add", c]);
+        ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", c]);
+        ip(&["-n", p, "addr", "add", "10.0.3.2/24", "dev", "eth0"]);
+        ip(&["-n", c, "addr", "add", "10.0.3.1/24", "dev", "peer0"]);
+        for (ns, dev) in [(p, "eth0"), (p, "lo"), (c, "peer0"), (c, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", p, "route", "add", "default", "via", "10.0.3.1"]);
+        net
+    }
+
+    /// The pod's namespace as a path.
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.pod)
+    }
+
+    /// What `cmd` prints in the pod's namespace.
+    fn in_pod(&self, cmd: &[&str]) -> Output {
+        std::process::Command::new("ip").args(["netns", "exec", &self.pod]).args(cmd).output().unwrap()
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.client] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The host namespace's links and qdiscs, to compare before and after.
+fn host_network() -> String {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Counters and timers change by themselves: names, addresses, flags only.
+    let links = run(&["ip", "-o", "link", "show"]);
+    let links: Vec<String> = links
+        .lines()
+        .map(|l| l.split(" link/").next().unwrap_or(l).split(" qlen").next().unwrap_or(l).into())
+        .collect();
+    format!("{}\n{}\n{}", links.join("\n"), run(&["ip", "-o", "addr", "show"]), run(&["tc", "qdisc", "show"]))
+}
+
+#[test]
+fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
+    if !xtask::testing::need("nc") {
+        return;
+    }
+    let Some(c) = Containerd::or_skip("net") else { return };
+    let oci = xtask::build_oci(true).unwrap();
+    let dir = xtask::root().join("target/tests").join(format!("oci-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let echo = std::fs::read(xtask::build("echo", Variant::default()).unwrap()).unwrap();
+    let hello = std::fs::read(xtask::build("hello", Variant::default()).unwrap()).unwrap();
+    import(
+        &c,
+        &dir,
+        &ImageSpec::appliance("docker.io/torito/echo:latest", Some(&echo), &["port=7".into()], "64M"),
+    );
+    import(&c, &dir, &ImageSpec::appliance("docker.io/torito/hello:latest", Some(&hello), &[], "64M"));
+    let net = PodNet::create("oci");
+
+    let o = c
+        .ctr()
+        .args(["run", "-d", "--snapshotter", c.snapshotter(), "--with-ns"])
+        .arg(format!("network:{}", net.path()))
+        .arg("--runc-binary")
+        .arg(&oci)
+        .args(["docker.io/torito/echo:latest", "echo"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let sent = b"through containerd, a TAP and tc mirred\n";
+    let mut back = Vec::new();
+    let answered = xtask::testing::poll(Duration::from_secs(30), || {
+        let mut nc = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.client, "nc", "-N", "-w", "3", "10.0.3.2", "7"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let _ = nc.stdin.take().unwrap().write_all(sent);
+        back = nc.wait_with_output().unwrap().stdout;
+        back == sent
+    });
+    assert!(
+        answered,
+        "no echo from 10.0.3.2:7 (got {:?}); containerd:\n{}",
+        String::from_utf8_lossy(&back),
+        c.log()
+    );
+    let tap = net.in_pod(&["ip", "link", "show", "torito0"]);
+    assert!(tap.status.success(), "the TAP is in the pod's namespace: {}", text(&tap));
+
+    let k = c.ctr().args(["tasks", "kill", "echo"]).output().unwrap();
+    assert!(k.status.success(), "{}", text(&k));
+    let stopped = xtask::testing::poll(Duration::from_secs(30), || {
+        c.ctr().args(["tasks", "ls"]).output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("echo ") && l.contains("STOPPED"))
+        })
+    });
+    assert!(stopped, "SIGTERM did not stop echo");
+    let rm = c.ctr().args(["tasks", "rm", "echo"]).output().unwrap();
+    assert!(rm.status.success(), "{}", text(&rm));
+    let rm = c.ctr().args(["containers", "rm", "echo"]).output().unwrap();
+    assert!(rm.status.success(), "{}", text(&rm));
+    let tap = net.in_pod(&["ip", "link", "show", "torito0"]);
+    assert!(!tap.status.success(), "the TAP is gone after delete");
+    let qdiscs = net.in_pod(&["tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(!String::from_utf8_lossy(&qdiscs.stdout).contains("ingress"), "{}", text(&qdiscs));
+
+    // The runtime's own namespace (hostNetwork, or named by path) is never rewired.
+    let before = host_network();
+    let mine = format!("network:/proc/{}/ns/net", std::process::id());
+    for how in [vec!["--net-host"], vec!["--with-ns", mine.as_str()]] {
+        let o = c
+            .ctr()
+            .args(["run", "--rm", "--snapshotter", c.snapshotter()])
+            .args(&how)
+            .arg("--runc-binary")
+            .arg(&oci)
+            .args(["docker.io/torito/hello:latest", "hello-host"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{how:?}: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Hello from Torito!"), "{}", text(&o));
+    }
+    assert_eq!(host_network(), before, "the host's interfaces, addresses and qdiscs changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
