@@ -17,11 +17,37 @@ pub struct Containerd {
     namespace: String,
     snapshotter: &'static str,
     daemon: Option<GroupChild>,
+    /// Network namespaces there before it started (CRI's `cni-*` ones made
+    /// since are removed with it).
+    netns_before: Vec<String>,
 }
 
+/// The CRI plugin's settings: a runtime `torito` whose `BinaryName` is
+/// `torito-oci`, a locally made pause image, and a CNI bridge without
+/// masquerading (`bridge` on the host side, pods in `subnet`).
+#[derive(Debug, Clone)]
+pub struct Cri {
+    /// `torito-oci`.
+    pub oci: PathBuf,
+    /// The pause image's name (imported before pods run).
+    pub pause_image: String,
+    /// The CNI bridge's name.
+    pub bridge: String,
+    /// The pods' subnet, e.g. `10.0.4.0/24`.
+    pub subnet: String,
+}
+
+/// CRI's containerd namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 impl Containerd {
-    /// Start one for `tag`; why not, when it cannot be.
+    /// Start one for `tag` (CRI disabled); why not, when it cannot be.
     pub fn start(tag: &str) -> Result<Self, String> {
+        Self::start_with(tag, None)
+    }
+
+    /// Start one for `tag`, with CRI as `cri` says when given.
+    pub fn start_with(tag: &str, cri: Option<&Cri>) -> Result<Self, String> {
         for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
             if !crate::have(tool) {
                 return Err(format!("`{tool}` is not installed (Debian: containerd runc)"));
@@ -31,14 +57,19 @@ impl Containerd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let sock = dir.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+        let snapshotter = if overlay_works(&dir) { "overlayfs" } else { "native" };
+        let mut config = format!(
+            "version = 2\nroot = {root:?}\nstate = {state:?}\n{disabled}\
              [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n",
             root = dir.join("root"),
             state = dir.join("state"),
             ttrpc = dir.join("containerd.ttrpc.sock"),
+            disabled =
+                if cri.is_some() { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" },
         );
+        if let Some(cri) = cri {
+            config += &cri_config(&dir, cri, snapshotter)?;
+        }
         std::fs::write(dir.join("config.toml"), config)
             .map_err(|e| format!("cannot write the config: {e}"))?;
         let log =
@@ -51,9 +82,9 @@ impl Containerd {
                 .stderr(log),
         )
         .map_err(|e| format!("cannot start containerd: {e}"))?;
-        let snapshotter = if overlay_works(&dir) { "overlayfs" } else { "native" };
-        let mut c =
-            Containerd { dir, sock, namespace: format!("torito-{tag}"), snapshotter, daemon: Some(daemon) };
+        let namespace = if cri.is_some() { CRI_NAMESPACE.to_string() } else { format!("torito-{tag}") };
+        let netns_before = netns_names();
+        let mut c = Containerd { dir, sock, namespace, snapshotter, daemon: Some(daemon), netns_before };
         let up = crate::testing::poll(Duration::from_secs(20), || {
             c.ctr().arg("version").output().is_ok_and(|o| o.status.success())
         });
@@ -67,6 +98,11 @@ impl Containerd {
 
     /// Start one, or record why not as a skip (a failure under `CI=true`).
     pub fn or_skip(tag: &str) -> Option<Self> {
+        Self::or_skip_with(tag, None)
+    }
+
+    /// [`Self::or_skip`] with CRI as `cri` says.
+    pub fn or_skip_with(tag: &str, cri: Option<&Cri>) -> Option<Self> {
         if !crate::kvm_usable() {
             crate::testing::skip("/dev/kvm is not usable; containerd test not run");
             return None;
@@ -75,7 +111,7 @@ impl Containerd {
             crate::testing::skip("not root: containerd test not run");
             return None;
         }
-        match Self::start(tag) {
+        match Self::start_with(tag, cri) {
             Ok(c) => Some(c),
             Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("under CI=true: {why}"),
             Err(why) => {
@@ -90,6 +126,16 @@ impl Containerd {
         let mut c = Command::new("ctr");
         c.arg("--address").arg(&self.sock).arg("--namespace").arg(&self.namespace);
         c
+    }
+
+    /// The daemon's socket (for a CRI client).
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+
+    /// Its scratch directory (pod logs may go there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The snapshotter in use (`overlayfs`, or `native` where overlay
@@ -143,6 +189,12 @@ impl Containerd {
         if let Some(d) = self.daemon.take() {
             d.kill();
         }
+        // Pods' namespaces CRI made and did not remove (a test that failed).
+        for ns in netns_names() {
+            if ns.starts_with("cni-") && !self.netns_before.contains(&ns) {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
         // Mounts containerd left (a rootfs of a task that was killed).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut under: Vec<&str> = mounts
@@ -170,6 +222,55 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The names under /var/run/netns.
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The CRI part of the config, and the CNI network it names (written
+/// under `dir/cni`, its address book under `dir/cni-ipam`).
+fn cri_config(dir: &Path, cri: &Cri, snapshotter: &str) -> Result<String, String> {
+    let cni = dir.join("cni");
+    std::fs::create_dir_all(&cni).map_err(|e| format!("cannot create {}: {e}", cni.display()))?;
+    let network = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "torito-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": cri.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": cri.subnet }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": dir.join("cni-ipam"),
+            },
+        }],
+    });
+    std::fs::write(cni.join("10-torito-test.conflist"), network.to_string())
+        .map_err(|e| format!("cannot write the CNI config: {e}"))?;
+    let cni_bin =
+        ["/usr/lib/cni", "/opt/cni/bin"].into_iter().find(|d| Path::new(d).join("bridge").is_file());
+    let cni_bin = cni_bin.ok_or("the CNI plugins are not installed (Debian: containernetworking-plugins)")?;
+    let section = "plugins.\"io.containerd.grpc.v1.cri\"";
+    Ok(format!(
+        "[{cri}]\n  sandbox_image = {pause:?}\n  restrict_oom_score_adj = true\n  disable_tcp_service = true\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
+         [{cri}.containerd]\n  snapshotter = {snapshotter:?}\n  default_runtime_name = \"runc\"\n\
+         [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.torito]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.torito.options]\n  BinaryName = {oci:?}\n\
+         [{cri}.cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {conf:?}\n",
+        cri = section,
+        pause = cri.pause_image,
+        oci = cri.oci,
+        conf = cni,
+    ))
 }
 
 /// Is this process root?
