@@ -8,8 +8,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use object::Endianness;
 use object::read::elf::{ElfFile64, ProgramHeader};
+use object::{Endianness, ReadCache};
 use torito_abi::note::{NOTE_NAME, NOTE_TYPE};
 
 /// How many symbolic links one resolution follows (Linux's limit).
@@ -81,13 +81,15 @@ fn push_components(todo: &mut Vec<std::ffi::OsString>, path: &Path) {
     todo.extend(parts.into_iter().rev());
 }
 
-/// Does the file at `path` carry Torito's note (an appliance ELF)?
+/// Does the file at `path` carry Torito's note (an appliance ELF)? Reads
+/// only the headers and notes (an appliance with baked files is large).
 pub fn has_note(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else { return false };
-    let Ok(elf) = ElfFile64::<Endianness>::parse(&*data) else { return false };
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let data = ReadCache::new(file);
+    let Ok(elf) = ElfFile64::<Endianness, _>::parse(&data) else { return false };
     let endian = elf.endian();
     elf.elf_program_headers().iter().any(|ph| {
-        let Ok(Some(mut notes)) = ph.notes(endian, &*data) else { return false };
+        let Ok(Some(mut notes)) = ph.notes(endian, &data) else { return false };
         while let Ok(Some(note)) = notes.next() {
             if note.name() == NOTE_NAME && note.n_type(endian) == NOTE_TYPE {
                 return true;

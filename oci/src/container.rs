@@ -120,7 +120,10 @@ fn wait_ready(listener: &UnixListener, child: &mut std::process::Child) -> Resul
                 if Instant::now() > until {
                     return Err(format!("its process was not ready within {} s", READY_WITHIN.as_secs()));
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                // Woken as soon as it connects; a look at the child now and then.
+                let mut fds = [PollFd::new(listener, PollFlags::IN)];
+                let tick = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
+                let _ = rustix::event::poll(&mut fds, Some(&tick));
             }
             Err(e) => return Err(format!("sync socket: {e}")),
         }

@@ -273,6 +273,58 @@ fn cri_config(dir: &Path, cri: &Cri, snapshotter: &str) -> Result<String, String
     ))
 }
 
+/// A pod's network as CNI would leave it, in miniature: two namespaces
+/// joined by a veth pair, the pod's `eth0` at 10.0.3.2/24 with its default
+/// route through the client's end at 10.0.3.1. Removed on drop.
+pub struct PodNet {
+    /// The pod's namespace.
+    pub pod: String,
+    /// The client's namespace (10.0.3.1).
+    pub client: String,
+}
+
+impl PodNet {
+    /// Make it (panics with ip's words when it cannot).
+    pub fn create(tag: &str) -> PodNet {
+        let pid = std::process::id();
+        let net =
+            PodNet { pod: format!("torito-{tag}-pod-{pid}"), client: format!("torito-{tag}-cli-{pid}") };
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        };
+        let (p, c) = (net.pod.as_str(), net.client.as_str());
+        ip(&["netns", "add", p]);
+        ip(&["netns", "add", c]);
+        ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", c]);
+        ip(&["-n", p, "addr", "add", "10.0.3.2/24", "dev", "eth0"]);
+        ip(&["-n", c, "addr", "add", "10.0.3.1/24", "dev", "peer0"]);
+        for (ns, dev) in [(p, "eth0"), (p, "lo"), (c, "peer0"), (c, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", p, "route", "add", "default", "via", "10.0.3.1"]);
+        net
+    }
+
+    /// The pod's namespace as a path.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.pod)
+    }
+
+    /// What `cmd` prints in the pod's namespace.
+    pub fn in_pod(&self, cmd: &[&str]) -> std::process::Output {
+        std::process::Command::new("ip").args(["netns", "exec", &self.pod]).args(cmd).output().unwrap()
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.client] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
 /// Is this process root?
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

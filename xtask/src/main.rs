@@ -7,11 +7,11 @@
 //!                       [--qemu MACHINE | --firecracker] [--timeline] [--timeout S] [-v] [-- args]
 //! cargo xtask test [FILTER]                                     everything (or the tests whose name contains FILTER)
 //! cargo xtask doc [--open]                                     the API docs (kernel and units), warning-free
-//! cargo xtask install [--to DIR]                               the monitor, to $CARGO_HOME/bin
+//! cargo xtask install [--to DIR]                               the monitor and torito-oci, to $CARGO_HOME/bin
 //! cargo xtask image <app> [-o FILE] [--mem 128M] [-- args]      an OCI image tarball (ctr images import)
 //! cargo xtask symbolize <app> [--pvh] < LOG                      backtraces of a QEMU/Firecracker log, named
 //! cargo xtask lint                                              fmt + clippy (the workspace on the host, the guest crates)
-//! cargo xtask bench [launch|process|block|fs|net|appliances|soak]... [-n 30] [--check]
+//! cargo xtask bench [launch|process|block|fs|net|appliances|oci|soak]... [-n 30] [--check]
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -180,10 +180,11 @@ enum Cmd {
         #[arg(long)]
         pvh: bool,
     },
-    /// Build the monitor (a static binary) and copy it to DIR, by default
-    /// `$CARGO_HOME/bin` (where `cargo install` puts programs).
+    /// Build the monitor and torito-oci (static binaries) and copy them to
+    /// DIR, by default `$CARGO_HOME/bin` (where `cargo install` puts
+    /// programs).
     Install {
-        /// The directory to install `torito` in.
+        /// The directory to install `torito` and `torito-oci` in.
         #[arg(long, value_name = "DIR")]
         to: Option<std::path::PathBuf>,
     },
@@ -290,10 +291,11 @@ fn run() -> Result<i32, String> {
                     xtask::cargo_home().ok_or("cannot tell where $CARGO_HOME is: give --to DIR")?.join("bin")
                 }
             };
-            eprintln!("xtask: building the monitor (torito)…");
-            let monitor = xtask::build_monitor(true)?;
-            let installed = xtask::install(&monitor, &dir)?;
+            eprintln!("xtask: building the monitor (torito) and torito-oci…");
+            let oci = xtask::build_oci(true)?;
+            let installed = xtask::install(&oci.with_file_name("torito"), &dir)?;
             println!("installed {}", installed.display());
+            println!("installed {}", xtask::install(&oci, &dir)?.display());
             let on_path = std::env::var_os("PATH").is_some_and(|p| {
                 std::env::split_paths(&p)
                     .any(|d| d == dir || d.canonicalize().ok() == dir.canonicalize().ok())

@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use xtask::Variant;
-use xtask::containerd::Containerd;
+use xtask::containerd::{Containerd, PodNet};
 use xtask::image::ImageSpec;
 
 /// Write `spec` as a tarball in `dir` and import it.
@@ -55,6 +55,18 @@ fn ctr_runs_appliance_images_through_torito_oci() {
         &dir,
         &ImageSpec::appliance("docker.io/torito/corrupt:latest", Some(b"\x7fELF but no more"), &[], "64M"),
     );
+    // No mark in its environment: known by the note in its ELF alone.
+    import(
+        &c,
+        &dir,
+        &ImageSpec {
+            name: "docker.io/torito/unmarked:latest",
+            files: vec![("/bin/hello", &hello)],
+            entrypoint: vec!["hello".into()],
+            cmd: vec!["unmarked".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+        },
+    );
     // Not an appliance: a static Linux program (the monitor itself), runc's.
     let monitor = std::fs::read(oci.with_file_name("torito")).unwrap();
     import(
@@ -75,6 +87,9 @@ fn ctr_runs_appliance_images_through_torito_oci() {
     assert!(out.contains("Hello from Torito!") && out.contains("command line: from image"), "{}", text(&o));
     let o = c.run_rm(&oci, "docker.io/torito/hello:latest", "hello-args", &["a", "b=c"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("command line: a b=c"), "{}", text(&o));
+
+    let o = c.run_rm(&oci, "docker.io/torito/unmarked:latest", "unmarked", &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("command line: unmarked"), "{}", text(&o));
 
     let o = c.run_rm(&oci, "docker.io/torito/exit42:latest", "exit42", &[]);
     assert_eq!(o.status.code(), Some(42), "a guest's exit code is the task's: {}", text(&o));
@@ -131,55 +146,6 @@ fn ctr_runs_appliance_images_through_torito_oci() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A pod's network as CNI would leave it, in miniature: two namespaces
-/// joined by a veth pair, the pod's `eth0` at 10.0.3.2/24 with its default
-/// route through the client's end at 10.0.3.1. Removed on drop.
-struct PodNet {
-    pod: String,
-    client: String,
-}
-
-impl PodNet {
-    fn create(tag: &str) -> PodNet {
-        let pid = std::process::id();
-        let net =
-            PodNet { pod: format!("torito-{tag}-pod-{pid}"), client: format!("torito-{tag}-cli-{pid}") };
-        let ip = |args: &[&str]| {
-            let o = std::process::Command::new("ip").args(args).output().unwrap();
-            assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
-        };
-        let (p, c) = (net.pod.as_str(), net.client.as_str());
-        ip(&["netns", "add", p]);
-        ip(&["netns", "add", c]);
-        ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", c]);
-        ip(&["-n", p, "addr", "add", "10.0.3.2/24", "dev", "eth0"]);
-        ip(&["-n", c, "addr", "add", "10.0.3.1/24", "dev", "peer0"]);
-        for (ns, dev) in [(p, "eth0"), (p, "lo"), (c, "peer0"), (c, "lo")] {
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        ip(&["-n", p, "route", "add", "default", "via", "10.0.3.1"]);
-        net
-    }
-
-    /// The pod's namespace as a path.
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.pod)
-    }
-
-    /// What `cmd` prints in the pod's namespace.
-    fn in_pod(&self, cmd: &[&str]) -> Output {
-        std::process::Command::new("ip").args(["netns", "exec", &self.pod]).args(cmd).output().unwrap()
-    }
-}
-
-impl Drop for PodNet {
-    fn drop(&mut self) {
-        for ns in [&self.pod, &self.client] {
-            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
 }
 
 /// The host namespace's links and qdiscs, to compare before and after.

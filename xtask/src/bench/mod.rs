@@ -28,6 +28,7 @@ mod chart;
 pub mod fs;
 pub mod launch;
 pub mod net;
+pub mod oci;
 pub mod process;
 pub mod report;
 pub mod soak;
@@ -53,6 +54,9 @@ pub enum Section {
     Appliances,
     /// httpd under 1,000 connections for a minute (only when named).
     Soak,
+    /// torito-oci under containerd: ctr run against runc, each verb, a
+    /// detached echo's start.
+    Oci,
 }
 
 /// Options of a bench run.
@@ -109,6 +113,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     }
     if opts.wants(Section::Appliances) {
         appliances::run(&monitor, &opts.out, &mut verdicts)?;
+    }
+    if opts.wants(Section::Oci) {
+        oci::run(&opts.out, opts.runs, opts.warmup, &mut verdicts)?;
     }
     if opts.wants(Section::Soak) {
         soak::run(&monitor, &opts.out, &mut verdicts)?;

@@ -1,0 +1,276 @@
+//! The oci section: torito-oci under containerd (a private one, started
+//! here). Side by side in one run: `ctr run --rm` of hello through
+//! torito-oci against `ctr run --rm` of a static native program through
+//! runc (the monitor's `--version`, one line, exit 0); each runtime verb
+//! timed on its own (`create`, `start`, `state`, `kill`, `delete`) for
+//! torito-oci and runc on the same bundle layout; and a detached echo
+//! appliance in a pod-like network namespace, from `ctr run -d` to the
+//! first TCP echo.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::report::Verdicts;
+use super::{fmt3, summary};
+use crate::Variant;
+use crate::containerd::{Containerd, PodNet};
+use crate::image::ImageSpec;
+
+/// What each torito-oci verb may cost of its own (the bound).
+const VERB_MS: f64 = 2.0;
+
+/// Milliseconds `c` takes to run (and whether it succeeded).
+fn timed(c: &mut Command) -> (f64, bool) {
+    let t = Instant::now();
+    let ok = c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    (t.elapsed().as_secs_f64() * 1e3, ok)
+}
+
+/// Run the section; skipped (said) without root, KVM or containerd.
+pub fn run(out: &Path, runs: usize, warmup: usize, verdicts: &mut Verdicts) -> Result<(), String> {
+    println!("\nOCI runtime (torito-oci under containerd {}):", containerd_version());
+    if !crate::containerd::is_root() || !crate::kvm_usable() {
+        println!("  skipped: needs root and /dev/kvm");
+        return Ok(());
+    }
+    let c = match Containerd::start("bench") {
+        Ok(c) => c,
+        Err(why) => {
+            println!("  skipped: {why}");
+            return Ok(());
+        }
+    };
+    let oci = crate::build_oci(true)?;
+    let monitor = oci.with_file_name("torito");
+    let dir = out.join("oci");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let hello = read(&crate::build("hello", Variant::default())?)?;
+    let echo = read(&crate::build("echo", Variant::default())?)?;
+    let spin = read(&crate::build("spin", Variant::default())?)?;
+    let native = read(&monitor)?;
+    let import = |spec: &ImageSpec| -> Result<(), String> {
+        let t = dir.join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
+        crate::image::write(spec, &t)?;
+        c.import(&t);
+        Ok(())
+    };
+    import(&ImageSpec::appliance("docker.io/torito/hello:latest", Some(&hello), &[], "64M"))?;
+    import(&ImageSpec::appliance("docker.io/torito/echo:latest", Some(&echo), &["port=7".into()], "64M"))?;
+    import(&ImageSpec {
+        name: "docker.io/torito/native:latest",
+        files: vec![("/torito", &native)],
+        entrypoint: vec!["/torito".into()],
+        cmd: vec!["--version".into()],
+        env: vec![],
+    })?;
+
+    // ctr run --rm, alternating.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..warmup + runs {
+        let (a, a_ok) = timed(
+            c.ctr()
+                .args(["run", "--rm", "--snapshotter", c.snapshotter(), "--runc-binary"])
+                .arg(&oci)
+                .args(["docker.io/torito/hello:latest", &format!("bench-t-{i}")]),
+        );
+        let (b, b_ok) = timed(
+            c.ctr()
+                .args(["run", "--rm", "--snapshotter", c.snapshotter()])
+                .args(["docker.io/torito/native:latest", &format!("bench-n-{i}")]),
+        );
+        if !a_ok || !b_ok {
+            return Err(format!(
+                "ctr run failed (torito-oci ok: {a_ok}, runc ok: {b_ok}); containerd:\n{}",
+                c.log()
+            ));
+        }
+        if i >= warmup {
+            ours.push(a);
+            theirs.push(b);
+        }
+    }
+    println!("  {:<44} {:>9} {:>9} {:>9}", "ctr run --rm, ms", "min", "median", "max");
+    println!("  {:<44} {}", "hello appliance through torito-oci", fmt3(summary(&ours)));
+    println!("  {:<44} {}", "static native program through runc", fmt3(summary(&theirs)));
+    if let (Some((_, a, _)), Some((_, b, _))) = (summary(&ours), summary(&theirs)) {
+        println!("  torito-oci / runc, medians, same run: {:.2}×", a / b);
+    }
+
+    verbs(&oci, &dir, &spin, runs.min(20), verdicts)?;
+    echo_start(&c, &oci, runs.min(10))?;
+    Ok(())
+}
+
+fn containerd_version() -> String {
+    Command::new("containerd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "(not installed)".into())
+}
+
+/// A bundle from `runc spec` (runc's defaults: new namespaces, /proc…)
+/// running `args` with `env`, whose root holds `files`.
+fn bundle(dir: &Path, files: &[(&str, &[u8])], args: &[&str], env: &[&str]) -> Result<PathBuf, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("rootfs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ok = Command::new("runc").arg("spec").arg("--bundle").arg(dir).status().is_ok_and(|s| s.success());
+    if !ok {
+        return Err("runc spec failed".into());
+    }
+    for (path, bytes) in files {
+        let p = dir.join("rootfs").join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap_or(dir)).map_err(|e| e.to_string())?;
+        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    let mut e: Vec<serde_json::Value> = spec["process"]["env"].as_array().cloned().unwrap_or_default();
+    e.extend(env.iter().map(|v| serde_json::json!(v)));
+    spec["process"]["env"] = serde_json::Value::Array(e);
+    std::fs::write(&path, spec.to_string()).map_err(|e| e.to_string())?;
+    Ok(dir.to_path_buf())
+}
+
+/// The native program `runc` runs for the verbs: the host's `sleep` with
+/// the libraries it needs.
+fn sleep_files() -> Vec<(String, Vec<u8>)> {
+    let ldd = Command::new("ldd").arg("/bin/sleep").output().map(|o| o.stdout).unwrap_or_default();
+    let libs = String::from_utf8_lossy(&ldd)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    std::iter::once("/bin/sleep".to_string())
+        .chain(libs)
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect()
+}
+
+/// Each verb of torito-oci and runc, timed on its own: create, start,
+/// state, kill, delete of a container that runs until killed.
+fn verbs(oci: &Path, dir: &Path, spin: &[u8], runs: usize, verdicts: &mut Verdicts) -> Result<(), String> {
+    let sleep = sleep_files();
+    let sleep_refs: Vec<(&str, &[u8])> = sleep.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+    let ours = bundle(
+        &dir.join("bundle-torito"),
+        &[("/appliance.elf", spin)],
+        &["/appliance.elf"],
+        &["TORITO_APPLIANCE=1", "TORITO_MEM=64M"],
+    )?;
+    let theirs = bundle(&dir.join("bundle-runc"), &sleep_refs, &["/bin/sleep", "infinity"], &[])?;
+    let root = dir.join("state");
+    const VERBS: [&str; 5] = ["create", "start", "state", "kill", "delete"];
+    let mut times: Vec<[Vec<f64>; 5]> = vec![Default::default(), Default::default()];
+    for i in 0..runs + 1 {
+        for (k, (runtime, bundle)) in [(oci, &ours), (Path::new("runc"), &theirs)].into_iter().enumerate() {
+            let id = format!("bench-verbs-{k}-{i}");
+            let rt = || {
+                let mut c = Command::new(runtime);
+                c.arg("--root").arg(&root);
+                c
+            };
+            let steps: [Vec<String>; 5] = [
+                vec!["create".into(), "--bundle".into(), bundle.display().to_string(), id.clone()],
+                vec!["start".into(), id.clone()],
+                vec!["state".into(), id.clone()],
+                vec!["kill".into(), id.clone(), "KILL".into()],
+                vec!["delete".into(), id.clone()],
+            ];
+            for (v, args) in steps.iter().enumerate() {
+                if v == 4 {
+                    // delete wants the process gone: wait for `stopped`.
+                    crate::testing::poll(Duration::from_secs(10), || {
+                        rt().args(["state", &id])
+                            .output()
+                            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("stopped"))
+                    });
+                }
+                let (ms, ok) = timed(rt().args(args));
+                if !ok {
+                    let _ = rt().args(["delete", "--force", &id]).status();
+                    return Err(format!("{} {} failed", runtime.display(), args.join(" ")));
+                }
+                // The first round warms the caches.
+                if i > 0 {
+                    times[k][v].push(ms);
+                }
+            }
+        }
+    }
+    println!("  {:<44} {:>9} {:>9} {:>9}", "runtime verbs on their own, ms", "min", "median", "max");
+    for (v, verb) in VERBS.iter().enumerate() {
+        for (k, name) in ["torito-oci", "runc"].iter().enumerate() {
+            println!("  {:<44} {}", format!("{verb:<7} {name}"), fmt3(summary(&times[k][v])));
+        }
+        if let (Some((_, a, _)), Some((_, b, _))) = (summary(&times[0][v]), summary(&times[1][v])) {
+            verdicts.check(
+                a <= VERB_MS,
+                format!("torito-oci {verb}: median {a:.2} ms ≤ {VERB_MS} ms of its own (runc's: {b:.2} ms, same run)"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ctr run -d` of the echo appliance in a pod-like namespace, to the
+/// first TCP echo from outside it.
+fn echo_start(c: &Containerd, oci: &Path, runs: usize) -> Result<(), String> {
+    if !crate::have("nc") {
+        println!("  (no nc: the echo start is not measured)");
+        return Ok(());
+    }
+    let net = PodNet::create("bench");
+    let mut ms = Vec::new();
+    for i in 0..runs {
+        let id = format!("bench-echo-{i}");
+        let t = Instant::now();
+        let o = c
+            .ctr()
+            .args(["run", "-d", "--snapshotter", c.snapshotter(), "--with-ns"])
+            .arg(format!("network:{}", net.path()))
+            .arg("--runc-binary")
+            .arg(oci)
+            .args(["docker.io/torito/echo:latest", &id])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("ctr run -d: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        let answered = crate::testing::poll(Duration::from_secs(30), || {
+            let mut nc = match Command::new("ip")
+                .args(["netns", "exec", &net.client, "nc", "-N", "-w", "2", "10.0.3.2", "7"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(nc) => nc,
+                Err(_) => return false,
+            };
+            use std::io::Write;
+            let _ = nc.stdin.take().map(|mut s| s.write_all(b"ping\n"));
+            nc.wait_with_output().is_ok_and(|o| o.stdout == b"ping\n")
+        });
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        let _ = c.ctr().args(["tasks", "kill", "-s", "SIGKILL", &id]).output();
+        crate::testing::poll(Duration::from_secs(10), || {
+            c.ctr().args(["tasks", "rm", &id]).output().is_ok_and(|o| o.status.success())
+        });
+        let _ = c.ctr().args(["containers", "rm", &id]).output();
+        if !answered {
+            return Err(format!("the echo appliance did not answer; containerd:\n{}", c.log()));
+        }
+        ms.push(took);
+    }
+    println!("  {:<44} {}", "ctr run -d echo → first TCP echo, ms", fmt3(summary(&ms)));
+    Ok(())
+}
