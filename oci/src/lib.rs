@@ -50,6 +50,13 @@ pub const DEFAULT_ROOT: &str = "/run/torito-oci";
 /// Run the command line of this process; its exit status.
 pub fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
+    // The container's process (spawned by `create`, which waits for it):
+    // straight there, without building the whole command line's parser.
+    if let [_, verb, dir] = &argv[..]
+        && verb == "init"
+    {
+        return report(&log::Log::new(None, None), init::run(std::path::Path::new(dir)));
+    }
     let cli = match cli::Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e)
