@@ -181,6 +181,15 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
     );
     import(&c, &dir, &ImageSpec::appliance("docker.io/torito/hello:latest", Some(&hello), &[], "64M"));
     let net = PodNet::create("oci");
+    // What a monitor killed before `delete` ran would leave: the TAP and
+    // the redirect on eth0. The next container of the pod must not trip.
+    for cmd in [
+        &["ip", "tuntap", "add", "dev", "torito0", "mode", "tap"][..],
+        &["tc", "qdisc", "add", "dev", "eth0", "ingress"],
+    ] {
+        let o = net.in_pod(cmd);
+        assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+    }
 
     let o = c
         .ctr()
