@@ -325,6 +325,71 @@ impl Drop for PodNet {
     }
 }
 
+/// A pause image made from the host's `sleep` and the libraries it needs
+/// (no registry here): `sleep infinity`, killed when the pod stops. Also
+/// the native long-running program the bench gives runc.
+pub struct SleepImage {
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl SleepImage {
+    /// Read `/bin/sleep` and what `ldd` says it loads.
+    pub fn from_host() -> Self {
+        let ldd = Command::new("ldd").arg("/bin/sleep").output().map(|o| o.stdout).unwrap_or_default();
+        let libs: Vec<String> = String::from_utf8_lossy(&ldd)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(str::to_string)
+            .collect();
+        let files = std::iter::once("/bin/sleep".to_string())
+            .chain(libs)
+            .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+            .collect();
+        SleepImage { files }
+    }
+
+    /// The files: path in the image, bytes.
+    pub fn files(&self) -> Vec<(&str, &[u8])> {
+        self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect()
+    }
+
+    /// The image `name`: `sleep infinity`.
+    pub fn spec<'a>(&'a self, name: &'a str) -> crate::image::ImageSpec<'a> {
+        crate::image::ImageSpec {
+            name,
+            files: self.files(),
+            entrypoint: vec!["/bin/sleep".into()],
+            cmd: vec!["infinity".into()],
+            env: vec![],
+        }
+    }
+}
+
+/// While alive, the CNI bridge `name` may exist; dropped, it is removed
+/// and `ip_forward` (the bridge plugin turns it on for a gateway) is
+/// restored.
+pub struct BridgeGuard {
+    name: String,
+    ip_forward: String,
+}
+
+impl BridgeGuard {
+    /// Remember `ip_forward` for bridge `name`.
+    pub fn new(name: &str) -> Self {
+        let ip_forward =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into());
+        BridgeGuard { name: name.into(), ip_forward }
+    }
+}
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("ip").args(["link", "del", &self.name]).stderr(std::process::Stdio::null()).status();
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.ip_forward);
+    }
+}
+
 /// Is this process root?
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -344,6 +344,28 @@ pub fn build_oci(release: bool) -> Result<PathBuf> {
     Ok(monitor.with_file_name("torito-oci"))
 }
 
+/// Build the CRI client (`xtask/cri`, a workspace of its own: `k8s-cri`
+/// compiles the CRI protocol with protoc, which the rest of the project
+/// does not need); its path, or why it cannot be built.
+pub fn build_cri_client() -> Result<PathBuf> {
+    if !have("protoc") {
+        return Err(
+            "protoc is not installed (Debian: protobuf-compiler): the CRI client cannot be built".into()
+        );
+    }
+    let target = root().join("target/cri");
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--manifest-path"])
+        .arg(root().join("xtask/cri/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    let ok = c.status().map_err(|e| format!("cannot run cargo: {e}"))?.success();
+    if !ok {
+        return Err("building the CRI client (xtask/cri) failed (see the compiler output above)".into());
+    }
+    Ok(target.join("debug/torito-cri"))
+}
+
 /// For tests: check that the `threads` app's "wall clock N s" line is
 /// within two minutes of the host's clock; panics with the line if not.
 pub fn assert_guest_wall_clock(console: &str) {

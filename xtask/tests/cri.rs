@@ -1,116 +1,43 @@
 //! torito-oci as the kubelet drives it: containerd's CRI plugin with a
 //! runtime handler `torito` (`runtime_type = "io.containerd.runc.v2"`,
 //! `BinaryName` = torito-oci), a CNI bridge network, and a CRI client
-//! speaking gRPC on containerd's socket (crictl is not packaged in Debian).
-//! The pod's pause container runs under runc (handed over), the echo
-//! appliance answers on the pod's IP from the host, its output is in the
-//! CRI log, StopContainer gives 143; a hostNetwork pod leaves the host's
-//! interfaces, addresses and qdiscs as they were.
+//! speaking gRPC on containerd's socket (`xtask/cri`: crictl is not
+//! packaged in Debian). The pod's pause container runs under runc (handed
+//! over), the echo appliance answers on the pod's IP from the host, its
+//! output is in the CRI log, StopContainer gives 143; a hostNetwork pod
+//! leaves the host's interfaces, addresses and qdiscs as they were.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-    ImageSpec as CriImage, LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListImagesRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-};
-use tonic::transport::{Channel, Endpoint, Uri};
 use xtask::Variant;
-use xtask::containerd::{Containerd, Cri};
+use xtask::containerd::{BridgeGuard, Containerd, Cri, SleepImage};
 use xtask::image::ImageSpec;
 
 const BRIDGE: &str = "torito-cni0";
 const SUBNET: &str = "10.0.4.0/24";
 const PAUSE: &str = "docker.io/torito/pause:latest";
 
-/// The CNI bridge is removed and `ip_forward` (the bridge plugin turns it
-/// on for a gateway) restored when this is dropped.
-struct HostGuard {
-    ip_forward: String,
+/// The CRI client on containerd `c`.
+struct Client<'a> {
+    bin: PathBuf,
+    c: &'a Containerd,
 }
 
-impl Drop for HostGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).stderr(Stdio::null()).status();
-        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.ip_forward);
-    }
-}
-
-/// A pause image made from the host's `sleep` and the libraries it needs
-/// (no registry here): `sleep infinity`, killed when the pod stops.
-fn pause_image<'a>(files: &'a mut Vec<(String, Vec<u8>)>) -> ImageSpec<'a> {
-    let ldd = Command::new("ldd").arg("/bin/sleep").output().expect("ldd");
-    let libs: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(str::to_string)
-        .collect();
-    for path in std::iter::once("/bin/sleep".to_string()).chain(libs) {
-        files.push((path.clone(), std::fs::read(&path).unwrap()));
-    }
-    ImageSpec {
-        name: PAUSE,
-        files: files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect(),
-        entrypoint: vec!["/bin/sleep".into()],
-        cmd: vec!["infinity".into()],
-        env: vec![],
-    }
-}
-
-async fn connect(sock: &Path) -> Channel {
-    let sock = sock.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?)) }
-        }))
-        .await
-        .expect("connect to containerd's CRI")
-}
-
-fn pod_config(name: &str, logs: &Path, network: NamespaceMode) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // A hostNetwork pod shares the host's UTS namespace: no hostname.
-        hostname: if network == NamespaceMode::Node { String::new() } else { name.into() },
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: network as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(CriImage { image: image.into(), ..Default::default() }),
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources {
-                memory_limit_in_bytes: 128 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+impl Client<'_> {
+    /// Run a verb; its one line of output (panics with why when it fails).
+    fn call(&self, args: &[&str]) -> String {
+        let o = Command::new(&self.bin).arg("--socket").arg(self.c.socket()).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "torito-cri {}: {}\ncontainerd:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr),
+            self.c.log()
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 }
 
@@ -139,17 +66,26 @@ fn echo_from_host(ip: &str, sent: &[u8]) -> Vec<u8> {
     nc.wait_with_output().unwrap().stdout
 }
 
+/// A pod's flags for the client.
+fn pod_args<'a>(name: &'a str, logs: &'a str, host: bool) -> Vec<&'a str> {
+    let mut a = vec!["--pod-name", name, "--logs", logs];
+    if host {
+        a.push("--host-network");
+    }
+    a
+}
+
 #[test]
 fn cri_pods_run_appliances_with_runtime_handler_torito() {
-    if !xtask::testing::need("nc") {
+    if !xtask::testing::need("nc") || !xtask::testing::need("protoc") {
         return;
     }
     let oci = xtask::build_oci(true).unwrap();
     let cri =
         Cri { oci: oci.clone(), pause_image: PAUSE.into(), bridge: BRIDGE.into(), subnet: SUBNET.into() };
-    let ip_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into());
-    let _host = HostGuard { ip_forward };
+    let _bridge = BridgeGuard::new(BRIDGE);
     let Some(c) = Containerd::or_skip_with("cri", Some(&cri)) else { return };
+    let client = Client { bin: xtask::build_cri_client().unwrap(), c: &c };
     let dir: PathBuf = c.dir().join("images");
     std::fs::create_dir_all(&dir).unwrap();
     let import = |spec: &ImageSpec| {
@@ -157,132 +93,88 @@ fn cri_pods_run_appliances_with_runtime_handler_torito() {
         xtask::image::write(spec, &t).unwrap();
         c.import(&t);
     };
-    let mut pause_files = Vec::new();
-    import(&pause_image(&mut pause_files));
+    let sleep = SleepImage::from_host();
+    import(&sleep.spec(PAUSE));
     let echo = std::fs::read(xtask::build("echo", Variant::default()).unwrap()).unwrap();
     let hello = std::fs::read(xtask::build("hello", Variant::default()).unwrap()).unwrap();
     import(&ImageSpec::appliance("docker.io/torito/echo:latest", Some(&echo), &["port=7".into()], "64M"));
     import(&ImageSpec::appliance("docker.io/torito/hello:latest", Some(&hello), &[], "64M"));
+    let images = client.call(&["images"]);
+    assert!(images.lines().any(|t| t == PAUSE), "images: {images}");
     let logs = c.dir().join("pods");
+    let memory = (128u64 << 20).to_string();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let channel = connect(c.socket()).await;
-        let mut rs = RuntimeServiceClient::new(channel.clone());
-        let mut is = ImageServiceClient::new(channel);
-        let images = is.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images;
-        assert!(images.iter().any(|i| i.repo_tags.iter().any(|t| t == PAUSE)), "images: {images:?}");
-
-        // A hostNetwork pod: hello, then the host's network as it was.
-        let before = host_network();
-        let host_logs = logs.join("host");
-        std::fs::create_dir_all(&host_logs).unwrap();
-        let config = pod_config("host", &host_logs, NamespaceMode::Node);
-        let pod = rs
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: "torito".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox (hostNetwork): {e}\n{}", c.log()))
-            .into_inner()
-            .pod_sandbox_id;
-        let id = rs
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config("hello", "docker.io/torito/hello:latest")),
-                sandbox_config: Some(config),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
-            .into_inner()
-            .container_id;
-        rs.start_container(StartContainerRequest { container_id: id.clone() })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
-        let mut status = None;
-        for _ in 0..300 {
-            let s = rs
-                .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
-            if s.finished_at != 0 {
-                status = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let status = status.expect("hello ended");
-        assert_eq!(status.exit_code, 0, "{status:?}");
-        let log = std::fs::read_to_string(host_logs.join("hello.log")).unwrap_or_default();
-        assert!(log.contains(" stdout F Hello from Torito!"), "the CRI log: {log}");
-        rs.remove_container(RemoveContainerRequest { container_id: id }).await.unwrap();
-        rs.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-        rs.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
-        assert_eq!(host_network(), before, "a hostNetwork pod changed the host's network");
-
-        // A pod on the CNI bridge: the echo appliance on the pod's IP.
-        let pod_logs = logs.join("echo");
-        std::fs::create_dir_all(&pod_logs).unwrap();
-        let config = pod_config("echo", &pod_logs, NamespaceMode::Pod);
-        let pod = rs
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: "torito".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
-            .into_inner()
-            .pod_sandbox_id;
-        let ip = rs
-            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
-        assert!(ip.starts_with("10.0.4."), "the pod's IP: {ip:?}");
-        let id = rs
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config("echo", "docker.io/torito/echo:latest")),
-                sandbox_config: Some(config),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
-            .into_inner()
-            .container_id;
-        rs.start_container(StartContainerRequest { container_id: id.clone() })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
-        let sent = b"pod to appliance, through CRI\n";
-        let mut back = Vec::new();
-        for _ in 0..30 {
-            back = echo_from_host(&ip, sent);
-            if back == sent {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert_eq!(String::from_utf8_lossy(&back), String::from_utf8_lossy(sent), "echo from {ip}:7");
-        let log = std::fs::read_to_string(pod_logs.join("echo.log")).unwrap_or_default();
-        assert!(log.contains("stdout F echo: listening on port 7"), "the CRI log: {log}");
-        rs.stop_container(StopContainerRequest { container_id: id.clone(), timeout: 10 }).await.unwrap();
-        let s = rs
-            .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        assert_eq!(s.exit_code, 143, "StopContainer: SIGTERM, the monitor's 143: {s:?}");
-        rs.remove_container(RemoveContainerRequest { container_id: id }).await.unwrap();
-        rs.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-        rs.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    // A hostNetwork pod: hello, then the host's network as it was.
+    let before = host_network();
+    let host_logs = logs.join("host");
+    std::fs::create_dir_all(&host_logs).unwrap();
+    let hl = host_logs.display().to_string();
+    let pod_flags = pod_args("host", &hl, true);
+    let pod = client.call(&[&["runp", "--handler", "torito"][..], &pod_flags].concat());
+    let create = [&["create", "--pod", &pod][..], &pod_flags, &["--name", "hello", "--image"]].concat();
+    let id = client.call(&[&create[..], &["docker.io/torito/hello:latest", "--memory", &memory]].concat());
+    client.call(&["start", &id]);
+    let mut status = String::new();
+    let ended = xtask::testing::poll(Duration::from_secs(30), || {
+        status = client.call(&["inspect", &id]);
+        status.contains("CONTAINER_EXITED")
     });
+    assert!(ended, "hello did not end: {status}");
+    assert!(status.contains("exit_code=0 "), "{status}");
+    // The log is written by containerd's copier, which may finish after
+    // the exit is reported.
+    let log = cri_log(&host_logs.join("hello.log"), " stdout F Hello from Torito!");
+    assert!(log.contains(" stdout F Hello from Torito!"), "the CRI log: {log}");
+    client.call(&["rm", &id]);
+    client.call(&["stopp", &pod]);
+    client.call(&["rmp", &pod]);
+    assert_eq!(host_network(), before, "a hostNetwork pod changed the host's network");
+
+    // A pod on the CNI bridge: the echo appliance on the pod's IP.
+    let netns_before = netns_names();
+    let pod_logs = logs.join("echo");
+    std::fs::create_dir_all(&pod_logs).unwrap();
+    let pl = pod_logs.display().to_string();
+    let pod_flags = pod_args("echo", &pl, false);
+    let pod = client.call(&[&["runp", "--handler", "torito"][..], &pod_flags].concat());
+    let ip = client.call(&["inspectp", &pod]);
+    assert!(ip.starts_with("10.0.4."), "the pod's IP: {ip:?}");
+    let create = [&["create", "--pod", &pod][..], &pod_flags, &["--name", "echo", "--image"]].concat();
+    let id = client.call(&[&create[..], &["docker.io/torito/echo:latest", "--memory", &memory]].concat());
+    client.call(&["start", &id]);
+    let sent = b"pod to appliance, through CRI\n";
+    let mut back = Vec::new();
+    let answered = xtask::testing::poll(Duration::from_secs(30), || {
+        back = echo_from_host(&ip, sent);
+        back == sent
+    });
+    assert!(answered, "no echo from {ip}:7 (got {:?})", String::from_utf8_lossy(&back));
+    let log = cri_log(&pod_logs.join("echo.log"), "stdout F echo: listening on port 7");
+    assert!(log.contains("stdout F echo: listening on port 7"), "the CRI log: {log}");
+    client.call(&["stop", &id, "--timeout", "10"]);
+    let status = client.call(&["inspect", &id]);
+    assert!(status.contains("exit_code=143 "), "StopContainer: SIGTERM, the monitor's 143: {status}");
+    client.call(&["rm", &id]);
+    client.call(&["stopp", &pod]);
+    client.call(&["rmp", &pod]);
+    assert_eq!(netns_names(), netns_before, "the pod's network namespace is gone");
+}
+
+/// The CRI log at `path` once it holds `line` (or after 10 s).
+fn cri_log(path: &Path, line: &str) -> String {
+    let mut log = String::new();
+    xtask::testing::poll(Duration::from_secs(10), || {
+        log = std::fs::read_to_string(path).unwrap_or_default();
+        log.contains(line)
+    });
+    log
+}
+
+/// The network namespaces under /var/run/netns.
+fn netns_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(Path::new("/var/run/netns"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::report::Verdicts;
 use super::{fmt3, summary};
 use crate::Variant;
-use crate::containerd::{Containerd, PodNet};
+use crate::containerd::{BridgeGuard, Containerd, Cri, PodNet, SleepImage};
 use crate::image::ImageSpec;
 
 /// What each torito-oci verb may cost of its own (the bound).
@@ -100,6 +100,8 @@ pub fn run(out: &Path, runs: usize, warmup: usize, verdicts: &mut Verdicts) -> R
 
     verbs(&oci, &dir, &spin, runs.min(20), verdicts)?;
     echo_start(&c, &oci, runs.min(10))?;
+    drop(c);
+    pod_start(&oci, &dir, &echo, runs.min(10))?;
     Ok(())
 }
 
@@ -150,28 +152,13 @@ fn bundle(
     Ok(dir.to_path_buf())
 }
 
-/// The native program `runc` runs for the verbs: the host's `sleep` with
-/// the libraries it needs.
-fn sleep_files() -> Vec<(String, Vec<u8>)> {
-    let ldd = Command::new("ldd").arg("/bin/sleep").output().map(|o| o.stdout).unwrap_or_default();
-    let libs = String::from_utf8_lossy(&ldd)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(str::to_string)
-        .collect::<Vec<_>>();
-    std::iter::once("/bin/sleep".to_string())
-        .chain(libs)
-        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
-        .collect()
-}
-
 /// Each verb of torito-oci and runc, timed on its own: create, start,
 /// state, kill, delete of a container that runs until killed; with runc's
 /// default spec (a new network namespace, which both runtimes make at
 /// create) and without it (what the runtime costs of its own).
 fn verbs(oci: &Path, dir: &Path, spin: &[u8], runs: usize, verdicts: &mut Verdicts) -> Result<(), String> {
-    let sleep = sleep_files();
-    let sleep_refs: Vec<(&str, &[u8])> = sleep.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+    let sleep = crate::containerd::SleepImage::from_host();
+    let sleep_refs = sleep.files();
     let appliance = |name: &str, netns: bool| {
         bundle(
             &dir.join(name),
@@ -298,5 +285,90 @@ fn echo_start(c: &Containerd, oci: &Path, runs: usize) -> Result<(), String> {
         ms.push(took);
     }
     println!("  {:<44} {}", "ctr run -d echo → first TCP echo, ms", fmt3(summary(&ms)));
+    Ok(())
+}
+
+/// A pod as the kubelet starts one, through CRI (`xtask/cri`): RunPodSandbox
+/// (the pause container under runc, a CNI bridge) → CreateContainer →
+/// StartContainer of the echo appliance → the first TCP echo on the pod's
+/// IP from the host.
+fn pod_start(oci: &Path, dir: &Path, echo: &[u8], runs: usize) -> Result<(), String> {
+    let client = match crate::build_cri_client() {
+        Ok(c) => c,
+        Err(why) => {
+            println!("  (pod start through CRI not measured: {why})");
+            return Ok(());
+        }
+    };
+    const PAUSE: &str = "docker.io/torito/pause:latest";
+    let cri = Cri {
+        oci: oci.to_path_buf(),
+        pause_image: PAUSE.into(),
+        bridge: "torito-bench0".into(),
+        subnet: "10.0.5.0/24".into(),
+    };
+    let _bridge = BridgeGuard::new(&cri.bridge);
+    let c = Containerd::start_with("bench-cri", Some(&cri))?;
+    let sleep = SleepImage::from_host();
+    for spec in [
+        sleep.spec(PAUSE),
+        ImageSpec::appliance("docker.io/torito/echo:latest", Some(echo), &["port=7".into()], "64M"),
+    ] {
+        let t = dir.join(format!("cri-{}.tar", spec.name.replace(['/', ':'], "_")));
+        crate::image::write(&spec, &t)?;
+        c.import(&t);
+    }
+    let call = |args: &[&str]| -> Result<String, String> {
+        let o = Command::new(&client)
+            .arg("--socket")
+            .arg(c.socket())
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("torito-cri {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let memory = (128u64 << 20).to_string();
+    let mut ms = Vec::new();
+    for i in 0..runs {
+        let name = format!("echo-{i}");
+        let logs = c.dir().join("pods").join(&name);
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let logs = logs.display().to_string();
+        let pod_flags = ["--pod-name", name.as_str(), "--logs", logs.as_str()];
+        let t = Instant::now();
+        let pod = call(&[&["runp", "--handler", "torito"][..], &pod_flags].concat())?;
+        let ip = call(&["inspectp", &pod])?;
+        let create = [&["create", "--pod", &pod][..], &pod_flags, &["--name", "echo", "--image"]].concat();
+        let id = call(&[&create[..], &["docker.io/torito/echo:latest", "--memory", &memory]].concat())?;
+        call(&["start", &id])?;
+        let answered = crate::testing::poll(Duration::from_secs(30), || {
+            let mut nc = match Command::new("nc")
+                .args(["-N", "-w", "2", &ip, "7"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(nc) => nc,
+                Err(_) => return false,
+            };
+            use std::io::Write;
+            let _ = nc.stdin.take().map(|mut s| s.write_all(b"ping\n"));
+            nc.wait_with_output().is_ok_and(|o| o.stdout == b"ping\n")
+        });
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        let _ = call(&["stop", &id, "--timeout", "0"]);
+        let _ = call(&["rm", &id]);
+        let _ = call(&["stopp", &pod]);
+        let _ = call(&["rmp", &pod]);
+        if !answered {
+            return Err(format!("the echo pod did not answer on {ip}; containerd:\n{}", c.log()));
+        }
+        ms.push(took);
+    }
+    println!("  {:<44} {}", "CRI pod start → first TCP echo on its IP, ms", fmt3(summary(&ms)));
     Ok(())
 }
