@@ -6,7 +6,8 @@
 //! the guest's command line), `root.path`, the network namespace (joined
 //! when it has a path, a new one otherwise; none in the spec: the
 //! runtime's own), `linux.resources.memory.limit` (guest RAM leaves
-//! [`MONITOR_HEADROOM`] of it to the monitor), `linux.cgroupsPath`, and
+//! [`MONITOR_HEADROOM`] of it to the monitor), `linux.cgroupsPath` with the
+//! memory, pids and CPU limits, and
 //! from the environment `TORITO_MEM` (guest RAM when there is no limit),
 //! `TORITO_CPUS` and `TORITO_APPLIANCE` (with which a command that names
 //! no appliance — `ctr run IMAGE ID a b` replaces the entrypoint — gives
@@ -63,8 +64,8 @@ pub struct Launch {
     pub net: NetNs,
     /// `linux.cgroupsPath`, when given.
     pub cgroups_path: Option<String>,
-    /// `linux.resources.memory.limit`, when given.
-    pub memory_limit: Option<u64>,
+    /// The cgroup limits of `linux.resources`.
+    pub limits: crate::cgroup::Limits,
     /// The root file system (host path).
     pub rootfs: PathBuf,
 }
@@ -111,8 +112,8 @@ pub fn plan_spec(spec: &Spec, bundle: &Path) -> Result<Option<Launch>, String> {
         );
     }
     let linux = spec.linux().as_ref();
-    let memory_limit = linux
-        .and_then(|l| l.resources().as_ref())
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    let memory_limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
         .and_then(|l| u64::try_from(l).ok())
@@ -148,17 +149,21 @@ pub fn plan_spec(spec: &Spec, bundle: &Path) -> Result<Option<Launch>, String> {
         cpus,
         net,
         cgroups_path: linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned()),
-        memory_limit,
+        limits: crate::cgroup::Limits {
+            memory: memory_limit,
+            pids: resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit()),
+            cpu_quota: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| c.quota()),
+            cpu_period: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| c.period()),
+        },
         rootfs,
     }))
 }
 
-/// Guest RAM from the memory limit and the image's default: the image's
-/// (or the monitor's default), but never more than the limit less the
-/// monitor's headroom.
+/// Guest RAM: with a memory limit, the limit less the monitor's headroom
+/// (what the user asked the pod to have); without, the image's default
+/// (`TORITO_MEM`) or the monitor's.
 pub fn guest_mem(limit: Option<u64>, image: Option<u64>) -> Result<u64, String> {
-    let wanted = image.unwrap_or(DEFAULT_MEM);
-    let Some(limit) = limit else { return Ok(wanted.max(MIN_MEM)) };
+    let Some(limit) = limit else { return Ok(image.unwrap_or(DEFAULT_MEM).max(MIN_MEM)) };
     let room = limit.saturating_sub(MONITOR_HEADROOM);
     if room < MIN_MEM {
         return Err(format!(
@@ -169,7 +174,7 @@ pub fn guest_mem(limit: Option<u64>, image: Option<u64>) -> Result<u64, String> 
         ));
     }
     // Whole MiB, as the monitor's --mem wants them.
-    Ok(wanted.min(room).max(MIN_MEM) & !((1 << 20) - 1))
+    Ok(room & !((1 << 20) - 1))
 }
 
 /// `128M`, `1G`, `65536K` or bytes.
@@ -275,7 +280,7 @@ mod tests {
             serde_json::json!({ "linux": {
                 "namespaces": [{ "type": "network", "path": "/var/run/netns/cni-1" }],
                 "cgroupsPath": "/kubepods/pod1/c1",
-                "resources": { "memory": { "limit": 64 << 20 } },
+                "resources": { "memory": { "limit": 64 << 20 }, "pids": { "limit": 32 }, "cpu": { "quota": 50000, "period": 100000 } },
             }}),
         );
         let l = plan_spec(&s, &b).unwrap().unwrap();
@@ -283,6 +288,13 @@ mod tests {
         assert_eq!(l.mem, 56 << 20);
         assert_eq!(l.cpus, 2);
         assert_eq!(l.cgroups_path.as_deref(), Some("/kubepods/pod1/c1"));
+        let limits = crate::cgroup::Limits {
+            memory: Some(64 << 20),
+            pids: Some(32),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+        };
+        assert_eq!(l.limits, limits);
         let host = base(&["TORITO_APPLIANCE=1"], serde_json::json!({ "linux": { "namespaces": [] } }));
         assert_eq!(plan_spec(&host, &b).unwrap().unwrap().net, NetNs::Host);
         let mine = base(
@@ -321,7 +333,9 @@ mod tests {
         assert!(plan_spec(&tty, &b).unwrap_err().contains("terminal"));
         assert!(guest_mem(Some(20 << 20), None).unwrap_err().contains("memory limit 20 MiB"));
         assert_eq!(guest_mem(None, None).unwrap(), 128 << 20);
-        assert_eq!(guest_mem(Some(1 << 30), Some(256 << 20)).unwrap(), 256 << 20);
+        assert_eq!(guest_mem(Some(1 << 30), Some(256 << 20)).unwrap(), 1016 << 20, "the limit wins");
+        assert_eq!(guest_mem(None, Some(256 << 20)).unwrap(), 256 << 20);
+        assert_eq!(guest_mem(Some((64 << 20) + 12345), None).unwrap(), 56 << 20, "whole MiB");
         let _ = std::fs::remove_dir_all(&b);
     }
 }

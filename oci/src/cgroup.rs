@@ -1,5 +1,6 @@
 //! Placing the container's process in the cgroup `linux.cgroupsPath`
-//! names, with the memory limit of `linux.resources` — on cgroup v2 (one
+//! names, with the limits of `linux.resources` (memory, pids, CPU quota)
+//! — on cgroup v2 (one
 //! hierarchy) or v1 (a directory per controller), as runc's cgroupfs
 //! driver does. The shim reads the process's cgroup for statistics and
 //! out-of-memory events.
@@ -34,9 +35,45 @@ pub fn dirs(mount: &Path, path: &str) -> Option<Vec<PathBuf>> {
     Some(V1_CONTROLLERS.iter().map(|c| mount.join(c)).filter(|d| d.is_dir()).map(|d| d.join(rel)).collect())
 }
 
-/// Create the cgroup(s) of `path`, set the memory limit, move `pid` in;
-/// the directories made (for `delete`).
-pub fn place(mount: &Path, path: &str, memory_limit: Option<u64>, pid: i32) -> Result<Vec<PathBuf>, Error> {
+/// The limits of `linux.resources` an appliance's cgroup gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// `memory.limit`, bytes.
+    pub memory: Option<u64>,
+    /// `pids.limit`.
+    pub pids: Option<i64>,
+    /// `cpu.quota` (µs per period; negative: none).
+    pub cpu_quota: Option<i64>,
+    /// `cpu.period` (µs).
+    pub cpu_period: Option<u64>,
+}
+
+impl Limits {
+    /// The files to write and their values, in order; each is written in
+    /// the directories that have it (v2 names and v1 names both listed).
+    pub fn files(&self) -> Vec<(&'static str, String)> {
+        let mut f = Vec::new();
+        if let Some(m) = self.memory {
+            f.push(("memory.max", m.to_string()));
+            f.push(("memory.limit_in_bytes", m.to_string()));
+        }
+        if let Some(p) = self.pids {
+            f.push(("pids.max", if p > 0 { p.to_string() } else { "max".into() }));
+        }
+        if self.cpu_quota.is_some() || self.cpu_period.is_some() {
+            let period = self.cpu_period.unwrap_or(100_000);
+            let quota = self.cpu_quota.filter(|&q| q > 0);
+            f.push(("cpu.max", format!("{} {period}", quota.map_or("max".to_string(), |q| q.to_string()))));
+            f.push(("cpu.cfs_period_us", period.to_string()));
+            f.push(("cpu.cfs_quota_us", quota.unwrap_or(-1).to_string()));
+        }
+        f
+    }
+}
+
+/// Create the cgroup(s) of `path`, set the limits, move `pid` in; the
+/// directories made (for `delete`).
+pub fn place(mount: &Path, path: &str, limits: &Limits, pid: i32) -> Result<Vec<PathBuf>, Error> {
     let Some(dirs) = dirs(mount, path) else {
         return Err(Error::Setup {
             id: String::new(),
@@ -45,17 +82,15 @@ pub fn place(mount: &Path, path: &str, memory_limit: Option<u64>, pid: i32) -> R
             ),
         });
     };
+    let files = limits.files();
     for d in &dirs {
         std::fs::create_dir_all(d)
             .map_err(|e| Error::io(format!("cannot create cgroup {}", d.display()), e))?;
-        if let Some(limit) = memory_limit {
-            // v2: memory.max; v1: memory.limit_in_bytes in the memory hierarchy.
-            for file in ["memory.max", "memory.limit_in_bytes"] {
-                let f = d.join(file);
-                if f.exists() {
-                    std::fs::write(&f, limit.to_string())
-                        .map_err(|e| Error::io(format!("cannot write {}", f.display()), e))?;
-                }
+        for (file, value) in &files {
+            let f = d.join(file);
+            if f.exists() {
+                std::fs::write(&f, value)
+                    .map_err(|e| Error::io(format!("cannot write {value} to {}", f.display()), e))?;
             }
         }
         fill_cpuset(d);
@@ -92,6 +127,21 @@ pub fn remove(dirs: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_in_v1_and_v2_words() {
+        let l = Limits { memory: Some(128 << 20), pids: Some(64), cpu_quota: Some(50_000), cpu_period: None };
+        let f = l.files();
+        assert!(f.contains(&("memory.max", "134217728".into())));
+        assert!(f.contains(&("memory.limit_in_bytes", "134217728".into())));
+        assert!(f.contains(&("pids.max", "64".into())));
+        assert!(f.contains(&("cpu.max", "50000 100000".into())));
+        assert!(f.contains(&("cpu.cfs_quota_us", "50000".into())));
+        let period_only = Limits { cpu_period: Some(200_000), ..Default::default() }.files();
+        assert!(period_only.contains(&("cpu.max", "max 200000".into())));
+        assert!(period_only.contains(&("cpu.cfs_quota_us", "-1".into())));
+        assert_eq!(Limits::default().files(), []);
+    }
 
     #[test]
     fn paths_per_hierarchy() {

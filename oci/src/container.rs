@@ -147,7 +147,7 @@ fn place(launch: &Launch, pid: i32) -> Result<Vec<PathBuf>, Error> {
         );
         return Ok(Vec::new());
     }
-    cgroup::place(Path::new(cgroup::MOUNT), path, launch.memory_limit, pid)
+    cgroup::place(Path::new(cgroup::MOUNT), path, &launch.limits, pid)
 }
 
 fn absolute(p: &Path) -> PathBuf {

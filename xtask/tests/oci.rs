@@ -193,7 +193,7 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
 
     let o = c
         .ctr()
-        .args(["run", "-d", "--snapshotter", c.snapshotter(), "--with-ns"])
+        .args(["run", "-d", "--snapshotter", c.snapshotter(), "--memory-limit", "134217728", "--with-ns"])
         .arg(format!("network:{}", net.path()))
         .arg("--runc-binary")
         .arg(&oci)
@@ -224,6 +224,24 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
     );
     let tap = net.in_pod(&["ip", "link", "show", "torito0"]);
     assert!(tap.status.success(), "the TAP is in the pod's namespace: {}", text(&tap));
+    // The monitor is the container's process, in its cgroup with its memory
+    // limit, and the guest got the limit less the monitor's 8 MiB.
+    let state = std::fs::read_to_string("/run/containerd/runc/torito-net/echo/torito-oci.json").unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("torito --mem 120M") && cmdline.contains("--net tap=torito0"), "{cmdline}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups.lines().find(|l| l.contains(":memory:") || l.starts_with("0::")).unwrap_or_default();
+    assert!(memory.ends_with("/torito-net/echo"), "the monitor's cgroups: {cgroups}");
+    let dir = Path::new("/sys/fs/cgroup/memory/torito-net/echo");
+    let limit_file = if dir.is_dir() {
+        dir.join("memory.limit_in_bytes")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/torito-net/echo/memory.max")
+    };
+    assert_eq!(std::fs::read_to_string(&limit_file).unwrap().trim(), "134217728", "{}", limit_file.display());
 
     let k = c.ctr().args(["tasks", "kill", "echo"]).output().unwrap();
     assert!(k.status.success(), "{}", text(&k));
