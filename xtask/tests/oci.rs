@@ -235,9 +235,9 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let memory = cgroups.lines().find(|l| l.contains(":memory:") || l.starts_with("0::")).unwrap_or_default();
     assert!(memory.ends_with("/torito-net/echo"), "the monitor's cgroups: {cgroups}");
-    let dir = Path::new("/sys/fs/cgroup/memory/torito-net/echo");
-    let limit_file = if dir.is_dir() {
-        dir.join("memory.limit_in_bytes")
+    let v1 = Path::new("/sys/fs/cgroup/memory/torito-net/echo");
+    let limit_file = if v1.is_dir() {
+        v1.join("memory.limit_in_bytes")
     } else {
         PathBuf::from("/sys/fs/cgroup/torito-net/echo/memory.max")
     };
