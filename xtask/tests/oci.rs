@@ -255,6 +255,8 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
     assert!(stopped, "SIGTERM did not stop echo");
     let rm = c.ctr().args(["tasks", "rm", "echo"]).output().unwrap();
     assert!(rm.status.success(), "{}", text(&rm));
+    // ctr says a task's non-zero status when it removes it: SIGTERM, 143.
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("exit code 143"), "{}", text(&rm));
     let rm = c.ctr().args(["containers", "rm", "echo"]).output().unwrap();
     assert!(rm.status.success(), "{}", text(&rm));
     let tap = net.in_pod(&["ip", "link", "show", "torito0"]);
