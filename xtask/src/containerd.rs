@@ -390,6 +390,33 @@ impl Drop for BridgeGuard {
     }
 }
 
+/// One TCP exchange with `nc`: send `msg` to `ip:port` (from network
+/// namespace `netns`, else from here), close our side, return what came
+/// back (empty when nothing could be run or reached).
+pub fn nc_echo(netns: Option<&str>, ip: &str, port: u16, msg: &[u8]) -> Vec<u8> {
+    let port = port.to_string();
+    let nc = ["nc", "-N", "-w", "3", ip, port.as_str()];
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(nc);
+            c
+        }
+        None => {
+            let mut c = Command::new(nc[0]);
+            c.args(&nc[1..]);
+            c
+        }
+    };
+    use std::process::Stdio;
+    let Ok(mut child) = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() else {
+        return Vec::new();
+    };
+    use std::io::Write;
+    let _ = child.stdin.take().map(|mut s| s.write_all(msg));
+    child.wait_with_output().map(|o| o.stdout).unwrap_or_default()
+}
+
 /// Is this process root?
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

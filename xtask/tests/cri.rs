@@ -8,12 +8,12 @@
 //! leaves the host's interfaces, addresses and qdiscs as they were.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use std::time::Duration;
 
 use xtask::Variant;
-use xtask::containerd::{BridgeGuard, Containerd, Cri, SleepImage};
+use xtask::containerd::{BridgeGuard, Containerd, Cri, SleepImage, nc_echo};
 use xtask::image::ImageSpec;
 
 const BRIDGE: &str = "torito-cni0";
@@ -50,20 +50,6 @@ fn host_network() -> String {
     let links = run(&["ip", "-o", "link", "show"]);
     let links: Vec<&str> = links.lines().map(|l| l.split(" link/").next().unwrap_or(l)).collect();
     format!("{}\n{}\n{}", links.join("\n"), run(&["ip", "-o", "addr", "show"]), run(&["tc", "qdisc", "show"]))
-}
-
-/// nc from the host to `ip:7`; what came back.
-fn echo_from_host(ip: &str, sent: &[u8]) -> Vec<u8> {
-    let mut nc = Command::new("nc")
-        .args(["-N", "-w", "3", ip, "7"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    let _ = nc.stdin.take().unwrap().write_all(sent);
-    nc.wait_with_output().unwrap().stdout
 }
 
 /// A pod's flags for the client.
@@ -145,7 +131,7 @@ fn cri_pods_run_appliances_with_runtime_handler_torito() {
     let sent = b"pod to appliance, through CRI\n";
     let mut back = Vec::new();
     let answered = xtask::testing::poll(Duration::from_secs(30), || {
-        back = echo_from_host(&ip, sent);
+        back = nc_echo(None, &ip, 7, sent);
         back == sent
     });
     assert!(answered, "no echo from {ip}:7 (got {:?})", String::from_utf8_lossy(&back));

@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use xtask::Variant;
-use xtask::containerd::{Containerd, PodNet};
+use xtask::containerd::{Containerd, PodNet, nc_echo};
 use xtask::image::ImageSpec;
 
 /// Write `spec` as a tarball in `dir` and import it.
@@ -204,16 +204,7 @@ fn a_detached_echo_answers_on_its_pod_address_and_leaves_nothing() {
     let sent = b"through containerd, a TAP and tc mirred\n";
     let mut back = Vec::new();
     let answered = xtask::testing::poll(Duration::from_secs(30), || {
-        let mut nc = std::process::Command::new("ip")
-            .args(["netns", "exec", &net.client, "nc", "-N", "-w", "3", "10.0.3.2", "7"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let _ = nc.stdin.take().unwrap().write_all(sent);
-        back = nc.wait_with_output().unwrap().stdout;
+        back = nc_echo(Some(&net.client), "10.0.3.2", 7, sent);
         back == sent
     });
     assert!(

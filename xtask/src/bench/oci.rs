@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::report::Verdicts;
 use super::{fmt3, summary};
 use crate::Variant;
-use crate::containerd::{BridgeGuard, Containerd, Cri, PodNet, SleepImage};
+use crate::containerd::{BridgeGuard, Containerd, Cri, PodNet, SleepImage, nc_echo};
 use crate::image::ImageSpec;
 
 /// What each torito-oci verb may cost of its own (the bound).
@@ -259,19 +259,7 @@ fn echo_start(c: &Containerd, oci: &Path, runs: usize) -> Result<(), String> {
             return Err(format!("ctr run -d: {}", String::from_utf8_lossy(&o.stderr)));
         }
         let answered = crate::testing::poll(Duration::from_secs(30), || {
-            let mut nc = match Command::new("ip")
-                .args(["netns", "exec", &net.client, "nc", "-N", "-w", "2", "10.0.3.2", "7"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-            {
-                Ok(nc) => nc,
-                Err(_) => return false,
-            };
-            use std::io::Write;
-            let _ = nc.stdin.take().map(|mut s| s.write_all(b"ping\n"));
-            nc.wait_with_output().is_ok_and(|o| o.stdout == b"ping\n")
+            nc_echo(Some(&net.client), "10.0.3.2", 7, b"ping\n") == b"ping\n"
         });
         let took = t.elapsed().as_secs_f64() * 1e3;
         let _ = c.ctr().args(["tasks", "kill", "-s", "SIGKILL", &id]).output();
@@ -344,21 +332,8 @@ fn pod_start(oci: &Path, dir: &Path, echo: &[u8], runs: usize) -> Result<(), Str
         let create = [&["create", "--pod", &pod][..], &pod_flags, &["--name", "echo", "--image"]].concat();
         let id = call(&[&create[..], &["docker.io/torito/echo:latest", "--memory", &memory]].concat())?;
         call(&["start", &id])?;
-        let answered = crate::testing::poll(Duration::from_secs(30), || {
-            let mut nc = match Command::new("nc")
-                .args(["-N", "-w", "2", &ip, "7"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-            {
-                Ok(nc) => nc,
-                Err(_) => return false,
-            };
-            use std::io::Write;
-            let _ = nc.stdin.take().map(|mut s| s.write_all(b"ping\n"));
-            nc.wait_with_output().is_ok_and(|o| o.stdout == b"ping\n")
-        });
+        let answered =
+            crate::testing::poll(Duration::from_secs(30), || nc_echo(None, &ip, 7, b"ping\n") == b"ping\n");
         let took = t.elapsed().as_secs_f64() * 1e3;
         let _ = call(&["stop", &id, "--timeout", "0"]);
         let _ = call(&["rm", &id]);
