@@ -129,7 +129,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !v.is_finite() || v <= 0.0 {
         return Err(format!("duration '{s}' must be positive"));
     }
-    Ok(Duration::from_secs_f64(v * scale))
+    // Found by the fuzzer: `from_secs_f64` panics past `Duration::MAX`.
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("duration '{s}' is too long"))
 }
 
 #[cfg(test)]
@@ -162,5 +163,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").is_err());
+        // Found by the fuzzer: it panicked.
+        assert_eq!(parse_duration("1e30ms"), Err("duration '1e30ms' is too long".into()));
     }
 }

@@ -197,8 +197,15 @@ pub fn device(kind: Kind, data: &[u8]) -> u16 {
 pub fn command_line(data: &[u8]) {
     let words = data.split(|&b| b == 0).map(|w| String::from_utf8_lossy(w).into_owned());
     let args = std::iter::once("torito".to_string()).chain(words);
-    if let Ok(cli) = <crate::cli::Cli as clap::Parser>::try_parse_from(args) {
-        let _ = cli.config();
+    // clap's derive builds its `Command` anew at each parse, which costs
+    // more than the parse; built once and cloned, the same parse runs
+    // several times as many inputs a second.
+    static COMMAND: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    let command = COMMAND.get_or_init(<crate::cli::Cli as clap::CommandFactory>::command);
+    if let Ok(matches) = command.clone().try_get_matches_from(args) {
+        if let Ok(cli) = <crate::cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+            let _ = cli.config();
+        }
     }
     let _ = crate::arch::boot_info::check_cmdline(&String::from_utf8_lossy(data));
 }

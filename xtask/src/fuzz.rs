@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [TARGET] [--time SECONDS]`: the monitor's fuzz
+//! `cargo xtask fuzz [TARGET] [--time SECONDS] [--runs N] [--asan]`: the monitor's fuzz
 //! targets (`fuzz/`), one after the other, with cargo-fuzz and libFuzzer.
 //!
 //! cargo-fuzz needs the nightly toolchain (sanitizer coverage); nothing
@@ -9,6 +9,11 @@
 //! `fuzz/artifacts/TARGET/` by libFuzzer and should be copied into the
 //! corpus once fixed: the stable unit tests replay every corpus file
 //! (`vmm::fuzzing`).
+//!
+//! The targets are built without a sanitizer unless `--asan`: the code
+//! they reach has no `unsafe` of its own (the monitor's is in `vstate`,
+//! which no target calls), so what there is to find are panics, hangs
+//! and growth, and AddressSanitizer would cost ~2.6× the inputs a second.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -47,8 +52,19 @@ fn check_tools() -> Result<(), String> {
     }
 }
 
-/// Run `targets` (all of [`TARGETS`] when empty) for `seconds` each.
-pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
+/// When a target's run stops: after so many seconds, so many inputs, or
+/// whichever comes first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limit {
+    /// Seconds (libFuzzer's `-max_total_time`).
+    pub seconds: Option<u64>,
+    /// Inputs (libFuzzer's `-runs`).
+    pub runs: Option<u64>,
+}
+
+/// Run `targets` (all of [`TARGETS`] when empty) each until `limit`,
+/// under AddressSanitizer if `asan`.
+pub fn run(targets: &[String], limit: Limit, asan: bool) -> Result<Vec<Outcome>, String> {
     for t in targets {
         if !TARGETS.contains(&t.as_str()) {
             return Err(format!("no fuzz target '{t}' (there are: {})", TARGETS.join(", ")));
@@ -60,7 +76,15 @@ pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
     let dir = crate::root().join("fuzz");
     let mut outcomes = Vec::new();
     for t in targets {
-        eprintln!("fuzz: {t} for {seconds} s");
+        let mut stop = Vec::new();
+        if let Some(s) = limit.seconds {
+            stop.push(format!("-max_total_time={}", s.max(1)));
+        }
+        if let Some(n) = limit.runs {
+            stop.push(format!("-runs={n}"));
+        }
+        eprintln!("fuzz: {t} until {}", stop.join(" "));
+        let started = std::time::Instant::now();
         let corpus = dir.join("corpus").join(t);
         // The corpus grows in a scratch copy; the committed seeds stay few.
         let work = crate::root().join("target/fuzz-corpus").join(t);
@@ -69,17 +93,19 @@ pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
         c.current_dir(crate::root())
             .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
             .arg(&dir)
-            .args(["--release", "--debug-assertions", t])
+            .args(["--release", "--debug-assertions", "--sanitizer", if asan { "address" } else { "none" }, t])
             .arg(&work)
             .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1", "-timeout=10"])
+            .arg("--")
+            .args(&stop)
+            .args(["-print_final_stats=1", "-timeout=10"])
             .args(["-rss_limit_mb=2048", "-max_len=16384", "-print_pcs=0"])
             // For the cargo that cargo-fuzz runs, under this checkout's
             // pinned stable toolchain file.
             .env("RUSTUP_TOOLCHAIN", "nightly")
             .stderr(Stdio::piped());
         let mut child = crate::group::spawn(&mut c).map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
-        let mut out = Outcome { target: t.clone(), seconds, ..Default::default() };
+        let mut out = Outcome { target: t.clone(), ..Default::default() };
         if let Some(err) = child.take_stderr() {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 parse_line(&line, &mut out);
@@ -93,6 +119,10 @@ pub fn run(targets: &[String], seconds: u64) -> Result<Vec<Outcome>, String> {
         }
         let status = child.wait_with_output().map_err(|e| format!("cargo fuzz: {e}"))?.status;
         out.clean = status.success();
+        if out.seconds == 0 {
+            // Killed before libFuzzer's last words: the build included.
+            out.seconds = started.elapsed().as_secs();
+        }
         eprintln!(
             "fuzz: {t}: {} executions, coverage {}, corpus {}, {} s, peak RSS {} MB: {}",
             out.executions,
@@ -131,8 +161,15 @@ pub fn parse_line(line: &str, out: &mut Outcome) {
     if let Some(v) = line.strip_prefix("stat::peak_rss_mb:") {
         out.peak_rss_mb = v.trim().parse().unwrap_or(out.peak_rss_mb);
     }
-    if let Some(v) = line.strip_prefix("Done ").and_then(|r| r.split_whitespace().next()) {
-        out.executions = v.parse().unwrap_or(out.executions);
+    // `Done 10000000 runs in 612 second(s)`
+    if let Some(rest) = line.strip_prefix("Done ") {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if let Some(v) = words.first() {
+            out.executions = v.parse().unwrap_or(out.executions);
+        }
+        if let (Some(&"in"), Some(v)) = (words.get(2), words.get(3)) {
+            out.seconds = v.parse().unwrap_or(out.seconds);
+        }
     }
 }
 
@@ -150,6 +187,8 @@ mod tests {
         parse_line("stat::number_of_executed_units: 10000001", &mut o);
         parse_line("stat::peak_rss_mb:              91", &mut o);
         assert_eq!((o.coverage, o.corpus, o.executions, o.peak_rss_mb), (1234, 89, 10_000_001, 91));
+        parse_line("Done 10000000 runs in 612 second(s)", &mut o);
+        assert_eq!((o.executions, o.seconds), (10_000_000, 612));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! The guest is not trusted; should it ever take over the monitor (a bug
 //! in a device model), the filters keep it from the rest of the host: no
 //! `execve`, no `fork`, no network sockets, no files opened for writing
-//! unless the run writes files (a `--core`, a writable `--share`; with any
-//! `--share` the FUSE server's `openat2`, whose flags a filter cannot
-//! read, is allowed), and KVM ioctls by number only.
+//! unless the run writes files (a `--core`, a writable `--share`; a
+//! read-only share's server opens with `openat`, whose flags the filter
+//! checks, never `openat2`, whose flags it could not), and KVM ioctls by
+//! number only.
 //!
 //! Filters follow the threads' roles ([`Role`]) and what the command line
 //! attached: a run without disks allows no disk I/O, one without vsock no
@@ -302,7 +303,6 @@ const STREAMS: &[Sysno] = &[
 
 /// The virtio-fs server (a passthrough of host directories).
 const SHARE: &[Sysno] = &[
-    Sysno::openat2,
     Sysno::getdents64,
     Sysno::fstatfs,
     Sysno::pread64,
@@ -500,6 +500,10 @@ mod tests {
                 "disk" => cfg.disks.push(crate::config::DiskConfig::parse("d.img").unwrap()),
                 "vsock" => cfg.vsock = Some(crate::config::VsockConfig::parse("cid=3,uds=/tmp/v").unwrap()),
                 "core" => cfg.core = Some("core".into()),
+                "share" => cfg.shares.push(crate::devices::virtio::fs::ShareConfig::parse("/tmp").unwrap()),
+                "share-ro" => {
+                    cfg.shares.push(crate::devices::virtio::fs::ShareConfig::parse("/tmp,ro").unwrap())
+                }
                 _ => unreachable!(),
             }
         }
@@ -539,6 +543,22 @@ mod tests {
         assert_eq!(call(Sysno::clone3, 0), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
         assert_eq!(call(Sysno::socket, libc::AF_INET as u64), libc::SECCOMP_RET_TRAP);
         assert_eq!(call(Sysno::socket, libc::AF_UNIX as u64), libc::SECCOMP_RET_ALLOW);
+    }
+
+    /// A read-only share's server opens nothing for writing, and nothing
+    /// with `openat2`, whose flags a filter cannot see (it once allowed
+    /// `openat2` with any share).
+    #[test]
+    fn a_read_only_share_allows_no_write_and_no_openat2() {
+        let rules = sandbox(&["share-ro"]).rules(Role::Vcpu);
+        let calls: Vec<Sysno> = rules.0.iter().map(|(c, _)| *c).collect();
+        for c in [Sysno::openat2, Sysno::pwrite64, Sysno::mkdirat, Sysno::unlinkat, Sysno::renameat2] {
+            assert!(!calls.contains(&c), "{c}");
+        }
+        let openat: Vec<&Leaf> = rules.0.iter().filter(|(c, _)| *c == Sysno::openat).map(|(_, l)| l).collect();
+        assert!(!openat.is_empty() && !openat.iter().any(|l| matches!(l, Leaf::Allow)), "{openat:?}");
+        let writable: Vec<Sysno> = allowed(&sandbox(&["share"]), Role::Vcpu);
+        assert!(writable.contains(&Sysno::mkdirat) && !writable.contains(&Sysno::openat2));
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //!
 //! Nothing outside the shared directory can be named: every node is an
 //! `O_PATH` descriptor of an object inside it, and a name is resolved one
-//! component at a time from its parent's descriptor with `openat2`
-//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`), after
-//! it was checked to hold no `/` or NUL and to be neither `.` nor `..`. A
-//! symbolic link is a node of its own kind that is never followed nor
-//! opened. Files are opened for I/O by reopening their node's descriptor
+//! component at a time from its parent's descriptor ([`Server::lookup`]:
+//! `openat(parent, name, O_PATH | O_NOFOLLOW)`), after it was checked to
+//! hold no `/` or NUL and to be neither `.` nor `..`: a single component
+//! that is a child's own name can name nothing else, so `openat2`'s
+//! `RESOLVE_BENEATH` would add nothing, and plain `openat` is what the
+//! seccomp filter can check (its flags are an argument, `openat2`'s sit
+//! in a struct). A symbolic link is a node of its own kind that is never
+//! followed nor opened (`O_NOFOLLOW`: it is the link's own descriptor,
+//! and `O_CREAT` over one fails). Files are opened for I/O by reopening their node's descriptor
 //! (`/proc/self/fd/N`, which names that inode, not a path), directories
 //! through `openat(node, ".")`. Node IDs and file handles are indices into
 //! tables this server owns; both are capped, as are names and transfers.
@@ -23,7 +27,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use fuse_abi::linux as abi;
-use rustix::fs::{AtFlags, FileType as Kind, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType as Kind, Mode, OFlags};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Largest READ or WRITE served at once (what INIT announces).
@@ -125,9 +129,6 @@ fn two_names(raw: &[u8]) -> Result<(&OsStr, &OsStr), Errno> {
     Ok((a, b))
 }
 
-const BENEATH: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
-
 impl Server {
     /// Serve the directory `root` (an open directory).
     pub fn new(root: OwnedFd, readonly: bool) -> Result<Self, String> {
@@ -167,14 +168,9 @@ impl Server {
     /// and its attributes.
     fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<abi::fuse_entry_out, Errno> {
         let p = self.dir(parent)?;
-        let fd = rustix::fs::openat2(
-            &p.fd,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            BENEATH,
-        )
-        .map_err(rerr)?;
+        // One checked component (`name`): nothing but the child.
+        let fd = rustix::fs::openat(&p.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(rerr)?;
         let st = rustix::fs::fstat(&fd).map_err(rerr)?;
         let k = key(&st);
         let i = match self.by_inode.get(&k) {
@@ -377,7 +373,7 @@ impl Server {
                     flags |= OFlags::TRUNC;
                 }
                 let mode = Mode::from_raw_mode((c.mode & 0o777 & !c.umask) as _);
-                let fd = rustix::fs::openat2(&p.fd, n, flags, mode, BENEATH).map_err(rerr)?;
+                let fd = rustix::fs::openat(&p.fd, n, flags, mode).map_err(rerr)?;
                 let e = self.lookup(nodeid, n)?;
                 let fh = match self.add_handle(Handle::File(File::from(fd))) {
                     Ok(fh) => fh,
