@@ -111,7 +111,6 @@ pub fn mark_this_process() -> String {
 /// caller itself aside: their pid and command line. (Processes of other users cannot be read and are
 /// not seen; those of the caller's own are.)
 pub fn left_behind(mark: &str) -> Vec<(u32, String)> {
-    let want = format!("{RUN_MARK}={mark}");
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return found };
     for e in dir.flatten() {
@@ -119,34 +118,75 @@ pub fn left_behind(mark: &str) -> Vec<(u32, String)> {
         if pid == std::process::id() {
             continue;
         }
-        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
-        if !env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
-            continue;
+        if let Some(cmd) = marked(pid, mark) {
+            found.push((pid, cmd));
         }
-        // A zombie has no command line and holds nothing: only a parent
-        // that did not reap it yet.
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if cmd.is_empty() {
-            continue;
-        }
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string();
-        found.push((pid, cmd));
     }
     found
 }
 
-/// Kill what [`left_behind`] found (SIGKILL); say so, one line each.
-pub fn kill_left_behind(mark: &str, who: &str) -> usize {
-    let left = left_behind(mark);
-    for (pid, cmd) in &left {
-        eprintln!("{who}: left behind: pid {pid}: {cmd} (killed)");
-        // SAFETY: kill(2) with a pid read from /proc and a valid signal.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(*pid as libc::pid_t, libc::SIGKILL)
-        };
+/// The command line of process `pid` if it is alive and carries `mark`.
+fn marked(pid: u32, mark: &str) -> Option<String> {
+    let want = format!("{RUN_MARK}={mark}");
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let env = std::fs::read(dir.join("environ")).ok()?;
+    if !env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+        return None;
     }
-    left.len()
+    // A zombie has no command line and holds nothing: only a parent
+    // that did not reap it yet.
+    let cmd = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    if cmd.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string())
+}
+
+/// Kill what [`left_behind`] found (SIGKILL); say so, one line each.
+///
+/// Through a pidfd, never by pid alone: a process found here may have
+/// ended since and its pid gone to another. The pidfd pins one process;
+/// the mark is read again after it was opened, and the pidfd's process
+/// is checked alive after that read, so the read was of that process and
+/// the signal reaches it and nothing else.
+pub fn kill_left_behind(mark: &str, who: &str) -> usize {
+    let mut killed = 0;
+    for (pid, _) in left_behind(mark) {
+        let Some(pidfd) = pidfd_open(pid) else { continue };
+        let Some(cmd) = marked(pid, mark) else { continue };
+        if !pidfd_signal(&pidfd, 0) {
+            continue;
+        }
+        eprintln!("{who}: left behind: pid {pid}: {cmd} (killed)");
+        pidfd_signal(&pidfd, libc::SIGKILL);
+        killed += 1;
+    }
+    killed
+}
+
+/// A pidfd of process `pid` (`pidfd_open(2)`), if it is alive.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; nothing of this process's memory is involved.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: `fd` is a descriptor pidfd_open just created, owned by
+    // nothing else.
+    #[allow(unsafe_code)]
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Send `sig` (0: only check it is alive) to the process of `pidfd`.
+fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, sig: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a live descriptor, a valid signal
+    // number (or 0), no siginfo (null) and no flags.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    r == 0
 }
 
 /// While alive, SIGINT and SIGTERM do not end this process: `cargo xtask
@@ -245,5 +285,17 @@ mod tests {
         let mut stray = stray;
         let _ = stray.wait();
         assert!(crate::testing::poll(std::time::Duration::from_secs(10), || left_behind(&mark).is_empty()));
+    }
+
+    /// A pidfd stays with the process it was opened on: once that one has
+    /// ended (and its pid may be another's), no signal goes through it.
+    #[test]
+    fn a_pidfd_outlives_its_process_harmlessly() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd = pidfd_open(child.id()).expect("pidfd_open");
+        assert!(pidfd_signal(&pidfd, 0), "alive");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!pidfd_signal(&pidfd, 0) && !pidfd_signal(&pidfd, libc::SIGKILL), "gone");
     }
 }

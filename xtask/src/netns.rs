@@ -16,6 +16,7 @@ pub struct Netns {
 impl Netns {
     /// A namespace named after `tag` and this process, or `None`.
     pub fn create(tag: &str) -> Option<Self> {
+        remove_orphans();
         let name = format!("torito-{tag}-{}", std::process::id());
         let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
         if !ip(&["netns", "add", &name]) {
@@ -107,5 +108,39 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Remove the namespaces made here by processes that no longer exist
+/// (killed before their `Drop` ran): `torito-TAG-PID` with no process PID.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["-j", "netns", "list"]).output() else { return };
+    let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else { return };
+    for name in list.iter().filter_map(|n| n["name"].as_str()) {
+        if let Some(pid) = orphan_pid(name) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+}
+
+/// The pid in a name this module makes (`torito-TAG-PID`), if it is one.
+fn orphan_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("torito-")?;
+    let (tag, pid) = rest.rsplit_once('-')?;
+    (!tag.is_empty() && !tag.contains("-pod") && !tag.contains("-cli")).then_some(())?;
+    pid.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_names_made_here_are_orphan_candidates() {
+        assert_eq!(super::orphan_pid("torito-kv-27831"), Some(27831));
+        assert_eq!(super::orphan_pid("torito-net-echo-12"), Some(12));
+        assert_eq!(super::orphan_pid("torito-echo-pod-12"), None);
+        assert_eq!(super::orphan_pid("cni-1234"), None);
+        assert_eq!(super::orphan_pid("torito-kv-x"), None);
     }
 }
