@@ -120,3 +120,12 @@ pub fn torito(args: &[&str], elf: &Path, cmdline: &[&str]) -> (i32, String, Stri
     eprintln!("--- torito {args:?} {} -> {}\n{}{}", elf.display(), r.0, r.1, r.2);
     r
 }
+
+/// The monitor's peak RSS in KiB, from what `--timeline=json` printed on
+/// its standard error.
+pub fn peak_rss_kib(stderr: &str) -> u64 {
+    let key = "\"peak_rss_kib\":";
+    let at = stderr.find(key).unwrap_or_else(|| panic!("no peak RSS in the timeline:\n{stderr}")) + key.len();
+    let digits: String = stderr[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("peak RSS '{digits}' is not a number"))
+}

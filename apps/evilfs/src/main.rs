@@ -4,9 +4,11 @@
 //! it, a node ID never handed out, a READ far beyond any sane size, an
 //! unknown opcode, a request whose reply cannot fit its buffer, a header
 //! that lies about the length. Each must be an error reply; then a good
-//! LOOKUP, OPEN and READ must work. The test checks that a canary file
-//! beside the share was neither read nor changed. Exits 0 when all went
-//! as it should.
+//! LOOKUP, OPEN and READ must work. Then it opens the file 1,500 times
+//! without releasing (the server holds its cap and refuses the rest),
+//! releases them, and opens again. The test checks that a canary file
+//! beside the share was neither read nor changed, and the monitor's peak
+//! RSS. Exits 0 when all went as it should.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -55,6 +57,9 @@ fn call(
         _ => (i32::MIN, Vec::new()),
     }
 }
+
+/// OPENs the guest makes and never releases, beyond the server's cap.
+const FLOOD: usize = 1_500;
 
 fn name(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
@@ -120,6 +125,37 @@ fn main() -> i32 {
     let (e, r2) = call(fs, op::FUSE_READ, file.nodeid, read.as_bytes(), 64, None);
     expect("READ a.txt", e, 0);
     println!("evilfs: a.txt reads '{}'", core::str::from_utf8(&r2).unwrap_or("?").trim_end());
+    // Handles without end: the server holds at most its cap (1,024, or
+    // fewer if the monitor's descriptor limit comes first); beyond, each
+    // OPEN is an error, and once they are released OPEN works again.
+    const ENFILE: i32 = -23;
+    const EMFILE: i32 = -24;
+    let mut held = Vec::new();
+    let mut refused = 0u32;
+    let mut other = 0i32;
+    for _ in 0..FLOOD {
+        let (e, r) = call(fs, op::FUSE_OPEN, file.nodeid, open.as_bytes(), 16, None);
+        match e {
+            0 => held.push(abi::fuse_open_out::read_from_bytes(r.get(..16).unwrap_or(&[0; 16])).unwrap_or_default().fh),
+            ENFILE | EMFILE => refused += 1,
+            e => other = e,
+        }
+    }
+    println!("evilfs: {FLOOD} OPENs never released: {} held, {refused} refused", held.len() + 1);
+    expect("OPENs beyond the cap are refused (ENFILE/EMFILE), nothing else", other, 0);
+    expect("the handles held stay within the cap", i32::from(held.len() + 1 > 1024), 0);
+    expect("some OPENs were refused", i32::from(refused == 0), 0);
+    let mut bad_release = 0;
+    for fh in held.into_iter().chain([fh]) {
+        let rel = abi::fuse_release_in { fh, ..Default::default() };
+        let (e, _) = call(fs, op::FUSE_RELEASE, file.nodeid, rel.as_bytes(), 16, None);
+        if e != 0 {
+            bad_release = e;
+        }
+    }
+    expect("RELEASE of every handle", bad_release, 0);
+    let (e, _) = call(fs, op::FUSE_OPEN, file.nodeid, open.as_bytes(), 16, None);
+    expect("OPEN after the handles were released", e, 0);
     if ok {
         println!("evilfs: ok");
         0

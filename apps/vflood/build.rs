@@ -1,0 +1,4 @@
+//! Link with the Torito linker script.
+fn main() {
+    torito_linker::link();
+}
