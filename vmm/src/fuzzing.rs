@@ -202,10 +202,10 @@ pub fn command_line(data: &[u8]) {
     // several times as many inputs a second.
     static COMMAND: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
     let command = COMMAND.get_or_init(<crate::cli::Cli as clap::CommandFactory>::command);
-    if let Ok(matches) = command.clone().try_get_matches_from(args) {
-        if let Ok(cli) = <crate::cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-            let _ = cli.config();
-        }
+    if let Ok(matches) = command.clone().try_get_matches_from(args)
+        && let Ok(cli) = <crate::cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    {
+        let _ = cli.config();
     }
     let _ = crate::arch::boot_info::check_cmdline(&String::from_utf8_lossy(data));
 }

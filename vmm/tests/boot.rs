@@ -806,8 +806,8 @@ fn vsock_guest_connects_to_the_host() {
 #[test]
 fn a_vsock_connection_flood_stays_within_the_caps() {
     use std::os::unix::net::UnixListener;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     if !kvm() {
         return;
     }
@@ -830,7 +830,15 @@ fn a_vsock_connection_flood_stays_within_the_caps() {
         held.len()
     });
     let r = run(
-        &["--timeout", "120", "--mem", "512M", "--timeline=json", "--vsock", &format!("cid=3,uds={}", uds.display())],
+        &[
+            "--timeout",
+            "120",
+            "--mem",
+            "512M",
+            "--timeline=json",
+            "--vsock",
+            &format!("cid=3,uds={}", uds.display()),
+        ],
         &guest("vflood"),
         &["port=5000", "conns=1500", "kib=64"],
     );
@@ -839,7 +847,11 @@ fn a_vsock_connection_flood_stays_within_the_caps() {
     let _ = std::fs::remove_file(&target);
     let _ = std::fs::remove_file(&uds);
     assert_eq!(r.code, 0, "{}", r.stdout);
-    assert!(r.stdout.contains("vflood: 1500 asked, 1024 connected, 476 refused, 0 failed writing"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("vflood: 1500 asked, 1024 connected, 476 refused, 0 failed writing"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(accepted, 1024, "connections the host program saw");
     let rss = json_u64(&r.stderr, "peak_rss_kib").expect("peak RSS in the timeline");
     eprintln!("vflood: monitor peak RSS {rss} KiB");

@@ -93,7 +93,13 @@ pub fn run(targets: &[String], limit: Limit, asan: bool) -> Result<Vec<Outcome>,
         c.current_dir(crate::root())
             .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
             .arg(&dir)
-            .args(["--release", "--debug-assertions", "--sanitizer", if asan { "address" } else { "none" }, t])
+            .args([
+                "--release",
+                "--debug-assertions",
+                "--sanitizer",
+                if asan { "address" } else { "none" },
+                t,
+            ])
             .arg(&work)
             .arg(&corpus)
             .arg("--")

@@ -184,7 +184,13 @@ fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, sig: libc::c_int) -> bool {
     // number (or 0), no siginfo (null) and no flags.
     #[allow(unsafe_code)]
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
     r == 0
 }

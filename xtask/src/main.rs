@@ -342,7 +342,8 @@ fn run() -> Result<i32, String> {
             Ok(0)
         }
         Cmd::Fuzz { targets, time, runs, asan } => {
-            let limit = xtask::fuzz::Limit { seconds: time.or(if runs.is_some() { None } else { Some(60) }), runs };
+            let limit =
+                xtask::fuzz::Limit { seconds: time.or(if runs.is_some() { None } else { Some(60) }), runs };
             let outcomes = xtask::fuzz::run(&targets, limit, asan)?;
             Ok(if outcomes.iter().all(|o| o.clean) { 0 } else { 1 })
         }

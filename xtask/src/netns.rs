@@ -117,10 +117,10 @@ fn remove_orphans() {
     let Ok(out) = Command::new("ip").args(["-j", "netns", "list"]).output() else { return };
     let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else { return };
     for name in list.iter().filter_map(|n| n["name"].as_str()) {
-        if let Some(pid) = orphan_pid(name) {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
+        if let Some(pid) = orphan_pid(name)
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }

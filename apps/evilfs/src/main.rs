@@ -136,7 +136,9 @@ fn main() -> i32 {
     for _ in 0..FLOOD {
         let (e, r) = call(fs, op::FUSE_OPEN, file.nodeid, open.as_bytes(), 16, None);
         match e {
-            0 => held.push(abi::fuse_open_out::read_from_bytes(r.get(..16).unwrap_or(&[0; 16])).unwrap_or_default().fh),
+            0 => held.push(
+                abi::fuse_open_out::read_from_bytes(r.get(..16).unwrap_or(&[0; 16])).unwrap_or_default().fh,
+            ),
             ENFILE | EMFILE => refused += 1,
             e => other = e,
         }

@@ -302,14 +302,8 @@ const STREAMS: &[Sysno] = &[
 ];
 
 /// The virtio-fs server (a passthrough of host directories).
-const SHARE: &[Sysno] = &[
-    Sysno::getdents64,
-    Sysno::fstatfs,
-    Sysno::pread64,
-    Sysno::readlinkat,
-    Sysno::fdatasync,
-    Sysno::fsync,
-];
+const SHARE: &[Sysno] =
+    &[Sysno::getdents64, Sysno::fstatfs, Sysno::pread64, Sysno::readlinkat, Sysno::fdatasync, Sysno::fsync];
 
 /// The virtio-fs server, when the guest may change a share.
 const SHARE_WRITES: &[Sysno] =
@@ -555,7 +549,8 @@ mod tests {
         for c in [Sysno::openat2, Sysno::pwrite64, Sysno::mkdirat, Sysno::unlinkat, Sysno::renameat2] {
             assert!(!calls.contains(&c), "{c}");
         }
-        let openat: Vec<&Leaf> = rules.0.iter().filter(|(c, _)| *c == Sysno::openat).map(|(_, l)| l).collect();
+        let openat: Vec<&Leaf> =
+            rules.0.iter().filter(|(c, _)| *c == Sysno::openat).map(|(_, l)| l).collect();
         assert!(!openat.is_empty() && !openat.iter().any(|l| matches!(l, Leaf::Allow)), "{openat:?}");
         let writable: Vec<Sysno> = allowed(&sandbox(&["share"]), Role::Vcpu);
         assert!(writable.contains(&Sysno::mkdirat) && !writable.contains(&Sysno::openat2));

@@ -672,7 +672,8 @@ mod tests {
         let uds = std::env::temp_dir().join(format!("torito-vsock-close-{}.sock", std::process::id()));
         let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
         let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
-        let g = Hdr { src_cid: 3, dst_cid: 2, src_port: 40_000, dst_port: 5, buf_alloc: 4096, ..Hdr::default() };
+        let g =
+            Hdr { src_cid: 3, dst_cid: 2, src_port: 40_000, dst_port: 5, buf_alloc: 4096, ..Hdr::default() };
         v.handle_guest_packet(Hdr { op: OP_REQUEST, ..g }, Vec::new());
         let (mut program, _) = target.accept().unwrap();
         // All the credit, in 64 KiB packets: more than the socket holds.

@@ -169,8 +169,9 @@ impl Server {
     fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<abi::fuse_entry_out, Errno> {
         let p = self.dir(parent)?;
         // One checked component (`name`): nothing but the child.
-        let fd = rustix::fs::openat(&p.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(rerr)?;
+        let fd =
+            rustix::fs::openat(&p.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map_err(rerr)?;
         let st = rustix::fs::fstat(&fd).map_err(rerr)?;
         let k = key(&st);
         let i = match self.by_inode.get(&k) {
