@@ -128,7 +128,27 @@ impl Platform {
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
 
 pub(crate) fn platform() -> Platform {
-    PLATFORM.get().copied().unwrap_or(Platform::SPIN)
+    PLATFORM.get().copied().unwrap_or(UNSET)
+}
+
+/// The platform before [`init`]: [`Platform::SPIN`]. In host tests, whose
+/// cores are host threads, an idle core gives its host CPU away instead
+/// of spinning on it: with more such threads than free CPUs (a busy
+/// machine), a spinning idle core kept the thread it waited for off the
+/// CPU for a whole time slice at each hand-over, and a 20,000-message
+/// ping-pong across two cores took minutes instead of a second.
+#[cfg(not(test))]
+const UNSET: Platform = Platform::SPIN;
+#[cfg(test)]
+const UNSET: Platform = Platform { idle: std::thread::yield_now, ..Platform::SPIN };
+
+/// A wait without a scheduler: spin (in host tests, give the CPU away,
+/// as [`UNSET`] says why).
+fn relax() {
+    #[cfg(test)]
+    std::thread::yield_now();
+    #[cfg(not(test))]
+    core::hint::spin_loop();
 }
 
 #[cfg(not(test))]
@@ -184,7 +204,7 @@ pub fn sleep_until_ticks(deadline: u64) {
         Some(s) => s.sleep_until(deadline),
         None => {
             while clock::ticks() < deadline {
-                core::hint::spin_loop();
+                relax();
             }
         }
     }
@@ -300,7 +320,7 @@ impl Builder {
 pub fn yield_now() {
     match sched::current() {
         Some(s) => s.yield_now(),
-        None => core::hint::spin_loop(),
+        None => relax(),
     }
 }
 
@@ -369,7 +389,7 @@ pub(crate) fn note_progress() {
 pub(crate) fn wait() {
     match sched::current() {
         Some(s) => s.wait(),
-        None => core::hint::spin_loop(),
+        None => relax(),
     }
 }
 

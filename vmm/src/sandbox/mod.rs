@@ -477,7 +477,11 @@ fn allow_open(r: &mut Rules, writes: bool) {
         r.allow(&[Sysno::open, Sysno::openat]);
         return;
     }
-    let mask = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC) as u32;
+    // The access mode is the low two bits. Not `libc::O_ACCMODE`: musl's
+    // includes `O_PATH` (as `O_SEARCH`), which refused the file server's
+    // `O_PATH` lookups in the static monitor while the glibc build let
+    // them through.
+    let mask = (3 | libc::O_CREAT | libc::O_TRUNC) as u32;
     r.masked(Sysno::open, 1, mask, libc::O_RDONLY as u32);
     r.masked(Sysno::openat, 2, mask, libc::O_RDONLY as u32);
 }
@@ -552,6 +556,14 @@ mod tests {
         let openat: Vec<&Leaf> =
             rules.0.iter().filter(|(c, _)| *c == Sysno::openat).map(|(_, l)| l).collect();
         assert!(!openat.is_empty() && !openat.iter().any(|l| matches!(l, Leaf::Allow)), "{openat:?}");
+        // `O_PATH` lookups pass, whichever libc built the monitor.
+        let o_path = (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC | 0o100000) as u32;
+        for l in openat {
+            if let Leaf::Masked { mask, value, .. } = l {
+                assert_eq!(o_path & mask, *value, "an O_PATH lookup is refused");
+                assert_ne!((libc::O_WRONLY as u32) & mask, *value, "a write is allowed");
+            }
+        }
         let writable: Vec<Sysno> = allowed(&sandbox(&["share"]), Role::Vcpu);
         assert!(writable.contains(&Sysno::mkdirat) && !writable.contains(&Sysno::openat2));
     }
