@@ -439,7 +439,11 @@ fn two_cores_share_threads_locks_and_channels() {
         skip("this host has one CPU; --cpus 2 is refused here");
         return;
     }
-    let r = run(&["--timeout", "60", "--cpus", "2", "--timeline=json"], &guest("threads"), &["100000"]);
+    // 2,000 round trips: each wakes a halted core, which takes a host
+    // time slice (ms) when the host's CPUs are busy with something else;
+    // 100,000 ran past the timeout on a loaded machine. The bench measures
+    // the round trip; here it need only work.
+    let r = run(&["--timeout", "60", "--cpus", "2", "--timeline=json"], &guest("threads"), &["2000"]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.contains("threads: 2 core(s)"));
     for core in 0..2 {
@@ -451,7 +455,7 @@ fn two_cores_share_threads_locks_and_channels() {
     let line = r.stdout.lines().find(|l| l.contains("on core 1, slept 10 ms")).expect("a core 1 sleep line");
     let us: u64 = line.split("after ").nth(1).and_then(|x| x.split(' ').next()).unwrap().parse().unwrap();
     assert!((10_000..200_000).contains(&us), "{line}");
-    assert!(r.stdout.contains("ping-pong core 0 <-> core 1: 100000 round trips in"));
+    assert!(r.stdout.contains("ping-pong core 0 <-> core 1: 2000 round trips in"));
     assert!(r.stdout.contains("threads: ok"));
     assert_eq!(json_u64(&r.stderr, "vcpus"), Some(2), "{}", r.stderr);
     // --timeout stops both vCPUs (both busy with a ping-pong that would

@@ -103,7 +103,7 @@ fn two_cores_on_firecracker() {
         xtask::testing::skip("this host has one CPU");
         return;
     }
-    let (status, text) = boot_cpus("threads", "100000", 2);
+    let (status, text) = boot_cpus("threads", "2000", 2);
     assert!(text.contains("threads: 2 core(s)"), "{text}");
     assert!(text.contains("40000 messages from 4 senders on 2 core(s), each once and in order"), "{text}");
     assert!(text.contains("ping-pong core 0 <-> core 1"), "{text}");

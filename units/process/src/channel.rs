@@ -168,7 +168,7 @@ mod tests {
             .map(|p| {
                 let tx = tx.clone();
                 crate::spawn_on(CoreId(p % 3), move || {
-                    for i in 0..20_000 {
+                    for i in 0..5_000 {
                         tx.send((p, i)).unwrap();
                     }
                 })
@@ -183,7 +183,7 @@ mod tests {
             next[p as usize] += 1;
             total += 1;
         }
-        assert_eq!(total, 120_000);
+        assert_eq!(total, 30_000);
         for h in producers {
             h.join();
         }
@@ -221,14 +221,17 @@ mod tests {
             crate::current_core()
         })
         .unwrap();
+        // Few enough that a busy machine, where each hand-over between
+        // the host threads standing in for cores may wait for a time
+        // slice, still runs it in seconds.
         let mut v = 0;
-        for _ in 0..20_000 {
+        for _ in 0..5_000 {
             to_b.send(v).unwrap();
             v = from_b.recv().unwrap();
         }
         drop(to_b);
         assert_eq!(b.join(), CoreId(1));
-        assert_eq!(v, 20_000);
+        assert_eq!(v, 5_000);
     }
 
     #[test]
