@@ -219,6 +219,43 @@ fn garbage_frames_do_not_break_the_appliance() {
     assert_eq!(result.status.code(), Some(0), "{console}{}", String::from_utf8_lossy(&result.stderr));
 }
 
+/// A guest with a NIC that never posts a receive buffer (it has no
+/// network driver: `spin`), flooded with 20,000 frames: they wait in the
+/// TAP device's queue (which drops beyond its length), not in the
+/// monitor, whose peak RSS stays small; the guest is stopped by its
+/// timeout as usual.
+#[test]
+fn frames_for_a_guest_that_takes_none_wait_in_the_tap() {
+    let Some(ns) = netns_or_skip("noreader") else { return };
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = ns.exec("timeout");
+    let mac = "02:54:00:00:00:01";
+    c.arg("60").arg(monitor).args([
+        "--timeout",
+        "5",
+        "--timeline=json",
+        "--net",
+        &format!("tap=tap0,mac={mac}"),
+    ]);
+    c.arg(guest("spin", false));
+    // The guest answers no ARP: its MAC is given to the namespace.
+    let neigh = Command::new("ip")
+        .args(["-n", ns.name(), "neigh", "replace", xtask::netns::GUEST, "lladdr", mac, "dev", "tap0"])
+        .args(["nud", "permanent"])
+        .status();
+    assert!(neigh.is_ok_and(|s| s.success()), "ip neigh replace");
+    let vm = xtask::group::spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("start torito");
+    std::thread::sleep(Duration::from_millis(500));
+    let flood = netload(&ns, &["garbage", "tap0", "20000"]);
+    let text = String::from_utf8_lossy(&flood.stdout);
+    assert!(text.contains("20000 malformed frames sent"), "{text}{}", String::from_utf8_lossy(&flood.stderr));
+    let result = vm.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(124), "{err}");
+    let rss = xtask::testing::peak_rss_kib(&err);
+    assert!(rss < 16 * 1024, "peak RSS {rss} KiB after 20,000 frames nobody took");
+}
+
 /// UDP: three datagrams from `nc -u` come back; then a read with a 200 ms
 /// timeout times out.
 #[test]
