@@ -316,8 +316,17 @@ impl Vsock {
             },
             State::Connecting => true,
             // Nothing more for the guest; gone once the host program has
-            // taken the last bytes (or gone itself: an error above).
-            State::Closing => !c.out.is_empty(),
+            // taken the last bytes (or gone itself: an error above). What
+            // it still sends is read and dropped, so that it does not keep
+            // the I/O thread's `poll` ready for ever. (A program that has
+            // shut its side down and reads nothing does: its end of stream
+            // stays readable until it takes the bytes or closes.)
+            State::Closing => loop {
+                match c.stream.read(&mut buf) {
+                    Ok(n) if n > 0 => {}
+                    _ => break !c.out.is_empty(),
+                }
+            },
             State::Connected => {
                 let room = c.credit().min(MAX_PAYLOAD);
                 if room == 0 || self.rx.len() >= MAX_RX {
