@@ -764,19 +764,25 @@ fn bad_vsock_options_are_clear_errors() {
     assert!(r.stderr.contains("cannot listen on /nonexistent-dir/v.sock"), "{}", r.stderr);
 }
 
+/// A vsock socket path named after `tag`, and a host program's listener
+/// at its host port 5000 (`PATH_5000`, a stale file there removed).
+fn host_port_5000(tag: &str) -> (PathBuf, PathBuf, std::os::unix::net::UnixListener) {
+    let uds = std::env::temp_dir().join(format!("{tag}-{}.sock", std::process::id()));
+    let target = PathBuf::from(format!("{}_5000", uds.display()));
+    let _ = std::fs::remove_file(&target);
+    let listener = std::os::unix::net::UnixListener::bind(&target).unwrap();
+    (uds, target, listener)
+}
+
 /// The guest connects out over vsock: host port 5000 is the Unix socket
 /// `PATH_5000`, where a host program answers.
 #[test]
 fn vsock_guest_connects_to_the_host() {
     use std::io::{Read, Write};
-    use std::os::unix::net::UnixListener;
     if !kvm() {
         return;
     }
-    let uds = std::env::temp_dir().join(format!("torito-vsock-out-{}.sock", std::process::id()));
-    let target = PathBuf::from(format!("{}_5000", uds.display()));
-    let _ = std::fs::remove_file(&target);
-    let listener = UnixListener::bind(&target).unwrap();
+    let (uds, target, listener) = host_port_5000("torito-vsock-out");
     let host = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().unwrap();
         let mut got = [0u8; 17];
@@ -809,16 +815,12 @@ fn vsock_guest_connects_to_the_host() {
 /// docs/security.md; 64 KiB each keeps this test short).
 #[test]
 fn a_vsock_connection_flood_stays_within_the_caps() {
-    use std::os::unix::net::UnixListener;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     if !kvm() {
         return;
     }
-    let uds = std::env::temp_dir().join(format!("torito-vflood-{}.sock", std::process::id()));
-    let target = PathBuf::from(format!("{}_5000", uds.display()));
-    let _ = std::fs::remove_file(&target);
-    let listener = UnixListener::bind(&target).unwrap();
+    let (uds, target, listener) = host_port_5000("torito-vflood");
     listener.set_nonblocking(true).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
