@@ -132,6 +132,42 @@ fn flush_on_idle() -> bool {
     }
 }
 
+/// The process unit's idle poll, on the core device interrupts reach while
+/// it watches before halting: received-frame interrupts off (the first
+/// time), and frames that came taken at once, so that the threads waiting
+/// for them find them (each interrupt costs the guest a few exits and its
+/// entry stubs, emulated on a paravirtual host). A stack in use by another
+/// core is left alone: that core takes the frames.
+fn poll_on_idle(first: bool) -> bool {
+    if STACK.is_locked() {
+        return false;
+    }
+    let Some(mut g) = STACK.try_lock() else { return false };
+    let Some(s) = g.as_mut() else { return false };
+    if first {
+        s.phy.dev.mask_interrupts();
+    }
+    if !s.phy.dev.frame_ready() {
+        return false;
+    }
+    // What the frames call for (acknowledgements, answers the threads
+    // write next) goes out as the core next goes idle, in one notification.
+    s.poll();
+    s.phy.dev.mask_interrupts();
+    true
+}
+
+/// The process unit's last look before that core halts: received-frame
+/// interrupts on again; whether a frame came meanwhile. With the stack in
+/// use elsewhere, "yes": the core looks again rather than halt with the
+/// interrupts perhaps still off.
+fn arm_on_idle() -> bool {
+    match STACK.try_lock() {
+        Some(mut g) => g.as_mut().is_some_and(|s| s.phy.dev.frame_waiting()),
+        None => true,
+    }
+}
+
 fn now() -> Instant {
     Instant::from_micros(unit_process::clock::now_ns().map_or(0, |n| n / 1000) as i64)
 }
@@ -351,7 +387,11 @@ pub fn init(
         }
         None => Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
     };
-    unit_process::set_idle_hook(flush_on_idle);
+    unit_process::set_idle_hooks(unit_process::IdleHooks {
+        flush: flush_on_idle,
+        poll: poll_on_idle,
+        arm: arm_on_idle,
+    });
     *STACK.lock() = Some(Stack {
         iface,
         sockets,

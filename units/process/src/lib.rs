@@ -324,24 +324,46 @@ pub fn yield_now() {
     }
 }
 
-/// Register `hook`, run by a core each time it is about to go idle (no
-/// thread of its own can run), before it spins or halts: a device driver
-/// that batches its notifications sends what it held back (the network
-/// unit's transmit ring). It returns whether it sent something that
-/// may be answered soon: then the core watches for a while before it
-/// halts, as cores that exchange messages do (a halted core costs a wake-
-/// up, ~65 µs on a paravirtual host, when the answer comes). The hook runs
-/// on the thread that is leaving, outside the scheduler's locks; it must
-/// not block. One hook; a second registration is ignored.
-pub fn set_idle_hook(hook: fn() -> bool) {
-    IDLE_HOOK.call_once(|| hook);
+/// What a device driver does for a core that is about to go idle (no
+/// thread of its own can run): see [`set_idle_hooks`].
+#[derive(Clone, Copy, Debug)]
+pub struct IdleHooks {
+    /// Run by every core as it goes idle, before it watches or halts: send
+    /// what was held back (the network unit's transmit ring). Returns
+    /// whether it sent something that may be answered soon.
+    pub flush: fn() -> bool,
+    /// Run again and again by the core that device interrupts reach (core
+    /// 0: the kernel routes them there) while it watches before halting,
+    /// the first time with `true`: keep the device from interrupting and
+    /// do the work it has (take the frames it received), so that waiting
+    /// threads find it done. Returns whether there was work. It must be
+    /// cheap when there is none.
+    pub poll: fn(first: bool) -> bool,
+    /// Run by that core just before it halts: let the device interrupt
+    /// again, then say whether work came meanwhile (then it does not halt).
+    pub arm: fn() -> bool,
 }
 
-static IDLE_HOOK: spin::Once<fn() -> bool> = spin::Once::new();
+/// Register the idle hooks of a device driver that batches its
+/// notifications and interrupts (the network unit's). A core going idle
+/// runs `flush`, watches for a while, then halts; the core device
+/// interrupts reach polls the device with `poll` while it watches, with
+/// the device's interrupts off, and turns them on with `arm` before it
+/// halts: work that comes while it watches costs no interrupt (on a
+/// paravirtual host an interrupt costs a few exits, a halted core a
+/// wake-up of ~65 µs), and work that comes while it is halted still wakes
+/// it. The hooks run on the thread that is leaving, outside the
+/// scheduler's locks; they must not block. One set of hooks; a second
+/// registration is ignored.
+pub fn set_idle_hooks(hooks: IdleHooks) {
+    IDLE_HOOKS.call_once(|| hooks);
+}
 
-/// Run the idle hook, if one is registered: whether an answer may come soon.
-pub(crate) fn run_idle_hook() -> bool {
-    IDLE_HOOK.get().is_some_and(|hook| hook())
+static IDLE_HOOKS: spin::Once<IdleHooks> = spin::Once::new();
+
+/// The registered idle hooks.
+pub(crate) fn idle_hooks() -> Option<&'static IdleHooks> {
+    IDLE_HOOKS.get()
 }
 
 /// Wait until `poll` returns `Some`, for an event that an interrupt

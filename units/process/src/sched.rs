@@ -406,7 +406,10 @@ impl Scheduler {
             // their stacks until its next switch (64 MiB after a load of
             // 1,000 connections on httpd).
             self.reap();
-            let sent = crate::run_idle_hook();
+            let hooks = crate::idle_hooks();
+            let sent = hooks.is_some_and(|h| (h.flush)());
+            // The device's hooks run on the core its interrupts reach.
+            let device = hooks.filter(|_| self.core == DEVICE_CORE);
             let stuck = deadline.is_none();
             let until = deadline.unwrap_or_else(|| now.saturating_add(deadlock_check_ticks()));
             if stuck && !self.stuck.load(Ordering::SeqCst) {
@@ -417,18 +420,32 @@ impl Scheduler {
             // halted core costs an interrupt and a host wake-up (~65 µs
             // here, sometimes several hundred), and a reply from another
             // core, or an answer to what the idle hook just sent to a
-            // device, often comes sooner. See `SPIN_BEFORE_HALT_US`.
-            let multi = crate::core_count() > 1 || sent;
+            // device, often comes sooner. With a device's idle hooks the
+            // core also polls the device meanwhile (its interrupts are off):
+            // a frame that comes costs no interrupt. See
+            // `SPIN_BEFORE_HALT_US`.
+            let multi = crate::core_count() > 1 || sent || device.is_some();
             if multi {
                 let spin_until = now.saturating_add(self.spin_ticks()).min(until);
+                let mut first = true;
                 while arch::rdtsc() < spin_until && !self.notified.load(Ordering::Relaxed) {
+                    if device.is_some_and(|h| (h.poll)(first)) {
+                        self.notified.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    first = false;
                     core::hint::spin_loop();
                 }
             }
             // Halt, unless a notification slipped in: a notifier sets
             // `notified` and then looks at `idle` (and kicks); this core sets
             // `idle` and then looks at `notified`. One of them sees the other.
+            // The device's interrupts go back on first, and what came while
+            // they were off counts as a notification.
             self.idle.store(true, Ordering::SeqCst);
+            if device.is_some_and(|h| (h.arm)()) {
+                self.notified.store(true, Ordering::SeqCst);
+            }
             let halted = arch::rdtsc();
             if !self.notified.load(Ordering::SeqCst) {
                 match p.arm {
@@ -728,6 +745,10 @@ impl System {
         Some(threads.saturating_sub(idle))
     }
 }
+
+/// The core device interrupts reach (the kernel routes them to core 0):
+/// the one that runs a device's idle hooks ([`crate::IdleHooks`]).
+const DEVICE_CORE: usize = 0;
 
 /// How long a core with nothing to run watches for a notification before
 /// it halts. It must exceed what waking a halted core costs (41–101 µs
@@ -1054,20 +1075,88 @@ pub(crate) mod tests {
         assert!(arch::rdtsc() >= t0 + 100_000);
     }
 
-    static IDLE_RUNS: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        /// What the idle hooks saw on this host thread (each test's core).
+        static IDLE: core::cell::Cell<[usize; 4]> = const { core::cell::Cell::new([0; 4]) };
+        /// Work the stand-in device has for the idle poll.
+        static DEVICE_WORK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
+    const FLUSHES: usize = 0;
+    const FIRST_POLLS: usize = 1;
+    const TAKEN: usize = 2;
+    const ARMS: usize = 3;
 
-    /// A core about to halt runs the idle hook first (a driver's batched
-    /// notifications go out before the core sleeps).
-    #[test]
-    fn a_core_going_idle_runs_the_idle_hook() {
-        crate::set_idle_hook(|| {
-            IDLE_RUNS.fetch_add(1, Ordering::SeqCst);
-            false
+    fn count(i: usize) -> usize {
+        IDLE.with(|c| c.get()[i])
+    }
+
+    fn bump(i: usize) {
+        IDLE.with(|c| {
+            let mut v = c.get();
+            v[i] += 1;
+            c.set(v);
         });
+    }
+
+    /// Hooks of a stand-in device, counting per host thread (the hooks are
+    /// global: every test's core runs them).
+    fn stand_in_device() {
+        crate::set_idle_hooks(crate::IdleHooks {
+            flush: || {
+                bump(FLUSHES);
+                false
+            },
+            poll: |first| {
+                if first {
+                    bump(FIRST_POLLS);
+                }
+                let work = DEVICE_WORK.with(|w| w.replace(false));
+                if work {
+                    bump(TAKEN);
+                }
+                work
+            },
+            arm: || {
+                bump(ARMS);
+                false
+            },
+        });
+    }
+
+    /// A core about to halt runs the idle hooks first (a driver's batched
+    /// notifications go out before the core sleeps), polls the device
+    /// while it watches, and turns the device's interrupts back on before
+    /// it halts.
+    #[test]
+    fn a_core_going_idle_runs_the_idle_hooks() {
+        stand_in_device();
         let s = fresh();
-        let before = IDLE_RUNS.load(Ordering::SeqCst);
+        let before = [count(FLUSHES), count(FIRST_POLLS), count(ARMS)];
         s.sleep_until(arch::rdtsc() + 100_000);
-        assert!(IDLE_RUNS.load(Ordering::SeqCst) > before, "the hook did not run");
+        assert!(count(FLUSHES) > before[0], "the flush hook did not run");
+        assert!(count(FIRST_POLLS) > before[1], "the core did not poll the device");
+        assert!(count(ARMS) > before[2], "the core halted without re-arming the device");
+    }
+
+    /// Work the device has when its core watches is taken by the poll hook,
+    /// and the thread waiting for it looks again at once: no interrupt.
+    #[test]
+    fn an_idle_core_takes_device_work_and_wakes_its_waiter_without_an_interrupt() {
+        stand_in_device();
+        let _s = fresh();
+        let taken = count(TAKEN);
+        let mut looks = 0;
+        crate::wait_for_event(|| {
+            looks += 1;
+            if looks == 1 {
+                // The device gets work after the waiter's first look.
+                DEVICE_WORK.with(|w| w.set(true));
+                return None;
+            }
+            (count(TAKEN) > taken).then_some(())
+        });
+        assert_eq!(count(TAKEN), taken + 1);
+        assert_eq!(looks, 2, "the waiter looked once before and once after the idle poll");
     }
 
     fn deadlock_message(r: std::thread::Result<u8>) -> String {

@@ -109,7 +109,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         fs::run_section(&monitor, &opts.out, &mut verdicts)?;
     }
     if opts.wants(Section::Net) {
-        net::run(&monitor)?;
+        net::run(&monitor, &mut verdicts)?;
     }
     if opts.wants(Section::Appliances) {
         appliances::run(&monitor, &opts.out, &mut verdicts)?;

@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use super::report::Verdicts;
 use crate::{QemuMachine, Variant};
 
 /// Network figures (`apps/echo` and the `netload` client): TCP stream
 /// throughput and request/response rates with 1 and 64 connections, on our
 /// monitor and QEMU microvm, through a TAP device in a network namespace
 /// made for the run (needs root; skipped otherwise).
-pub fn run(monitor: &Path) -> Result<(), String> {
+pub fn run(monitor: &Path, v: &mut Verdicts) -> Result<(), String> {
     println!("\nnetwork (apps/echo, TAP in a network namespace, netload client):");
     let ns = format!("torito-bench-{}", std::process::id());
     let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
@@ -91,6 +92,7 @@ pub fn run(monitor: &Path) -> Result<(), String> {
             hosts.push("firecracker");
         }
         let mut figures: Vec<(&str, usize, f64)> = Vec::new();
+        let mut exits_per: [Option<f64>; 3] = [None; 3];
         for name in hosts {
             for (k, (load, conns)) in loads.iter().enumerate() {
                 // Its own process group: killing the wrappers (`ip netns
@@ -128,16 +130,22 @@ pub fn run(monitor: &Path) -> Result<(), String> {
                     })
                     .flatten();
                 let per = match (exits, figure, k) {
-                    // Bytes moved both ways: the stream's rate × time × 2.
-                    (Some(e), Some(mbs), 0) => {
-                        format!(", {:.2} exits per 64 KiB moved", e as f64 / (mbs * 3e6 * 2.0 / 65536.0))
+                    // Bytes moved both ways: twice those echoed back.
+                    (Some(e), Some(_), 0) => {
+                        stream_bytes(&out).map(|b| e as f64 / (b as f64 * 2.0 / 65536.0))
                     }
-                    (Some(e), Some(rate), _) => {
-                        format!(", {:.3} exits per round trip", e as f64 / (rate * 2.0))
-                    }
-                    _ => String::new(),
+                    (Some(e), Some(rate), _) => Some(e as f64 / (rate * 2.0)),
+                    _ => None,
                 };
-                println!("  {name:<13} {out}{per}");
+                let shown = match (per, k) {
+                    (Some(p), 0) => format!(", {p:.2} exits per 64 KiB moved"),
+                    (Some(p), _) => format!(", {p:.3} exits per round trip"),
+                    (None, _) => String::new(),
+                };
+                if name == "torito" {
+                    exits_per[k] = per;
+                }
+                println!("  {name:<13} {out}{shown}");
             }
         }
         let of = |n: &str, k: usize| figures.iter().find(|f| f.0 == n && f.1 == k).map(|f| f.2);
@@ -149,6 +157,23 @@ pub fn run(monitor: &Path) -> Result<(), String> {
                     println!("  {what}, torito / {peer}, same run: {:.2}×", a / b);
                 }
             }
+        }
+        // The issue's targets: counts, and the stream against QEMU.
+        match exits_per[0] {
+            Some(p) => v.check(p <= 2.0, format!("network stream: {p:.2} exits per 64 KiB moved (goal ≤ 2)")),
+            None => v.check(false, "network stream: no exit count from our monitor".into()),
+        }
+        match exits_per[2] {
+            Some(p) => {
+                v.check(p <= 1.5, format!("64-connection request/response: {p:.3} exits each (goal ≤ 1.5)"))
+            }
+            None => v.check(false, "64-connection request/response: no exit count from our monitor".into()),
+        }
+        if let (Some(a), Some(b)) = (of("torito", 0), of("qemu microvm", 0)) {
+            v.check(
+                a / b >= 5.0,
+                format!("network stream, torito / qemu microvm: {:.2}× (goal ≥ 5×)", a / b),
+            );
         }
         Ok(())
     })();
@@ -162,10 +187,21 @@ fn first_number(line: &str) -> Option<f64> {
     line.split(": ").nth(1)?.split(' ').next()?.parse().ok()
 }
 
+/// The bytes a `netload` stream line says came back ("… (N of M bytes
+/// back)").
+fn stream_bytes(line: &str) -> Option<u64> {
+    line.split('(').nth(1)?.split(' ').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn figures_of_netload_lines() {
+        assert_eq!(
+            super::stream_bytes("stream: 19 MB/s each way (61079552 of 61079552 bytes back)"),
+            Some(61079552)
+        );
+        assert_eq!(super::stream_bytes("64 connection(s): 15309 round trips/s"), None);
         assert_eq!(
             super::first_number("stream: 19 MB/s each way (61079552 of 61079552 bytes back)"),
             Some(19.0)
