@@ -19,6 +19,8 @@ struct Phy {
     /// Frames the current `Interface::poll` may still take (see
     /// [`Stack::top_up`]).
     budget: usize,
+    /// When (TSC) the last frame came.
+    last_rx: u64,
 }
 
 /// A received frame.
@@ -55,6 +57,7 @@ impl phy::Device for Phy {
         let n = self.dev.try_recv(&mut buf).ok()??;
         buf.truncate(n);
         self.budget -= 1;
+        self.last_rx = unit_process::clock::ticks();
         Some((RxToken(buf), TxToken(&mut *self.dev)))
     }
 
@@ -119,12 +122,23 @@ pub fn flush() {
     flush_on_idle();
 }
 
+/// How recent a received frame makes more likely soon (the idle core then
+/// watches, and polls the NIC, before it halts).
+const RECENT_RX_US: u64 = 2000;
+
 /// The process unit's idle hook: announce what the transmit ring holds
-/// before the core spins or halts; whether there was something (an
-/// answer to it may come soon).
+/// before the core spins or halts; whether more may come soon (there was
+/// something to send, or frames came lately). An appliance without
+/// traffic lets its core halt at once.
 fn flush_on_idle() -> bool {
     match STACK.try_lock() {
-        Some(mut g) => g.as_mut().is_some_and(Stack::flush),
+        Some(mut g) => g.as_mut().is_some_and(|s| {
+            let sent = s.flush();
+            let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
+            let recent =
+                unit_process::clock::ticks().saturating_sub(s.phy.last_rx) < RECENT_RX_US * khz / 1000;
+            sent || recent
+        }),
         None => {
             FLUSH_WANTED.store(true, core::sync::atomic::Ordering::Release);
             false
@@ -365,7 +379,7 @@ pub fn init(
     let cfg = NetConfig::from_cmdline(cmdline).map_err(|w| alloc::format!("bad network setting '{w}'"))?;
     let Some(dev) = devices.into_iter().next() else { return Ok(None) };
     let mac = dev.mac();
-    let mut phy = Phy { dev, budget: usize::MAX };
+    let mut phy = Phy { dev, budget: usize::MAX, last_rx: 0 };
     let seed = unit_process::clock::ticks();
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = seed;

@@ -330,7 +330,9 @@ pub fn yield_now() {
 pub struct IdleHooks {
     /// Run by every core as it goes idle, before it watches or halts: send
     /// what was held back (the network unit's transmit ring). Returns
-    /// whether it sent something that may be answered soon.
+    /// whether work may come soon (it sent something that may be answered,
+    /// or work came lately): only then does a core alone watch before it
+    /// halts (on a machine of several cores, every core does).
     pub flush: fn() -> bool,
     /// Run again and again by the core that device interrupts reach (core
     /// 0: the kernel routes them there) while it watches before halting,

@@ -424,7 +424,7 @@ impl Scheduler {
             // core also polls the device meanwhile (its interrupts are off):
             // a frame that comes costs no interrupt. See
             // `SPIN_BEFORE_HALT_US`.
-            let multi = crate::core_count() > 1 || sent || device.is_some();
+            let multi = crate::core_count() > 1 || sent;
             if multi {
                 let spin_until = now.saturating_add(self.spin_ticks()).min(until);
                 let mut first = true;
@@ -1080,6 +1080,8 @@ pub(crate) mod tests {
         static IDLE: core::cell::Cell<[usize; 4]> = const { core::cell::Cell::new([0; 4]) };
         /// Work the stand-in device has for the idle poll.
         static DEVICE_WORK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+        /// What the stand-in's flush says: more may come soon.
+        static SOON: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
     }
     const FLUSHES: usize = 0;
     const FIRST_POLLS: usize = 1;
@@ -1104,7 +1106,7 @@ pub(crate) mod tests {
         crate::set_idle_hooks(crate::IdleHooks {
             flush: || {
                 bump(FLUSHES);
-                false
+                SOON.with(|s| s.get())
             },
             poll: |first| {
                 if first {
@@ -1130,6 +1132,7 @@ pub(crate) mod tests {
     #[test]
     fn a_core_going_idle_runs_the_idle_hooks() {
         stand_in_device();
+        SOON.with(|s| s.set(true));
         let s = fresh();
         let before = [count(FLUSHES), count(FIRST_POLLS), count(ARMS)];
         s.sleep_until(arch::rdtsc() + 100_000);
@@ -1138,11 +1141,25 @@ pub(crate) mod tests {
         assert!(count(ARMS) > before[2], "the core halted without re-arming the device");
     }
 
+    /// A device that expects nothing soon lets its core halt at once (an
+    /// idle appliance does not spin), interrupts back on.
+    #[test]
+    fn a_quiet_device_lets_its_core_halt_at_once() {
+        stand_in_device();
+        SOON.with(|s| s.set(false));
+        let s = fresh();
+        let before = [count(FIRST_POLLS), count(ARMS)];
+        s.sleep_until(arch::rdtsc() + 100_000);
+        assert_eq!(count(FIRST_POLLS), before[0], "the core polled a quiet device");
+        assert!(count(ARMS) > before[1], "the core halted without re-arming the device");
+    }
+
     /// Work the device has when its core watches is taken by the poll hook,
     /// and the thread waiting for it looks again at once: no interrupt.
     #[test]
     fn an_idle_core_takes_device_work_and_wakes_its_waiter_without_an_interrupt() {
         stand_in_device();
+        SOON.with(|s| s.set(true));
         let _s = fresh();
         let taken = count(TAKEN);
         let mut looks = 0;
