@@ -26,6 +26,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::RawFd;
 
+use crate::vstate::sys::Want;
+
 use torito_abi::exit::qemu::DEBUG_EXIT_PORT;
 use torito_abi::layout::{TORITO_MMIO_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX, VIRTIO_MMIO_STRIDE};
 use torito_abi::mmio;
@@ -349,9 +351,9 @@ impl Devices {
         }
     }
 
-    /// The host descriptors to watch, and whether for writing too (see
-    /// each backend's `host_fds`).
-    pub fn host_fds_to_watch(&self) -> Vec<(RawFd, bool)> {
+    /// The host descriptors to watch, and for what (see each backend's
+    /// `host_fds`).
+    pub fn host_fds_to_watch(&self) -> Vec<(RawFd, Want)> {
         let mut fds = Vec::new();
         for dev in &self.virtio {
             dev.backend().host_fds(&mut fds);

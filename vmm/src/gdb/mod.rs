@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+
+use crate::vstate::sys::Want;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,7 +249,7 @@ impl gdbstub::conn::ConnectionExt for Conn<'_> {
 /// Wait up to `timeout` for any of `fds` to be readable (or closed);
 /// the indices of those that are.
 fn wait_readable(fds: &[RawFd], timeout: Duration) -> Vec<usize> {
-    let fds: Vec<(RawFd, bool)> = fds.iter().map(|&fd| (fd, false)).collect();
+    let fds: Vec<(RawFd, Want)> = fds.iter().map(|&fd| (fd, Want::Read)).collect();
     crate::vstate::sys::ready_fds(&fds, timeout)
 }
 

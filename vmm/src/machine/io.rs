@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use super::{Machine, lock, spawn};
 use crate::sandbox::Role;
-use crate::vstate::sys::wait_ready;
+use crate::vstate::sys::{Want, wait_ready};
 
 /// The longest the I/O thread waits before it looks at the devices again
 /// (bounds the wait of a NIC that holds a frame back until the guest
@@ -52,9 +52,9 @@ impl<'a> Machine<'a> {
         }
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = lock(&self.devices).host_fds_to_watch();
-            fds.push((self.stopped.as_raw_fd(), false));
+            fds.push((self.stopped.as_raw_fd(), Want::Read));
             if let Some(r) = &rewatch {
-                fds.push((r.as_raw_fd(), false));
+                fds.push((r.as_raw_fd(), Want::Read));
             }
             if wait_ready(&fds, IO_WAIT) && !self.stop.load(Ordering::SeqCst) {
                 if let Some(r) = &rewatch {

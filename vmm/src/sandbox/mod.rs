@@ -386,6 +386,10 @@ impl Sandbox {
     /// Start installing the vCPU filter on every thread
     /// ([`Installer`]; nothing with `--no-seccomp`).
     pub fn installer(&self) -> Result<Installer, Error> {
+        if self.enabled() {
+            // Before any thread of the monitor's allocates: see there.
+            crate::vstate::sys::one_malloc_arena();
+        }
         Installer::start(self)
     }
 

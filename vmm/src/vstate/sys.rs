@@ -45,23 +45,71 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Wait until one of `fds` is readable (or writable, when its flag says
-/// so), at most `timeout`. Returns whether any is ready.
-pub fn wait_ready(fds: &[(RawFd, bool)], timeout: Duration) -> bool {
+/// Have the C library's allocator keep one arena for all threads, where
+/// that library is glibc (the static musl build needs nothing). glibc
+/// gives each thread an arena of its own, and the first time it shrinks
+/// such an arena (a thread freed a lot: the I/O thread after a vsock
+/// flood) it reads `/proc/sys/vm/overcommit_memory` — an `openat` the
+/// thread's seccomp filter forbids, so the monitor stopped with SIGSYS.
+/// With one arena, memory goes back with `brk` and `munmap`, which the
+/// filters allow. The threads that allocate are few (vCPUs, I/O), so the
+/// shared arena's lock costs little.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` changes a setting of the allocator; called before
+    // the monitor starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// What to wait for on a host descriptor. Its hang-up and errors are
+/// reported whatever is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Something to read.
+    Read,
+    /// Room to write.
+    Write,
+    /// Either.
+    ReadWrite,
+    /// Only its hang-up or an error (its input waits until wanted).
+    Hangup,
+}
+
+impl Want {
+    /// The interest of a descriptor to be read when `read`, written when
+    /// `write`.
+    pub fn of(read: bool, write: bool) -> Self {
+        match (read, write) {
+            (true, true) => Want::ReadWrite,
+            (true, false) => Want::Read,
+            (false, true) => Want::Write,
+            (false, false) => Want::Hangup,
+        }
+    }
+
+    fn events(self) -> libc::c_short {
+        match self {
+            Want::Read => libc::POLLIN,
+            Want::Write => libc::POLLOUT,
+            Want::ReadWrite => libc::POLLIN | libc::POLLOUT,
+            Want::Hangup => 0,
+        }
+    }
+}
+
+/// Wait until one of `fds` is ready for what is wanted of it, at most
+/// `timeout`. Returns whether any is ready.
+pub fn wait_ready(fds: &[(RawFd, Want)], timeout: Duration) -> bool {
     !ready_fds(fds, timeout).is_empty()
 }
 
 /// [`wait_ready`], saying which: the indices in `fds` of the descriptors
 /// that are ready (or closed, or in error).
-pub fn ready_fds(fds: &[(RawFd, bool)], timeout: Duration) -> Vec<usize> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, out)| libc::pollfd {
-            fd,
-            events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
-            revents: 0,
-        })
-        .collect();
+pub fn ready_fds(fds: &[(RawFd, Want)], timeout: Duration) -> Vec<usize> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&(fd, want)| libc::pollfd { fd, events: want.events(), revents: 0 }).collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures for
     // the call's duration. A descriptor closed meanwhile reads as POLLNVAL,

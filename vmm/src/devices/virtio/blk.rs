@@ -14,6 +14,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+
+use crate::vstate::sys::Want;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -207,8 +209,8 @@ impl Backend for Blk {
         self.notify_fd.is_some()
     }
 
-    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
-        fds.extend(self.notify_fd.as_ref().map(|f| (f.as_raw_fd(), false)));
+    fn host_fds(&self, fds: &mut Vec<(RawFd, Want)>) {
+        fds.extend(self.notify_fd.as_ref().map(|f| (f.as_raw_fd(), Want::Read)));
     }
 
     /// A notification KVM passed through the eventfd (a non-blocking

@@ -13,6 +13,8 @@
 
 use std::os::fd::RawFd;
 
+use crate::vstate::sys::Want;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -58,8 +60,8 @@ pub trait Backend: Send {
         false
     }
     /// The host descriptors the I/O thread should watch for this device,
-    /// and whether for writing too.
-    fn host_fds(&self, _fds: &mut Vec<(RawFd, bool)>) {}
+    /// and for what.
+    fn host_fds(&self, _fds: &mut Vec<(RawFd, Want)>) {}
     /// Serve the host side (the I/O thread saw a descriptor ready).
     fn service_host(&mut self, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
     /// Whether queue notifications should reach the device through an

@@ -14,6 +14,8 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::vstate::sys::Want;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -238,9 +240,9 @@ impl Backend for Net {
 
     /// The TAP device, unless a frame already waits for a guest buffer
     /// (then the guest's next notification delivers it).
-    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
+    fn host_fds(&self, fds: &mut Vec<(RawFd, Want)>) {
         if self.waiting.is_none() && !self.gone {
-            fds.push((self.tap.as_raw_fd(), false));
+            fds.push((self.tap.as_raw_fd(), Want::Read));
         }
     }
 

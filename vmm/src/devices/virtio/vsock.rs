@@ -17,6 +17,8 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+
+use crate::vstate::sys::Want;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -159,11 +161,30 @@ struct Conn {
     peer_buf_alloc: u32,
     /// Bytes written to the host program (our `fwd_cnt`).
     fwd_cnt: u32,
+    /// The host program's end of stream was read (a closing connection
+    /// then waits only to write).
+    eof: bool,
 }
 
 impl Conn {
     fn credit(&self) -> usize {
         self.peer_buf_alloc.saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt)) as usize
+    }
+
+    /// What to wait for on the host program's socket: its input only when
+    /// the device would read it now (the guest has credit and room for it),
+    /// so that input that must wait — for a guest that does not answer or
+    /// does not read, or after the end of the stream — does not keep the
+    /// I/O thread's `poll` ready, and the thread spinning, for ever.
+    /// `Hangup`: nothing to do now (the socket is not watched).
+    fn want(&self, rx_full: bool) -> Want {
+        let write = !self.out.is_empty();
+        match self.state {
+            State::AwaitingLine => Want::Read,
+            State::Connecting => Want::of(false, write),
+            State::Connected => Want::of(self.credit() > 0 && !rx_full, write),
+            State::Closing => Want::of(!self.eof, write),
+        }
     }
 }
 
@@ -176,6 +197,8 @@ pub struct Vsock {
     next_port: u32,
     /// Packets waiting for a receive buffer of the guest.
     rx: VecDeque<(Hdr, Vec<u8>)>,
+    /// What the I/O thread waits for changed (see `Backend::take_rewatch`).
+    rewatch: bool,
 }
 
 /// Listen on the Unix socket of `cfg` (a stale socket file there is
@@ -197,6 +220,7 @@ impl Vsock {
             uds: cfg.uds.clone(),
             listener,
             conns: Vec::new(),
+            rewatch: false,
             next_port: FIRST_HOST_PORT,
             rx: VecDeque::new(),
         })
@@ -239,6 +263,7 @@ impl Vsock {
                     peer_fwd_cnt: 0,
                     peer_buf_alloc: 0,
                     fwd_cnt: 0,
+                    eof: false,
                 });
             }
         }
@@ -248,11 +273,11 @@ impl Vsock {
         // system calls per connection at every notification, so a guest
         // with a thousand connections slowed each of its packets to a
         // millisecond.
-        let fds: Vec<(RawFd, bool)> =
-            self.conns.iter().map(|c| (c.stream.as_raw_fd(), !c.out.is_empty())).collect();
-        let mut due = vec![false; fds.len()];
-        for i in crate::vstate::sys::ready_fds(&fds, std::time::Duration::ZERO) {
-            due[i] = true;
+        let watched = self.watched();
+        let fds: Vec<(RawFd, Want)> = watched.iter().map(|&(_, fd, want)| (fd, want)).collect();
+        let mut due = vec![false; self.conns.len()];
+        for k in crate::vstate::sys::ready_fds(&fds, std::time::Duration::ZERO) {
+            due[watched[k].0] = true;
         }
         for (i, c) in self.conns.iter().enumerate() {
             due[i] |= c.state == State::Connected && !c.line.is_empty();
@@ -269,6 +294,19 @@ impl Vsock {
         if let Some(q) = queue {
             self.deliver(q, mem);
         }
+    }
+
+    /// The connections to watch: index, socket, what to wait for. Those
+    /// the device would neither read nor write now are left out (even
+    /// their hang-up: it is seen when they are read again).
+    fn watched(&self) -> Vec<(usize, RawFd, Want)> {
+        let rx_full = self.rx.len() >= MAX_RX;
+        self.conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.stream.as_raw_fd(), c.want(rx_full)))
+            .filter(|&(_, _, want)| want != Want::Hangup)
+            .collect()
     }
 
     /// One connection's host side; `false` when it is over.
@@ -324,6 +362,10 @@ impl Vsock {
             State::Closing => loop {
                 match c.stream.read(&mut buf) {
                     Ok(n) if n > 0 => {}
+                    Ok(_) => {
+                        c.eof = true;
+                        break !c.out.is_empty();
+                    }
                     _ => break !c.out.is_empty(),
                 }
             },
@@ -528,6 +570,7 @@ impl Vsock {
                     peer_fwd_cnt: h.fwd_cnt,
                     peer_buf_alloc: h.buf_alloc,
                     fwd_cnt: 0,
+                    eof: false,
                 });
                 self.push(self.reply(&h, OP_RESPONSE), Vec::new());
             }
@@ -564,12 +607,16 @@ impl Backend for Vsock {
     /// credit and host bytes go out on the receive queue (after any
     /// notification: new receive buffers let waiting packets through).
     fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        let before = self.watched();
         if index == 1
             && let Some(q) = queues.get(1)
         {
             self.transmit(q, mem);
         }
         self.service(queues.get(0), mem);
+        // The guest gave credit or buffers, or connections came or went:
+        // the I/O thread is to wait for the new set at once.
+        self.rewatch |= self.watched() != before;
     }
 
     fn has_host_io(&self) -> bool {
@@ -578,9 +625,13 @@ impl Backend for Vsock {
 
     /// The listening socket, and each connection (for writing too when
     /// bytes wait for the host program).
-    fn host_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
-        fds.push((self.listener.as_raw_fd(), false));
-        fds.extend(self.conns.iter().map(|c| (c.stream.as_raw_fd(), !c.out.is_empty())));
+    fn host_fds(&self, fds: &mut Vec<(RawFd, Want)>) {
+        fds.push((self.listener.as_raw_fd(), Want::Read));
+        fds.extend(self.watched().into_iter().map(|(_, fd, want)| (fd, want)));
+    }
+
+    fn take_rewatch(&mut self) -> bool {
+        std::mem::take(&mut self.rewatch)
     }
 
     fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
@@ -709,6 +760,58 @@ mod tests {
         }
         assert!(v.conns.is_empty(), "dropped once flushed");
         assert!(reader.join().unwrap() == sent, "every byte, in order, then the end");
+        let _ = std::fs::remove_file(guest_target(&uds, 5));
+        let _ = std::fs::remove_file(uds);
+    }
+
+    /// Input the device would not read now — from a program whose guest
+    /// gave no credit, or after a closing connection's end of stream —
+    /// is not waited for: a socket ready for ever kept the I/O thread
+    /// spinning. The wait comes back with the credit.
+    #[test]
+    fn input_that_must_wait_does_not_keep_the_io_thread_busy() {
+        use std::io::Write;
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let uds = std::env::temp_dir().join(format!("torito-vsock-idle-{}.sock", std::process::id()));
+        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
+        // The guest connects with no room for data.
+        let g = Hdr { src_cid: 3, dst_cid: 2, src_port: 40_001, dst_port: 5, buf_alloc: 0, ..Hdr::default() };
+        v.handle_guest_packet(Hdr { op: OP_REQUEST, ..g }, Vec::new());
+        let (mut program, _) = target.accept().unwrap();
+        program.write_all(b"for the guest, later").unwrap();
+        let ready = |v: &Vsock| {
+            let fds: Vec<(RawFd, Want)> = v.watched().iter().map(|&(_, fd, w)| (fd, w)).collect();
+            crate::vstate::sys::ready_fds(&fds, std::time::Duration::ZERO).len()
+        };
+        assert!(v.watched().is_empty(), "no credit: its input is not waited for");
+        assert_eq!(ready(&v), 0);
+        // Credit: waited for again, and read.
+        v.handle_guest_packet(Hdr { op: OP_CREDIT_UPDATE, buf_alloc: 4096, ..g }, Vec::new());
+        assert_eq!(v.watched().first().map(|w| w.2), Some(Want::Read));
+        assert_eq!(ready(&v), 1);
+        v.rx.clear();
+        v.service(None, &mem);
+        assert!(v.rx.iter().any(|(h, d)| h.op == OP_RW && d == b"for the guest, later"));
+        // The guest closes with bytes the program does not read, and the
+        // program shuts its own side: after its end of stream is read, only
+        // room to write is waited for (none comes: nothing is ready).
+        let big = vec![7u8; 64 << 10];
+        for _ in 0..4 {
+            v.handle_guest_packet(
+                Hdr { op: OP_RW, len: big.len() as u32, buf_alloc: 4096, ..g },
+                big.clone(),
+            );
+            v.service(None, &mem);
+        }
+        program.shutdown(std::net::Shutdown::Write).unwrap();
+        v.handle_guest_packet(Hdr { op: OP_SHUTDOWN, flags: 3, ..g }, Vec::new());
+        v.service(None, &mem);
+        assert_eq!(v.conns.len(), 1, "kept while its bytes wait");
+        assert!(v.conns[0].eof);
+        assert_eq!(v.watched().first().map(|w| w.2), Some(Want::Write));
+        assert_eq!(ready(&v), 0, "a socket whose end of stream was read is not ready for ever");
+        drop(program);
         let _ = std::fs::remove_file(guest_target(&uds, 5));
         let _ = std::fs::remove_file(uds);
     }
