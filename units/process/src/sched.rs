@@ -1101,8 +1101,9 @@ pub(crate) mod tests {
     }
 
     /// Hooks of a stand-in device, counting per host thread (the hooks are
-    /// global: every test's core runs them).
-    fn stand_in_device() {
+    /// global: every test's core runs them); its flush says `soon`.
+    fn stand_in_device(soon: bool) {
+        SOON.with(|s| s.set(soon));
         crate::set_idle_hooks(crate::IdleHooks {
             flush: || {
                 bump(FLUSHES);
@@ -1131,8 +1132,7 @@ pub(crate) mod tests {
     /// it halts.
     #[test]
     fn a_core_going_idle_runs_the_idle_hooks() {
-        stand_in_device();
-        SOON.with(|s| s.set(true));
+        stand_in_device(true);
         let s = fresh();
         let before = [count(FLUSHES), count(FIRST_POLLS), count(ARMS)];
         s.sleep_until(arch::rdtsc() + 100_000);
@@ -1145,8 +1145,7 @@ pub(crate) mod tests {
     /// idle appliance does not spin), interrupts back on.
     #[test]
     fn a_quiet_device_lets_its_core_halt_at_once() {
-        stand_in_device();
-        SOON.with(|s| s.set(false));
+        stand_in_device(false);
         let s = fresh();
         let before = [count(FIRST_POLLS), count(ARMS)];
         s.sleep_until(arch::rdtsc() + 100_000);
@@ -1158,8 +1157,7 @@ pub(crate) mod tests {
     /// and the thread waiting for it looks again at once: no interrupt.
     #[test]
     fn an_idle_core_takes_device_work_and_wakes_its_waiter_without_an_interrupt() {
-        stand_in_device();
-        SOON.with(|s| s.set(true));
+        stand_in_device(true);
         let _s = fresh();
         let taken = count(TAKEN);
         let mut looks = 0;

@@ -647,6 +647,29 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// A device listening on a Unix socket of its own (named after `tag`),
+    /// with a host program's socket for guest port 5; both files go when
+    /// it is dropped.
+    struct Fixture {
+        v: Vsock,
+        uds: PathBuf,
+        target: std::os::unix::net::UnixListener,
+    }
+
+    fn fixture(tag: &str) -> Fixture {
+        let uds = std::env::temp_dir().join(format!("torito-vsock-{tag}-{}.sock", std::process::id()));
+        let v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
+        Fixture { v, uds, target }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(guest_target(&self.uds, 5));
+            let _ = std::fs::remove_file(&self.uds);
+        }
+    }
+
     /// Packets a guest may post: a header cut short, a wrong type, a
     /// length beyond the buffer, a buffer outside RAM, a packet from
     /// another CID, data for a connection that does not exist. All are
@@ -682,15 +705,14 @@ mod tests {
             0,
         )
         .unwrap();
-        let uds = std::env::temp_dir().join(format!("torito-vsock-unit-{}.sock", std::process::id()));
-        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let mut f = fixture("unit");
+        let v = &mut f.v;
         v.transmit(&mut queue, &mem);
         let used: u16 = mem.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
         assert_eq!(used, 6, "every packet was returned");
         assert_eq!(v.rx.len(), 1, "one answer");
         assert_eq!(v.rx[0].0.op, OP_RST);
         assert!(v.conns.is_empty());
-        let _ = std::fs::remove_file(uds);
     }
 
     /// A guest that sends packets to no connection and posts no receive
@@ -699,8 +721,8 @@ mod tests {
     /// are reset, not kept.
     #[test]
     fn a_guest_cannot_make_the_device_grow() {
-        let uds = std::env::temp_dir().join(format!("torito-vsock-bound-{}.sock", std::process::id()));
-        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
+        let mut f = fixture("bound");
+        let v = &mut f.v;
         let rw = Hdr { src_cid: 3, dst_cid: 2, src_port: 7, dst_port: 99, op: OP_RW, ..Hdr::default() };
         for port in 0..3 * MAX_RX as u32 {
             v.handle_guest_packet(Hdr { src_port: port, ..rw }, Vec::new());
@@ -709,16 +731,12 @@ mod tests {
         // Connections: the guest's targets exist (a listener per port is
         // not needed: a refused connect is a reset too); the table stays
         // bounded whatever the guest asks.
-        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
         v.rx.clear();
         let req = Hdr { op: OP_REQUEST, dst_port: 5, buf_alloc: 4096, ..rw };
         for port in 0..MAX_CONNS as u32 + 10 {
             v.handle_guest_packet(Hdr { src_port: 10_000 + port, ..req }, Vec::new());
         }
         assert_eq!(v.conns.len(), MAX_CONNS);
-        drop(target);
-        let _ = std::fs::remove_file(guest_target(&uds, 5));
-        let _ = std::fs::remove_file(uds);
     }
 
     /// A guest that closes connections whose host program reads nothing:
@@ -729,13 +747,12 @@ mod tests {
     fn a_close_never_waits_for_the_host_program_and_loses_nothing() {
         use std::io::Read;
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let uds = std::env::temp_dir().join(format!("torito-vsock-close-{}.sock", std::process::id()));
-        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
-        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
+        let mut f = fixture("close");
+        let v = &mut f.v;
         let g =
             Hdr { src_cid: 3, dst_cid: 2, src_port: 40_000, dst_port: 5, buf_alloc: 4096, ..Hdr::default() };
         v.handle_guest_packet(Hdr { op: OP_REQUEST, ..g }, Vec::new());
-        let (mut program, _) = target.accept().unwrap();
+        let (mut program, _) = f.target.accept().unwrap();
         // All the credit, in 64 KiB packets: more than the socket holds.
         let sent: Vec<u8> = (0..BUF_ALLOC as usize).map(|i| (i % 251) as u8).collect();
         for piece in sent.chunks(64 << 10) {
@@ -760,8 +777,6 @@ mod tests {
         }
         assert!(v.conns.is_empty(), "dropped once flushed");
         assert!(reader.join().unwrap() == sent, "every byte, in order, then the end");
-        let _ = std::fs::remove_file(guest_target(&uds, 5));
-        let _ = std::fs::remove_file(uds);
     }
 
     /// Input the device would not read now — from a program whose guest
@@ -772,24 +787,23 @@ mod tests {
     fn input_that_must_wait_does_not_keep_the_io_thread_busy() {
         use std::io::Write;
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let uds = std::env::temp_dir().join(format!("torito-vsock-idle-{}.sock", std::process::id()));
-        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
-        let target = std::os::unix::net::UnixListener::bind(guest_target(&uds, 5)).unwrap();
+        let mut f = fixture("idle");
+        let v = &mut f.v;
         // The guest connects with no room for data.
         let g = Hdr { src_cid: 3, dst_cid: 2, src_port: 40_001, dst_port: 5, buf_alloc: 0, ..Hdr::default() };
         v.handle_guest_packet(Hdr { op: OP_REQUEST, ..g }, Vec::new());
-        let (mut program, _) = target.accept().unwrap();
+        let (mut program, _) = f.target.accept().unwrap();
         program.write_all(b"for the guest, later").unwrap();
         let ready = |v: &Vsock| {
             let fds: Vec<(RawFd, Want)> = v.watched().iter().map(|&(_, fd, w)| (fd, w)).collect();
             crate::vstate::sys::ready_fds(&fds, std::time::Duration::ZERO).len()
         };
         assert!(v.watched().is_empty(), "no credit: its input is not waited for");
-        assert_eq!(ready(&v), 0);
+        assert_eq!(ready(v), 0);
         // Credit: waited for again, and read.
         v.handle_guest_packet(Hdr { op: OP_CREDIT_UPDATE, buf_alloc: 4096, ..g }, Vec::new());
         assert_eq!(v.watched().first().map(|w| w.2), Some(Want::Read));
-        assert_eq!(ready(&v), 1);
+        assert_eq!(ready(v), 1);
         v.rx.clear();
         v.service(None, &mem);
         assert!(v.rx.iter().any(|(h, d)| h.op == OP_RW && d == b"for the guest, later"));
@@ -810,10 +824,8 @@ mod tests {
         assert_eq!(v.conns.len(), 1, "kept while its bytes wait");
         assert!(v.conns[0].eof);
         assert_eq!(v.watched().first().map(|w| w.2), Some(Want::Write));
-        assert_eq!(ready(&v), 0, "a socket whose end of stream was read is not ready for ever");
+        assert_eq!(ready(v), 0, "a socket whose end of stream was read is not ready for ever");
         drop(program);
-        let _ = std::fs::remove_file(guest_target(&uds, 5));
-        let _ = std::fs::remove_file(uds);
     }
 
     /// A host program that writes its first bytes in the same write as
@@ -822,9 +834,9 @@ mod tests {
     #[test]
     fn bytes_after_the_connect_line_reach_the_guest() {
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let uds = std::env::temp_dir().join(format!("torito-vsock-line-{}.sock", std::process::id()));
-        let mut v = Vsock::listen(&VsockConfig { cid: 3, uds: uds.clone() }).unwrap();
-        let mut host = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+        let mut f = fixture("line");
+        let v = &mut f.v;
+        let mut host = std::os::unix::net::UnixStream::connect(&f.uds).unwrap();
         host.write_all(b"CONNECT 7\nfirst bytes").unwrap();
         let wait = || std::thread::sleep(std::time::Duration::from_millis(20));
         wait();
@@ -854,7 +866,6 @@ mod tests {
             }
         }
         assert_eq!(String::from_utf8_lossy(&got), "first bytes, then more");
-        let _ = std::fs::remove_file(uds);
     }
 
     #[test]
