@@ -111,6 +111,8 @@ const QUEUE: usize = 64;
 pub const RX_BUF: usize = 2048;
 /// Largest frame sent: an Ethernet header and 1500 bytes.
 const MAX_FRAME: usize = 1514;
+/// Transmit slot size: the header and the largest frame, rounded up.
+const TX_SLOT: usize = 1536;
 const QUEUE_RECEIVE: u16 = 0;
 const QUEUE_TRANSMIT: u16 = 1;
 const F_MAC: u64 = 1 << 5;
@@ -138,9 +140,17 @@ pub struct VirtioNet {
     rx_bufs: Box<[u8]>,
     /// Which receive buffer each token (descriptor head) stands for.
     rx_by_token: [u16; QUEUE],
-    /// Frames (header first) in the transmit ring, by token, until the
-    /// device has used them.
-    tx_frames: Vec<Option<Vec<u8>>>,
+    /// Transmit slots, [`TX_SLOT`] bytes each (header, then frame): one
+    /// allocation, as the receive buffers, so a frame sent costs no
+    /// allocation and no zeroing (under `redis-benchmark` a zeroed
+    /// allocation per frame was a tenth of the guest's time).
+    tx_bufs: Box<[u8]>,
+    /// Slots not in the ring (as many as the ring has free descriptors:
+    /// a frame takes one of each).
+    tx_free: Vec<u16>,
+    /// The slot and length of the frame each token (descriptor head) in
+    /// the transmit ring stands for, until the device has used it.
+    tx_by_token: [(u16, u16); QUEUE],
     /// Frames or receive buffers queued since the last notification.
     tx_unflushed: bool,
     rx_unflushed: bool,
@@ -191,7 +201,11 @@ impl VirtioNet {
             // untouched: the device fills them.
             rx_bufs: vec![0u8; QUEUE * RX_BUF].into_boxed_slice(),
             rx_by_token: [NONE; QUEUE],
-            tx_frames: (0..QUEUE).map(|_| None).collect(),
+            // Zeroed through the allocator, as the receive buffers; each
+            // frame's header is written with the frame.
+            tx_bufs: vec![0u8; QUEUE * TX_SLOT].into_boxed_slice(),
+            tx_free: (0..QUEUE as u16).rev().collect(),
+            tx_by_token: [(NONE, 0); QUEUE],
             tx_unflushed: false,
             rx_unflushed: false,
             tx_irq: false,
@@ -232,16 +246,19 @@ impl VirtioNet {
     /// Free the frames the device has sent.
     fn reclaim_tx(&mut self) {
         while let Some(token) = self.tx.peek_used() {
-            let Some(frame) = self.tx_frames.get_mut(usize::from(token)).and_then(Option::take) else {
+            let Some(&(slot, len)) = self.tx_by_token.get(usize::from(token)) else { return };
+            if slot == NONE {
                 // A token never handed out: a broken device.
                 return;
-            };
+            }
+            let at = usize::from(slot) * TX_SLOT;
+            let frame = &self.tx_bufs[at..at + usize::from(len)];
             // SAFETY: `frame` is the buffer added with this token.
-            let r = unsafe { self.tx.pop_used(token, &[&frame[..]], &mut []) };
-            if r.is_err() {
-                self.tx_frames[usize::from(token)] = Some(frame);
+            if unsafe { self.tx.pop_used(token, &[frame], &mut []) }.is_err() {
                 return;
             }
+            self.tx_by_token[usize::from(token)] = (NONE, 0);
+            self.tx_free.push(slot);
         }
     }
 
@@ -302,16 +319,26 @@ impl NetDevice for VirtioNet {
         if !self.can_send() {
             return Err(NetError::WouldBlock);
         }
+        let Some(slot) = self.tx_free.pop() else { return Err(NetError::WouldBlock) };
         // The header (all zero: no offloads; `num_buffers` is the device's)
         // and the frame in one buffer, so one descriptor.
-        let mut buf = vec![0u8; self.hdr + frame.len()];
+        let len = self.hdr + frame.len();
+        let at = usize::from(slot) * TX_SLOT;
+        let buf = &mut self.tx_bufs[at..at + len];
+        buf[..self.hdr].fill(0);
         buf[self.hdr..].copy_from_slice(frame);
-        // SAFETY: `buf` is kept in `tx_frames` under its token, unmoved
-        // (a Vec's heap buffer does not move with the Vec) and untouched,
-        // until `reclaim_tx` pops it.
-        let token = unsafe { self.tx.add(&[&buf[..]], &mut []) }.map_err(|_| NetError::WouldBlock)?;
-        match self.tx_frames.get_mut(usize::from(token)) {
-            Some(slot) => *slot = Some(buf),
+        // SAFETY: the slot is out of `tx_free` until `reclaim_tx` pops its
+        // token, and nothing writes it meanwhile; `tx_bufs` never moves
+        // (a boxed slice owned by this value).
+        let token = match unsafe { self.tx.add(&[&self.tx_bufs[at..at + len]], &mut []) } {
+            Ok(token) => token,
+            Err(_) => {
+                self.tx_free.push(slot);
+                return Err(NetError::WouldBlock);
+            }
+        };
+        match self.tx_by_token.get_mut(usize::from(token)) {
+            Some(t) => *t = (slot, len as u16),
             None => return Err(NetError::Io),
         }
         self.tx_unflushed = true;
