@@ -14,6 +14,7 @@ pub mod ioapic;
 pub mod irq;
 #[cfg(feature = "process")]
 pub mod kvmclock;
+pub mod mem;
 pub mod rtc;
 pub mod smp;
 pub mod stacks;
