@@ -98,6 +98,9 @@ pub(crate) struct Stack {
     /// A socket changed (data queued, closed, created): the interface
     /// needs a poll, as the core next goes idle (see [`Stack::poll_if_due`]).
     pub(crate) dirty: bool,
+    /// A change the peer may be waiting for (a buffer half full, or half
+    /// emptied): poll at once.
+    pub(crate) urgent: bool,
     /// When (TSC) the stack became dirty while in use.
     dirty_at: Option<u64>,
     /// When smoltcp's timers next need a poll.
@@ -218,7 +221,8 @@ impl Stack {
         let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
         let now = unit_process::clock::ticks();
         let since = *self.dirty_at.get_or_insert(now);
-        if now.saturating_sub(since) >= FLUSH_AFTER_US * khz / 1000
+        if self.urgent
+            || now.saturating_sub(since) >= FLUSH_AFTER_US * khz / 1000
             || FLUSH_WANTED.load(core::sync::atomic::Ordering::Acquire)
         {
             self.poll();
@@ -275,6 +279,7 @@ impl Stack {
     pub(crate) fn poll(&mut self) {
         let t = now();
         self.dirty = false;
+        self.urgent = false;
         self.dirty_at = None;
         self.phy.dev.mask_interrupts();
         self.phy.budget = self.top_up();
@@ -441,6 +446,7 @@ pub fn init(
         closing: Vec::new(),
         listeners: Vec::new(),
         dirty: true,
+        urgent: false,
         dirty_at: None,
         next_poll: now(),
         queued_at: None,

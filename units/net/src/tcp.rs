@@ -20,6 +20,9 @@ pub const BUFFER: usize = 16 * 1024;
 /// nginx's 511; Linux's own default is 4096). Listening sockets are made
 /// as connections come, so an unused backlog costs nothing.
 pub const BACKLOG: usize = 511;
+/// A full TCP segment on Ethernet: reads and writes this large are sent
+/// on at once; smaller ones wait for the core to go idle, together.
+const SEGMENT: usize = 1460;
 
 static BUFFER_SIZE: AtomicUsize = AtomicUsize::new(BUFFER);
 
@@ -193,9 +196,14 @@ impl TcpStream {
         block_on(Deadline::after(self.read_timeout), |s: &mut Stack| {
             let sock = s.sockets.get_mut::<Socket>(h);
             if sock.can_recv() {
-                // The window opens: the peer should hear of it.
+                // The window opens: the peer should hear of it, at once if
+                // it may be waiting for room (the buffer was half full) or
+                // a segment's worth was taken.
                 s.dirty = true;
-                Some(s.sockets.get_mut::<Socket>(h).recv_slice(buf).map_err(|_| Error::ConnectionReset))
+                s.urgent |= 2 * sock.recv_queue() >= sock.recv_capacity();
+                let r = sock.recv_slice(buf).map_err(|_| Error::ConnectionReset);
+                s.urgent |= r.as_ref().is_ok_and(|&n| n >= SEGMENT);
+                Some(r)
             } else if !sock.may_recv() {
                 Some(if sock.state() == State::Closed { Err(Error::ConnectionReset) } else { Ok(0) })
             } else {
@@ -213,7 +221,13 @@ impl TcpStream {
                 Some(Err(Error::ConnectionReset))
             } else if sock.can_send() {
                 let r = sock.send_slice(buf).map_err(|_| Error::ConnectionReset);
+                // Sent as the core goes idle (with what the core's other
+                // threads wrote), or at once when a segment's worth was
+                // written or half the buffer waits (a stream keeps the wire
+                // busy).
                 s.dirty = true;
+                s.urgent |=
+                    r.as_ref().is_ok_and(|&n| n >= SEGMENT) || 2 * sock.send_queue() >= sock.send_capacity();
                 Some(r)
             } else {
                 None
