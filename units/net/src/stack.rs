@@ -98,10 +98,10 @@ pub(crate) struct Stack {
     /// A socket changed (data queued, closed, created): the interface
     /// needs a poll, as the core next goes idle (see [`Stack::poll_if_due`]).
     pub(crate) dirty: bool,
-    /// A change the peer may be waiting for (a buffer half full, or half
-    /// emptied): poll at once.
+    /// A change the peer may be waiting for (a segment's worth read or
+    /// written, a buffer half full or half emptied): poll at once.
     pub(crate) urgent: bool,
-    /// When (TSC) the stack became dirty while in use.
+    /// When (TSC) a look first found the stack dirty.
     dirty_at: Option<u64>,
     /// When smoltcp's timers next need a poll.
     next_poll: Instant,
@@ -209,8 +209,8 @@ impl Stack {
     }
 
     /// Poll for what the threads changed (data written, sockets closed)
-    /// once it has waited [`FLUSH_AFTER_US`], or an idle core asked.
-    /// Otherwise it waits for the core to go idle: one walk over every
+    /// when it is urgent, has waited [`FLUSH_AFTER_US`], or an idle core
+    /// asked. Otherwise it waits for the core to go idle: one walk over every
     /// socket then sends what all of the core's threads wrote, where a
     /// poll per write walked them all for each (with 32 connections, a
     /// quarter of httpd's guest time).
@@ -492,9 +492,8 @@ pub fn wait_for_address(t: core::time::Duration) -> Result<NetConfig, Error> {
 
 /// Run `f` on the stack now (after polling if needed; again after `f` if
 /// it changed a socket, with what other threads changed), and send what
-/// it made at once (a close, a
-/// connection attempt: the thread may end next); `Err` when there is no
-/// stack.
+/// it made at once (a close, a connection attempt: the thread may end
+/// next); `Err` when there is no stack.
 pub(crate) fn with<T>(f: impl FnOnce(&mut Stack) -> T) -> Result<T, Error> {
     enter(true, f)
 }
