@@ -24,6 +24,14 @@ pub const BACKLOG: usize = 511;
 /// on at once; smaller ones wait for the core to go idle, together.
 const SEGMENT: usize = 1460;
 
+/// Whether a read or write that moved `moved` bytes, with `queued` of a
+/// buffer's `capacity` in it, is one the peer may be waiting for (a
+/// segment's worth, or a buffer half full): the stack polls at once
+/// rather than as the core goes idle.
+fn pressing(moved: &Result<usize, Error>, queued: usize, capacity: usize) -> bool {
+    moved.as_ref().is_ok_and(|&n| n >= SEGMENT) || 2 * queued >= capacity
+}
+
 static BUFFER_SIZE: AtomicUsize = AtomicUsize::new(BUFFER);
 
 /// Set the receive and send buffer size of connections made from now on
@@ -199,10 +207,10 @@ impl TcpStream {
                 // The window opens: the peer should hear of it, at once if
                 // it may be waiting for room (the buffer was half full) or
                 // a segment's worth was taken.
-                s.dirty = true;
-                s.urgent |= 2 * sock.recv_queue() >= sock.recv_capacity();
+                let (queued, capacity) = (sock.recv_queue(), sock.recv_capacity());
                 let r = sock.recv_slice(buf).map_err(|_| Error::ConnectionReset);
-                s.urgent |= r.as_ref().is_ok_and(|&n| n >= SEGMENT);
+                s.dirty = true;
+                s.urgent |= pressing(&r, queued, capacity);
                 Some(r)
             } else if !sock.may_recv() {
                 Some(if sock.state() == State::Closed { Err(Error::ConnectionReset) } else { Ok(0) })
@@ -226,8 +234,7 @@ impl TcpStream {
                 // written or half the buffer waits (a stream keeps the wire
                 // busy).
                 s.dirty = true;
-                s.urgent |=
-                    r.as_ref().is_ok_and(|&n| n >= SEGMENT) || 2 * sock.send_queue() >= sock.send_capacity();
+                s.urgent |= pressing(&r, sock.send_queue(), sock.send_capacity());
                 Some(r)
             } else {
                 None
