@@ -238,6 +238,59 @@ fn timeout_stops_a_spinning_guest() {
     assert!(t.elapsed().as_secs() < 20);
 }
 
+/// The VM outlives the monitor only briefly: it is destroyed by the
+/// kernel after the process has exited (`vstate::Farewell`), with the
+/// filters on, without them, and after a SIGKILL. KVM names each VM in
+/// debugfs `<pid>-<fd>`; the entry must go within a few seconds.
+#[test]
+fn the_vm_is_destroyed_after_the_monitor_exits() {
+    if !kvm() {
+        return;
+    }
+    let dir = Path::new("/sys/kernel/debug/kvm");
+    if !dir.is_dir() {
+        skip("debugfs is not mounted at /sys/kernel/debug (KVM's per-VM entries are there)");
+        return;
+    }
+    let vms_of = |pid: u32| -> usize {
+        let prefix = format!("{pid}-");
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count())
+            .unwrap_or(0)
+    };
+    let spin = guest("spin");
+    for (args, kill) in
+        [(&["--timeout", "1"][..], false), (&["--timeout", "1", "--no-seccomp"][..], false), (&[][..], true)]
+    {
+        let mut child = torito()
+            .args(args)
+            .arg(&spin)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run torito");
+        let pid = child.id();
+        let t = std::time::Instant::now();
+        while vms_of(pid) == 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(vms_of(pid), 1, "{args:?}: the running monitor's VM is in {}", dir.display());
+        if kill {
+            child.kill().unwrap();
+        }
+        let status = child.wait().unwrap();
+        let t = std::time::Instant::now();
+        while vms_of(pid) > 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        eprintln!(
+            "{args:?} kill={kill}: {status}; VM gone {} ms after the monitor was reaped",
+            t.elapsed().as_millis()
+        );
+        assert_eq!(vms_of(pid), 0, "{args:?}: the VM of the monitor that exited is still there");
+    }
+}
+
 /// SIGTERM and SIGINT (Ctrl-C) stop a guest that would run for ever the
 /// way an exit does: the timeline is printed, the status is 128 + the
 /// signal (as a shell reports it), the monitor is gone.

@@ -207,6 +207,12 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The VM's way out of the process, once the guest has stopped
+    /// (`vstate::Farewell`).
+    pub fn take_farewell(&self) -> Option<vstate::Farewell> {
+        self.installer.take_farewell()
+    }
+
     /// How the guest stopped (after every vCPU thread has been joined).
     pub fn into_outcome(self) -> Result<Outcome, Error> {
         let r = self.result.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -28,7 +28,7 @@ use seccompiler::BpfProgram;
 use super::{Role, Sandbox};
 use crate::error::Error;
 use crate::machine::lock;
-use crate::vstate::{sigsys, sys};
+use crate::vstate::{Farewell, sigsys, sys};
 
 /// How long the sandbox thread polls for `go` before it sleeps between
 /// looks.
@@ -45,6 +45,8 @@ struct Shared {
     /// it is not; set before `stage` becomes `DONE`.
     result: Mutex<Option<Result<u64, String>>>,
     done: Condvar,
+    /// The VM's way out, made before the filter that allows it.
+    farewell: Mutex<Option<Farewell>>,
 }
 
 /// The vCPU filter on its way to every thread.
@@ -53,6 +55,8 @@ pub struct Installer {
     /// On a one-CPU host (or with no thread to spare): the main thread
     /// installs at `go`.
     inline: Option<Sandbox>,
+    /// Whether filters go on at all.
+    enabled: bool,
 }
 
 impl Installer {
@@ -62,13 +66,15 @@ impl Installer {
             stage: AtomicU8::new(COMPILING),
             result: Mutex::new(None),
             done: Condvar::new(),
+            farewell: Mutex::new(None),
         });
-        if !sandbox.enabled() {
+        let enabled = sandbox.enabled();
+        if !enabled {
             finish(&shared, Ok(0));
-            return Ok(Self { shared, inline: None });
+            return Ok(Self { shared, inline: None, enabled });
         }
         if sys::cpus_allowed() < 2 {
-            return Ok(Self { shared, inline: Some(sandbox.clone()) });
+            return Ok(Self { shared, inline: Some(sandbox.clone()), enabled });
         }
         let (mine, theirs) = (sandbox.clone(), shared.clone());
         let spawned =
@@ -76,6 +82,12 @@ impl Installer {
                 // Whatever happens here (a panic included), a waiter is told.
                 let guard = Unfinished(&theirs);
                 let started = std::time::Instant::now();
+                let farewell = Farewell::new();
+                let mine = match &farewell {
+                    Some(f) => mine.with_farewell(f.fd()),
+                    None => mine,
+                };
+                *lock(&theirs.farewell) = farewell;
                 let bpf = mine.compile(Role::Vcpu);
                 loop {
                     match theirs.stage.load(Ordering::Acquire) {
@@ -89,9 +101,9 @@ impl Installer {
                 finish(&theirs, bpf.and_then(|b| install(&b)));
             });
         match spawned {
-            Ok(_) => Ok(Self { shared, inline: None }),
+            Ok(_) => Ok(Self { shared, inline: None, enabled }),
             // No thread to spare: do it inline.
-            Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()) }),
+            Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()), enabled }),
         }
     }
 
@@ -118,6 +130,20 @@ impl Installer {
             Some(Ok(t)) => Ok(Some(*t)),
             Some(Err(e)) => Err(Error::Sandbox(e.clone())),
         }
+    }
+}
+
+impl Installer {
+    /// The VM's way out of the process (`vstate::Farewell`), once the
+    /// guest has stopped: the one the sandbox thread made before the
+    /// filter; without filters, a new one; none when the main thread
+    /// installed the filter itself (on one CPU the pair would delay the
+    /// guest's start), so the VM is destroyed in the monitor.
+    pub fn take_farewell(&self) -> Option<Farewell> {
+        if !self.enabled {
+            return Farewell::new();
+        }
+        lock(&self.shared.farewell).take()
     }
 }
 

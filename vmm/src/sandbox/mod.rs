@@ -8,8 +8,9 @@
 //! `execve`, no `fork`, no network sockets, no files opened for writing
 //! unless the run writes files (a `--core`, a writable `--share`; a
 //! read-only share's server opens with `openat`, whose flags the filter
-//! checks, never `openat2`, whose flags it could not), and KVM ioctls by
-//! number only.
+//! checks, never `openat2`, whose flags it could not), KVM ioctls by
+//! number only, and `sendmsg` only on the socket pair the VM leaves the
+//! process by (`vstate::Farewell`), which leads nowhere else.
 //!
 //! Filters follow the threads' roles ([`Role`]) and what the command line
 //! attached: a run without disks allows no disk I/O, one without vsock no
@@ -116,6 +117,9 @@ struct Needs {
 pub struct Sandbox {
     mode: SeccompMode,
     needs: Needs,
+    /// The socket the VM leaves by (`vstate::Farewell`): the vCPU filter
+    /// allows `sendmsg` on it alone.
+    farewell: Option<u32>,
 }
 
 /// `ioctl` requests, by number: the kernel's `_IO`/`_IOR`/`_IOW`/`_IOWR`
@@ -360,7 +364,13 @@ impl Sandbox {
             gdb_unix: matches!(cfg.gdb, Some(crate::gdb::GdbAddr::Unix(_))),
             core: cfg.core.is_some(),
         };
-        Self { mode: cfg.seccomp, needs }
+        Self { mode: cfg.seccomp, needs, farewell: None }
+    }
+
+    /// The same filters, the vCPU's allowing `sendmsg` on `fd`.
+    pub fn with_farewell(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.farewell = u32::try_from(fd).ok();
+        self
     }
 
     /// Whether filters are installed at all.
@@ -431,6 +441,10 @@ impl Sandbox {
                 // pages are resident.
                 allow_open(&mut r, n.core || n.writable_share);
                 r.allow(&[Sysno::pread64, Sysno::mincore]);
+                // The VM's way out, on its own socket pair.
+                if let Some(fd) = self.farewell {
+                    r.masked(Sysno::sendmsg, 0, u32::MAX, fd);
+                }
                 if n.disks {
                     r.allow(DISK);
                 }
@@ -545,6 +559,25 @@ mod tests {
         assert_eq!(call(Sysno::clone3, 0), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
         assert_eq!(call(Sysno::socket, libc::AF_INET as u64), libc::SECCOMP_RET_TRAP);
         assert_eq!(call(Sysno::socket, libc::AF_UNIX as u64), libc::SECCOMP_RET_ALLOW);
+    }
+
+    /// The VM leaves the process on its own socket pair (`vstate::Farewell`):
+    /// `sendmsg` on that socket, from the vCPU filter, and on no other.
+    #[test]
+    fn sendmsg_goes_through_on_the_farewell_socket_alone() {
+        let verdict = |s: &Sandbox, role: Role, fd: u64| {
+            let p = s.compile(role).unwrap();
+            tree::tests::eval(&p, AUDIT_ARCH_X86_64, Sysno::sendmsg.id() as u32, [fd, 0, 0, 0, 0, 0]).0
+        };
+        let s = sandbox(&["vsock"]);
+        assert_eq!(verdict(&s, Role::Vcpu, 7), libc::SECCOMP_RET_TRAP);
+        let s = s.with_farewell(7);
+        assert_eq!(verdict(&s, Role::Vcpu, 7), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(verdict(&s, Role::Vcpu, 8), libc::SECCOMP_RET_TRAP);
+        assert_eq!(verdict(&s, Role::Vcpu, 7 | 1 << 32), libc::SECCOMP_RET_ALLOW, "the kernel reads an int");
+        for role in [Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+            assert_eq!(verdict(&s, role, 7), libc::SECCOMP_RET_TRAP, "{role:?}");
+        }
     }
 
     /// A read-only share's server opens nothing for writing, and nothing

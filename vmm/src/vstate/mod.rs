@@ -21,4 +21,4 @@ pub mod vm;
 pub use kvm::Kvm;
 pub use memory::{BOOT_SLOT, DeferredRam, map_file};
 pub use vcpu::{Vcpu, VcpuThreads};
-pub use vm::Vm;
+pub use vm::{Farewell, Vm};

@@ -1,9 +1,13 @@
 //! A VM: its interrupt controller, ioeventfds, MSIs, and the creation of
 //! its vCPUs (memory slots are in `memory.rs`).
 
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
 use kvm_ioctls::VmFd;
 use vmm_sys_util::errno;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::Vcpu;
 use crate::error::Error;
@@ -14,6 +18,41 @@ const IOAPIC_PINS: u64 = 24;
 /// A VM.
 pub struct Vm {
     pub(super) fd: VmFd,
+}
+
+/// A way out for the VM: a Unix socket pair whose receiving end is in
+/// its own queue (`SCM_RIGHTS`).
+///
+/// Destroying a VM costs its last `close` 0.3–0.7 ms on the development
+/// host (13–23 ms with an ioeventfd: `srcu_barrier`), paid before the
+/// parent learns that the monitor exited. [`Vm::destroy_in_background`]
+/// sends the VM's descriptor into that queue too and closes both ends:
+/// nothing in user space then refers to the pair, and the kernel's
+/// collector of such cycles, which runs on a workqueue (Linux 6.8 and
+/// later), drops the VM there, after the monitor is gone. No process is
+/// left behind; on a kernel whose collector runs in the caller, the VM is
+/// destroyed in the monitor as before.
+///
+/// Made before the seccomp filter goes on, so that the filter allows
+/// `sendmsg` on this socket alone ([`Farewell::fd`]).
+pub struct Farewell {
+    a: UnixDatagram,
+    b: UnixDatagram,
+}
+
+impl Farewell {
+    /// The pair, its receiving end already in its own queue (`None` if the
+    /// system refuses a socket).
+    pub fn new() -> Option<Self> {
+        let (a, b) = UnixDatagram::pair().ok()?;
+        a.send_with_fds(&[&[0u8][..]], &[b.as_raw_fd()]).ok()?;
+        Some(Self { a, b })
+    }
+
+    /// The descriptor the VM will be sent on.
+    pub fn fd(&self) -> RawFd {
+        self.a.as_raw_fd()
+    }
 }
 
 fn eventfd() -> Result<EventFd, Error> {
@@ -73,6 +112,25 @@ impl Vm {
             ..Default::default()
         };
         self.fd.signal_msi(msi).map(|_| ()).map_err(|e| Error::Kvm("KVM_SIGNAL_MSI", e))
+    }
+
+    /// Close the VM so that the kernel destroys it after this process has
+    /// gone, not in it ([`Farewell`]); without one, destroy it here.
+    /// `vcpus`: descriptors of vCPUs still open (each refers to the VM),
+    /// sent along so that their last reference is not this process's
+    /// either. Call it last.
+    pub fn destroy_in_background(self, farewell: Option<Farewell>, vcpus: &[RawFd]) {
+        let Some(Farewell { a, b }) = farewell else { return };
+        let fds: Vec<RawFd> = std::iter::once(self.fd.as_raw_fd()).chain(vcpus.iter().copied()).collect();
+        if a.send_with_fds(&[&[0u8][..]], &fds).is_err() {
+            return;
+        }
+        // Our references first, the sending end last: closing it is what
+        // starts the collector, which must then find no reference left
+        // outside the queue.
+        drop(self);
+        drop(b);
+        drop(a);
     }
 
     /// Most vCPUs KVM allows in one VM.

@@ -587,19 +587,30 @@ fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
         let _ = child.wait();
         std::process::exit(1);
     };
-    let mut reaped = None;
-    let wait_until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < wait_until {
-        if let Ok(Some(_)) = child.try_wait() {
-            reaped = Some(mono_ns());
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    if reaped.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    // A blocking wait, so that "reaped" is when the kernel says so (a
+    // polling loop read it ~50-130 µs late); a watchdog kills the program
+    // if it does not end within 5 s.
+    let pid = child.id() as libc::pid_t;
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let dog = {
+        let killed = killed.clone();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watch.recv_timeout(Duration::from_secs(5))
+            {
+                killed.store(true, std::sync::atomic::Ordering::SeqCst);
+                // SAFETY: kill(2) with the pid of our child, which is not
+                // reaped before this thread is joined.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        })
+    };
+    let _ = child.wait();
+    let at = mono_ns();
+    let _ = done.send(());
+    let _ = dog.join();
+    let reaped = (!killed.load(std::sync::atomic::Ordering::SeqCst)).then_some(at);
     let us = |t: u64| format!("{:.1}", (t - t0) as f64 / 1000.0);
     println!(
         "first-byte: {} µs, reaped: {} µs, tries: {tries}",
