@@ -482,6 +482,11 @@ fn rounds(
     Ok((samples, nic_ratio))
 }
 
+/// Pairs per counted run for the seccomp figure: its effect (tens of µs)
+/// is smaller than this host's run-to-run noise (hundreds), so one median
+/// of 30 pairs moved by ±50 µs between runs; 240 pairs take a few seconds.
+const SECCOMP_PAIRS_PER_RUN: usize = 8;
+
 /// What the seccomp filters cost the launch: pairs of (`base`, the same
 /// with `--no-seccomp`), in alternating order; each pair's difference of
 /// exec → kernel_main, in µs.
@@ -491,7 +496,7 @@ fn seccomp_pairs(base: &Config, opts: &Options) -> Result<Option<(f64, f64, f64)
     off.args.insert(0, "--no-seccomp".into());
     let km = |s: &Sample| s.event("kernel_main");
     let mut d = Vec::new();
-    for round in 0..opts.runs + opts.warmup {
+    for round in 0..opts.runs * SECCOMP_PAIRS_PER_RUN + opts.warmup {
         let (on, without) = if round % 2 == 0 {
             (launch(base)?, launch(&off)?)
         } else {
