@@ -15,6 +15,11 @@ use torito_vmm::Error;
 use torito_vmm::cli::Cli;
 use torito_vmm::timeline::{Phase, Timeline};
 
+/// The system allocator, holding back what the launch frees
+/// (`torito_vmm::vstate::heap`).
+#[global_allocator]
+static HEAP: torito_vmm::vstate::heap::Heap = torito_vmm::vstate::heap::Heap;
+
 fn main() -> ExitCode {
     let mut tl = Timeline::start();
     let cli = Cli::parse();

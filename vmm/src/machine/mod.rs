@@ -379,6 +379,8 @@ impl<'a> Machine<'a> {
             if let Some(tl) = tl.as_deref_mut() {
                 tl.runs += 1;
             }
+            // The launch is over: the blocks it freed are freed now.
+            vstate::heap::stop_holding();
             // The guest's first exit is the first the monitor acts on.
             if !self.sandboxed() {
                 return None;

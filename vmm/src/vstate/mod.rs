@@ -10,7 +10,9 @@
 //! - [`sys`]: host calls that are not KVM's (clock, `poll`, `TUNSETIFF`,
 //!   `mincore`).
 //! - [`sigsys`]: a forbidden system call's one line, then `SIGSYS`.
+//! - [`heap`]: the monitor's allocator (frees held back during a launch).
 
+pub mod heap;
 pub mod kvm;
 pub mod memory;
 pub mod sigsys;
