@@ -131,9 +131,7 @@ impl Installer {
             Some(Err(e)) => Err(Error::Sandbox(e.clone())),
         }
     }
-}
 
-impl Installer {
     /// The VM's way out of the process (`vstate::Farewell`), once the
     /// guest has stopped: the one the sandbox thread made before the
     /// filter; without filters, a new one; none when the main thread
