@@ -82,12 +82,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let mut map =
         |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
     loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    // Kept until the guest has stopped: heap blocks freed during the
-    // set-up are unmapped by musl's allocator (and mapped again for the
-    // next), which cost the launch ~70–90 µs for these three here (the
-    // `torito` binary's allocator also holds other frees: `vstate::heap`).
-    let guards = loader::stack_guards(&mem, &elf.note);
-    let tables = paging::write_page_tables(&mem, cfg.mem, &guards)?;
+    paging::write_page_tables(&mem, cfg.mem, &loader::stack_guards(&mem, &elf.note))?;
     tl.mark(Phase::ElfLoaded);
 
     let lapic = vm.enable_lapic()?;
@@ -151,7 +146,6 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         }
     });
 
-    drop((guards, tables));
     machine.flush_devices();
     machine.pending().wait()?;
     tl.pending_ram_accesses = machine.pending().accesses();

@@ -226,8 +226,7 @@ pub fn stack_guards(mem: &GuestMemoryMmap, note: &KernelNote) -> Vec<u64> {
     if note.stack_guards == 0 || n == 0 {
         return Vec::new();
     }
-    // On the stack: a heap buffer freed here would be unmapped by musl's
-    // allocator, a TLB-flush IPI to the sandbox thread's CPU (see `run`).
+    // At most 512 bytes: on the stack, no heap block to free.
     let mut raw = [0u8; torito_abi::note::MAX_STACK_GUARDS as usize * 8];
     let raw = &mut raw[..n * 8];
     if mem.read_slice(raw, GuestAddress(note.stack_guards)).is_err() {

@@ -31,11 +31,6 @@ use crate::timeline::ClockRef;
 pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
-    /// The CPUID table it was given, kept: freed while the monitor sets
-    /// the VM up, its heap block was unmapped by musl's allocator, and
-    /// every `munmap` then costs a TLB-flush IPI to the sandbox thread's
-    /// CPU (see `run`).
-    _cpuid: Option<kvm_bindings::CpuId>,
     _on_its_thread: PhantomData<*const ()>,
 }
 
@@ -65,8 +60,8 @@ mod stats_ioctl {
 use stats_ioctl::KVM_GET_STATS_FD;
 
 impl Vcpu {
-    pub(super) fn new(fd: VcpuFd, id: u32, cpuid: Option<kvm_bindings::CpuId>) -> Self {
-        Self { fd, id, _cpuid: cpuid, _on_its_thread: PhantomData }
+    pub(super) fn new(fd: VcpuFd, id: u32) -> Self {
+        Self { fd, id, _on_its_thread: PhantomData }
     }
 
     /// This vCPU's index (0 is the boot vCPU).

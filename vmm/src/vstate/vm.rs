@@ -143,7 +143,7 @@ impl Vm {
         let fd = self.fd.create_vcpu(u64::from(id)).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
         let cpuid = crate::arch::cpuid::table(host_cpuid, lapic, id as u8);
         fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
-        Ok(Vcpu::new(fd, id, Some(cpuid)))
+        Ok(Vcpu::new(fd, id))
     }
 }
 

@@ -67,19 +67,13 @@ pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
     tables
 }
 
-/// Write [`page_tables`] into guest memory; returns them (see `run`: the
-/// caller frees them once the guest runs).
-pub fn write_page_tables(
-    mem: &GuestMemoryMmap,
-    ram: u64,
-    guards: &[u64],
-) -> Result<Vec<(u64, Vec<u64>)>, Error> {
-    let tables = page_tables(ram, guards);
-    for (addr, table) in &tables {
-        mem.write_slice(table.as_bytes(), GuestAddress(*addr))
+/// Write [`page_tables`] into guest memory.
+pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64, guards: &[u64]) -> Result<(), Error> {
+    for (addr, table) in page_tables(ram, guards) {
+        mem.write_slice(table.as_bytes(), GuestAddress(addr))
             .map_err(|e| Error::GuestWrite(e.to_string()))?;
     }
-    Ok(tables)
+    Ok(())
 }
 
 #[cfg(test)]
