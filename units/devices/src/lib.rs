@@ -32,7 +32,7 @@ pub mod virtio;
 pub mod virtio_fs;
 pub mod vsock;
 
-pub use net::{NetDevice, NetError};
+pub use net::{NetDevice, NetError, Offloads, RxFrame, TxOffload};
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -186,6 +186,7 @@ pub fn init(
 ) -> Report {
     use alloc::format;
     let mut report = Report::default();
+    net::allow_offloads(!cmdline.split_ascii_whitespace().any(|w| w == "net.offload=off"));
     let mut blocks = BLOCKS.lock();
     for entry in cmdline::mmio_devices(cmdline) {
         let d = match entry {
@@ -218,11 +219,12 @@ pub fn init(
                     n.use_interrupts(d.irq, irq.take);
                 }
                 report.found.push(format!(
-                    "virtio-net at {:#x} (irq {}, {}): MAC {}",
+                    "virtio-net at {:#x} (irq {}, {}): MAC {}{}",
                     d.base,
                     d.irq,
                     if n.interrupts() { "interrupts" } else { "polled" },
-                    mac_text(n.mac())
+                    mac_text(n.mac()),
+                    offload_text(n.offloads())
                 ));
                 NETS.lock().push(n);
             }
@@ -268,9 +270,10 @@ pub fn init(
             }
             Ok(virtio::Probed::Net(n)) => {
                 report.found.push(format!(
-                    "virtio-net at {location} ({}): MAC {}",
+                    "virtio-net at {location} ({}): MAC {}{}",
                     if n.interrupts() { "MSI-X" } else { "polled" },
-                    mac_text(n.mac())
+                    mac_text(n.mac()),
+                    offload_text(n.offloads())
                 ));
                 NETS.lock().push(n);
             }
@@ -292,6 +295,18 @@ pub fn init(
     }
     *REPORT.lock() = Some(report.clone());
     report
+}
+
+/// The offloads a NIC negotiated, for its boot line ("" when none).
+fn offload_text(o: net::Offloads) -> String {
+    let mut parts = alloc::vec::Vec::new();
+    if o.tx_csum || o.rx_csum {
+        parts.push("checksums");
+    }
+    if o.tso4 > 0 {
+        parts.push("TSO");
+    }
+    if parts.is_empty() { String::new() } else { alloc::format!(", offloads: {}", parts.join(", ")) }
 }
 
 fn mac_text(m: [u8; 6]) -> String {

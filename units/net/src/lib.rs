@@ -28,6 +28,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod config;
+mod offload;
 mod stack;
 pub mod tcp;
 pub mod udp;

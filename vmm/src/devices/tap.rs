@@ -1,18 +1,32 @@
 //! A TAP device (Ethernet frames to and from the host's network stack),
-//! opened by name. `vmm-sys-util` has no TAP helper; the one `ioctl`
-//! (TUNSETIFF) is `vstate::sys::tun_set_iff`.
+//! opened by name, each frame after a 12-byte `virtio_net_hdr` (so that
+//! checksums and segmentation can be left to the host's kernel, as the
+//! guest negotiates). `vmm-sys-util` has no TAP helper; the `ioctl`s
+//! (TUNSETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD) are in `vstate::sys`.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::vstate::sys::{IFNAMSIZ, interface_index, tun_set_iff};
+use crate::vstate::sys::{IFNAMSIZ, interface_index, tun_set_iff, tun_set_offload, tun_set_vnet_hdr_size};
 
 const IFF_TAP: u16 = 0x0002;
 const IFF_NO_PI: u16 = 0x1000;
+const IFF_VNET_HDR: u16 = 0x4000;
+/// The `virtio_net_hdr` before each frame: virtio 1.x's, `num_buffers`
+/// included (the TAP device leaves it alone), so it is the guest's as is.
+pub const VNET_HDR: usize = 12;
+/// `TUNSETOFFLOAD` flag: the TAP device may hand over frames whose
+/// checksum is to be completed.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// `TUNSETOFFLOAD` flag: TCP/IPv4 segments of up to 64 KiB.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// `TUNSETOFFLOAD` flag: TCP/IPv6 segments of up to 64 KiB.
+pub const TUN_F_TSO6: u32 = 0x04;
 
-/// An open TAP device, non-blocking, frames without a packet-info header.
+/// An open TAP device, non-blocking, frames after a `virtio_net_hdr` and
+/// without a packet-info header.
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -40,10 +54,22 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
-        tun_set_iff(&file, name, IFF_TAP | IFF_NO_PI).map_err(|e| {
+        tun_set_iff(&file, name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).map_err(|e| {
             format!("cannot attach to TAP device '{name}': {e} (is it a TAP device, owned by this user, not in use?)")
         })?;
+        // Both stay set on the device after it is closed: whatever the last
+        // user (another monitor, QEMU) chose is undone here. No offloads
+        // until the guest has negotiated them.
+        tun_set_vnet_hdr_size(&file, VNET_HDR as i32)
+            .and_then(|()| tun_set_offload(&file, 0))
+            .map_err(|e| format!("cannot set up TAP device '{name}': {e}"))?;
         Ok(Self { file, name: name.to_string() })
+    }
+
+    /// Let the TAP device hand over frames with the offloads `flags`
+    /// (`TUN_F_*`): those the guest negotiated.
+    pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        tun_set_offload(&self.file, flags)
     }
 
     /// A stand-in over any file (a socket pair's end), for tests.

@@ -164,6 +164,9 @@ mod ioctls {
     pub const KVM_GET_STATS_FD: u32 = io(0xce);
     /// `set_nonblocking` on a socket.
     pub const FIONBIO: u32 = libc::FIONBIO as u32;
+    /// The offloads of a TAP device, as its guest negotiated them (at
+    /// DRIVER_OK, on the vCPU's thread).
+    pub const TUNSETOFFLOAD: u32 = crate::vstate::sys::TUNSETOFFLOAD as u32;
 
     /// A vCPU thread's: running, registers (crash reports, gdb, cores),
     /// MSIs, statistics; secondary vCPUs made on their threads; and the
@@ -187,6 +190,7 @@ mod ioctls {
         KVM_SET_MP_STATE,
         KVM_SET_USER_MEMORY_REGION,
         FIONBIO,
+        TUNSETOFFLOAD,
     ];
     /// The I/O thread's: interrupts, non-blocking sockets.
     pub const IO: &[u32] = &[KVM_SIGNAL_MSI, FIONBIO];
@@ -217,6 +221,7 @@ mod ioctls {
         ioctl_io_nr!(GET_TSC_KHZ, KVMIO, 0xa3);
         ioctl_iow_nr!(SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
         ioctl_io_nr!(GET_STATS_FD, KVMIO, 0xce);
+        ioctl_iow_nr!(SET_OFFLOAD, 0x54, 208, std::os::raw::c_uint);
 
         #[test]
         fn the_encodings_are_the_kernels() {
@@ -238,6 +243,7 @@ mod ioctls {
                 (KVM_GET_TSC_KHZ, GET_TSC_KHZ()),
                 (KVM_SIGNAL_MSI, SIGNAL_MSI()),
                 (KVM_GET_STATS_FD, GET_STATS_FD()),
+                (TUNSETOFFLOAD, SET_OFFLOAD()),
             ];
             for (ours, theirs) in pairs {
                 assert_eq!(u64::from(ours), theirs);

@@ -142,6 +142,29 @@ pub fn tun_set_iff(tun: &impl AsRawFd, name: &str, flags: u16) -> std::io::Resul
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETVNETHDRSZ`: `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+/// Frames on the TAP descriptor `tun` (opened with `IFF_VNET_HDR`) carry a
+/// `virtio_net_hdr` of `size` bytes.
+pub fn tun_set_vnet_hdr_size(tun: &impl AsRawFd, size: i32) -> std::io::Result<()> {
+    // SAFETY: TUNSETVNETHDRSZ reads an `int` at the pointer, which points
+    // at `size` for the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETVNETHDRSZ as _, &size as *const i32) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Which offloads (`TUN_F_*`) the TAP descriptor `tun` may use in the
+/// frames it hands the monitor.
+pub fn tun_set_offload(tun: &impl AsRawFd, flags: u32) -> std::io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags as the argument's value and
+    // touches no memory of ours.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// The index of network interface `name` in this thread's network
 /// namespace (`if_nametoindex`: a query on a socket of the namespace),
 /// `None` when it has none. Not `/sys/class/net`, which shows the

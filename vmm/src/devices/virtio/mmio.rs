@@ -73,9 +73,10 @@ pub trait Backend: Send {
     /// The eventfd KVM signals at each notification (see
     /// [`Backend::wants_notify_fd`]).
     fn set_notify_fd(&mut self, _fd: EventFd) {}
-    /// The driver set DRIVER_OK: the device may start (and, e.g., tell the
-    /// driver which queues it need not notify).
-    fn driver_ok(&mut self, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
+    /// The driver set DRIVER_OK having accepted `features` (of those
+    /// offered): the device may start (and, e.g., tell the driver which
+    /// queues it need not notify).
+    fn driver_ok(&mut self, _features: u64, _queues: &mut Queues<'_>, _mem: &GuestMemoryMmap) {}
     /// Whether [`Backend::host_fds`] changed since the last call in a way the
     /// I/O thread must see at once (a descriptor to watch again); the I/O
     /// thread otherwise looks again within its longest wait.
@@ -234,7 +235,8 @@ impl MmioDevice {
                     let started = v & DRIVER_OK != 0 && self.status & DRIVER_OK == 0;
                     self.status = v | (self.status & NEEDS_RESET);
                     if started {
-                        return self.serve(mem, |b, q, m| b.driver_ok(q, m));
+                        let accepted = self.driver_features & self.backend.features();
+                        return self.serve(mem, |b, q, m| b.driver_ok(accepted, q, m));
                     }
                 }
             }

@@ -2,16 +2,22 @@
 //! device.
 //!
 //! Queue 1 (transmit) is served at the driver's notification: each chain
-//! is a 12-byte `virtio_net_hdr` and a frame, which goes to the TAP device.
+//! is a 12-byte `virtio_net_hdr` and a frame, which go to the TAP device
+//! together (the host's kernel completes checksums and cuts large TCP
+//! segments as the header asks, when the guest negotiated those offloads;
+//! a header that asks for more than was negotiated drops its frame).
 //! Queue 0 (receive) holds empty buffers; frames from the TAP device fill
 //! them when they arrive: the monitor's device I/O thread watches the TAP
 //! descriptor and calls [`Net::deliver`] under the devices' lock, and a
-//! notification on queue 0 (new buffers) delivers what was waiting. The
-//! guest is untrusted: chains are read and written through
+//! notification on queue 0 (new buffers) delivers what was waiting. With
+//! mergeable receive buffers a frame (up to 64 KiB with the guest's
+//! segmentation offload) spans as many buffers as it needs. The TAP device
+//! hands over only the offloads the guest negotiated (`TUNSETOFFLOAD` at
+//! DRIVER_OK). The guest is untrusted: chains are read and written through
 //! `virtio-queue`'s checked `Reader`/`Writer`; a chain that is too short
 //! or points outside RAM is returned unused (length 0).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::vstate::sys::Want;
@@ -20,15 +26,34 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
-use super::queue::{fill_next, read_all};
-use crate::devices::tap::Tap;
+use super::queue::{fill_merged, read_all};
+use crate::devices::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, VNET_HDR};
 
 const DEVICE_NET: u32 = 1;
+const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MAC: u64 = 1 << 5;
-/// `virtio_net_hdr` with `num_buffers` (virtio 1.x).
-const HDR: usize = 12;
-/// Largest frame: Ethernet header and 1500 bytes, no offloads.
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+const F_MRG_RXBUF: u64 = 1 << 15;
+/// The offloads offered: checksums and TCP segmentation both ways.
+const OFFLOADS: u64 = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6;
+/// `virtio_net_hdr` with `num_buffers` (virtio 1.x), as the TAP device
+/// reads and writes it.
+const HDR: usize = VNET_HDR;
+/// Largest frame without segmentation: Ethernet header and 1500 bytes.
 pub const MAX_FRAME: usize = 1514;
+/// Largest frame with segmentation offload (virtio 1.2 §5.1.6.3: 65,562
+/// bytes of buffer, the header included).
+pub const MAX_GSO_FRAME: usize = 65550;
+/// `virtio_net_hdr.flags` a sent frame may carry: "complete my checksum".
+const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.gso_type`: none, TCP/IPv4, TCP/IPv6.
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
 
 /// A NIC as the command line names it: `tap=NAME[,mac=..]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +102,17 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub struct Net {
     tap: Tap,
     mac: [u8; 6],
-    /// A frame read from the TAP device while the guest had no buffer.
-    waiting: Option<Vec<u8>>,
+    /// The features the driver accepted (set at DRIVER_OK).
+    features: u64,
+    /// Where frames from the TAP device are read, header first (allocated
+    /// at the first frame: [`MAX_GSO_FRAME`] and the header).
+    rx_buf: Vec<u8>,
+    /// A frame (its length in `rx_buf`) read from the TAP device while
+    /// the guest had no buffer.
+    waiting: Option<usize>,
+    /// Where each frame the guest sends is gathered (kept between frames).
+    tx_buf: Vec<u8>,
+
     /// Frames the guest sent and received.
     pub tx_frames: u64,
     /// Frames delivered to the guest.
@@ -100,7 +134,18 @@ pub fn open(cfg: &NetConfig, index: usize) -> Result<MmioDevice, String> {
 impl Net {
     /// A NIC on `tap` with address `mac`.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
-        Self { tap, mac, waiting: None, tx_frames: 0, rx_frames: 0, rewatch: false, gone: false }
+        Self {
+            tap,
+            mac,
+            features: 0,
+            rx_buf: Vec::new(),
+            waiting: None,
+            tx_buf: Vec::new(),
+            tx_frames: 0,
+            rx_frames: 0,
+            rewatch: false,
+            gone: false,
+        }
     }
 
     /// The TAP device returned an error other than "no frame": say so once
@@ -130,75 +175,99 @@ impl Net {
         if self.waiting.is_none() {
             let _ = queue.disable_notification(mem);
         }
+        if self.rx_buf.is_empty() {
+            self.rx_buf = vec![0u8; HDR + MAX_GSO_FRAME];
+        }
+        let merged = self.features & F_MRG_RXBUF != 0;
         // A buffer seen posted after the queue looked empty is tried once:
         // a hostile driver's ring can say "more" for ever (an index beyond
         // the queue's size, a used ring outside RAM) and hand out nothing.
         let mut retried = false;
         loop {
-            let frame = match self.waiting.take() {
-                Some(f) => f,
-                None => {
-                    let mut buf = vec![0u8; MAX_FRAME + 4];
-                    match self.tap.recv(&mut buf) {
-                        Ok(Some(n)) => {
-                            buf.truncate(n);
-                            buf
-                        }
-                        Ok(None) => return,
-                        Err(e) => {
-                            self.tap_failed(&e);
-                            return;
-                        }
+            let len = match self.waiting.take() {
+                Some(n) => n,
+                None => match self.tap.recv(&mut self.rx_buf) {
+                    // Shorter than a header and an Ethernet header: dropped.
+                    Ok(Some(n)) if n < HDR + 14 => continue,
+                    Ok(Some(n)) => n,
+                    Ok(None) => return,
+                    Err(e) => {
+                        self.tap_failed(&e);
+                        return;
                     }
-                }
+                },
             };
-            let filled = fill_next(queue, mem, |w| {
-                if w.available_bytes() < HDR + frame.len() {
-                    // A buffer too small: the frame is dropped.
-                    return 0;
-                }
-                let mut hdr = [0u8; HDR];
-                hdr[10] = 1; // num_buffers
-                if w.write_all(&hdr).is_ok() && w.write_all(&frame).is_ok() {
-                    self.rx_frames += 1;
-                    (HDR + frame.len()) as u32
-                } else {
-                    0
-                }
-            });
-            if !filled {
-                // No buffer: keep the frame for the next one, and ask for a
-                // notification when the driver posts one; a buffer posted
-                // meanwhile (before the driver could see the request) is
-                // taken now.
-                self.waiting = Some(frame);
-                match queue.enable_notification(mem) {
-                    Ok(true) if !retried => {
-                        retried = true;
-                        let _ = queue.disable_notification(mem);
-                        continue;
-                    }
-                    _ => return,
-                }
+            // The header as the TAP device wrote it (only the offloads the
+            // guest negotiated), then the frame; `num_buffers` is ours.
+            let frame = &mut self.rx_buf[..len];
+            if fill_merged(queue, mem, frame, merged) {
+                self.rx_frames += 1;
+                retried = false;
+                continue;
             }
-            retried = false;
+            // No room: keep the frame for the next buffers, and ask for a
+            // notification when the driver posts some; buffers posted
+            // meanwhile (before the driver could see the request) are
+            // tried now.
+            self.waiting = Some(len);
+            match queue.enable_notification(mem) {
+                Ok(true) if !retried => {
+                    retried = true;
+                    let _ = queue.disable_notification(mem);
+                }
+                _ => return,
+            }
         }
     }
 
-    /// Send every frame the guest queued.
+    /// Send every frame the guest queued, each with its header.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
-        read_all(queue, mem, |mut r| {
-            let mut hdr = [0u8; HDR];
-            let mut frame = Vec::with_capacity(MAX_FRAME);
-            if r.read_exact(&mut hdr).is_ok()
-                && (&mut r).take(MAX_FRAME as u64 + 1).read_to_end(&mut frame).is_ok()
-                && (14..=MAX_FRAME).contains(&frame.len())
-                && self.tap.send(&frame).is_ok()
+        let largest =
+            HDR + if self.features & (F_HOST_TSO4 | F_HOST_TSO6) != 0 { MAX_GSO_FRAME } else { MAX_FRAME };
+        let mut buf = std::mem::take(&mut self.tx_buf);
+        let features = self.features;
+        read_all(queue, mem, |r| {
+            buf.clear();
+            if r.take(largest as u64 + 1).read_to_end(&mut buf).is_ok()
+                && (HDR + 14..=largest).contains(&buf.len())
+                && header_allowed(features, &buf)
+                && self.tap.send(&buf).is_ok()
             {
                 self.tx_frames += 1;
             }
         });
+        self.tx_buf = buf;
     }
+}
+
+/// Whether a sent frame's header asks only for what the guest negotiated
+/// (`features`): the host's kernel would otherwise do what this device
+/// never offered.
+fn header_allowed(features: u64, hdr: &[u8]) -> bool {
+    let (flags, gso) = (hdr[0], hdr[1]);
+    let csum_ok = flags == 0 || (flags == HDR_F_NEEDS_CSUM && features & F_CSUM != 0);
+    let gso_ok = match gso {
+        GSO_NONE => true,
+        GSO_TCPV4 => features & F_HOST_TSO4 != 0,
+        GSO_TCPV6 => features & F_HOST_TSO6 != 0,
+        _ => false,
+    };
+    csum_ok && gso_ok && (gso == GSO_NONE || flags == HDR_F_NEEDS_CSUM)
+}
+
+/// The TAP device's offloads (`TUN_F_*`) for the guest's `features`.
+fn tap_offloads(features: u64) -> u32 {
+    let mut flags = 0;
+    if features & F_GUEST_CSUM != 0 {
+        flags |= TUN_F_CSUM;
+        if features & F_GUEST_TSO4 != 0 {
+            flags |= TUN_F_TSO4;
+        }
+        if features & F_GUEST_TSO6 != 0 {
+            flags |= TUN_F_TSO6;
+        }
+    }
+    flags
 }
 
 impl Backend for Net {
@@ -207,7 +276,7 @@ impl Backend for Net {
     }
 
     fn features(&self) -> u64 {
-        F_VERSION_1 | F_MAC
+        F_VERSION_1 | F_MAC | F_MRG_RXBUF | OFFLOADS
     }
 
     fn config(&self) -> Vec<u8> {
@@ -252,7 +321,13 @@ impl Backend for Net {
         }
     }
 
-    fn driver_ok(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+    fn driver_ok(&mut self, features: u64, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        self.features = features;
+        // Frames the guest could not take (a partial checksum, a 64 KiB
+        // segment) are then never handed over.
+        if let Err(e) = self.tap.set_offload(tap_offloads(features)) {
+            eprintln!("torito: TAP device '{}': cannot set its offloads: {e}", self.tap.name());
+        }
         self.service_host(queues, mem);
     }
 
@@ -323,6 +398,59 @@ mod tests {
         assert!(net.tx_frames <= 1, "{} frames were sent", net.tx_frames);
         let used: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(q.used_addr().0 + 2)).unwrap();
         assert_eq!(used, 5, "every chain was returned");
+    }
+
+    /// A 5,000-byte frame goes into three 2,048-byte buffers, the first
+    /// saying so; with two buffers posted it waits, and none is taken.
+    #[test]
+    fn a_large_frame_spans_mergeable_buffers() {
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = q.create_queue().unwrap();
+        let d = |i: u64| RawDescriptor::from(Descriptor::new(0x10_0000 + i * 0x1000, 2048, 2, 0));
+        q.add_desc_chains(&[d(0), d(1)], 0).unwrap();
+        let mut frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        frame[..HDR].fill(0);
+        assert!(!fill_merged(&mut queue, &mem, &mut frame, true), "two buffers are too few");
+        assert_eq!(queue.next_avail(), 0, "none was taken");
+        let q = MockSplitQueue::new(&mem, 16);
+        q.add_desc_chains(&[d(0), d(1), d(2)], 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(fill_merged(&mut queue, &mem, &mut frame, true));
+        let used: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(q.used_addr().0 + 2)).unwrap();
+        assert_eq!(used, 3);
+        let n: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(0x10_0000 + 10)).unwrap();
+        assert_eq!(n, 3, "num_buffers");
+        let mut back = vec![0u8; 5000 - 4096];
+        vm_memory::Bytes::read_slice(&mem, &mut back, GuestAddress(0x10_2000)).unwrap();
+        assert_eq!(back, frame[4096..]);
+        // Without mergeable buffers a frame larger than the buffer is
+        // dropped (returned with length 0), and the next one taken.
+        let q = MockSplitQueue::new(&mem, 16);
+        q.add_desc_chains(&[d(0), d(1)], 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(fill_merged(&mut queue, &mem, &mut frame, false));
+        assert_eq!(queue.next_avail(), 1);
+    }
+
+    /// A sent frame may ask the host only for the offloads negotiated.
+    #[test]
+    fn headers_ask_for_no_more_than_was_negotiated() {
+        let all = F_CSUM | F_HOST_TSO4 | F_HOST_TSO6;
+        let hdr = |flags: u8, gso: u8| [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(header_allowed(0, &hdr(0, 0)));
+        assert!(!header_allowed(0, &hdr(1, 0)), "a checksum not negotiated");
+        assert!(header_allowed(F_CSUM, &hdr(1, 0)));
+        assert!(!header_allowed(F_CSUM, &hdr(1, GSO_TCPV4)), "segmentation not negotiated");
+        assert!(header_allowed(all, &hdr(1, GSO_TCPV4)));
+        assert!(header_allowed(all, &hdr(1, GSO_TCPV6)));
+        assert!(!header_allowed(all, &hdr(0, GSO_TCPV4)), "segmentation without a checksum");
+        assert!(!header_allowed(all, &hdr(1, 3)), "UDP");
+        assert!(!header_allowed(all, &hdr(1, 0x81)), "ECN");
+        assert!(!header_allowed(all, &hdr(2, 0)), "an unknown flag");
+        assert_eq!(tap_offloads(0), 0);
+        assert_eq!(tap_offloads(F_GUEST_TSO4), 0, "segments need checksums");
+        assert_eq!(tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4), TUN_F_CSUM | TUN_F_TSO4);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! against guest memory, lengths included. A chain that points outside RAM
 //! is returned with length 0; nothing in it is trusted.
 
+use std::io::Write;
+
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
@@ -35,6 +37,57 @@ pub fn read_all(queue: &mut Queue, mem: &GuestMemoryMmap, mut read: impl FnMut(R
         }
         0
     });
+}
+
+/// Write `data` (a `virtio_net_hdr` whose last two bytes are
+/// `num_buffers`, then a frame) into the driver's next buffer, or with
+/// `merged` (mergeable receive buffers, virtio 1.2 §5.1.6.3.2) across as
+/// many of its next buffers as it takes, `num_buffers` set to their count.
+/// `false`, with no buffer taken, when those posted cannot hold it all
+/// (bounded by the queue's size). A single buffer too small for the frame
+/// returns with length 0 (the frame is dropped, and `true`).
+pub fn fill_merged(queue: &mut Queue, mem: &GuestMemoryMmap, data: &mut [u8], merged: bool) -> bool {
+    let start = queue.next_avail();
+    let mut chains: Vec<Chain<'_>> = Vec::new();
+    let mut room = 0usize;
+    while room < data.len() {
+        let full = (!merged && !chains.is_empty()) || chains.len() >= usize::from(queue.size());
+        let next = if full { None } else { queue.pop_descriptor_chain(mem) };
+        let Some(chain) = next else {
+            if merged || chains.is_empty() {
+                queue.set_next_avail(start);
+                return false;
+            }
+            break;
+        };
+        room += chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
+        chains.push(chain);
+    }
+    let fits = room >= data.len();
+    let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+    if let Some(n) = data.get_mut(10..12) {
+        n.copy_from_slice(&count.to_le_bytes());
+    }
+    let mut at = 0;
+    for chain in chains {
+        let head = chain.head_index();
+        let written = match chain.writer(mem) {
+            Ok(mut w) if fits => {
+                let take = w.available_bytes().min(data.len() - at);
+                if w.write_all(&data[at..at + take]).is_ok() {
+                    at += take;
+                    take
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        };
+        if queue.add_used(mem, head, written as u32).is_err() {
+            break;
+        }
+    }
+    true
 }
 
 /// Fill the driver's next buffer (a receive queue): `fill` writes into it

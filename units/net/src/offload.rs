@@ -1,0 +1,207 @@
+//! Offloads, the stack's side: what smoltcp is told it need not do (the
+//! checksums of TCP and UDP, cutting TCP into segments), what each frame
+//! sent asks of the device instead ([`TxOffload`]), and the look at
+//! received frames the host did not check.
+//!
+//! A frame whose checksum the device is to complete carries, in its
+//! checksum field, the sum of its pseudo-header (addresses, protocol,
+//! length), not complemented: the device adds the rest and stores the
+//! complement (virtio 1.2 §5.1.6.2, as Linux's `CHECKSUM_PARTIAL`). A
+//! large TCP segment (smoltcp's `segmentation-offload`: its
+//! `PacketMeta::segmentation_offload_size` is the segment size the peer
+//! takes) carries the sum for its whole length; the host's segmentation
+//! adjusts it per segment.
+
+use core::num::NonZeroUsize;
+
+use smoltcp::phy::{Checksum, DeviceCapabilities, PacketMeta};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket, checksum};
+use unit_devices::{Offloads, TxOffload};
+
+/// Ethernet header.
+const ETH: usize = 14;
+/// EtherType of IPv4.
+const IPV4: [u8; 2] = [0x08, 0x00];
+/// Where the checksum field is in a TCP and a UDP header.
+const TCP_CSUM_AT: u16 = 16;
+const UDP_CSUM_AT: u16 = 6;
+
+/// Tell smoltcp what the device does in its place.
+pub(crate) fn capabilities(caps: &mut DeviceCapabilities, o: Offloads) {
+    let l4 = match (o.rx_csum, o.tx_csum) {
+        (true, true) => Checksum::None,
+        (true, false) => Checksum::Tx,
+        (false, true) => Checksum::Rx,
+        (false, false) => Checksum::Both,
+    };
+    caps.checksum.tcp = l4;
+    caps.checksum.udp = l4;
+    // smoltcp hands the device segments larger than the peer takes only
+    // when the device also completes their checksums.
+    if o.tx_csum {
+        caps.segmentation.tcpv4 = NonZeroUsize::new(o.tso4);
+    }
+}
+
+/// The IPv4 TCP or UDP packet in an Ethernet frame: where its transport
+/// header starts, its protocol, its transport length, its addresses.
+fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, Ipv4Address, Ipv4Address)> {
+    if frame.get(12..14)? != IPV4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(frame.get(ETH..)?).ok()?;
+    // A fragment's checksum covers the whole datagram: not ours to judge.
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let proto = ip.next_header();
+    if !matches!(proto, IpProtocol::Tcp | IpProtocol::Udp) {
+        return None;
+    }
+    let start = ETH + usize::from(ip.header_len());
+    let len = usize::from(ip.total_len()).checked_sub(usize::from(ip.header_len()))?;
+    (frame.len() >= start + len).then_some((start, proto, len, ip.src_addr(), ip.dst_addr()))
+}
+
+/// What the device is to do to `frame`, just written by smoltcp: complete
+/// its TCP or UDP checksum (the pseudo-header's sum goes into the field
+/// now), and cut it into segments when smoltcp asked.
+pub(crate) fn tx(frame: &mut [u8], o: Offloads, meta: PacketMeta) -> TxOffload {
+    if !o.tx_csum {
+        return TxOffload::default();
+    }
+    let Some((start, proto, len, src, dst)) = transport(frame) else { return TxOffload::default() };
+    let at = if proto == IpProtocol::Tcp { TCP_CSUM_AT } else { UDP_CSUM_AT };
+    let sum = checksum::pseudo_header_v4(&src, &dst, proto, len as u32);
+    let field = start + usize::from(at);
+    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    let tso4 = match (proto, meta.segmentation_offload_size) {
+        (IpProtocol::Tcp, Some(mss)) => {
+            let tcp_header = usize::from(frame[start + 12] >> 4) * 4;
+            Some((mss.get(), (start + tcp_header) as u16))
+        }
+        _ => None,
+    };
+    TxOffload { csum: Some((start as u16, at)), tso4 }
+}
+
+/// Whether a received frame's TCP or UDP checksum is right (frames of
+/// other kinds pass: smoltcp checks those itself).
+pub(crate) fn rx_checksum_ok(frame: &[u8]) -> bool {
+    let Some((start, proto, len, src, dst)) = transport(frame) else { return true };
+    let (src, dst) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
+    let segment = &frame[start..start + len];
+    match proto {
+        IpProtocol::Tcp => TcpPacket::new_checked(segment).is_ok_and(|p| p.verify_checksum(&src, &dst)),
+        _ => UdpPacket::new_checked(segment).is_ok_and(|p| p.verify_checksum(&src, &dst)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Ipv4Repr, TcpRepr};
+
+    /// A TCP/IPv4 frame with `payload`, its checksum computed or not.
+    fn tcp_frame(payload: &[u8], compute: bool) -> Vec<u8> {
+        let (src, dst) = (Ipv4Address::new(10, 0, 2, 15), Ipv4Address::new(10, 0, 2, 1));
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: smoltcp::wire::TcpControl::Psh,
+            seq_number: smoltcp::wire::TcpSeqNumber(7),
+            ack_number: Some(smoltcp::wire::TcpSeqNumber(9)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.header_len() + payload.len(),
+            hop_limit: 64,
+        };
+        let mut v = vec![0u8; ETH + ip.buffer_len() + tcp.header_len() + payload.len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut v[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress([6, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([6, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut eth);
+        let mut caps = ChecksumCapabilities::default();
+        if !compute {
+            caps.tcp = Checksum::None;
+        }
+        let mut ipp = Ipv4Packet::new_unchecked(&mut v[ETH..]);
+        ip.emit(&mut ipp, &caps);
+        let mut tp = TcpPacket::new_unchecked(ipp.payload_mut());
+        tcp.emit(&mut tp, &src.into(), &dst.into(), &caps);
+        v
+    }
+
+    /// Complete the checksum as the device does: the complement of the sum
+    /// from `start` to the end, stored at `start + at`.
+    fn complete(frame: &mut [u8], start: u16, at: u16) {
+        let (start, field) = (usize::from(start), usize::from(start + at));
+        let sum = !checksum::data(&frame[start..]);
+        frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    #[test]
+    fn a_checksum_left_to_the_device_comes_out_right() {
+        let payload: Vec<u8> = (0..1001u32).map(|i| (i * 7) as u8).collect();
+        let good = tcp_frame(&payload, true);
+        let mut frame = tcp_frame(&payload, false);
+        let o = Offloads { rx_csum: true, tx_csum: true, tso4: 0 };
+        let off = tx(&mut frame, o, PacketMeta::default());
+        assert_eq!(off, TxOffload { csum: Some((34, 16)), tso4: None });
+        complete(&mut frame, 34, 16);
+        assert_eq!(frame, good);
+        assert!(rx_checksum_ok(&frame));
+        frame[60] ^= 1;
+        assert!(!rx_checksum_ok(&frame), "a flipped bit is seen");
+    }
+
+    #[test]
+    fn a_large_segment_asks_to_be_cut() {
+        let mut frame = tcp_frame(&[1u8; 4000], false);
+        let mut meta = PacketMeta::default();
+        meta.segmentation_offload_size = core::num::NonZeroU16::new(1460);
+        let o = Offloads { rx_csum: true, tx_csum: true, tso4: 65549 };
+        let off = tx(&mut frame, o, meta);
+        assert_eq!(off, TxOffload { csum: Some((34, 16)), tso4: Some((1460, 54)) });
+        // Without the device's checksums nothing is asked (smoltcp then
+        // computes them and never makes large segments).
+        let o = Offloads { rx_csum: false, tx_csum: false, tso4: 0 };
+        assert_eq!(tx(&mut tcp_frame(&[1u8; 40], true), o, meta), TxOffload::default());
+    }
+
+    #[test]
+    fn smoltcp_is_told_what_it_need_not_do() {
+        let mut caps = DeviceCapabilities::default();
+        capabilities(&mut caps, Offloads { rx_csum: true, tx_csum: false, tso4: 65549 });
+        assert!(!caps.checksum.tcp.rx() && caps.checksum.tcp.tx());
+        assert_eq!(caps.segmentation.tcpv4, None, "no segmentation without checksums");
+        capabilities(&mut caps, Offloads { rx_csum: true, tx_csum: true, tso4: 65549 });
+        assert!(!caps.checksum.udp.rx() && !caps.checksum.udp.tx());
+        assert_eq!(caps.segmentation.tcpv4, NonZeroUsize::new(65549));
+        let mut caps = DeviceCapabilities::default();
+        capabilities(&mut caps, Offloads::default());
+        assert!(caps.checksum.tcp.rx() && caps.checksum.tcp.tx());
+    }
+
+    #[test]
+    fn frames_of_other_kinds_pass_the_look() {
+        assert!(rx_checksum_ok(&[0u8; 60]));
+        let mut short = tcp_frame(b"abc", true);
+        short.truncate(40);
+        assert!(rx_checksum_ok(&short), "smoltcp drops what is cut short");
+    }
+}
