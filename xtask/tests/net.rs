@@ -524,20 +524,22 @@ fn the_data_path_costs_few_exits() {
     assert!(per_rt <= 1.5, "{per_rt:.3} exits per round trip");
 }
 
-/// The data path under stress, byte for byte, on our monitor: 4 MiB each
-/// way through one connection while nftables drops 1% of the frames in
+/// The data path under stress, byte for byte, on our monitor: 64 MiB each
+/// way through one connection while nftables drops 1% of the packets in
 /// each direction on the host side of the TAP device (the kernel here has
-/// no `netem`, so reordering is not tested; and not 64 MiB: smoltcp
-/// recovers a segment lost in a two-way stream only by its retransmission
-/// timeout, at least 1 s, since its fast retransmit counts only pure
-/// duplicate ACKs, so 64 MiB at 1% takes many minutes); a reader that
-/// stalls 2 s with a 32 KiB buffer, so the guest meets a zero window; the
-/// host side's MTU lowered to 1280 and raised again in the middle of a
-/// transfer.
+/// no `netem`, so reordering is not tested). With segmentation offloads a
+/// packet there is up to 64 KiB (the host cuts it later, or the guest
+/// made it), so 1% of them is fewer losses than 1% of 1,514-byte frames:
+/// ~40 s. Without offloads 64 MiB takes many minutes: smoltcp recovers a
+/// segment lost in a two-way stream only by its retransmission timeout,
+/// at least 1 s, since its fast retransmit counts only pure duplicate
+/// ACKs. Then a reader that stalls 2 s with a 32 KiB buffer, so the
+/// guest meets a zero window; the host side's MTU lowered to 1280 and
+/// raised again in the middle of a transfer.
 #[test]
 fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     let Some(ns) = Netns::or_skip("loss", &["ip", "ping", "nft"]) else { return };
-    // Three transfers, ~20 s for the lossy one alone: on a loaded machine
+    // Three transfers, ~40 s for the lossy one alone: on a loaded machine
     // (CI runs tests side by side) the whole may take minutes, and a guest
     // stopped by its timeout mid-transfer looked like a stall.
     let vm =
@@ -555,7 +557,7 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
         chain in { type filter hook input priority 0; iifname \"tap0\" numgen random mod 100 < 1 drop; }
         chain out { type filter hook output priority 0; oifname \"tap0\" numgen random mod 100 < 1 drop; }
     }");
-    let out = netload(&ns, &["bulk", &(4 << 20).to_string(), "0"]);
+    let out = netload(&ns, &["bulk", &(64 << 20).to_string(), "0"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "1% loss: {text}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("1% loss each way: {}", text.trim());
@@ -586,7 +588,7 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
 
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
-    let bytes = (4u64 << 20) + (4 << 20) + (32 << 20);
+    let bytes = (64u64 << 20) + (4 << 20) + (32 << 20);
     assert!(console.contains(&format!("3 connection(s), {bytes} bytes echoed")), "{console}");
     assert_eq!(result.status.code(), Some(0), "{console}");
 }
