@@ -535,15 +535,18 @@ fn the_data_path_costs_few_exits() {
 /// at least 1 s, since its fast retransmit counts only pure duplicate
 /// ACKs. Then a reader that stalls 2 s with a 32 KiB buffer, so the
 /// guest meets a zero window; the host side's MTU lowered to 1280 and
-/// raised again in the middle of a transfer.
+/// raised again in the middle of a transfer; and reordering towards the
+/// guest: without `netem`, nftables sends 3% of the host's packets to an
+/// HTB class limited to 50 Mbit/s (`meta priority`), where they wait
+/// while those after them go on.
 #[test]
 fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
-    let Some(ns) = Netns::or_skip("loss", &["ip", "ping", "nft"]) else { return };
-    // Three transfers, ~40 s for the lossy one alone: on a loaded machine
+    let Some(ns) = Netns::or_skip("loss", &["ip", "ping", "nft", "tc"]) else { return };
+    // Four transfers, ~40 s for the lossy one alone: on a loaded machine
     // (CI runs tests side by side) the whole may take minutes, and a guest
     // stopped by its timeout mid-transfer looked like a stall.
     let vm =
-        start_echo_on_torito_for(&ns, &["torito.ip=10.0.2.15/24", "port=7", "buf=65536", "conns=3"], 600);
+        start_echo_on_torito_for(&ns, &["torito.ip=10.0.2.15/24", "port=7", "buf=65536", "conns=4"], 600);
     assert!(ns.wait_for_ping());
     let nft = |rules: &str| {
         let ok = ns.exec("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().is_ok_and(|mut c| {
@@ -586,10 +589,35 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     assert!(out.status.success(), "MTU change: {text}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("MTU 1500 -> 1280 -> 1500 mid-transfer: {}", text.trim());
 
+    let tc = |args: &str| {
+        let ok = ns.exec("tc").args(args.split(' ')).status().is_ok_and(|s| s.success());
+        assert!(ok, "tc {args} failed");
+    };
+    tc("qdisc add dev tap0 root handle 1: htb default 10");
+    tc("class add dev tap0 parent 1: classid 1:10 htb rate 10gbit");
+    tc("class add dev tap0 parent 1: classid 1:20 htb rate 50mbit ceil 50mbit");
+    nft("table inet reorder {
+        chain out { type filter hook output priority 0; oifname \"tap0\" numgen random mod 100 < 3 meta priority set 1:20
+        }
+    }");
+    let out = netload(&ns, &["bulk", &(16 << 20).to_string(), "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "reordering: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let classes = ns.exec("tc").args(["-s", "class", "show", "dev", "tap0"]).output().unwrap();
+    let classes = String::from_utf8_lossy(&classes.stdout);
+    // The slow class carried packets (held back while others passed).
+    let held = classes
+        .split("class htb 1:20")
+        .nth(1)
+        .and_then(|c| c.split(" bytes ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(held > 0, "no packet went the slow way:\n{classes}");
+    eprintln!("3% of the packets to the guest held back ({held}): {}", text.trim());
+
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
-    let bytes = (64u64 << 20) + (4 << 20) + (32 << 20);
-    assert!(console.contains(&format!("3 connection(s), {bytes} bytes echoed")), "{console}");
+    let bytes = (64u64 << 20) + (4 << 20) + (32 << 20) + (16 << 20);
+    assert!(console.contains(&format!("4 connection(s), {bytes} bytes echoed")), "{console}");
     assert_eq!(result.status.code(), Some(0), "{console}");
 }
 
