@@ -375,9 +375,14 @@ impl VirtioNet {
             let Some(&(slot, len)) = self.tx_by_token.get(t) else { return };
             let len = len as usize;
             let popped = if slot == BIG {
-                let Some(big) = self.tx_big.get_mut(t).and_then(Option::take) else { return };
+                // Freed only once the device has given it back.
+                let Some(big) = self.tx_big.get(t).and_then(Option::as_ref) else { return };
                 // SAFETY: `big` is the buffer added with this token.
-                unsafe { self.tx.pop_used(token, &[&big[..len]], &mut []) }
+                let popped = unsafe { self.tx.pop_used(token, &[&big[..len]], &mut []) };
+                if popped.is_ok() {
+                    self.tx_big[t] = None;
+                }
+                popped
             } else if slot == NONE {
                 // A token never handed out: a broken device.
                 return;
@@ -534,12 +539,19 @@ impl NetDevice for VirtioNet {
             }
         };
         let t = usize::from(token);
-        match self.tx_by_token.get_mut(t) {
-            Some(entry) => *entry = (slot, total as u32),
-            None => return Err(NetError::Io),
-        }
-        if let Some(b) = big {
-            self.tx_big[t] = Some(b);
+        match (self.tx_by_token.get_mut(t), big) {
+            (Some(entry), big) => {
+                *entry = (slot, total as u32);
+                if let Some(b) = big {
+                    self.tx_big[t] = Some(b);
+                }
+            }
+            (None, big) => {
+                // A token beyond the ring (never, from `VirtQueue`): the
+                // device may still read the buffer, so it is never freed.
+                core::mem::forget(big);
+                return Err(NetError::Io);
+            }
         }
         self.tx_unflushed = true;
         Ok(())

@@ -15,13 +15,14 @@
 use core::num::NonZeroUsize;
 
 use smoltcp::phy::{Checksum, DeviceCapabilities, PacketMeta};
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket, checksum};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, checksum};
 use unit_devices::{Offloads, TxOffload};
 
 /// Ethernet header.
 const ETH: usize = 14;
-/// EtherType of IPv4.
+/// EtherTypes of IPv4 and IPv6.
 const IPV4: [u8; 2] = [0x08, 0x00];
+const IPV6: [u8; 2] = [0x86, 0xdd];
 /// Where the checksum field is in a TCP and a UDP header.
 const TCP_CSUM_AT: u16 = 16;
 const UDP_CSUM_AT: u16 = 6;
@@ -43,24 +44,33 @@ pub(crate) fn capabilities(caps: &mut DeviceCapabilities, o: Offloads) {
     }
 }
 
-/// The IPv4 TCP or UDP packet in an Ethernet frame: where its transport
-/// header starts, its protocol, its transport length, its addresses.
-fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, Ipv4Address, Ipv4Address)> {
-    if frame.get(12..14)? != IPV4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(frame.get(ETH..)?).ok()?;
-    // A fragment's checksum covers the whole datagram: not ours to judge.
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return None;
-    }
-    let proto = ip.next_header();
+/// The TCP or UDP packet in an Ethernet frame (IPv4, or IPv6 without
+/// extension headers): where its transport header starts, its protocol,
+/// its transport length, its addresses.
+fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, IpAddress, IpAddress)> {
+    let (start, proto, len, src, dst) = match [*frame.get(12)?, *frame.get(13)?] {
+        IPV4 => {
+            let ip = Ipv4Packet::new_checked(frame.get(ETH..)?).ok()?;
+            // A fragment's checksum covers the whole datagram: not ours to
+            // judge.
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            let len = usize::from(ip.total_len()).checked_sub(usize::from(ip.header_len()))?;
+            let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+            (ETH + usize::from(ip.header_len()), ip.next_header(), len, src, dst)
+        }
+        IPV6 => {
+            let ip = Ipv6Packet::new_checked(frame.get(ETH..)?).ok()?;
+            let (src, dst) = (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()));
+            (ETH + 40, ip.next_header(), usize::from(ip.payload_len()), src, dst)
+        }
+        _ => return None,
+    };
     if !matches!(proto, IpProtocol::Tcp | IpProtocol::Udp) {
         return None;
     }
-    let start = ETH + usize::from(ip.header_len());
-    let len = usize::from(ip.total_len()).checked_sub(usize::from(ip.header_len()))?;
-    (frame.len() >= start + len).then_some((start, proto, len, ip.src_addr(), ip.dst_addr()))
+    (frame.len() >= start + len).then_some((start, proto, len, src, dst))
 }
 
 /// What the device is to do to `frame`, just written by smoltcp: complete
@@ -72,11 +82,12 @@ pub(crate) fn tx(frame: &mut [u8], o: Offloads, meta: PacketMeta) -> TxOffload {
     }
     let Some((start, proto, len, src, dst)) = transport(frame) else { return TxOffload::default() };
     let at = if proto == IpProtocol::Tcp { TCP_CSUM_AT } else { UDP_CSUM_AT };
-    let sum = checksum::pseudo_header_v4(&src, &dst, proto, len as u32);
+    let sum = checksum::pseudo_header(&src, &dst, proto, len as u32);
     let field = start + usize::from(at);
     frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
-    let tso4 = match (proto, meta.segmentation_offload_size) {
-        (IpProtocol::Tcp, Some(mss)) => {
+    // smoltcp cuts TCP/IPv6 itself (no `tcpv6` capability is given).
+    let tso4 = match (proto, meta.segmentation_offload_size, src) {
+        (IpProtocol::Tcp, Some(mss), IpAddress::Ipv4(_)) => {
             let tcp_header = usize::from(frame[start + 12] >> 4) * 4;
             Some((mss.get(), (start + tcp_header) as u16))
         }
@@ -86,10 +97,9 @@ pub(crate) fn tx(frame: &mut [u8], o: Offloads, meta: PacketMeta) -> TxOffload {
 }
 
 /// Whether a received frame's TCP or UDP checksum is right (frames of
-/// other kinds pass: smoltcp checks those itself).
+/// other kinds pass: smoltcp checks those itself, or drops them).
 pub(crate) fn rx_checksum_ok(frame: &[u8]) -> bool {
     let Some((start, proto, len, src, dst)) = transport(frame) else { return true };
-    let (src, dst) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
     let segment = &frame[start..start + len];
     match proto {
         IpProtocol::Tcp => TcpPacket::new_checked(segment).is_ok_and(|p| p.verify_checksum(&src, &dst)),
@@ -101,7 +111,9 @@ pub(crate) fn rx_checksum_ok(frame: &[u8]) -> bool {
 mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Ipv4Repr, TcpRepr};
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Ipv4Address, Ipv4Repr, TcpRepr,
+    };
 
     /// A TCP/IPv4 frame with `payload`, its checksum computed or not.
     fn tcp_frame(payload: &[u8], compute: bool) -> Vec<u8> {
@@ -167,6 +179,48 @@ mod tests {
         assert!(rx_checksum_ok(&frame));
         frame[60] ^= 1;
         assert!(!rx_checksum_ok(&frame), "a flipped bit is seen");
+    }
+
+    /// The same over IPv6 (compiled in for smoltcp's segmentation, unused
+    /// today): the checksum is still completed right, and never cut.
+    #[test]
+    fn ipv6_checksums_are_completed_too() {
+        use smoltcp::wire::{Ipv6Address, Ipv6Repr, UdpRepr};
+        let (src, dst) =
+            (Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 15), Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+        let payload = b"over IPv6";
+        let build = |compute: bool| {
+            let udp = UdpRepr { src_port: 53, dst_port: 40000 };
+            let ip = Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Udp,
+                payload_len: udp.header_len() + payload.len(),
+                hop_limit: 64,
+            };
+            let mut v = vec![0u8; ETH + ip.buffer_len() + ip.payload_len];
+            v[12..14].copy_from_slice(&IPV6);
+            let mut ipp = Ipv6Packet::new_unchecked(&mut v[ETH..]);
+            ip.emit(&mut ipp);
+            let mut caps = ChecksumCapabilities::default();
+            if !compute {
+                caps.udp = Checksum::None;
+            }
+            let mut up = UdpPacket::new_unchecked(ipp.payload_mut());
+            udp.emit(&mut up, &src.into(), &dst.into(), payload.len(), |b| b.copy_from_slice(payload), &caps);
+            v
+        };
+        let good = build(true);
+        let mut frame = build(false);
+        let mut meta = PacketMeta::default();
+        meta.segmentation_offload_size = core::num::NonZeroU16::new(1000);
+        let o = Offloads { rx_csum: true, tx_csum: true, tso4: 65549 };
+        assert_eq!(tx(&mut frame, o, meta), TxOffload { csum: Some((54, 6)), tso4: None });
+        complete(&mut frame, 54, 6);
+        assert_eq!(frame, good);
+        assert!(rx_checksum_ok(&frame));
+        frame[70] ^= 1;
+        assert!(!rx_checksum_ok(&frame));
     }
 
     #[test]

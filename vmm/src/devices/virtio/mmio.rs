@@ -83,6 +83,8 @@ pub trait Backend: Send {
     fn take_rewatch(&mut self) -> bool {
         false
     }
+    /// The driver reset the device: forget what it negotiated.
+    fn reset(&mut self) {}
     /// Make what the guest wrote durable: the monitor is stopping (a disk
     /// calls `fdatasync`).
     fn flush(&mut self) -> std::io::Result<()> {
@@ -251,6 +253,7 @@ impl MmioDevice {
     }
 
     fn reset(&mut self) {
+        self.backend.reset();
         self.status = 0;
         for q in &mut self.queues {
             q.reset();

@@ -26,7 +26,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
-use super::queue::{fill_merged, read_all};
+use super::queue::{Fill, fill_merged, read_all};
 use crate::devices::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, VNET_HDR};
 
 const DEVICE_NET: u32 = 1;
@@ -176,7 +176,9 @@ impl Net {
             let _ = queue.disable_notification(mem);
         }
         if self.rx_buf.is_empty() {
-            self.rx_buf = vec![0u8; HDR + MAX_GSO_FRAME];
+            // One byte more than the largest frame: a read that fills it
+            // was cut short.
+            self.rx_buf = vec![0u8; HDR + MAX_GSO_FRAME + 1];
         }
         let merged = self.features & F_MRG_RXBUF != 0;
         // A buffer seen posted after the queue looked empty is tried once:
@@ -187,8 +189,12 @@ impl Net {
             let len = match self.waiting.take() {
                 Some(n) => n,
                 None => match self.tap.recv(&mut self.rx_buf) {
-                    // Shorter than a header and an Ethernet header: dropped.
-                    Ok(Some(n)) if n < HDR + 14 => continue,
+                    // Shorter than a header and an Ethernet header, or cut
+                    // short, or with an offload the guest did not accept
+                    // (one read before the TAP device was told): dropped.
+                    Ok(Some(n)) if n < HDR + 14 || n > HDR + MAX_GSO_FRAME || !self.fit_for_guest(n) => {
+                        continue;
+                    }
                     Ok(Some(n)) => n,
                     Ok(None) => return,
                     Err(e) => {
@@ -200,10 +206,15 @@ impl Net {
             // The header as the TAP device wrote it (only the offloads the
             // guest negotiated), then the frame; `num_buffers` is ours.
             let frame = &mut self.rx_buf[..len];
-            if fill_merged(queue, mem, frame, merged) {
-                self.rx_frames += 1;
-                retried = false;
-                continue;
+            match fill_merged(queue, mem, frame, merged) {
+                Fill::Done => {
+                    self.rx_frames += 1;
+                    retried = false;
+                    continue;
+                }
+                // More than the whole ring holds: it never will.
+                Fill::Never => continue,
+                Fill::NoRoom => {}
             }
             // No room: keep the frame for the next buffers, and ask for a
             // notification when the driver posts some; buffers posted
@@ -217,6 +228,27 @@ impl Net {
                 }
                 _ => return,
             }
+        }
+    }
+
+    /// Whether the frame of `len` bytes in `rx_buf` asks of the guest only
+    /// what it accepted: a checksum flag only with `GUEST_CSUM` (the TAP
+    /// device may mark frames checked even without), a segment only of a
+    /// kind it takes. The flag is cleared; a segment it cannot take is
+    /// refused.
+    fn fit_for_guest(&mut self, len: usize) -> bool {
+        let Some(hdr) = self.rx_buf.get_mut(..len.min(HDR)) else { return false };
+        if hdr.len() < HDR {
+            return false;
+        }
+        if self.features & F_GUEST_CSUM == 0 {
+            hdr[0] = 0;
+        }
+        match hdr[1] {
+            GSO_NONE => true,
+            GSO_TCPV4 => self.features & F_GUEST_TSO4 != 0,
+            GSO_TCPV6 => self.features & F_GUEST_TSO6 != 0,
+            _ => false,
         }
     }
 
@@ -240,19 +272,33 @@ impl Net {
     }
 }
 
-/// Whether a sent frame's header asks only for what the guest negotiated
-/// (`features`): the host's kernel would otherwise do what this device
-/// never offered.
-fn header_allowed(features: u64, hdr: &[u8]) -> bool {
-    let (flags, gso) = (hdr[0], hdr[1]);
-    let csum_ok = flags == 0 || (flags == HDR_F_NEEDS_CSUM && features & F_CSUM != 0);
+/// Whether a sent frame's header (`frame`: the header, then the frame)
+/// asks only for what the guest negotiated (`features`), with fields that
+/// make sense: the checksum's place inside the frame (a TCP or UDP
+/// checksum field), a segment size for a segment. The host's kernel checks
+/// these too; a guest is not to reach its parser with what no device of
+/// ours would send.
+fn header_allowed(features: u64, frame: &[u8]) -> bool {
+    let Some(h) = frame.get(..HDR) else { return false };
+    let (flags, gso) = (h[0], h[1]);
+    let field = |at: usize| usize::from(u16::from_le_bytes([h[at], h[at + 1]]));
+    let (gso_size, csum_start, csum_offset) = (field(4), field(6), field(8));
+    let csum_ok = match flags {
+        0 => true,
+        HDR_F_NEEDS_CSUM => {
+            features & F_CSUM != 0
+                && matches!(csum_offset, 6 | 16)
+                && HDR + csum_start + csum_offset + 2 <= frame.len()
+        }
+        _ => false,
+    };
     let gso_ok = match gso {
         GSO_NONE => true,
         GSO_TCPV4 => features & F_HOST_TSO4 != 0,
         GSO_TCPV6 => features & F_HOST_TSO6 != 0,
         _ => false,
     };
-    csum_ok && gso_ok && (gso == GSO_NONE || flags == HDR_F_NEEDS_CSUM)
+    csum_ok && gso_ok && (gso == GSO_NONE || (flags == HDR_F_NEEDS_CSUM && gso_size > 0))
 }
 
 /// The TAP device's offloads (`TUN_F_*`) for the guest's `features`.
@@ -334,6 +380,16 @@ impl Backend for Net {
     fn take_rewatch(&mut self) -> bool {
         std::mem::take(&mut self.rewatch)
     }
+
+    /// The driver reset the device: nothing it negotiated holds any more
+    /// (no offloads from the TAP device, no frame held for it).
+    fn reset(&mut self) {
+        self.features = 0;
+        self.waiting = None;
+        if let Err(e) = self.tap.set_offload(0) {
+            eprintln!("torito: TAP device '{}': cannot set its offloads: {e}", self.tap.name());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -411,12 +467,12 @@ mod tests {
         q.add_desc_chains(&[d(0), d(1)], 0).unwrap();
         let mut frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         frame[..HDR].fill(0);
-        assert!(!fill_merged(&mut queue, &mem, &mut frame, true), "two buffers are too few");
+        assert_eq!(fill_merged(&mut queue, &mem, &mut frame, true), Fill::NoRoom, "two buffers are too few");
         assert_eq!(queue.next_avail(), 0, "none was taken");
         let q = MockSplitQueue::new(&mem, 16);
         q.add_desc_chains(&[d(0), d(1), d(2)], 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(fill_merged(&mut queue, &mem, &mut frame, true));
+        assert_eq!(fill_merged(&mut queue, &mem, &mut frame, true), Fill::Done);
         let used: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(q.used_addr().0 + 2)).unwrap();
         assert_eq!(used, 3);
         let n: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(0x10_0000 + 10)).unwrap();
@@ -429,15 +485,28 @@ mod tests {
         let q = MockSplitQueue::new(&mem, 16);
         q.add_desc_chains(&[d(0), d(1)], 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(fill_merged(&mut queue, &mem, &mut frame, false));
+        assert_eq!(fill_merged(&mut queue, &mem, &mut frame, false), Fill::Done);
         assert_eq!(queue.next_avail(), 1);
+        // A ring of two buffers never holds 5,000 bytes: the frame is
+        // given up, and no buffer taken.
+        let q = MockSplitQueue::new(&mem, 2);
+        q.add_desc_chains(&[d(0), d(1)], 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert_eq!(fill_merged(&mut queue, &mem, &mut frame, true), Fill::Never);
+        assert_eq!(queue.next_avail(), 0);
     }
 
     /// A sent frame may ask the host only for the offloads negotiated.
     #[test]
     fn headers_ask_for_no_more_than_was_negotiated() {
         let all = F_CSUM | F_HOST_TSO4 | F_HOST_TSO6;
-        let hdr = |flags: u8, gso: u8| [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        // A 100-byte frame after the header; the checksum at 34 + 16, a
+        // segment size of 1,448 bytes where asked.
+        let hdr = |flags: u8, gso: u8| {
+            let mut f = vec![0u8; HDR + 100];
+            f[..10].copy_from_slice(&[flags, gso, 0, 0, 0xa8, 5, 34, 0, 16, 0]);
+            f
+        };
         assert!(header_allowed(0, &hdr(0, 0)));
         assert!(!header_allowed(0, &hdr(1, 0)), "a checksum not negotiated");
         assert!(header_allowed(F_CSUM, &hdr(1, 0)));
@@ -448,6 +517,16 @@ mod tests {
         assert!(!header_allowed(all, &hdr(1, 3)), "UDP");
         assert!(!header_allowed(all, &hdr(1, 0x81)), "ECN");
         assert!(!header_allowed(all, &hdr(2, 0)), "an unknown flag");
+        let mut h = hdr(1, 0);
+        h[6] = 90; // the checksum field beyond the frame
+        assert!(!header_allowed(all, &h));
+        let mut h = hdr(1, 0);
+        h[8] = 7; // not a TCP or UDP checksum field
+        assert!(!header_allowed(all, &h));
+        let mut h = hdr(1, GSO_TCPV4);
+        h[4..6].fill(0); // a segment of no size
+        assert!(!header_allowed(all, &h));
+        assert!(!header_allowed(all, &[1, 0]), "a short header");
         assert_eq!(tap_offloads(0), 0);
         assert_eq!(tap_offloads(F_GUEST_TSO4), 0, "segments need checksums");
         assert_eq!(tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4), TUN_F_CSUM | TUN_F_TSO4);

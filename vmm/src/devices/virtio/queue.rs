@@ -39,24 +39,38 @@ pub fn read_all(queue: &mut Queue, mem: &GuestMemoryMmap, mut read: impl FnMut(R
     });
 }
 
+/// What became of a frame offered to a receive queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Written (or, in a single buffer too small for it, dropped: the
+    /// buffer returns with length 0).
+    Done,
+    /// The buffers posted cannot hold it yet; none was taken.
+    NoRoom,
+    /// The whole ring cannot hold it; none was taken.
+    Never,
+}
+
 /// Write `data` (a `virtio_net_hdr` whose last two bytes are
 /// `num_buffers`, then a frame) into the driver's next buffer, or with
 /// `merged` (mergeable receive buffers, virtio 1.2 §5.1.6.3.2) across as
 /// many of its next buffers as it takes, `num_buffers` set to their count.
-/// `false`, with no buffer taken, when those posted cannot hold it all
-/// (bounded by the queue's size). A single buffer too small for the frame
-/// returns with length 0 (the frame is dropped, and `true`).
-pub fn fill_merged(queue: &mut Queue, mem: &GuestMemoryMmap, data: &mut [u8], merged: bool) -> bool {
+/// Buffers are taken all or none: when those posted cannot hold it, the
+/// queue is rewound.
+pub fn fill_merged(queue: &mut Queue, mem: &GuestMemoryMmap, data: &mut [u8], merged: bool) -> Fill {
     let start = queue.next_avail();
     let mut chains: Vec<Chain<'_>> = Vec::new();
     let mut room = 0usize;
     while room < data.len() {
-        let full = (!merged && !chains.is_empty()) || chains.len() >= usize::from(queue.size());
-        let next = if full { None } else { queue.pop_descriptor_chain(mem) };
+        if chains.len() >= usize::from(queue.size()) {
+            queue.set_next_avail(start);
+            return Fill::Never;
+        }
+        let next = if !merged && !chains.is_empty() { None } else { queue.pop_descriptor_chain(mem) };
         let Some(chain) = next else {
             if merged || chains.is_empty() {
                 queue.set_next_avail(start);
-                return false;
+                return Fill::NoRoom;
             }
             break;
         };
@@ -87,7 +101,7 @@ pub fn fill_merged(queue: &mut Queue, mem: &GuestMemoryMmap, data: &mut [u8], me
             break;
         }
     }
-    true
+    Fill::Done
 }
 
 /// Fill the driver's next buffer (a receive queue): `fill` writes into it
