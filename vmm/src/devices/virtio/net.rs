@@ -192,7 +192,9 @@ impl Net {
                     // Shorter than a header and an Ethernet header, or cut
                     // short, or with an offload the guest did not accept
                     // (one read before the TAP device was told): dropped.
-                    Ok(Some(n)) if n < HDR + 14 || n > HDR + MAX_GSO_FRAME || !self.fit_for_guest(n) => {
+                    Ok(Some(n))
+                        if !(HDR + 14..=HDR + MAX_GSO_FRAME).contains(&n) || !self.fit_for_guest(n) =>
+                    {
                         continue;
                     }
                     Ok(Some(n)) => n,
