@@ -112,6 +112,8 @@ pub struct Net {
     waiting: Option<usize>,
     /// Where each frame the guest sends is gathered (kept between frames).
     tx_buf: Vec<u8>,
+    /// Setting the TAP device's offloads failed once (said then only).
+    offload_warned: bool,
 
     /// Frames the guest sent and received.
     pub tx_frames: u64,
@@ -141,6 +143,7 @@ impl Net {
             rx_buf: Vec::new(),
             waiting: None,
             tx_buf: Vec::new(),
+            offload_warned: false,
             tx_frames: 0,
             rx_frames: 0,
             rewatch: false,
@@ -233,16 +236,24 @@ impl Net {
         }
     }
 
+    /// Tell the TAP device which offloads it may hand over; a failure is
+    /// said once (a guest resetting its device in a loop is not to fill
+    /// the console).
+    fn set_tap_offloads(&mut self, flags: u32) {
+        if let Err(e) = self.tap.set_offload(flags)
+            && !std::mem::replace(&mut self.offload_warned, true)
+        {
+            eprintln!("torito: TAP device '{}': cannot set its offloads: {e}", self.tap.name());
+        }
+    }
+
     /// Whether the frame of `len` bytes in `rx_buf` asks of the guest only
     /// what it accepted: a checksum flag only with `GUEST_CSUM` (the TAP
     /// device may mark frames checked even without), a segment only of a
     /// kind it takes. The flag is cleared; a segment it cannot take is
     /// refused.
     fn fit_for_guest(&mut self, len: usize) -> bool {
-        let Some(hdr) = self.rx_buf.get_mut(..len.min(HDR)) else { return false };
-        if hdr.len() < HDR {
-            return false;
-        }
+        let Some(hdr) = self.rx_buf.get_mut(..HDR).filter(|_| len >= HDR) else { return false };
         if self.features & F_GUEST_CSUM == 0 {
             hdr[0] = 0;
         }
@@ -373,9 +384,7 @@ impl Backend for Net {
         self.features = features;
         // Frames the guest could not take (a partial checksum, a 64 KiB
         // segment) are then never handed over.
-        if let Err(e) = self.tap.set_offload(tap_offloads(features)) {
-            eprintln!("torito: TAP device '{}': cannot set its offloads: {e}", self.tap.name());
-        }
+        self.set_tap_offloads(tap_offloads(features));
         self.service_host(queues, mem);
     }
 
@@ -386,11 +395,12 @@ impl Backend for Net {
     /// The driver reset the device: nothing it negotiated holds any more
     /// (no offloads from the TAP device, no frame held for it).
     fn reset(&mut self) {
-        self.features = 0;
-        self.waiting = None;
-        if let Err(e) = self.tap.set_offload(0) {
-            eprintln!("torito: TAP device '{}': cannot set its offloads: {e}", self.tap.name());
+        // The TAP device has none since it was opened unless the guest
+        // took some: a driver's first reset (every boot) costs no ioctl.
+        if tap_offloads(std::mem::take(&mut self.features)) != 0 {
+            self.set_tap_offloads(0);
         }
+        self.waiting = None;
     }
 }
 
