@@ -103,11 +103,17 @@ pub(crate) fn run() -> ! {
             Some(|| unit_process::clock::wall_clock_ns().map(|ns| ns / 1_000_000_000));
         #[cfg(not(feature = "process"))]
         let clock: Option<fn() -> Option<u64>> = None;
+        // How long a share's answers hold: the TSC, in nanoseconds.
+        #[cfg(feature = "process")]
+        let monotonic: Option<fn() -> Option<u64>> = Some(unit_process::clock::now_ns);
+        #[cfg(not(feature = "process"))]
+        let monotonic: Option<fn() -> Option<u64>> = None;
         let report = unit_fs::init(unit_fs::Sources {
             files: crate::app::files(),
             disks: unit_devices::take_block_devices(),
             relax,
             clock,
+            monotonic,
             shares: unit_devices::take_fs_devices()
                 .into_iter()
                 .map(|d| alloc::boxed::Box::new(d) as alloc::boxed::Box<dyn unit_fs::virtiofs::Channel>)

@@ -80,6 +80,8 @@ pub struct Sources {
     pub relax: Option<fn()>,
     /// The wall clock, seconds since the epoch (for the times FAT stamps).
     pub clock: Option<fn() -> Option<u64>>,
+    /// A monotonic clock, nanoseconds (how long a share's answers hold).
+    pub monotonic: Option<fn() -> Option<u64>>,
     /// Shared host directories (virtio-fs), mounted at `/<tag>`.
     pub shares: Vec<alloc::boxed::Box<dyn virtiofs::Channel>>,
 }
@@ -87,7 +89,7 @@ pub struct Sources {
 /// Mount the app's baked-in files at `/` and each disk's filesystem at
 /// `/disk<N>`.
 pub fn init(sources: Sources) -> Report {
-    let Sources { files, disks, relax, clock, shares } = sources;
+    let Sources { files, disks, relax, clock, monotonic, shares } = sources;
     if let Some(f) = relax {
         lock::set_relax(f);
     }
@@ -111,7 +113,7 @@ pub fn init(sources: Sources) -> Report {
     for ch in shares {
         let tag = ch.tag();
         let point = alloc::format!("/{tag}");
-        match virtiofs::VirtioFs::new(ch, false, clock) {
+        match virtiofs::VirtioFs::new(ch, false, monotonic) {
             Ok(fs) => {
                 if let Err(e) = mount(&point, &alloc::format!("virtio-fs tag {tag}"), Arc::new(fs)) {
                     report.problems.push(alloc::format!("{point}: virtio-fs not mounted: {e}"));

@@ -16,7 +16,7 @@ use crate::{QemuMachine, Variant};
 
 /// Counted runs of each configuration (after one that warms the host's
 /// page cache).
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// Small files, and their size.
 const SMALL: usize = 1000;
 const SMALL_LEN: usize = 4096;
@@ -122,28 +122,52 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
     text[i..].trim_start().split(|c: char| !c.is_ascii_digit() && c != '.').next()?.parse().ok()
 }
 
-/// Run `cmd` once to warm up, then [`RUNS`] times; the figure after `key`
-/// in each counted run's output.
-fn measure(
-    name: &'static str,
-    key: &str,
-    mut cmd: impl FnMut() -> Result<Command, String>,
-) -> Result<Figures, String> {
-    let mut values = Vec::new();
+/// One configuration: its name, the key its figure follows in the
+/// output, and how to start it.
+type Config<'a> = (&'static str, &'static str, Box<dyn FnMut() -> Result<Command, String> + 'a>);
+
+/// Run every configuration once to warm up, then [`RUNS`] rounds of each
+/// in turn (interleaved, so a slow minute of the host weighs on all of
+/// them alike); the figure after each one's key in each counted run.
+fn measure(mut configs: Vec<Config<'_>>) -> Result<Vec<Figures>, String> {
+    let mut figures: Vec<Figures> =
+        configs.iter().map(|(name, _, _)| Figures { name, values: Vec::new() }).collect();
     for round in 0..=RUNS {
-        let o = cmd()?.output().map_err(|e| format!("{name}: {e}"))?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        let Some(v) = number_after(&text, key) else {
-            return Err(format!(
-                "{name}: no '{key}' in its output:\n{text}{}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        };
-        if round > 0 {
-            values.push(v);
+        for ((name, key, cmd), f) in configs.iter_mut().zip(&mut figures) {
+            let o = cmd()?.output().map_err(|e| format!("{name}: {e}"))?;
+            let text = String::from_utf8_lossy(&o.stdout);
+            let Some(v) = number_after(&text, key) else {
+                return Err(format!(
+                    "{name}: no '{key}' in its output:\n{text}{}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            };
+            if round > 0 {
+                f.values.push(v);
+            }
         }
     }
-    Ok(Figures { name, values })
+    Ok(figures)
+}
+
+/// Write `path`'s dirty pages and drop it from the host's page cache, so
+/// the warm-up run reads every source in alike. (How a file was written
+/// shapes its cache: an image `mkfs.ext4 -d` or `mcopy` wrote in small
+/// pieces is held in small pages, which the monitor's reads copy out ~25%
+/// slower than a file written or read ahead in large ones; that measured
+/// the host's history, not the filesystems.)
+fn uncache(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.sync_data().map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: an advice call on a descriptor this function owns; no memory
+    // is passed.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(format!("{}: posix_fadvise: {}", path.display(), std::io::Error::from_raw_os_error(r)));
+    }
+    Ok(())
 }
 
 /// The monitor with `args`, then `elf` and its command line.
@@ -162,40 +186,53 @@ pub fn run_section(monitor: &Path, out: &Path, verdicts: &mut Verdicts) -> Resul
     let share = vec!["--share".to_string(), format!("{},tag=s", data.share.display())];
     let disk = |img: &Path| vec!["--disk".to_string(), format!("{},ro", img.display())];
     const READ: &str = "in 1 MiB pieces:";
-    let mut seq = vec![
-        measure("raw virtio-blk", "requests:", || {
-            Ok(torito(monitor, &disk(&data.raw), &blkcheck, "bench piece=1024"))
-        })?,
-        measure("virtio-fs", READ, || Ok(torito(monitor, &share, &fscheck, "read=/s/big")))?,
-    ];
-    let mut notes = Vec::new();
-    for (name, img) in [("ext4", &data.ext4), ("FAT", &data.fat)] {
-        match img {
-            Some(img) => seq
-                .push(measure(name, READ, || Ok(torito(monitor, &disk(img), &fscheck, "read=/disk0/big")))?),
-            None => notes.push(format!("{name}: the image tools are not installed; left out")),
-        }
+    for p in [Some(&data.raw), Some(&data.share.join("big")), data.ext4.as_ref(), data.fat.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        uncache(p)?;
     }
     let qemu = crate::have("qemu-system-x86_64") && crate::kvm_usable() && virtiofsd::find().is_some();
     let pvh = crate::build("fscheck", Variant { pvh_only: true, ..Default::default() })?;
     let run_dir = out.join("fs");
     // QEMU microvm with virtiofsd: a daemon per boot (it ends with QEMU's
     // connection), killed with its process group when dropped.
-    let mut daemons: Vec<Virtiofsd> = Vec::new();
-    let mut qemu_cmd = |cmdline: &str| -> Result<Command, String> {
-        daemons.clear();
+    let daemons: std::cell::RefCell<Vec<Virtiofsd>> = std::cell::RefCell::new(Vec::new());
+    let qemu_cmd = |cmdline: &str| -> Result<Command, String> {
+        daemons.borrow_mut().clear();
         let d = Virtiofsd::start(&data.share, "s", &run_dir)?;
         let machine = QemuMachine::MicrovmKvm;
         let mut q = crate::qemu(machine, &pvh, cmdline);
         q.args(virtiofsd::qemu_common_args(machine, "128M")).args(d.qemu_args(machine, 0));
-        daemons.push(d);
+        daemons.borrow_mut().push(d);
         Ok(q)
     };
+    let (fscheck, disk) = (&fscheck, &disk);
+    let mut notes = Vec::new();
+    let mut configs: Vec<Config<'_>> = vec![
+        (
+            "raw virtio-blk",
+            "requests:",
+            Box::new(|| Ok(torito(monitor, &disk(&data.raw), &blkcheck, "bench piece=1024"))),
+        ),
+        ("virtio-fs", READ, Box::new(|| Ok(torito(monitor, &share, fscheck, "read=/s/big")))),
+    ];
+    for (name, img) in [("ext4", &data.ext4), ("FAT", &data.fat)] {
+        match img {
+            Some(img) => configs.push((
+                name,
+                READ,
+                Box::new(move || Ok(torito(monitor, &disk(img), fscheck, "read=/disk0/big"))),
+            )),
+            None => notes.push(format!("{name}: the image tools are not installed; left out")),
+        }
+    }
     if qemu {
-        seq.push(measure("qemu microvm + virtiofsd", READ, || qemu_cmd("read=/s/big"))?);
+        configs.push(("qemu microvm + virtiofsd", READ, Box::new(|| qemu_cmd("read=/s/big"))));
     } else {
         notes.push("QEMU, KVM or virtiofsd missing: QEMU microvm + virtiofsd left out".into());
     }
+    let seq = measure(configs)?;
     for f in &seq {
         let (lo, med, hi) = summary(&f.values).unwrap_or_default();
         println!("  {:<26} sequential read {med:>7.0} MB/s (min {lo:.0}, max {hi:.0}, {RUNS} runs)", f.name);
@@ -223,20 +260,23 @@ pub fn run_section(monitor: &Path, out: &Path, verdicts: &mut Verdicts) -> Resul
 
     // Small files: time per file, and (ours) exits per file.
     const EACH: &str = "open, read, close:";
-    let mut small =
-        vec![measure("virtio-fs", EACH, || Ok(torito(monitor, &share, &fscheck, "small=/s/small")))?];
+    let mut configs: Vec<Config<'_>> =
+        vec![("virtio-fs", EACH, Box::new(|| Ok(torito(monitor, &share, fscheck, "small=/s/small"))))];
     for (name, img) in [("ext4", &data.ext4), ("FAT", &data.fat)] {
         if let Some(img) = img {
-            small.push(measure(name, EACH, || {
-                Ok(torito(monitor, &disk(img), &fscheck, "small=/disk0/small"))
-            })?);
+            configs.push((
+                name,
+                EACH,
+                Box::new(move || Ok(torito(monitor, &disk(img), fscheck, "small=/disk0/small"))),
+            ));
         }
     }
     if qemu {
-        small.push(measure("qemu microvm + virtiofsd", EACH, || qemu_cmd("small=/s/small"))?);
+        configs.push(("qemu microvm + virtiofsd", EACH, Box::new(|| qemu_cmd("small=/s/small"))));
     }
+    let small = measure(configs)?;
     // The last daemon goes now, not at the end of the section.
-    drop(daemons);
+    daemons.borrow_mut().clear();
     for f in &small {
         let (lo, med, hi) = summary(&f.values).unwrap_or_default();
         println!("  {:<26} {SMALL} small files {med:>7.1} µs each (min {lo:.1}, max {hi:.1})", f.name);
@@ -248,7 +288,7 @@ pub fn run_section(monitor: &Path, out: &Path, verdicts: &mut Verdicts) -> Resul
     let exits = |files: usize| -> Result<u64, String> {
         let mut t = share.clone();
         t.insert(0, "--timeline=json".into());
-        let o = torito(monitor, &t, &fscheck, &format!("small=/s/small files={files}"))
+        let o = torito(monitor, &t, fscheck, &format!("small=/s/small files={files}"))
             .output()
             .map_err(|e| e.to_string())?;
         let stderr = String::from_utf8_lossy(&o.stderr);

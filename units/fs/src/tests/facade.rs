@@ -48,6 +48,7 @@ fn fresh() -> std::sync::MutexGuard<'static, ()> {
         disks: Vec::new(),
         relax: None,
         clock: None,
+        monotonic: None,
         shares: Vec::new(),
     });
     assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -101,7 +101,7 @@ pub(super) type NodeRef = Arc<Node>;
 struct Cached {
     node: NodeRef,
     attr: abi::fuse_attr,
-    /// Until when (wall clock, seconds) the name means this node.
+    /// Until when (the clock's nanoseconds) the name means this node.
     entry_until: u64,
     /// Until when the attributes hold.
     attr_until: u64,
@@ -124,7 +124,7 @@ pub(super) struct Conn {
     /// Nodes to forget with the next request.
     pub(super) forgets: Arc<Mutex<Vec<u64>>>,
     pub(super) cache: Mutex<Cache>,
-    /// Wall-clock seconds; without one nothing is cached.
+    /// Monotonic nanoseconds; without a clock nothing is cached.
     pub(super) clock: Option<fn() -> Option<u64>>,
 }
 
@@ -242,7 +242,7 @@ impl Conn {
                 }
                 drop(cache);
                 let a = self.getattr_out(node.id, None)?;
-                self.remember_attr(node.id, &a.attr, now.saturating_add(a.attr_valid));
+                self.remember_attr(node.id, &a.attr, until(now, a.attr_valid, a.attr_valid_nsec));
                 return Ok((node, a.attr));
             }
         }
@@ -260,7 +260,7 @@ impl Conn {
     /// Keep what a LOOKUP (or CREATE, MKDIR) said about `name`.
     pub(super) fn remember(&self, parent: u64, name: &str, node: &NodeRef, e: &abi::fuse_entry_out) {
         let Some(now) = self.now() else { return };
-        if e.entry_valid == 0 {
+        if e.entry_valid == 0 && e.entry_valid_nsec == 0 {
             return;
         }
         let mut cache = self.cache.lock();
@@ -275,8 +275,8 @@ impl Conn {
         let c = Cached {
             node: node.clone(),
             attr: e.attr,
-            entry_until: now.saturating_add(e.entry_valid),
-            attr_until: now.saturating_add(e.attr_valid),
+            entry_until: until(now, e.entry_valid, e.entry_valid_nsec),
+            attr_until: until(now, e.attr_valid, e.attr_valid_nsec),
             used: cache.tick,
         };
         cache.map.insert((parent, String::from(name)), c);
@@ -347,5 +347,25 @@ impl Conn {
             return Err(Error::NotADirectory);
         }
         f(&node, name)
+    }
+}
+
+/// `now` (ns) plus a validity the host gave in seconds and nanoseconds.
+fn until(now: u64, secs: u64, nsec: u32) -> u64 {
+    now.saturating_add(secs.saturating_mul(1_000_000_000)).saturating_add(u64::from(nsec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::until;
+
+    #[test]
+    fn validity_counts_to_the_nanosecond_and_saturates() {
+        // One second after 0.9 s holds until 1.9 s, not until a second
+        // boundary.
+        assert_eq!(until(900_000_000, 1, 0), 1_900_000_000);
+        assert_eq!(until(0, 0, 250), 250);
+        assert_eq!(until(u64::MAX - 1, 1, 0), u64::MAX);
+        assert_eq!(until(1, u64::MAX, u32::MAX), u64::MAX);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Paths are looked up one component at a time (QEMU's `virtiofsd`
 //! refuses `a/b` in a LOOKUP). What a LOOKUP says is kept for as long as
-//! the host allows (its `entry_valid` and `attr_valid`, by the wall clock;
+//! the host allows (its `entry_valid` and `attr_valid`, to the nanosecond by a
+//! monotonic clock;
 //! [`CACHE_MAX`] entries, keyed by parent node and name, as Linux's dentry
 //! cache), so a path walked again costs nothing; a node nobody holds any
 //! more is forgotten (`BATCH_FORGET`) with the next request. Requests whose
@@ -84,7 +85,7 @@ pub struct VirtioFs {
 
 impl VirtioFs {
     /// Greet the host over `ch` (INIT) and make the filesystem; `clock`
-    /// (wall-clock seconds) lets it keep what the host says for as long
+    /// (monotonic nanoseconds) lets it keep what the host says for as long
     /// as the host allows.
     pub fn new(ch: Box<dyn Channel>, read_only: bool, clock: Option<fn() -> Option<u64>>) -> Result<Self> {
         let forgets = Arc::new(Mutex::new(Vec::new()));
