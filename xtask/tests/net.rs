@@ -526,8 +526,7 @@ fn the_data_path_costs_few_exits() {
 
 /// The data path under stress, byte for byte, on our monitor: 64 MiB each
 /// way through one connection while nftables drops 1% of the packets in
-/// each direction on the host side of the TAP device (the kernel here has
-/// no `netem`, so reordering is not tested). With segmentation offloads a
+/// each direction on the host side of the TAP device. With segmentation offloads a
 /// packet there is up to 64 KiB (the host cuts it later, or the guest
 /// made it), so 1% of them is fewer losses than 1% of 1,514-byte frames:
 /// ~40 s. Without offloads 64 MiB takes many minutes: smoltcp recovers a
@@ -535,10 +534,15 @@ fn the_data_path_costs_few_exits() {
 /// at least 1 s, since its fast retransmit counts only pure duplicate
 /// ACKs. Then a reader that stalls 2 s with a 32 KiB buffer, so the
 /// guest meets a zero window; the host side's MTU lowered to 1280 and
-/// raised again in the middle of a transfer; and reordering towards the
-/// guest: without `netem`, nftables sends 3% of the host's packets to an
-/// HTB class limited to 50 Mbit/s (`meta priority`), where they wait
-/// while those after them go on.
+/// raised again in the middle of a transfer; and reordering both ways
+/// (this kernel has no `netem`): towards the guest, nftables sends 3% of
+/// the host's packets to an HTB class limited to 50 Mbit/s (`meta
+/// priority`), where they wait while those after them go on; from the
+/// guest, the TAP device's ingress is redirected to an IFB device whose
+/// HTB sends the segments whose sequence number has bits 16-20 clear
+/// (one 64 KiB in 2 MiB of the stream, ~3%; this kernel's tc has no
+/// random action) the slow way, and the host's TCP must count segments
+/// that came out of order (`TCPOFOQueue`).
 #[test]
 fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     let Some(ns) = Netns::or_skip("loss", &["ip", "ping", "nft", "tc"]) else { return };
@@ -600,25 +604,70 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
         chain out { type filter hook output priority 0; oifname \"tap0\" numgen random mod 100 < 3 meta priority set 1:20
         }
     }");
+    // From the guest: its frames enter the host at the TAP device's
+    // ingress, which has no queue of its own; an IFB device gives them
+    // one. (IPv4 without options: the TCP sequence number is at 24.)
+    let ip = |args: &str| {
+        let ok = ns.exec("ip").args(args.split(' ')).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip {args} failed (does this kernel have IFB devices?)");
+    };
+    ip("link add ifb0 type ifb");
+    ip("link set ifb0 up");
+    tc("qdisc add dev ifb0 root handle 1: htb default 10");
+    tc("class add dev ifb0 parent 1: classid 1:10 htb rate 10gbit");
+    tc("class add dev ifb0 parent 1: classid 1:20 htb rate 50mbit ceil 50mbit");
+    tc("filter add dev ifb0 parent 1: protocol ip u32 match u32 0 0x001f0000 at 24 classid 1:20");
+    tc("qdisc add dev tap0 handle ffff: ingress");
+    tc(
+        "filter add dev tap0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev ifb0",
+    );
+    let ofo_before = out_of_order_segments(&ns);
     let out = netload(&ns, &["bulk", &(16 << 20).to_string(), "0"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "reordering: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let classes = ns.exec("tc").args(["-s", "class", "show", "dev", "tap0"]).output().unwrap();
-    let classes = String::from_utf8_lossy(&classes.stdout);
-    // The slow class carried packets (held back while others passed).
-    let held = classes
-        .split("class htb 1:20")
-        .nth(1)
-        .and_then(|c| c.split(" bytes ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(held > 0, "no packet went the slow way:\n{classes}");
-    eprintln!("3% of the packets to the guest held back ({held}): {}", text.trim());
+    // Each slow class carried packets (held back while others passed).
+    let held = |dev: &str| {
+        let classes = ns.exec("tc").args(["-s", "class", "show", "dev", dev]).output().unwrap();
+        let classes = String::from_utf8_lossy(&classes.stdout).into_owned();
+        let n = classes
+            .split("class htb 1:20")
+            .nth(1)
+            .and_then(|c| c.split(" bytes ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "no packet went the slow way on {dev}:\n{classes}");
+        n
+    };
+    let (to_guest, from_guest) = (held("tap0"), held("ifb0"));
+    let ofo = out_of_order_segments(&ns) - ofo_before;
+    assert!(ofo > 0, "the host saw no segment from the guest out of order");
+    eprintln!(
+        "reordered: {to_guest} packets to the guest and {from_guest} from it held back, \
+         {ofo} segments reached the host out of order: {}",
+        text.trim()
+    );
 
     let result = vm.wait_with_output().unwrap();
     let console = String::from_utf8_lossy(&result.stdout);
     let bytes = (64u64 << 20) + (4 << 20) + (32 << 20) + (16 << 20);
     assert!(console.contains(&format!("4 connection(s), {bytes} bytes echoed")), "{console}");
     assert_eq!(result.status.code(), Some(0), "{console}");
+}
+
+/// The host's count of TCP segments queued because they came out of
+/// order (`TcpExt: TCPOFOQueue` in the namespace's `/proc/net/netstat`).
+fn out_of_order_segments(ns: &Netns) -> u64 {
+    let out = ns.exec("cat").arg("/proc/net/netstat").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no TcpExt lines in /proc/net/netstat:\n{text}")
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPOFOQueue")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TCPOFOQueue in /proc/net/netstat:\n{text}"))
 }
 
 /// `cargo xtask run --qemu microvm --net tap=…,mac=…`: the monitor's NIC
