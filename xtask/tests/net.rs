@@ -593,29 +593,29 @@ fn the_data_path_survives_loss_a_closed_window_and_mtu_changes() {
     assert!(out.status.success(), "MTU change: {text}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("MTU 1500 -> 1280 -> 1500 mid-transfer: {}", text.trim());
 
-    let tc = |args: &str| {
-        let ok = ns.exec("tc").args(args.split(' ')).status().is_ok_and(|s| s.success());
-        assert!(ok, "tc {args} failed");
+    let run = |program: &str, args: &str| {
+        let ok = ns.exec(program).args(args.split(' ')).status().is_ok_and(|s| s.success());
+        assert!(ok, "{program} {args} failed");
     };
-    tc("qdisc add dev tap0 root handle 1: htb default 10");
-    tc("class add dev tap0 parent 1: classid 1:10 htb rate 10gbit");
-    tc("class add dev tap0 parent 1: classid 1:20 htb rate 50mbit ceil 50mbit");
+    let tc = |args: &str| run("tc", args);
+    // Class 1:10 passes everything at once, 1:20 holds what it gets.
+    let slow_class = |dev: &str| {
+        tc(&format!("qdisc add dev {dev} root handle 1: htb default 10"));
+        tc(&format!("class add dev {dev} parent 1: classid 1:10 htb rate 10gbit"));
+        tc(&format!("class add dev {dev} parent 1: classid 1:20 htb rate 50mbit ceil 50mbit"));
+    };
+    slow_class("tap0");
     nft("table inet reorder {
         chain out { type filter hook output priority 0; oifname \"tap0\" numgen random mod 100 < 3 meta priority set 1:20
         }
     }");
     // From the guest: its frames enter the host at the TAP device's
-    // ingress, which has no queue of its own; an IFB device gives them
-    // one. (IPv4 without options: the TCP sequence number is at 24.)
-    let ip = |args: &str| {
-        let ok = ns.exec("ip").args(args.split(' ')).status().is_ok_and(|s| s.success());
-        assert!(ok, "ip {args} failed (does this kernel have IFB devices?)");
-    };
-    ip("link add ifb0 type ifb");
-    ip("link set ifb0 up");
-    tc("qdisc add dev ifb0 root handle 1: htb default 10");
-    tc("class add dev ifb0 parent 1: classid 1:10 htb rate 10gbit");
-    tc("class add dev ifb0 parent 1: classid 1:20 htb rate 50mbit ceil 50mbit");
+    // ingress, which has no queue of its own; an IFB device (which this
+    // kernel must have) gives them one. (IPv4 without options: the TCP
+    // sequence number is at 24.)
+    run("ip", "link add ifb0 type ifb");
+    run("ip", "link set ifb0 up");
+    slow_class("ifb0");
     tc("filter add dev ifb0 parent 1: protocol ip u32 match u32 0 0x001f0000 at 24 classid 1:20");
     tc("qdisc add dev tap0 handle ffff: ingress");
     tc(
