@@ -98,6 +98,10 @@ pub enum TraceId {
     AppMain = 2,
     /// The app's `main` returned (or the kernel is exiting for it).
     AppExit = 3,
+    /// The app's first listening socket (TCP or vsock) was bound.
+    Listening = 4,
+    /// The app accepted its first connection.
+    FirstAccept = 5,
 }
 
 impl TraceId {
@@ -107,6 +111,8 @@ impl TraceId {
             1 => Some(Self::KernelMain),
             2 => Some(Self::AppMain),
             3 => Some(Self::AppExit),
+            4 => Some(Self::Listening),
+            5 => Some(Self::FirstAccept),
             _ => None,
         }
     }
@@ -117,6 +123,8 @@ impl TraceId {
             Self::KernelMain => "kernel_main",
             Self::AppMain => "app_main",
             Self::AppExit => "app_exit",
+            Self::Listening => "listening",
+            Self::FirstAccept => "first_accept",
         }
     }
 }

@@ -138,6 +138,15 @@ pub(crate) fn run() -> ! {
     }
     #[cfg(feature = "net")]
     unit_net::vsock::init(unit_devices::take_vsock_devices());
+    // The app's first listener and first connection go into the boot
+    // trace (the timeline's `listening` and `first_accept`; no exit).
+    #[cfg(feature = "net")]
+    unit_net::milestone::set_hook(|m| {
+        crate::boot::mark(match m {
+            unit_net::milestone::Milestone::Listening => TraceId::Listening,
+            unit_net::milestone::Milestone::FirstAccept => TraceId::FirstAccept,
+        })
+    });
     crate::boot::mark(TraceId::AppMain);
     let code = crate::app::main();
     // What closed connections still hold goes out before the machine

@@ -299,7 +299,8 @@ fn httpd_on_qemu_microvm_with_baked_in_files() {
 
 /// Exits per request under wrk's load (32 connections), from the monitor's
 /// timeline once httpd stopped itself after 5,000 responses (boot
-/// included): an upper bound with room.
+/// included): an upper bound with room. The timeline shows the guest's
+/// milestones in order, `listening` and `first_accept` among them.
 #[test]
 fn httpd_exits_per_request() {
     let Some(ns) = Netns::or_skip("webx", &["ip", "ping", "curl"]) else { return };
@@ -330,6 +331,17 @@ fn httpd_exits_per_request() {
     let exits = xtask::bench::json_number(json, "exits").unwrap();
     let per = exits as f64 / n as f64;
     eprintln!("httpd: {exits} exits for {n} responses: {per:.2} per request");
+    // The guest's milestones, in order: the network unit's two between
+    // the app's main and its exit.
+    let timeline: serde_json::Value = serde_json::from_str(json).unwrap();
+    let guest: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["side"] == "guest")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(guest, ["kernel_main", "app_main", "listening", "first_accept", "app_exit"], "{json}");
     // Measured ~6.3 (a share: each file costs a FUSE OPEN, READ and RELEASE).
     assert!(per <= 10.0, "{per:.2} exits per request");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -192,17 +192,24 @@ fn record(id: TraceId, tsc: u64) {
 }
 
 /// Append a trace record to the BootInfo at `p` (non-null, validated).
+/// Any core may record (the network unit's milestones come from app
+/// threads): the slot is claimed with an atomic increment of the count.
 fn record_in(p: *mut BootInfo, id: TraceId, tsc: u64) {
     // SAFETY: `p` is the loader's BootInfo, checked by the callers; only
     // the trace fields are written, through raw pointers, and no reference
-    // to them is held anywhere (readers use the copy in `BOOT`).
+    // to them is held anywhere (readers use the copy in `BOOT`). The count
+    // is a naturally aligned u32 that is only ever accessed atomically
+    // here (the monitor reads it after the guest stopped); each slot below
+    // the count is written by the one caller that claimed it.
     unsafe {
         let log = core::ptr::addr_of_mut!((*p).trace);
-        let n = core::ptr::read_volatile(core::ptr::addr_of!((*log).count)) as usize;
-        if n < MAX_TRACE {
-            let e = core::ptr::addr_of_mut!((*log).entries[n]);
+        let count = core::sync::atomic::AtomicU32::from_ptr(core::ptr::addr_of_mut!((*log).count));
+        let claimed = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            ((n as usize) < MAX_TRACE).then_some(n + 1)
+        });
+        if let Ok(n) = claimed {
+            let e = core::ptr::addr_of_mut!((*log).entries[n as usize]);
             core::ptr::write_volatile(e, TraceEntry { id: id as u32, reserved: 0, tsc });
-            core::ptr::write_volatile(core::ptr::addr_of_mut!((*log).count), n as u32 + 1);
         }
     }
 }

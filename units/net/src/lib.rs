@@ -28,6 +28,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod config;
+pub mod milestone;
 mod offload;
 mod stack;
 pub mod tcp;

@@ -94,6 +94,7 @@ impl TcpListener {
             s.poll();
             Ok(id)
         })??;
+        crate::milestone::reached(crate::milestone::Milestone::Listening);
         Ok(Self { port, id })
     }
 
@@ -105,7 +106,7 @@ impl TcpListener {
     /// Wait for a connection and take it.
     pub fn accept(&mut self) -> Result<TcpStream, Error> {
         let id = self.id;
-        block_on(Deadline::NONE, |s: &mut Stack| {
+        let accepted = block_on(Deadline::NONE, |s: &mut Stack| {
             let l = s.listeners.get_mut(id)?.as_mut()?;
             let i = l.held.iter().position(|&h| {
                 let st = s.sockets.get::<Socket>(h).state();
@@ -115,7 +116,11 @@ impl TcpListener {
             // A new listening socket at the next look.
             s.dirty = true;
             Some(Ok(TcpStream { handle, read_timeout: None }))
-        })?
+        })?;
+        if accepted.is_ok() {
+            crate::milestone::reached(crate::milestone::Milestone::FirstAccept);
+        }
+        accepted
     }
 }
 

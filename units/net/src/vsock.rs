@@ -81,18 +81,24 @@ impl VsockListener {
         let mut g = VSOCK.lock();
         let st = g.as_mut().ok_or(Error::NoInterface)?;
         st.dev.manager().listen(port);
+        drop(g);
+        crate::milestone::reached(crate::milestone::Milestone::Listening);
         Ok(Self { port })
     }
 
     /// Wait for a connection and take it.
     pub fn accept(&mut self) -> Result<VsockStream, Error> {
         let port = self.port;
-        block(|st| {
+        let accepted = block(|st| {
             let i = st.pending.iter().position(|&(_, p)| p == port)?;
             let (peer, port) = st.pending.remove(i);
             st.closed.retain(|&k| k != (peer, port));
             Some(VsockStream { peer, port, read_timeout: None })
-        })
+        });
+        if accepted.is_ok() {
+            crate::milestone::reached(crate::milestone::Milestone::FirstAccept);
+        }
+        accepted
     }
 }
 

@@ -424,6 +424,9 @@ fn cold_start(
     let mut first: Vec<Vec<f64>> = vec![Vec::new(); vmms.len()];
     let (mut reaped, mut launch, mut kmain, mut to_first, mut stopped, mut after_stop) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // app main → listening → first accept → first byte (the guest's
+    // milestones, where its kernel records them).
+    let (mut to_listen, mut to_accept, mut to_byte) = (vec![], vec![], vec![]);
     let mut hello_kmain = Vec::new();
     for _ in 0..COLD_RUNS {
         for (i, &vmm) in vmms.iter().enumerate() {
@@ -449,6 +452,13 @@ fn cold_start(
                         stopped.push(s);
                         // Paired: this run's reaped − this run's stop.
                         after_stop.extend(r.map(|r| r - s));
+                        if let (Some(l), Some(f)) =
+                            (event_us(&tl, "listening"), event_us(&tl, "first_accept"))
+                        {
+                            to_listen.push(l - a);
+                            to_accept.push(f - l);
+                            to_byte.push(fb - f);
+                        }
                     }
                 }
             }
@@ -481,6 +491,14 @@ fn cold_start(
         show(&hello_kmain)
     );
     println!("                                 app main → first byte {}", show(&to_first));
+    if !to_listen.is_empty() {
+        println!("                                   app main → listening {}", show(&to_listen));
+        println!(
+            "                                   listening → first connection accepted {}",
+            show(&to_accept)
+        );
+        println!("                                   accepted → first byte at the client {}", show(&to_byte));
+    }
     println!(
         "                                 spawn → guest stopped {}; spawn → monitor reaped {}",
         show(&stopped),
