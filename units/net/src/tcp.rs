@@ -68,7 +68,7 @@ impl TcpListener {
 
     /// Listen on `port`, holding up to `backlog` (at least 1) connections
     /// not yet accepted. Listening sockets are made as connections come
-    /// (16 ahead), not all at once; beyond the backlog, connections get
+    /// (4 ahead), not all at once; beyond the backlog, connections get
     /// resets (clients retry).
     pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<Self, Error> {
         if port == 0 {
