@@ -73,6 +73,18 @@ fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, IpAddress, IpAdd
     (frame.len() >= start + len).then_some((start, proto, len, src, dst))
 }
 
+/// Whether `frame` asks for a TCP connection: a SYN without ACK (the
+/// stack keeps one listening socket ready for each it takes).
+pub(crate) fn is_syn(frame: &[u8]) -> bool {
+    match transport(frame) {
+        Some((start, IpProtocol::Tcp, len, ..)) => frame
+            .get(start..start + len)
+            .and_then(|t| TcpPacket::new_checked(t).ok())
+            .is_some_and(|t| t.syn() && !t.ack()),
+        _ => false,
+    }
+}
+
 /// What the device is to do to `frame`, just written by smoltcp: complete
 /// its TCP or UDP checksum (the pseudo-header's sum goes into the field
 /// now), and cut it into segments when smoltcp asked.
@@ -257,5 +269,34 @@ mod tests {
         let mut short = tcp_frame(b"abc", true);
         short.truncate(40);
         assert!(rx_checksum_ok(&short), "smoltcp drops what is cut short");
+    }
+}
+
+#[cfg(test)]
+mod syn_tests {
+    use super::is_syn;
+
+    /// Ethernet + IPv4 (no options) + a 20-byte TCP header with `flags`.
+    fn frame(ethertype: u16, protocol: u8, flags: u8) -> Vec<u8> {
+        let mut v = vec![0u8; 14 + 20 + 20];
+        v[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        v[14] = 0x45;
+        v[16..18].copy_from_slice(&40u16.to_be_bytes());
+        v[22] = 64;
+        v[23] = protocol;
+        v[34 + 12] = 0x50;
+        v[34 + 13] = flags;
+        v
+    }
+
+    #[test]
+    fn only_a_connection_request_counts_as_a_syn() {
+        assert!(is_syn(&frame(0x0800, 6, 0x02)));
+        assert!(!is_syn(&frame(0x0800, 6, 0x12)), "SYN-ACK");
+        assert!(!is_syn(&frame(0x0800, 6, 0x10)), "ACK");
+        assert!(!is_syn(&frame(0x0800, 17, 0x02)), "UDP");
+        assert!(!is_syn(&frame(0x0806, 6, 0x02)), "ARP");
+        assert!(!is_syn(&frame(0x0800, 6, 0x02)[..40]), "cut short");
+        assert!(!is_syn(&[]));
     }
 }

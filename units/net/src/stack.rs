@@ -33,25 +33,6 @@ struct Phy {
 /// listening sockets are topped up and the next round goes on).
 const ROUND: usize = 16;
 
-/// Whether `frame` asks for a TCP connection (SYN without ACK) over IPv4
-/// or IPv6 (no extension headers: none is configured for IPv6 here).
-fn is_syn(frame: &[u8]) -> bool {
-    use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
-    let Ok(eth) = EthernetFrame::new_checked(frame) else { return false };
-    let tcp = match eth.ethertype() {
-        EthernetProtocol::Ipv4 => match Ipv4Packet::new_checked(eth.payload()) {
-            Ok(ip) if ip.next_header() == IpProtocol::Tcp => TcpPacket::new_checked(ip.payload()).ok(),
-            _ => None,
-        },
-        EthernetProtocol::Ipv6 => match Ipv6Packet::new_checked(eth.payload()) {
-            Ok(ip) if ip.next_header() == IpProtocol::Tcp => TcpPacket::new_checked(ip.payload()).ok(),
-            _ => None,
-        },
-        _ => None,
-    };
-    tcp.is_some_and(|t| t.syn() && !t.ack())
-}
-
 /// A received frame.
 pub(crate) struct RxToken(Vec<u8>);
 
@@ -114,7 +95,7 @@ impl phy::Device for Phy {
                 Some(f) => f,
                 None => self.dev.try_recv().ok()??,
             };
-            if is_syn(&frame.data) {
+            if offload::is_syn(&frame.data) {
                 if self.syn_budget == 0 {
                     self.held = Some(frame);
                     return None;
@@ -649,33 +630,4 @@ pub(crate) fn block_on<T>(
         Ok(None) => None,
         Err(e) => Some(Err(e)),
     })
-}
-
-#[cfg(test)]
-mod syn_tests {
-    use super::is_syn;
-
-    /// Ethernet + IPv4 (no options) + a 20-byte TCP header with `flags`.
-    fn frame(ethertype: u16, protocol: u8, flags: u8) -> Vec<u8> {
-        let mut v = vec![0u8; 14 + 20 + 20];
-        v[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        v[14] = 0x45;
-        v[16..18].copy_from_slice(&40u16.to_be_bytes());
-        v[22] = 64;
-        v[23] = protocol;
-        v[34 + 12] = 0x50;
-        v[34 + 13] = flags;
-        v
-    }
-
-    #[test]
-    fn only_a_connection_request_counts_as_a_syn() {
-        assert!(is_syn(&frame(0x0800, 6, 0x02)));
-        assert!(!is_syn(&frame(0x0800, 6, 0x12)), "SYN-ACK");
-        assert!(!is_syn(&frame(0x0800, 6, 0x10)), "ACK");
-        assert!(!is_syn(&frame(0x0800, 17, 0x02)), "UDP");
-        assert!(!is_syn(&frame(0x0806, 6, 0x02)), "ARP");
-        assert!(!is_syn(&frame(0x0800, 6, 0x02)[..40]), "cut short");
-        assert!(!is_syn(&[]));
-    }
 }
