@@ -145,8 +145,9 @@ pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
         // Each node the guest looks up holds a descriptor: room for them.
         crate::vstate::sys::raise_fd_limit(65_536);
     }
+    let sandbox = crate::sandbox::Sandbox::new(cfg);
     for s in &cfg.shares {
-        let dev = virtio::fs::open(s).map_err(|e| {
+        let dev = virtio::fs::open(s, &sandbox).map_err(|e| {
             let denied = e.contains("ermission denied");
             Error::Share(e, denied)
         })?;

@@ -76,6 +76,9 @@ pub enum Role {
     Gdb = 4,
     /// A test interrupt sent after a delay.
     Timer = 5,
+    /// The second half of a large virtio-fs READ (`pread` into guest
+    /// memory).
+    Copy = 6,
 }
 
 impl Role {
@@ -87,12 +90,16 @@ impl Role {
             Role::Ram => "RAM registration",
             Role::Gdb => "gdb",
             Role::Timer => "test interrupt",
+            Role::Copy => "virtio-fs copy",
         }
     }
 
+    /// Every role.
+    pub const ALL: [Role; 6] = [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer, Role::Copy];
+
     /// The role stored by [`sigsys::set_thread_role`], back.
     pub fn from_u8(v: u8) -> Option<Role> {
-        [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer].into_iter().find(|r| *r as u8 == v)
+        Role::ALL.into_iter().find(|r| *r as u8 == v)
     }
 }
 
@@ -490,6 +497,7 @@ impl Sandbox {
                 r.allow(STREAMS);
             }
             Role::Timer => r.one_of(Sysno::ioctl, 1, ioctls::TIMER),
+            Role::Copy => r.allow(&[Sysno::pread64]),
         }
         r
     }
@@ -539,7 +547,7 @@ mod tests {
     #[test]
     fn every_role_compiles() {
         for s in [sandbox(&[]), sandbox(&["disk", "vsock", "core"])] {
-            for role in [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+            for role in Role::ALL {
                 let bpf = s.compile(role).unwrap();
                 assert!(bpf.len() < 4096, "{role:?}: {} instructions", bpf.len());
             }
@@ -549,7 +557,7 @@ mod tests {
     #[test]
     fn no_role_may_exec_fork_or_die_the_handlers_way() {
         let s = sandbox(&["disk", "vsock", "core"]);
-        for role in [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+        for role in Role::ALL {
             let a = allowed(&s, role);
             for c in [Sysno::execve, Sysno::execveat, Sysno::fork, Sysno::vfork, Sysno::ptrace, NEVER] {
                 assert!(!a.contains(&c), "{role:?} allows {c}");
@@ -581,7 +589,7 @@ mod tests {
         assert_eq!(verdict(&s, Role::Vcpu, 7), libc::SECCOMP_RET_ALLOW);
         assert_eq!(verdict(&s, Role::Vcpu, 8), libc::SECCOMP_RET_TRAP);
         assert_eq!(verdict(&s, Role::Vcpu, 7 | 1 << 32), libc::SECCOMP_RET_ALLOW, "the kernel reads an int");
-        for role in [Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Vcpu) {
             assert_eq!(verdict(&s, role, 7), libc::SECCOMP_RET_TRAP, "{role:?}");
         }
     }
@@ -642,7 +650,7 @@ mod tests {
             SeccompRule::new(vec![Cond::new(arg, Len::Dword, op, u64::from(v)).unwrap()]).unwrap()
         };
         let s = sandbox(&["disk", "vsock"]);
-        for role in [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+        for role in Role::ALL {
             let ours = s.compile(role).unwrap();
             let map: BTreeMap<i64, Vec<SeccompRule>> = s
                 .rules(role)
@@ -707,7 +715,7 @@ mod tests {
 
     #[test]
     fn roles_have_names() {
-        for role in [Role::Vcpu, Role::Io, Role::Ram, Role::Gdb, Role::Timer] {
+        for role in Role::ALL {
             assert_eq!(Role::from_u8(role as u8), Some(role));
         }
         assert_eq!(Role::from_u8(0), None);

@@ -1,6 +1,6 @@
 //! Host calls the monitor makes besides KVM's: the clock, waiting on
-//! descriptors, the TAP device's `TUNSETIFF`, its own memory figures and
-//! CPU affinity.
+//! descriptors, the TAP device's `TUNSETIFF`, positioned reads into guest
+//! memory, its own memory figures and CPU affinity.
 //! `vmm-sys-util` has no safe form of these (its `poll` module is epoll
 //! with registration, heavier than one `poll` over a changing set), so the
 //! few `unsafe` calls are here, beside the KVM ones.
@@ -8,7 +8,44 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{
+    GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile, VolatileMemoryError, VolatileSlice,
+};
+
+/// A file read from `offset` on with `pread`, which leaves the file's own
+/// position alone: the virtio-fs server reads one file from two threads
+/// at once (`devices::virtio::fs::copier`). vm-memory reads a `File` with
+/// `read` only.
+pub struct ReadAt<'a> {
+    /// The file.
+    pub file: &'a std::fs::File,
+    /// Where the next read starts; each read moves it on.
+    pub offset: u64,
+}
+
+impl ReadVolatile for ReadAt<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let offset = i64::try_from(self.offset)
+            .map_err(|_| VolatileMemoryError::IOError(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let guard = buf.ptr_guard_mut();
+        // SAFETY: the descriptor is the open file `self.file` borrows; the
+        // destination is valid for writes of `buf.len()` bytes, which
+        // `VolatileSlice`'s constructor guarantees for the guard's life.
+        let n = unsafe { libc::pread64(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), offset) };
+        if n < 0 {
+            buf.bitmap().mark_dirty(0, buf.len());
+            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
+        }
+        let n = n as usize;
+        buf.bitmap().mark_dirty(0, n);
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
 
 /// Random bytes from the kernel's generator (`getrandom`, which does not
 /// block once the host has booted); `None` when it fails.

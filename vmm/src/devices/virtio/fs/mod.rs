@@ -10,12 +10,18 @@
 //! checked `Reader`/`Writer`; a request larger than its caps, or a reply
 //! that does not fit the guest's buffers, is an error reply (or, without
 //! room for even the header, a chain returned with length 0).
+//!
+//! A READ goes from the host file straight into the guest's buffers, a
+//! large one in two halves on two threads ([`copier`]).
 
+mod copier;
 pub mod server;
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use fuse_abi::linux as abi;
 use virtio_queue::Queue;
@@ -25,6 +31,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::mmio::{Backend, F_VERSION_1, MmioDevice, Queues};
 use super::queue::{Chain, serve_all};
+use crate::sandbox::Sandbox;
+use crate::vstate::sys::ReadAt;
+use copier::Copier;
 use server::Server;
 
 const DEVICE_FS: u32 = 26;
@@ -90,17 +99,25 @@ pub struct Fs {
     body: Vec<u8>,
     /// Requests served.
     pub requests: u64,
+    /// The filter of the thread that copies half of a large READ.
+    sandbox: Sandbox,
+    /// That thread, once a large READ came (`None` inside: the host
+    /// refused it).
+    copier: Option<Option<Copier>>,
+    /// READs served in two halves.
+    halves: u64,
 }
 
 /// Open the directory of `cfg` (every reason it cannot be shared is one
-/// line for the user) and make the device.
-pub fn open(cfg: &ShareConfig) -> Result<MmioDevice, String> {
-    Ok(MmioDevice::new(Fs::new(cfg)?))
+/// line for the user) and make the device; its copying thread, if it
+/// starts one, runs under `sandbox`'s filters.
+pub fn open(cfg: &ShareConfig, sandbox: &Sandbox) -> Result<MmioDevice, String> {
+    Ok(MmioDevice::new(Fs::new(cfg, sandbox)?))
 }
 
 impl Fs {
     /// The backend for `cfg`.
-    pub fn new(cfg: &ShareConfig) -> Result<Self, String> {
+    pub fn new(cfg: &ShareConfig, sandbox: &Sandbox) -> Result<Self, String> {
         let d = cfg.dir.display();
         let meta = std::fs::metadata(&cfg.dir).map_err(|e| format!("share {d}: {e}"))?;
         if !meta.is_dir() {
@@ -115,7 +132,16 @@ impl Fs {
             .map_err(|e| format!("share {d}: {e}"))?;
         std::fs::read_dir(&cfg.dir).map_err(|e| format!("share {d}: {e}"))?;
         let server = Server::new(root.into(), cfg.readonly).map_err(|e| format!("share {d}: {e}"))?;
-        Ok(Self { server, tag: cfg.tag.clone(), out: Vec::new(), body: Vec::new(), requests: 0 })
+        Ok(Self {
+            server,
+            tag: cfg.tag.clone(),
+            out: Vec::new(),
+            body: Vec::new(),
+            requests: 0,
+            sandbox: sandbox.clone(),
+            copier: None,
+            halves: 0,
+        })
     }
 
     /// Serve every request on `queue`.
@@ -193,43 +219,126 @@ impl Fs {
         if n > room - OUT_HEADER {
             return reply_error(w, unique, libc::EINVAL);
         }
-        let file = match self.server.file_at(r.fh, r.offset) {
+        let file = match self.server.file_to_read(r.fh) {
             Ok(f) => f,
             Err(e) => return reply_error(w, unique, e),
         };
         // The guest's writable buffers, the first OUT_HEADER bytes left
         // for the header.
-        let mut skip = OUT_HEADER;
-        let mut got = 0;
-        'fill: for d in chain.clone().writable() {
-            let (mut addr, mut len) = (d.addr().0, d.len() as usize);
-            let s = skip.min(len);
-            (addr, len, skip) = (addr.saturating_add(s as u64), len - s, skip - s);
-            let mut len = len.min(n - got);
-            while len > 0 {
-                match mem.read_volatile_from(GuestAddress(addr), &mut *file, len) {
-                    Ok(0) => break 'fill,
-                    Ok(k) => {
-                        (addr, len, got) = (addr.saturating_add(k as u64), len - k, got + k);
-                    }
-                    Err(vm_memory::GuestMemoryError::IOError(e))
-                        if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(vm_memory::GuestMemoryError::IOError(e)) => {
-                        return reply_error(w, unique, e.raw_os_error().unwrap_or(libc::EIO));
-                    }
-                    Err(_) => return reply_error(w, unique, libc::EFAULT),
-                }
-            }
-            if got == n {
-                break;
-            }
-        }
+        let to = buffers(chain, OUT_HEADER, n);
+        let got = if n >= copier::SPLIT {
+            self.read_halves(file, r.offset, to, n, mem)
+        } else {
+            fill(mem, &file, r.offset, &to)
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => return reply_error(w, unique, e),
+        };
         let header = abi::fuse_out_header { len: (OUT_HEADER + got) as u32, error: 0, unique };
         if w.write_all(header.as_bytes()).is_err() {
             return 0;
         }
         header.len
     }
+
+    /// `n` bytes of `file` from `offset` into `to`: the first half on this
+    /// thread, the second on the copier's at the same time (all of it
+    /// here while the copier starts, or if it could not).
+    fn read_halves(
+        &mut self,
+        file: Arc<File>,
+        offset: u64,
+        mut to: Vec<(u64, usize)>,
+        n: usize,
+        mem: &GuestMemoryMmap,
+    ) -> Result<usize, i32> {
+        let copier = self.copier.get_or_insert_with(|| Copier::start(mem, &self.sandbox));
+        // A little over half here: the other thread starts its piece a few
+        // µs after this one (it sees the post, then takes the slot).
+        let half = (n * 9 / 16) & !4095;
+        let second = split_off(&mut to, half);
+        let piece =
+            copier::Piece { file: Arc::clone(&file), offset: offset + half as u64, to: second.clone() };
+        let Some(c) = copier.as_ref().filter(|c| c.post(piece)) else {
+            // Not ready yet (or never): all of it here.
+            let first = fill(mem, &file, offset, &to)?;
+            return if first < half {
+                Ok(first)
+            } else {
+                Ok(first + fill(mem, &file, offset + half as u64, &second)?)
+            };
+        };
+        self.halves += 1;
+        let first = fill(mem, &file, offset, &to);
+        let second = c.wait();
+        let (first, second) = (first?, second?);
+        // A short first half is the end of the file: what the second
+        // found past it is not the guest's.
+        Ok(if first < half { first } else { first + second })
+    }
+}
+
+/// The first `n` bytes of `chain`'s writable buffers past `skip`, as
+/// (guest address, length).
+fn buffers(chain: &Chain<'_>, mut skip: usize, n: usize) -> Vec<(u64, usize)> {
+    let mut to = Vec::new();
+    let mut left = n;
+    for d in chain.clone().writable() {
+        if left == 0 {
+            break;
+        }
+        let (addr, len) = (d.addr().0, d.len() as usize);
+        let s = skip.min(len);
+        skip -= s;
+        let len = (len - s).min(left);
+        if len > 0 {
+            to.push((addr.saturating_add(s as u64), len));
+            left -= len;
+        }
+    }
+    to
+}
+
+/// Cut `to` after its first `at` bytes; the rest, returned.
+fn split_off(to: &mut Vec<(u64, usize)>, at: usize) -> Vec<(u64, usize)> {
+    let mut seen = 0;
+    for i in 0..to.len() {
+        let (addr, len) = to[i];
+        if seen + len > at {
+            let keep = at - seen;
+            let mut rest = to.split_off(i);
+            if keep > 0 {
+                rest[0] = (addr.saturating_add(keep as u64), len - keep);
+                to.push((addr, keep));
+            }
+            return rest;
+        }
+        seen += len;
+    }
+    Vec::new()
+}
+
+/// Read `file` from `offset` into the guest buffers `to`, in order, until
+/// they are full or the file ends: the bytes read, or an errno.
+fn fill(mem: &GuestMemoryMmap, file: &File, offset: u64, to: &[(u64, usize)]) -> Result<usize, i32> {
+    let mut at = ReadAt { file, offset };
+    let mut got = 0;
+    for &(mut addr, mut len) in to {
+        while len > 0 {
+            match mem.read_volatile_from(GuestAddress(addr), &mut at, len) {
+                Ok(0) => return Ok(got),
+                Ok(k) => (addr, len, got) = (addr.saturating_add(k as u64), len - k, got + k),
+                Err(vm_memory::GuestMemoryError::IOError(e))
+                    if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(vm_memory::GuestMemoryError::IOError(e)) => {
+                    return Err(e.raw_os_error().unwrap_or(libc::EIO));
+                }
+                Err(_) => return Err(libc::EFAULT),
+            }
+        }
+    }
+    Ok(got)
 }
 
 /// A reply that is only a header carrying `errno`.
@@ -276,6 +385,7 @@ impl Backend for Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::VmConfig;
     use fuse_abi::linux::fuse_opcode as op;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor;
@@ -284,6 +394,13 @@ mod tests {
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
+
+    /// No seccomp filter: the tests run in the test harness's threads.
+    fn filters() -> Sandbox {
+        let mut cfg = VmConfig::new("x.elf");
+        cfg.seccomp = crate::sandbox::SeccompMode::Off;
+        Sandbox::new(&cfg)
+    }
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(Descriptor::new(addr, len, flags, next))
@@ -324,7 +441,7 @@ mod tests {
     fn malformed_requests_get_errors_and_the_device_goes_on() {
         let (dir, canary) = server::tests::share("dev");
         let cfg = ShareConfig { dir: dir.clone(), tag: "t".into(), readonly: false };
-        let mut fs = Fs::new(&cfg).unwrap();
+        let mut fs = Fs::new(&cfg, &filters()).unwrap();
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let q = MockSplitQueue::new(&mem, 32);
         let mut queue: Queue = q.create_queue().unwrap();
@@ -364,6 +481,64 @@ mod tests {
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
+    /// Serve the one chain `descs` (from descriptor 0) on a fresh queue.
+    fn serve_chain(fs: &mut Fs, mem: &GuestMemoryMmap, descs: &[RawDescriptor]) {
+        let q = MockSplitQueue::new(mem, 32);
+        let mut queue: Queue = q.create_queue().unwrap();
+        q.add_desc_chains(descs, 0).unwrap();
+        fs.serve(&mut queue, mem);
+    }
+
+    /// LOOKUP and OPEN `name` in the share's root: its node ID and handle.
+    fn open_file(fs: &mut Fs, mem: &GuestMemoryMmap, name: &str) -> (u64, u64) {
+        let n = request(mem, 0x10_0000, op::FUSE_LOOKUP, 1, 1, format!("{name}\0").as_bytes(), None);
+        serve_chain(fs, mem, &[desc(0x10_0000, n, NEXT, 1), desc(0x20_0000, 256, WRITE, 0)]);
+        let mut e = abi::fuse_entry_out::default();
+        mem.read_slice(e.as_mut_bytes(), GuestAddress(0x20_0000 + OUT_HEADER as u64)).unwrap();
+        let o = abi::fuse_open_in::default();
+        let n = request(mem, 0x10_1000, op::FUSE_OPEN, e.nodeid, 2, o.as_bytes(), None);
+        serve_chain(fs, mem, &[desc(0x10_1000, n, NEXT, 1), desc(0x20_1000, 256, WRITE, 0)]);
+        let mut oo = abi::fuse_open_out::default();
+        mem.read_slice(oo.as_mut_bytes(), GuestAddress(0x20_1000 + OUT_HEADER as u64)).unwrap();
+        (e.nodeid, oo.fh)
+    }
+
+    /// A READ of `size` bytes of `fh` from `offset`, its reply in `bufs`
+    /// (guest address, length; the header in the first): the header and
+    /// the data.
+    fn read(
+        fs: &mut Fs,
+        mem: &GuestMemoryMmap,
+        node: u64,
+        fh: u64,
+        (offset, size): (u64, u32),
+        bufs: &[(u64, u32)],
+    ) -> (abi::fuse_out_header, Vec<u8>) {
+        let r = abi::fuse_read_in { fh, offset, size, ..Default::default() };
+        let n = request(mem, 0x10_2000, op::FUSE_READ, node, 3, r.as_bytes(), None);
+        let mut descs = vec![desc(0x10_2000, n, NEXT, 1)];
+        for (i, &(at, len)) in bufs.iter().enumerate() {
+            let last = i + 1 == bufs.len();
+            descs.push(desc(
+                at,
+                len,
+                if last { WRITE } else { WRITE | NEXT },
+                if last { 0 } else { i as u16 + 2 },
+            ));
+        }
+        serve_chain(fs, mem, &descs);
+        let mut bytes = Vec::new();
+        for &(at, len) in bufs {
+            let mut b = vec![0u8; len as usize];
+            mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+            bytes.extend(b);
+        }
+        let h = abi::fuse_out_header::read_from_bytes(&bytes[..OUT_HEADER]).unwrap();
+        let data =
+            bytes[OUT_HEADER..].iter().take((h.len as usize).saturating_sub(OUT_HEADER)).copied().collect();
+        (h, data)
+    }
+
     /// A READ lands straight in the guest's buffers, across descriptors
     /// of odd sizes (the header split over two); one asking for more than
     /// its buffers hold is EINVAL; one on a handle never opened is EBADF.
@@ -372,68 +547,88 @@ mod tests {
         let (dir, _canary) = server::tests::share("read");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.join("big"), &data).unwrap();
-        let mut fs = Fs::new(&ShareConfig { dir: dir.clone(), tag: "t".into(), readonly: false }).unwrap();
+        let mut fs =
+            Fs::new(&ShareConfig { dir: dir.clone(), tag: "t".into(), readonly: false }, &filters()).unwrap();
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let q = MockSplitQueue::new(&mem, 32);
-        let mut queue: Queue = q.create_queue().unwrap();
-        // LOOKUP and OPEN, to have a handle.
-        let n = request(&mem, 0x10_0000, op::FUSE_LOOKUP, 1, 1, b"big\0", None);
-        q.add_desc_chains(&[desc(0x10_0000, n, NEXT, 1), desc(0x20_0000, 256, WRITE, 0)], 0).unwrap();
-        fs.serve(&mut queue, &mem);
-        let mut e = abi::fuse_entry_out::default();
-        mem.read_slice(e.as_mut_bytes(), GuestAddress(0x20_0000 + OUT_HEADER as u64)).unwrap();
-        let o = abi::fuse_open_in::default();
-        let n = request(&mem, 0x10_1000, op::FUSE_OPEN, e.nodeid, 2, o.as_bytes(), None);
-        q.add_desc_chains(&[desc(0x10_1000, n, NEXT, 3), desc(0x20_1000, 256, WRITE, 0)], 2).unwrap();
-        fs.serve(&mut queue, &mem);
-        let mut oo = abi::fuse_open_out::default();
-        mem.read_slice(oo.as_mut_bytes(), GuestAddress(0x20_1000 + OUT_HEADER as u64)).unwrap();
+        let (node, fh) = open_file(&mut fs, &mem, "big");
         // 70,000 bytes from offset 1,000, into 10 + 6 + 50,000 + 30,000 bytes.
-        let r = abi::fuse_read_in { fh: oo.fh, offset: 1_000, size: 70_000, ..Default::default() };
-        let n = request(&mem, 0x10_2000, op::FUSE_READ, e.nodeid, 3, r.as_bytes(), None);
-        q.add_desc_chains(
-            &[
-                desc(0x10_2000, n, NEXT, 5),
-                desc(0x30_0000, 10, WRITE | NEXT, 6),
-                desc(0x30_1000, 6, WRITE | NEXT, 7),
-                desc(0x31_0000, 50_000, WRITE | NEXT, 8),
-                desc(0x32_0000, 30_000, WRITE, 0),
-            ],
-            4,
-        )
-        .unwrap();
-        fs.serve(&mut queue, &mem);
-        let mut h = [0u8; OUT_HEADER];
-        mem.read_slice(&mut h[..10], GuestAddress(0x30_0000)).unwrap();
-        mem.read_slice(&mut h[10..], GuestAddress(0x30_1000)).unwrap();
-        let h = abi::fuse_out_header::read_from_bytes(&h).unwrap();
+        let bufs = [(0x30_0000, 10), (0x30_1000, 6), (0x31_0000, 50_000), (0x32_0000, 30_000)];
+        let (h, got) = read(&mut fs, &mem, node, fh, (1_000, 70_000), &bufs);
         assert_eq!((h.error, h.unique, h.len), (0, 3, 16 + 70_000));
-        let mut got = vec![0u8; 70_000];
-        mem.read_slice(&mut got[..50_000], GuestAddress(0x31_0000)).unwrap();
-        mem.read_slice(&mut got[50_000..], GuestAddress(0x32_0000)).unwrap();
         assert!(got == data[1_000..71_000], "the data, in order");
         // Past the end: what is there. More than the buffers: EINVAL. A
         // handle never opened: EBADF.
-        for (unique, offset, size, fh, want) in [
-            (4, 99_990, 4096, oo.fh, Ok(10)),
-            (5, 0, 8192, oo.fh, Err(libc::EINVAL)),
-            (6, 0, 16, 77, Err(libc::EBADF)),
-        ] {
-            let r = abi::fuse_read_in { fh, offset, size, ..Default::default() };
-            let at = 0x10_3000 + 0x1000 * unique;
-            let n = request(&mem, at, op::FUSE_READ, e.nodeid, unique, r.as_bytes(), None);
-            let head = (2 * unique) as u16;
-            q.add_desc_chains(&[desc(at, n, NEXT, head + 1), desc(0x3a_0000, 4096 + 16, WRITE, 0)], head)
-                .unwrap();
-            fs.serve(&mut queue, &mem);
-            let h = reply(&mem, 0x3a_0000);
-            assert_eq!(h.unique, unique);
+        for (offset, size, fh, want) in
+            [(99_990, 4096, fh, Ok(10)), (0, 8192, fh, Err(libc::EINVAL)), (0, 16, 77, Err(libc::EBADF))]
+        {
+            let (h, _) = read(&mut fs, &mem, node, fh, (offset, size), &[(0x3a_0000, 4096 + 16)]);
             match want {
                 Ok(k) => assert_eq!((h.error, h.len), (0, 16 + k)),
                 Err(e) => assert_eq!((h.error, h.len), (-e, 16)),
             }
         }
+        assert_eq!(fs.halves, 0, "small READs are served whole");
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    /// A large READ is served in two halves, the second by the copying
+    /// thread under its own seccomp filter (installed for real here, on
+    /// that thread alone): the guest gets the same bytes, the halves
+    /// meeting inside a descriptor; a file ending in either half gives
+    /// what there is.
+    #[test]
+    fn large_reads_go_in_two_halves() {
+        let (dir, _canary) = server::tests::share("halves");
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8 ^ (i >> 16) as u8).collect();
+        std::fs::write(dir.join("big"), &data).unwrap();
+        let mut on = VmConfig::new("x.elf");
+        on.seccomp = crate::sandbox::SeccompMode::On;
+        let mut fs =
+            Fs::new(&ShareConfig { dir: dir.clone(), tag: "t".into(), readonly: false }, &Sandbox::new(&on))
+                .unwrap();
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        let (node, fh) = open_file(&mut fs, &mem, "big");
+        let bufs = [(0x40_0000, 10), (0x40_1000, 300_006), (0x50_0000, 600_000), (0x60_0000, 200_000)];
+        let size = (1 << 20) - 1_000;
+        // The first READ starts the thread; the next ones wait for it.
+        for round in 0..2_000u64 {
+            let offset = 777 + 4096 * round;
+            let (h, got) = read(&mut fs, &mem, node, fh, (offset, size), &bufs);
+            assert_eq!((h.error, h.len), (0, 16 + size));
+            assert!(got == data[offset as usize..][..size as usize], "round {round}: the data, in order");
+            if fs.halves >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(fs.halves >= 2, "the copying thread never took a half");
+        let end = data.len() as u64;
+        for (offset, want) in [(end - 700_000, 700_000), (end - 100_000, 100_000), (end, 0), (end + 5, 0)] {
+            let halves = fs.halves;
+            let (h, got) = read(&mut fs, &mem, node, fh, (offset, size), &bufs);
+            assert_eq!((h.error, h.len), (0, 16 + want), "from {offset}");
+            assert!(got == data[offset.min(end) as usize..], "from {offset}");
+            assert_eq!(fs.halves, halves + 1);
+        }
+        // The thread ends under its filter too (a call it lacks would
+        // kill this test process).
+        drop(fs);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn buffers_split_where_asked() {
+        let mut to = vec![(0x1000, 10), (0x2000, 20), (0x3000, 30)];
+        assert_eq!(split_off(&mut to, 15), vec![(0x2005, 15), (0x3000, 30)]);
+        assert_eq!(to, vec![(0x1000, 10), (0x2000, 5)]);
+        let mut to = vec![(0x1000, 10), (0x2000, 20)];
+        assert_eq!(split_off(&mut to, 10), vec![(0x2000, 20)]);
+        assert_eq!(to, vec![(0x1000, 10)]);
+        let mut to = vec![(0x1000, 10)];
+        assert_eq!(split_off(&mut to, 10), vec![]);
+        assert_eq!(split_off(&mut to, 0), vec![(0x1000, 10)]);
+        assert!(to.is_empty());
     }
 
     #[test]
@@ -452,10 +647,15 @@ mod tests {
         assert!(p(&format!("/x,tag={}", "t".repeat(37))).unwrap_err().contains("1 to 36 bytes"));
         assert!(p("/x,rw").unwrap_err().contains("unknown share option 'rw'"));
         assert!(p("").is_err());
-        let missing =
-            Fs::new(&ShareConfig { dir: "/nonexistent/dir".into(), tag: "t".into(), readonly: false });
+        let missing = Fs::new(
+            &ShareConfig { dir: "/nonexistent/dir".into(), tag: "t".into(), readonly: false },
+            &filters(),
+        );
         assert!(missing.err().unwrap().contains("/nonexistent/dir"));
-        let file = Fs::new(&ShareConfig { dir: "/etc/hostname".into(), tag: "t".into(), readonly: false });
+        let file = Fs::new(
+            &ShareConfig { dir: "/etc/hostname".into(), tag: "t".into(), readonly: false },
+            &filters(),
+        );
         assert!(file.err().unwrap().contains("not a directory"));
     }
 }

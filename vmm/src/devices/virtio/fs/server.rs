@@ -25,6 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use fuse_abi::linux as abi;
 use rustix::fs::{AtFlags, FileType as Kind, Mode, OFlags};
@@ -60,7 +61,8 @@ struct Node {
 }
 
 enum Handle {
-    File(File),
+    /// Shared with the thread that reads a large READ's second half.
+    File(Arc<File>),
     Dir(Vec<(Vec<u8>, u64, u32)>),
 }
 
@@ -241,20 +243,16 @@ impl Server {
 
     fn file(&self, fh: u64) -> Result<&File, Errno> {
         match self.handles.get(usize::try_from(fh).map_err(|_| libc::EBADF)?) {
-            Some(Some(Handle::File(f))) => Ok(f),
+            Some(Some(Handle::File(f))) => Ok(f.as_ref()),
             _ => Err(libc::EBADF),
         }
     }
 
-    /// The open file `fh`, positioned at `offset` for a READ straight into
-    /// guest memory.
-    pub fn file_at(&mut self, fh: u64, offset: u64) -> Result<&mut File, Errno> {
-        use std::io::{Seek, SeekFrom};
-        match self.handles.get_mut(usize::try_from(fh).map_err(|_| libc::EBADF)?) {
-            Some(Some(Handle::File(f))) => {
-                f.seek(SeekFrom::Start(offset)).map_err(errno)?;
-                Ok(f)
-            }
+    /// The open file `fh`, for a READ straight into guest memory (by
+    /// `pread`, on one thread or two: `Fs::read_direct`).
+    pub fn file_to_read(&self, fh: u64) -> Result<Arc<File>, Errno> {
+        match self.handles.get(usize::try_from(fh).map_err(|_| libc::EBADF)?) {
+            Some(Some(Handle::File(f))) => Ok(Arc::clone(f)),
             _ => Err(libc::EBADF),
         }
     }
@@ -358,7 +356,7 @@ impl Server {
             x if x == op::FUSE_OPEN as u32 => {
                 let o: abi::fuse_open_in = read(body);
                 let f = self.reopen(nodeid, o.flags as i32)?;
-                let fh = self.add_handle(Handle::File(f))?;
+                let fh = self.add_handle(Handle::File(Arc::new(f)))?;
                 out.extend_from_slice(abi::fuse_open_out { fh, open_flags: 0, backing_id: 0 }.as_bytes());
             }
             x if x == op::FUSE_CREATE as u32 => {
@@ -376,7 +374,7 @@ impl Server {
                 let mode = Mode::from_raw_mode((c.mode & 0o777 & !c.umask) as _);
                 let fd = rustix::fs::openat(&p.fd, n, flags, mode).map_err(rerr)?;
                 let e = self.lookup(nodeid, n)?;
-                let fh = match self.add_handle(Handle::File(File::from(fd))) {
+                let fh = match self.add_handle(Handle::File(Arc::new(File::from(fd)))) {
                     Ok(fh) => fh,
                     Err(err) => {
                         self.forget(e.nodeid, 1);

@@ -41,11 +41,13 @@ fn open(s: &mut Server, nodeid: u64, flags: i32) -> Result<u64, Errno> {
     call(s, op::FUSE_OPEN, nodeid, o.as_bytes()).map(|o| read::<abi::fuse_open_out>(&o).fh)
 }
 
-/// What a READ of `fh` gives (the device serves READ through `file_at`).
+/// What a READ of `fh` gives (the device serves READ through
+/// `file_to_read`).
 fn read_file(s: &mut Server, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    s.file_at(fh, offset)?.take(u64::from(size)).read_to_end(&mut out).map_err(errno)?;
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0u8; size.min(1 << 20) as usize];
+    let n = s.file_to_read(fh)?.read_at(&mut out, offset).map_err(errno)?;
+    out.truncate(n);
     Ok(out)
 }
 
