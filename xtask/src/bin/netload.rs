@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use xtask::mono_ns;
 
+/// How long a connection of `rr` or `stream` may see no progress before
+/// the load fails.
+const STALL: Duration = Duration::from_secs(10);
+
 fn pattern(conn: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(7) ^ (conn as u8)).collect()
 }
@@ -161,6 +165,10 @@ fn main() {
                     std::thread::spawn(move || -> Result<u64, String> {
                         let mut s = connect(addr).map_err(|e| e.to_string())?;
                         s.set_nodelay(true).ok();
+                        // A guest that stops answering fails the load, not
+                        // hangs it (the bench waits for this process).
+                        s.set_read_timeout(Some(STALL)).ok();
+                        s.set_write_timeout(Some(STALL)).ok();
                         let (msg, mut back, mut count) = (pattern(c, 64), [0u8; 64], 0u64);
                         while Instant::now() < deadline {
                             s.write_all(&msg).map_err(|e| e.to_string())?;
@@ -186,6 +194,9 @@ fn main() {
         Some("stream") => {
             let secs = num(3) as u64;
             let mut s = connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            // As for `rr`: a silent guest ends the stream short (an error).
+            s.set_read_timeout(Some(STALL)).ok();
+            s.set_write_timeout(Some(STALL)).ok();
             let mut w = s.try_clone().expect("clone");
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let st = stop.clone();
