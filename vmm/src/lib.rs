@@ -57,15 +57,16 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     // Everything that can be refused is checked before KVM is touched.
     let mut image = open_kernel(cfg)?;
     let elf = loader::check(&image, cfg.mem).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    let mut devices = devices::attach(cfg)?;
+    // The seccomp filters of every thread (a share's copying thread too).
+    let sandbox = sandbox::Sandbox::new(cfg);
+    let mut devices = devices::attach(cfg, &sandbox)?;
     let gdb = match &cfg.gdb {
         Some(addr) => Some((gdb::Listener::bind(addr)?, gdb::debugger_flag(&cfg.kernel)?)),
         None => None,
     };
     let cmdline = format!("{}{}", cfg.cmdline, devices.cmdline());
     let cmdline = boot_info::check_cmdline(cmdline.trim_start())?;
-    // The seccomp filters: compiled on a thread of their own meanwhile.
-    let sandbox = sandbox::Sandbox::new(cfg);
+    // The vCPU filter: compiled on a thread of its own meanwhile.
     let installer = sandbox.installer()?;
 
     let kvm = Kvm::open(&cfg.kvm_device)?;

@@ -116,8 +116,9 @@ pub struct Devices {
 
 /// Open the devices `cfg` asks for (disks, then NICs, then vsock: the
 /// order of their windows and interrupt lines); every reason one cannot
-/// be used is one line for the user.
-pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
+/// be used is one line for the user. Threads a device starts later run
+/// under `sandbox`'s filters.
+pub fn attach(cfg: &VmConfig, sandbox: &crate::sandbox::Sandbox) -> Result<Devices, Error> {
     let count =
         (cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some()) + cfg.shares.len()) as u64;
     if count > VIRTIO_MMIO_MAX {
@@ -145,9 +146,8 @@ pub fn attach(cfg: &VmConfig) -> Result<Devices, Error> {
         // Each node the guest looks up holds a descriptor: room for them.
         crate::vstate::sys::raise_fd_limit(65_536);
     }
-    let sandbox = crate::sandbox::Sandbox::new(cfg);
     for s in &cfg.shares {
-        let dev = virtio::fs::open(s, &sandbox).map_err(|e| {
+        let dev = virtio::fs::open(s, sandbox).map_err(|e| {
             let denied = e.contains("ermission denied");
             Error::Share(e, denied)
         })?;

@@ -85,17 +85,18 @@ impl Copier {
         Some(Self { shared, thread: handle.thread().clone() })
     }
 
-    /// Hand `piece` to the thread; false (and the piece dropped) when the
-    /// thread is not ready for it (still starting, or gone).
-    pub fn post(&self, piece: Piece) -> bool {
-        if !matches!(self.shared.state.load(Ordering::Acquire), IDLE | PARKED) {
-            return false;
-        }
+    /// Whether the thread takes pieces (not while it starts, nor once it
+    /// could not install its filter).
+    pub fn ready(&self) -> bool {
+        matches!(self.shared.state.load(Ordering::Acquire), IDLE | PARKED)
+    }
+
+    /// Hand `piece` to a [ready](Copier::ready) thread.
+    pub fn post(&self, piece: Piece) {
         self.shared.slot().piece = Some(piece);
         if self.shared.state.swap(PIECE, Ordering::AcqRel) == PARKED {
             self.thread.unpark();
         }
-        true
     }
 
     /// Wait for the piece posted last: bytes read, or an errno.

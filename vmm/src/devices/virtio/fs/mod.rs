@@ -254,21 +254,15 @@ impl Fs {
         mem: &GuestMemoryMmap,
     ) -> Result<usize, i32> {
         let copier = self.copier.get_or_insert_with(|| Copier::start(mem, &self.sandbox));
+        let Some(c) = copier.as_ref().filter(|c| c.ready()) else {
+            // Not ready yet (or never): all of it here.
+            return fill(mem, &file, offset, &to);
+        };
         // A little over half here: the other thread starts its piece a few
         // µs after this one (it sees the post, then takes the slot).
         let half = (n * 9 / 16) & !4095;
         let second = split_off(&mut to, half);
-        let piece =
-            copier::Piece { file: Arc::clone(&file), offset: offset + half as u64, to: second.clone() };
-        let Some(c) = copier.as_ref().filter(|c| c.post(piece)) else {
-            // Not ready yet (or never): all of it here.
-            let first = fill(mem, &file, offset, &to)?;
-            return if first < half {
-                Ok(first)
-            } else {
-                Ok(first + fill(mem, &file, offset + half as u64, &second)?)
-            };
-        };
+        c.post(copier::Piece { file: Arc::clone(&file), offset: offset + half as u64, to: second });
         self.halves += 1;
         let first = fill(mem, &file, offset, &to);
         let second = c.wait();
