@@ -15,10 +15,12 @@
 //! The thread waits for `go` by polling a flag and yielding, not on a
 //! futex: being woken would put it on the main thread's CPU as often as
 //! not, and the install would then delay the guest's start after all.
-//! It polls for at most [`SPIN`] (a set-up takes ~1 ms), then every
-//! millisecond asleep, so that a CPU quota is not spent spinning. On a
-//! host that gives the monitor one CPU there is nothing to overlap: the
-//! main thread compiles and installs the filter itself, at `go`.
+//! It polls for at most [`SPIN`] (a set-up takes ~1–3 ms), then sleeps
+//! until `go` wakes it, so that a CPU quota is not spent spinning. (It
+//! slept a millisecond at a time before: in a slow launch the install then
+//! came up to 1 ms late, and with it the guest's first exit.) On a host
+//! that gives the monitor one CPU there is nothing to overlap: the main
+//! thread compiles and installs the filter itself, at `go`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,8 +32,8 @@ use crate::error::Error;
 use crate::machine::lock;
 use crate::vstate::{Farewell, sigsys, sys};
 
-/// How long the sandbox thread polls for `go` before it sleeps between
-/// looks.
+/// How long the sandbox thread polls for `go` before it sleeps until
+/// woken.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
 const COMPILING: u8 = 0;
@@ -57,6 +59,8 @@ pub struct Installer {
     inline: Option<Sandbox>,
     /// Whether filters go on at all.
     enabled: bool,
+    /// The sandbox thread, to wake once it sleeps.
+    thread: Option<std::thread::Thread>,
 }
 
 impl Installer {
@@ -71,10 +75,10 @@ impl Installer {
         let enabled = sandbox.enabled();
         if !enabled {
             finish(&shared, Ok(0));
-            return Ok(Self { shared, inline: None, enabled });
+            return Ok(Self { shared, inline: None, enabled, thread: None });
         }
         if sys::cpus_allowed() < 2 {
-            return Ok(Self { shared, inline: Some(sandbox.clone()), enabled });
+            return Ok(Self { shared, inline: Some(sandbox.clone()), enabled, thread: None });
         }
         let (mine, theirs) = (sandbox.clone(), shared.clone());
         let spawned =
@@ -89,21 +93,16 @@ impl Installer {
                 };
                 *lock(&theirs.farewell) = farewell;
                 let bpf = mine.compile(Role::Vcpu);
-                loop {
-                    match theirs.stage.load(Ordering::Acquire) {
-                        GO => break,
-                        CANCELLED => return,
-                        _ if started.elapsed() < SPIN => std::thread::yield_now(),
-                        _ => std::thread::sleep(std::time::Duration::from_millis(1)),
-                    }
+                if !wait_for_go(&theirs.stage, started, SPIN) {
+                    return;
                 }
                 std::mem::forget(guard);
                 finish(&theirs, bpf.and_then(|b| install(&b)));
             });
         match spawned {
-            Ok(_) => Ok(Self { shared, inline: None, enabled }),
+            Ok(t) => Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()) }),
             // No thread to spare: do it inline.
-            Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()), enabled }),
+            Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()), enabled, thread: None }),
         }
     }
 
@@ -116,6 +115,10 @@ impl Installer {
             return;
         }
         let _ = self.shared.stage.compare_exchange(COMPILING, GO, Ordering::AcqRel, Ordering::Acquire);
+        // A system call only if the thread sleeps.
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
     }
 
     /// Wait until the filter is on every thread: when that happened
@@ -150,6 +153,9 @@ impl Drop for Installer {
     /// end without installing anything.
     fn drop(&mut self) {
         let _ = self.shared.stage.compare_exchange(COMPILING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
     }
 }
 
@@ -165,6 +171,21 @@ impl Drop for Unfinished<'_> {
     }
 }
 
+/// Wait until `stage` says `GO` (true) or `CANCELLED` (false): polling
+/// until `spin` has passed since `started`, then asleep until the thread
+/// is unparked (`go` and the cancel do it; an unpark that comes first
+/// makes the sleep return at once).
+fn wait_for_go(stage: &AtomicU8, started: std::time::Instant, spin: std::time::Duration) -> bool {
+    loop {
+        match stage.load(Ordering::Acquire) {
+            GO => return true,
+            CANCELLED => return false,
+            _ if started.elapsed() < spin => std::thread::yield_now(),
+            _ => std::thread::park(),
+        }
+    }
+}
+
 fn install(bpf: &BpfProgram) -> Result<u64, Error> {
     sigsys::catch_forbidden()?;
     seccompiler::apply_filter_all_threads(bpf)
@@ -176,4 +197,29 @@ fn finish(shared: &Shared, r: Result<u64, Error>) {
     *lock(&shared.result) = Some(r.map_err(|e| e.to_string()));
     shared.stage.store(DONE, Ordering::Release);
     shared.done.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A sandbox thread past its polling sleeps and is woken by `go` or
+    /// the cancel, whether the wake-up comes before it sleeps or after.
+    #[test]
+    fn a_sleeping_sandbox_thread_wakes_at_go_and_at_cancel() {
+        for (end, after) in [(GO, true), (CANCELLED, false)] {
+            for late in [false, true] {
+                let stage = Arc::new(AtomicU8::new(COMPILING));
+                let theirs = stage.clone();
+                let waiter = std::thread::spawn(move || wait_for_go(&theirs, Instant::now(), Duration::ZERO));
+                if late {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                stage.store(end, Ordering::Release);
+                waiter.thread().unpark();
+                assert_eq!(waiter.join().unwrap(), after, "stage {end}, woken late: {late}");
+            }
+        }
+    }
 }
