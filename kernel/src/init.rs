@@ -26,13 +26,18 @@ pub(crate) fn run() -> ! {
                     core: smp::current_core,
                     clear_wake: smp::clear_wake,
                     kick: smp::kick,
+                    // On the Torito monitor the other cores start when
+                    // core 0 first waits (`smp::start_secondary_torito`).
+                    start_cores: Some(smp::start_deferred),
                     ..guards
                 },
             ),
             None => (known, guards),
         };
         // Several cores need the local APIC (wake-ups, timers). They are
-        // started now and wait until the process unit is ready.
+        // started now and wait until the process unit is ready (on the
+        // Torito monitor: made ready now, started when core 0 first
+        // waits).
         let cores = if platform.arm.is_some() { crate::boot::start_secondary() } else { 1 };
         let info = crate::boot::info();
         let wall = match crate::boot::kernel_main_tsc() {

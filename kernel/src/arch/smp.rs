@@ -114,17 +114,39 @@ pub fn release() {
     RELEASED.store(true, Ordering::Release);
 }
 
-/// Start cores `1..count` on the Torito monitor (vCPU `i` has local APIC
-/// ID `i`). Returns the number of cores.
+/// Cores the Torito monitor is still to start (0: none, or started).
+static DEFERRED: AtomicU32 = AtomicU32::new(0);
+
+/// Get cores `1..count` ready on the Torito monitor (vCPU `i` has local
+/// APIC ID `i`) and leave their start to [`start_deferred`], which the
+/// process unit calls when the boot core first goes idle or hands a core
+/// work. Returns the number of cores.
+///
+/// Why later: the start is one exit in which the monitor spawns the vCPUs'
+/// threads, and their creation then shares the host's CPUs with the boot
+/// core; on the development host a NIC appliance reached its `main` ~550
+/// µs later with 2 vCPUs than with 1. Started as the app first waits (for
+/// its first connection, say), the cost lands where the boot core has
+/// nothing to do.
 pub fn start_secondary_torito(count: usize) -> usize {
     let count = count.clamp(1, MAX_CORES);
     for core in 1..count {
         prepare(core, core as u32);
     }
     if count > 1 {
-        super::torito::start_cores(count);
+        DEFERRED.store(count as u32, Ordering::SeqCst);
     }
     count
+}
+
+/// Start the cores [`start_secondary_torito`] left for later, once.
+pub fn start_deferred() {
+    if DEFERRED.load(Ordering::Relaxed) != 0 {
+        let count = DEFERRED.swap(0, Ordering::SeqCst);
+        if count > 1 {
+            super::torito::start_cores(count as usize);
+        }
+    }
 }
 
 /// Start the secondary cores whose local APIC IDs are listed (the boot

@@ -108,6 +108,12 @@ pub struct Platform {
     pub unguard: Option<fn(usize, u64)>,
     /// Drop the calling core's translation of a page (`invlpg`).
     pub flush: Option<fn(usize)>,
+    /// Start the secondary cores, if the kernel left that for later (does
+    /// nothing after the first call): called when the boot core first goes
+    /// idle, and before anything is handed to a core not running yet. A
+    /// boot core that gets to its app without waiting for the others'
+    /// start saves that time; they start while the app first waits.
+    pub start_cores: Option<fn()>,
 }
 
 impl Platform {
@@ -122,6 +128,7 @@ impl Platform {
         guard: None,
         unguard: None,
         flush: None,
+        start_cores: None,
     };
 }
 

@@ -443,6 +443,9 @@ impl Scheduler {
             // The device's interrupts go back on first, and what came while
             // they were off counts as a notification.
             self.idle.store(true, Ordering::SeqCst);
+            if let Some(start) = p.start_cores {
+                start();
+            }
             if device.is_some_and(|h| (h.arm)()) {
                 self.notified.store(true, Ordering::SeqCst);
             }
@@ -706,6 +709,12 @@ impl System {
             return;
         }
         t.notified.store(true, Ordering::SeqCst);
+        if !t.online.load(Ordering::SeqCst)
+            && let Some(start) = crate::platform().start_cores
+        {
+            // A core not started yet looks at its work when it starts.
+            start();
+        }
         if t.idle.load(Ordering::SeqCst) {
             (crate::platform().kick)(core);
         }
