@@ -27,7 +27,7 @@ pub(crate) fn run() -> ! {
                     clear_wake: smp::clear_wake,
                     kick: smp::kick,
                     // On the Torito monitor the other cores start when
-                    // core 0 first waits (`smp::start_secondary_torito`).
+                    // first given work (`smp::start_secondary_torito`).
                     start_cores: Some(smp::start_deferred),
                     ..guards
                 },
@@ -36,8 +36,8 @@ pub(crate) fn run() -> ! {
         };
         // Several cores need the local APIC (wake-ups, timers). They are
         // started now and wait until the process unit is ready (on the
-        // Torito monitor: made ready now, started when core 0 first
-        // waits).
+        // Torito monitor: made ready now, started when first given
+        // work).
         let cores = if platform.arm.is_some() { crate::boot::start_secondary() } else { 1 };
         let info = crate::boot::info();
         let wall = match crate::boot::kernel_main_tsc() {

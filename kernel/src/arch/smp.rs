@@ -119,15 +119,15 @@ static DEFERRED: AtomicU32 = AtomicU32::new(0);
 
 /// Get cores `1..count` ready on the Torito monitor (vCPU `i` has local
 /// APIC ID `i`) and leave their start to [`start_deferred`], which the
-/// process unit calls when the boot core first goes idle or hands a core
-/// work. Returns the number of cores.
+/// process unit calls when it first hands one of them work (a thread
+/// spawned there). Returns the number of cores.
 ///
-/// Why later: the start is one exit in which the monitor spawns the vCPUs'
-/// threads, and their creation then shares the host's CPUs with the boot
-/// core; on the development host a NIC appliance reached its `main` ~550
-/// µs later with 2 vCPUs than with 1. Started as the app first waits (for
-/// its first connection, say), the cost lands where the boot core has
-/// nothing to do.
+/// Why on demand: the start is one exit in which the monitor spawns the
+/// vCPUs' threads, and their creation then shares the host's CPUs with
+/// the boot core; on the development host a NIC appliance on 2 vCPUs
+/// reached its `main` ~250 µs later, and answered its first request ~700
+/// µs later, with the start in `init`. The appliances that keep their
+/// threads on core 0 (httpd, kvstore, echo) never pay it.
 pub fn start_secondary_torito(count: usize) -> usize {
     let count = count.clamp(1, MAX_CORES);
     for core in 1..count {

@@ -109,10 +109,9 @@ pub struct Platform {
     /// Drop the calling core's translation of a page (`invlpg`).
     pub flush: Option<fn(usize)>,
     /// Start the secondary cores, if the kernel left that for later (does
-    /// nothing after the first call): called when the boot core first goes
-    /// idle, and before anything is handed to a core not running yet. A
-    /// boot core that gets to its app without waiting for the others'
-    /// start saves that time; they start while the app first waits.
+    /// nothing after the first call): called before anything is handed to
+    /// a core that is not running yet, which takes it as it starts. An app
+    /// that never gives another core work never starts one.
     pub start_cores: Option<fn()>,
 }
 

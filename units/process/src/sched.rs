@@ -443,9 +443,6 @@ impl Scheduler {
             // The device's interrupts go back on first, and what came while
             // they were off counts as a notification.
             self.idle.store(true, Ordering::SeqCst);
-            if let Some(start) = p.start_cores {
-                start();
-            }
             if device.is_some_and(|h| (h.arm)()) {
                 self.notified.store(true, Ordering::SeqCst);
             }
