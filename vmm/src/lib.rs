@@ -137,6 +137,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     std::thread::scope(|s| {
         machine.run(s, &mut vcpu, tl);
         tl.mark(Phase::GuestStopped);
+        // What is freed from here on is left to the process's exit.
+        vstate::heap::stop_freeing();
         // While the other vCPUs take their kick (tens to hundreds of µs
         // here) and the threads end.
         tl.set_guest_trace(boot_info::read_trace(&mem));

@@ -236,16 +236,23 @@ impl Devices {
         self.rewatch = Some(fd);
     }
 
+    /// Wake the I/O thread if virtio device `i` has a host descriptor to
+    /// watch again (a write just made it so: DRIVER_OK, buffers for a
+    /// frame held back), whether the write came alone or in a batch.
+    fn pass_rewatch(&mut self, i: usize) {
+        if self.virtio[i].take_rewatch()
+            && let Some(fd) = &self.rewatch
+        {
+            let _ = fd.write(1);
+        }
+    }
+
     /// A guest store to MMIO address `addr`.
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Action {
         let action = match find(&self.mmio, addr) {
             Some((Owner::Virtio(i), off)) => {
                 let effect = self.virtio[i].write(off, data, mem);
-                if self.virtio[i].take_rewatch()
-                    && let Some(fd) = &self.rewatch
-                {
-                    let _ = fd.write(1);
-                }
+                self.pass_rewatch(i);
                 Some(match effect {
                     Effect::Interrupt => Action::Interrupt(i as u32),
                     Effect::None => Action::Continue,
@@ -295,9 +302,9 @@ impl Devices {
                 break;
             };
             if write {
-                if let Effect::Interrupt = self.virtio[d].write(off, &value.to_le_bytes()[..size], mem)
-                    && matches!(action, Action::Continue)
-                {
+                let effect = self.virtio[d].write(off, &value.to_le_bytes()[..size], mem);
+                self.pass_rewatch(d);
+                if effect == Effect::Interrupt && matches!(action, Action::Continue) {
                     action = Action::Interrupt(d as u32);
                 }
             } else {

@@ -110,6 +110,8 @@ struct Needs {
     /// Disks served by the I/O thread (`,iothread`).
     io_disks: bool,
     vsock: bool,
+    /// NICs: the I/O thread tells their TAP devices the guest's offloads.
+    nics: bool,
     shares: bool,
     /// A share the guest may change.
     writable_share: bool,
@@ -201,6 +203,8 @@ mod ioctls {
     ];
     /// The I/O thread's: interrupts, non-blocking sockets.
     pub const IO: &[u32] = &[KVM_SIGNAL_MSI, FIONBIO];
+    /// With NICs, also the TAP devices' offloads (`net::Net::service_host`).
+    pub const IO_NICS: &[u32] = &[KVM_SIGNAL_MSI, FIONBIO, TUNSETOFFLOAD];
     pub const RAM: &[u32] = &[KVM_SET_USER_MEMORY_REGION];
     pub const GDB: &[u32] = &[FIONBIO];
     pub const TIMER: &[u32] = &[KVM_SIGNAL_MSI];
@@ -371,6 +375,7 @@ impl Sandbox {
             disks: !cfg.disks.is_empty(),
             io_disks: cfg.disks.iter().any(|d| d.iothread),
             vsock: cfg.vsock.is_some(),
+            nics: !cfg.nets.is_empty(),
             shares: !cfg.shares.is_empty(),
             writable_share: cfg.shares.iter().any(|s| !s.readonly),
             gdb: cfg.gdb.is_some(),
@@ -482,7 +487,7 @@ impl Sandbox {
                 }
             }
             Role::Io => {
-                r.one_of(Sysno::ioctl, 1, ioctls::IO);
+                r.one_of(Sysno::ioctl, 1, if n.nics { ioctls::IO_NICS } else { ioctls::IO });
                 if n.io_disks {
                     r.allow(DISK);
                 }
@@ -530,6 +535,7 @@ mod tests {
                 "disk" => cfg.disks.push(crate::config::DiskConfig::parse("d.img").unwrap()),
                 "vsock" => cfg.vsock = Some(crate::config::VsockConfig::parse("cid=3,uds=/tmp/v").unwrap()),
                 "core" => cfg.core = Some("core".into()),
+                "nic" => cfg.nets.push(crate::devices::virtio::net::NetConfig::parse("tap=tap0").unwrap()),
                 "share" => cfg.shares.push(crate::devices::virtio::fs::ShareConfig::parse("/tmp").unwrap()),
                 "share-ro" => {
                     cfg.shares.push(crate::devices::virtio::fs::ShareConfig::parse("/tmp,ro").unwrap())
@@ -592,6 +598,19 @@ mod tests {
         for role in Role::ALL.into_iter().filter(|r| *r != Role::Vcpu) {
             assert_eq!(verdict(&s, role, 7), libc::SECCOMP_RET_TRAP, "{role:?}");
         }
+    }
+
+    /// The I/O thread tells a TAP device the guest's offloads (after
+    /// DRIVER_OK): `TUNSETOFFLOAD` passes its filter with a NIC only.
+    #[test]
+    fn the_io_thread_sets_offloads_only_with_a_nic() {
+        let verdict = |s: &Sandbox| {
+            let p = s.compile(Role::Io).unwrap();
+            let req = u64::from(ioctls::TUNSETOFFLOAD);
+            tree::tests::eval(&p, AUDIT_ARCH_X86_64, Sysno::ioctl.id() as u32, [4, req, 0, 0, 0, 0]).0
+        };
+        assert_eq!(verdict(&sandbox(&[])), libc::SECCOMP_RET_TRAP);
+        assert_eq!(verdict(&sandbox(&["nic"])), libc::SECCOMP_RET_ALLOW);
     }
 
     /// A read-only share's server opens nothing for writing, and nothing

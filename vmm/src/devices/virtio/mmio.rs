@@ -99,7 +99,13 @@ pub struct Queues<'a> {
     usable: bool,
 }
 
-impl Queues<'_> {
+impl<'a> Queues<'a> {
+    /// Every queue of `queues` usable (tests of a backend on its own).
+    #[cfg(test)]
+    pub(crate) fn for_tests(queues: &'a mut [Queue]) -> Self {
+        Self { queues, usable: true }
+    }
+
     /// Queue `index`, if the driver made it ready.
     pub fn get(&mut self, index: usize) -> Option<&mut Queue> {
         if !self.usable {

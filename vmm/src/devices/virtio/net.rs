@@ -124,6 +124,16 @@ pub struct Net {
     /// The TAP device failed for good (its namespace was deleted, say): it
     /// is no longer watched, so the I/O thread does not spin on its error.
     gone: bool,
+    /// The driver is ready (DRIVER_OK): before that the TAP device is not
+    /// watched, since frames could not go anywhere (a TAP device with
+    /// frames queued is ready to read until they are read: the I/O thread
+    /// would spin, and take the devices' lock, while the guest boots).
+    ready: bool,
+    /// Offloads (`TUN_F_*`) the TAP device is still to be told of: set by
+    /// the I/O thread, not in the vCPU's DRIVER_OK exit (the ioctl takes
+    /// 30–80 µs here; until it is done the TAP device hands over frames
+    /// with no offloads, which every guest takes).
+    offloads_pending: Option<u32>,
 }
 
 /// Open the TAP device of `cfg` and make NIC number `index`.
@@ -148,6 +158,8 @@ impl Net {
             rx_frames: 0,
             rewatch: false,
             gone: false,
+            ready: false,
+            offloads_pending: None,
         }
     }
 
@@ -234,6 +246,15 @@ impl Net {
                 _ => return,
             }
         }
+    }
+
+    /// [`Net::deliver`] on a vCPU's exit: a frame held back for want of a
+    /// buffer that went in has the TAP device watched again, now (the I/O
+    /// thread waits without it).
+    fn deliver_on_exit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        let held = self.waiting.is_some();
+        self.deliver(queue, mem);
+        self.rewatch |= held && self.waiting.is_none();
     }
 
     /// Tell the TAP device which offloads it may hand over; a failure is
@@ -350,14 +371,19 @@ impl Backend for Net {
 
     fn notify(&mut self, index: usize, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
         match (index, queues.get(index)) {
-            (0, Some(q)) => {
-                let held = self.waiting.is_some();
-                self.deliver(q, mem);
-                // The frame held back went in: the TAP device is to be
-                // watched again, now (the I/O thread waits without it).
-                self.rewatch |= held && self.waiting.is_none();
+            (0, Some(q)) => self.deliver_on_exit(q, mem),
+            (1, Some(q)) => {
+                self.transmit(q, mem);
+                // What the frames just sent called for may already be
+                // waiting: a peer on this host answers within the `write`
+                // (the kernel's TCP acknowledges a SYN-ACK, a local client
+                // sends its next request), so it goes in now, on the way
+                // back to the guest, instead of after the I/O thread's
+                // wake-up and an interrupt. Nothing there costs one `read`.
+                if let Some(q) = queues.get(0) {
+                    self.deliver_on_exit(q, mem);
+                }
             }
-            (1, Some(q)) => self.transmit(q, mem),
             _ => {}
         }
     }
@@ -369,12 +395,15 @@ impl Backend for Net {
     /// The TAP device, unless a frame already waits for a guest buffer
     /// (then the guest's next notification delivers it).
     fn host_fds(&self, fds: &mut Vec<(RawFd, Want)>) {
-        if self.waiting.is_none() && !self.gone {
+        if self.ready && self.waiting.is_none() && !self.gone {
             fds.push((self.tap.as_raw_fd(), Want::Read));
         }
     }
 
     fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
+        if let Some(flags) = self.offloads_pending.take() {
+            self.set_tap_offloads(flags);
+        }
         if let Some(q) = queues.get(0) {
             self.deliver(q, mem);
         }
@@ -382,10 +411,16 @@ impl Backend for Net {
 
     fn driver_ok(&mut self, features: u64, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
         self.features = features;
-        // Frames the guest could not take (a partial checksum, a 64 KiB
-        // segment) are then never handed over.
-        self.set_tap_offloads(tap_offloads(features));
-        self.service_host(queues, mem);
+        self.ready = true;
+        // The TAP device hands over only offloads the guest accepted (a
+        // partial checksum, a 64 KiB segment); the I/O thread tells it
+        // (`service_host`), woken to watch the device now.
+        let flags = tap_offloads(features);
+        self.offloads_pending = (flags != 0).then_some(flags);
+        self.rewatch = true;
+        if let Some(q) = queues.get(0) {
+            self.deliver(q, mem);
+        }
     }
 
     fn take_rewatch(&mut self) -> bool {
@@ -397,9 +432,12 @@ impl Backend for Net {
     fn reset(&mut self) {
         // The TAP device has none since it was opened unless the guest
         // took some: a driver's first reset (every boot) costs no ioctl.
-        if tap_offloads(std::mem::take(&mut self.features)) != 0 {
+        // (Offloads not yet told are simply not told.)
+        if self.offloads_pending.take().is_none() && tap_offloads(std::mem::take(&mut self.features)) != 0 {
             self.set_tap_offloads(0);
         }
+        self.features = 0;
+        self.ready = false;
         self.waiting = None;
     }
 }
@@ -421,12 +459,40 @@ mod tests {
         let mut n = Net::new(Tap::for_tests(f), [0; 6]);
         let mut fds = Vec::new();
         n.host_fds(&mut fds);
+        assert!(fds.is_empty(), "not watched before the driver is ready");
+        n.ready = true;
+        n.host_fds(&mut fds);
         assert_eq!(fds.len(), 1);
         let e = n.tap.recv(&mut [0u8; 64]).unwrap_err();
         n.tap_failed(&e);
         fds.clear();
         n.host_fds(&mut fds);
         assert!(fds.is_empty());
+    }
+
+    /// The TAP device is watched from DRIVER_OK on (the I/O thread is
+    /// asked to look again), not before; its offloads are told by the I/O
+    /// thread's next service, not in the vCPU's exit; a reset undoes both.
+    #[test]
+    fn the_tap_is_watched_from_driver_ok_and_told_its_offloads_later() {
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut n = Net::new(Tap::for_tests(std::fs::File::from(std::os::fd::OwnedFd::from(a))), [0; 6]);
+        let watched = |n: &Net| {
+            let mut fds = Vec::new();
+            n.host_fds(&mut fds);
+            fds.len()
+        };
+        assert_eq!(watched(&n), 0);
+        n.driver_ok(F_GUEST_CSUM | F_GUEST_TSO4, &mut Queues::for_tests(&mut []), &mem);
+        assert!(n.take_rewatch(), "the I/O thread is told to look again");
+        assert_eq!(watched(&n), 1);
+        assert_eq!(n.offloads_pending, Some(TUN_F_CSUM | TUN_F_TSO4), "not told in the exit");
+        n.service_host(&mut Queues::for_tests(&mut []), &mem);
+        assert_eq!(n.offloads_pending, None, "told by the I/O thread");
+        n.reset();
+        assert_eq!(watched(&n), 0);
     }
 
     /// Chains a guest may post on the transmit queue: a header too short,
@@ -466,6 +532,38 @@ mod tests {
         assert!(net.tx_frames <= 1, "{} frames were sent", net.tx_frames);
         let used: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(q.used_addr().0 + 2)).unwrap();
         assert_eq!(used, 5, "every chain was returned");
+    }
+
+    /// A frame the host sent while the guest was transmitting (a peer on
+    /// this host answers within the `write`) goes into the receive queue
+    /// in the same notification, with no I/O thread involved.
+    #[test]
+    fn a_transmit_notification_delivers_what_waits() {
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        rx.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x10_0000, 2048, 2, 0))], 0).unwrap();
+        tx.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x20_0000, (HDR + 60) as u32, 0, 0))], 0)
+            .unwrap();
+        let mut queues: [Queue; 2] = [rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut net = Net::new(Tap::for_tests(std::fs::File::from(std::os::fd::OwnedFd::from(a))), [0; 6]);
+        // The answer is there before the guest's frame goes out.
+        let answer = [[0u8; HDR].as_slice(), &[0xab; 60]].concat();
+        b.send(&answer).unwrap();
+        net.notify(1, &mut Queues::for_tests(&mut queues), &mem);
+        let mut sent = [0u8; 128];
+        assert_eq!(b.recv(&mut sent).unwrap(), HDR + 60, "the guest's frame went out");
+        assert_eq!((net.tx_frames, net.rx_frames), (1, 1));
+        let used: u16 = vm_memory::Bytes::read_obj(&mem, GuestAddress(rx.used_addr().0 + 2)).unwrap();
+        assert_eq!(used, 1, "the answer is in the receive queue");
+        let mut got = [0u8; 60];
+        vm_memory::Bytes::read_slice(&mem, &mut got, GuestAddress(0x10_0000 + HDR as u64)).unwrap();
+        assert_eq!(got, [0xab; 60]);
+        // Nothing waiting: one read that finds nothing, no frame.
+        net.notify(1, &mut Queues::for_tests(&mut queues), &mem);
+        assert_eq!(net.rx_frames, 1);
     }
 
     /// A 5,000-byte frame goes into three 2,048-byte buffers, the first
