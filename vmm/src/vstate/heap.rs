@@ -64,13 +64,7 @@ unsafe impl GlobalAlloc for Heap {
         if dropped(layout.size()) {
             return;
         }
-        if HOLDING.load(Ordering::Acquire)
-            && BYTES
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    b.checked_add(layout.size()).filter(|&n| n <= HELD_BYTES)
-                })
-                .is_ok()
-        {
+        if HOLDING.load(Ordering::Acquire) && within(&BYTES, layout.size(), HELD_BYTES) {
             let i = CLAIMED.fetch_add(1, Ordering::AcqRel);
             if i < HELD {
                 PTRS[i].store(ptr as usize, Ordering::Relaxed);
@@ -107,12 +101,14 @@ unsafe impl GlobalAlloc for Heap {
 /// Whether a freed block of `size` bytes is left to the process's exit
 /// (closing, within the budget).
 fn dropped(size: usize) -> bool {
-    CLOSING.load(Ordering::Acquire)
-        && DROPPED
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                b.checked_add(size).filter(|&n| n <= CLOSING_BYTES)
-            })
-            .is_ok()
+    CLOSING.load(Ordering::Acquire) && within(&DROPPED, size, CLOSING_BYTES)
+}
+
+/// Count `size` more bytes in `counter` if the total stays within `max`.
+fn within(counter: &AtomicUsize, size: usize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_add(size).filter(|&n| n <= max))
+        .is_ok()
 }
 
 /// The guest has stopped and the monitor winds down: blocks freed from now

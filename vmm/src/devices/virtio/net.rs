@@ -432,8 +432,9 @@ impl Backend for Net {
     fn reset(&mut self) {
         // The TAP device has none since it was opened unless the guest
         // took some: a driver's first reset (every boot) costs no ioctl.
-        // (Offloads not yet told are simply not told.)
-        if self.offloads_pending.take().is_none() && tap_offloads(std::mem::take(&mut self.features)) != 0 {
+        // Offloads not yet told are simply not told.
+        let told = self.offloads_pending.take().is_none();
+        if told && tap_offloads(self.features) != 0 {
             self.set_tap_offloads(0);
         }
         self.features = 0;
