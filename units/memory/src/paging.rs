@@ -21,9 +21,19 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use crate::frame::FrameAllocator;
 
-/// Flags of ordinary data pages: present, writable, user.
-pub const DATA: PageTableFlags =
-    PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE).union(PageTableFlags::USER_ACCESSIBLE);
+/// Flags of ordinary data pages: present, writable, user, and marked
+/// accessed and dirty from the start. Nothing in the kernel reads those two
+/// bits; preset, they are not written at a first touch (by the CPU, or by
+/// KVM on a shadow-paging host, which also maps a faulting page's
+/// neighbours only from entries marked accessed).
+pub const DATA: PageTableFlags = TABLE.union(PageTableFlags::DIRTY);
+
+/// Flags of an entry that points to a table (present, writable, user, so
+/// that CPL3 code can use what it maps; accessed, as [`DATA`]).
+const TABLE: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::USER_ACCESSIBLE)
+    .union(PageTableFlags::ACCESSED);
 
 /// Errors of [`Paging`] operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +87,7 @@ impl Paging {
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
         let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(phys));
         // Intermediate tables inherit USER so CPL3 can use the mapping.
-        let parent = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE;
+        let parent = TABLE;
         // SAFETY: mapping a fresh frame to a page changes no existing
         // mapping (an already mapped page is an error below), so no
         // reference elsewhere is invalidated.
@@ -171,8 +181,7 @@ impl Paging {
         for (i, e) in pt.iter_mut().enumerate() {
             e.set_addr(PhysAddr::new(base + i as u64 * 4096), leaf);
         }
-        let parent =
-            flags & (PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE);
+        let parent = (flags & TABLE) | PageTableFlags::ACCESSED;
         e2.set_frame(frame, parent);
         Ok(())
     }

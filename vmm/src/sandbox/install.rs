@@ -21,6 +21,15 @@
 //! came up to 1 ms late, and with it the guest's first exit.) On a host
 //! that gives the monitor one CPU there is nothing to overlap: the main
 //! thread compiles and installs the filter itself, at `go`.
+//!
+//! Its filter on, the sandbox thread then warms up what the guest touches
+//! first ([`Installer::warm_up`]): the pages of the kernel's image and the
+//! start of its heap are made present and writable in the host
+//! (`vstate::populate`), beside the guest, which is running by then. On a
+//! shadow-paging host each page the guest touches first costs a fault
+//! (4–35 µs), and KVM maps a faulting page's neighbours with it (up to 7)
+//! only where the host's pages are present and writable: an image mapped
+//! from its file is neither until copied.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,6 +45,10 @@ use crate::vstate::{Farewell, sigsys, sys};
 /// woken.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
+/// Bytes warmed up per call: the call holds the address space's lock,
+/// which a vCPU's page fault may be waiting for.
+const WARM_CHUNK: u64 = 64 << 10;
+
 const COMPILING: u8 = 0;
 const GO: u8 = 1;
 const CANCELLED: u8 = 2;
@@ -49,6 +62,8 @@ struct Shared {
     done: Condvar,
     /// The VM's way out, made before the filter that allows it.
     farewell: Mutex<Option<Farewell>>,
+    /// Host ranges `(address, bytes)` to warm up once the filter is on.
+    warm: Mutex<Vec<(u64, u64)>>,
 }
 
 /// The vCPU filter on its way to every thread.
@@ -71,6 +86,7 @@ impl Installer {
             result: Mutex::new(None),
             done: Condvar::new(),
             farewell: Mutex::new(None),
+            warm: Mutex::new(Vec::new()),
         });
         let enabled = sandbox.enabled();
         if !enabled {
@@ -97,12 +113,36 @@ impl Installer {
                     return;
                 }
                 std::mem::forget(guard);
-                finish(&theirs, bpf.and_then(|b| install(&b)));
+                let installed = bpf.and_then(|b| install(&b));
+                let warm = installed.is_ok();
+                finish(&theirs, installed);
+                if warm {
+                    let ranges = std::mem::take(&mut *lock(&theirs.warm));
+                    for (addr, len) in ranges {
+                        let mut at = 0;
+                        while at < len {
+                            let n = WARM_CHUNK.min(len - at);
+                            crate::vstate::populate(addr + at, n);
+                            at += n;
+                        }
+                    }
+                }
             });
         match spawned {
             Ok(t) => Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()) }),
             // No thread to spare: do it inline.
             Err(_) => Ok(Self { shared, inline: Some(sandbox.clone()), enabled, thread: None }),
+        }
+    }
+
+    /// Once the filter is on, make the host ranges `(address, bytes)`
+    /// present and writable, on the sandbox thread while the guest runs
+    /// (see the module's header). Nothing is done where there is no such
+    /// thread (one CPU, or no filters): a CPU the guest needs is not to
+    /// be spent on it.
+    pub fn warm_up(&self, ranges: Vec<(u64, u64)>) {
+        if self.thread.is_some() {
+            *lock(&self.shared.warm) = ranges;
         }
     }
 

@@ -73,6 +73,36 @@ pub fn map_file(mem: &GuestMemoryMmap, gpa: u64, file: &std::fs::File, offset: u
     p == host.cast()
 }
 
+/// Make the `len` bytes of this process's memory at host address `addr`
+/// present and writable now, as a write to each page would
+/// (`MADV_POPULATE_WRITE`, Linux 5.14): fresh pages are zeroed, pages
+/// mapped from a file copied, and no byte changes. Whether the kernel did
+/// it (an older kernel, or a range not mapped, says no and changes
+/// nothing).
+///
+/// For guest RAM this runs while the guest runs: a page the guest already
+/// uses is left as it is, or (a page still shared with the file) replaced
+/// by its copy, which KVM notices (its MMU notifier) and maps anew at the
+/// guest's next touch.
+pub fn populate(addr: u64, len: u64) -> bool {
+    let (Ok(addr), Ok(len)) = (usize::try_from(addr), usize::try_from(len)) else { return false };
+    // SAFETY: MADV_POPULATE_WRITE neither maps nor unmaps anything and
+    // changes no byte that the process can see (it faults pages in, as a
+    // write would, without writing); no reference anywhere is
+    // invalidated. A range that is not mapped, or not writable, is an
+    // error and changes nothing.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) == 0 }
+}
+
+/// The host range `(address, bytes)` of the guest RAM at `gpa`, at most
+/// `len` bytes of it (not beyond its region); `None` outside RAM.
+pub fn host_range(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Option<(u64, u64)> {
+    let region = mem.find_region(GuestAddress(gpa))?;
+    let offset = gpa - region.start_addr().0;
+    let host = region.get_host_address(vm_memory::MemoryRegionAddress(offset)).ok()? as u64;
+    Some((host, len.min(region.len() - offset)))
+}
+
 impl Vm {
     /// Map `ram` bytes of guest RAM and register the first [`BOOT_SLOT`]
     /// bytes with KVM. The rest is returned as [`DeferredRam`], to be
@@ -134,5 +164,50 @@ impl Vm {
                 .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    /// Pages of `len` bytes at `addr` resident in the process (`mincore`).
+    fn resident(addr: u64, len: usize) -> usize {
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `v` has one byte per page of the range, as mincore(2)
+        // writes; the range is mapped (the caller's guest memory).
+        let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, v.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    /// Populating guest RAM makes its pages resident and changes no byte:
+    /// fresh pages read zero, pages mapped from a file read the file (which
+    /// stays as it was, and the guest's pages its own).
+    #[test]
+    fn populated_pages_are_resident_and_unchanged() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let content: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("torito-populate-{}", std::process::id()));
+        std::fs::write(&path, &content).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(map_file(&mem, 0x1_0000, &file, 0, 8192));
+        assert_eq!(resident(host + 0x2_0000, 128 << 10), 0, "nothing touched yet");
+        assert!(populate(host, 256 << 10));
+        assert_eq!(resident(host, 1 << 20), 64);
+        let mut got = vec![0u8; 8192];
+        mem.read_slice(&mut got, GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(got, content);
+        mem.read_slice(&mut got, GuestAddress(0x2_0000)).unwrap();
+        assert!(got.iter().all(|&b| b == 0));
+        mem.write_slice(b"guest", GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), content, "the file is never written");
+        let _ = std::fs::remove_file(&path);
+        assert!(!populate(0, 4096), "an unmapped range is refused");
+        assert_eq!(host_range(&mem, 0x1000, 8192), Some((host + 0x1000, 8192)));
+        assert_eq!(host_range(&mem, 0xf_f000, 8192), Some((host + 0xf_f000, 4096)), "clipped to RAM");
+        assert_eq!(host_range(&mem, 1 << 20, 4096), None);
     }
 }

@@ -12,6 +12,16 @@ use crate::error::Error;
 
 /// Present, writable, user-accessible.
 const PTE_PWU: u64 = 0x7;
+/// Accessed: preset in every entry, dirty too in those that map a page
+/// ([`PTE_PAGE`]). Neither the CPU nor, on a shadow-paging host, KVM then
+/// writes them at a first touch, and KVM's shadow MMU maps a faulting
+/// page's neighbours (its PTE prefetch) only from entries marked accessed.
+const PTE_A: u64 = 0x20;
+const PTE_D: u64 = 0x40;
+/// A table entry (points to the next level).
+const PTE_TABLE: u64 = PTE_PWU | PTE_A;
+/// An entry that maps a page.
+const PTE_PAGE: u64 = PTE_PWU | PTE_A | PTE_D;
 /// Large page (in a page directory).
 const PTE_PS: u64 = 0x80;
 
@@ -24,20 +34,20 @@ const PTE_PS: u64 = 0x80;
 pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
     let gib = mapped_end(ram).div_ceil(1 << 30);
     let mut pml4 = vec![0u64; 512];
-    pml4[0] = PDPT_ADDR | PTE_PWU;
+    pml4[0] = PDPT_ADDR | PTE_TABLE;
     let mut pdpt = vec![0u64; 512];
     let mut tables = Vec::with_capacity(3 + gib as usize);
     for g in 0..gib {
         let pd_addr = PD_BASE_ADDR + g * PAGE_SIZE;
-        pdpt[g as usize] = pd_addr | PTE_PWU;
+        pdpt[g as usize] = pd_addr | PTE_TABLE;
         let pd: Vec<u64> =
-            (0..512u64).map(|i| ((g << 30) + i * LARGE_PAGE_SIZE) | PTE_PWU | PTE_PS).collect();
+            (0..512u64).map(|i| ((g << 30) + i * LARGE_PAGE_SIZE) | PTE_PAGE | PTE_PS).collect();
         tables.push((pd_addr, pd));
     }
-    tables[0].1[0] = PT0_ADDR | PTE_PWU;
+    tables[0].1[0] = PT0_ADDR | PTE_TABLE;
     let absent = |page: u64| page == 0 || guards.contains(&page);
     let pt0: Vec<u64> =
-        (0..512u64).map(|i| if absent(i * PAGE_SIZE) { 0 } else { (i * PAGE_SIZE) | PTE_PWU }).collect();
+        (0..512u64).map(|i| if absent(i * PAGE_SIZE) { 0 } else { (i * PAGE_SIZE) | PTE_PAGE }).collect();
     // Regions beyond the first 2 MiB with guards get a table of their own.
     let end = mapped_end(ram);
     let mut regions: Vec<u64> = guards
@@ -54,10 +64,10 @@ pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
         }
         let pt: Vec<u64> = (0..512u64)
             .map(|i| region + i * PAGE_SIZE)
-            .map(|page| if absent(page) { 0 } else { page | PTE_PWU })
+            .map(|page| if absent(page) { 0 } else { page | PTE_PAGE })
             .collect();
         let (g, i) = ((region >> 30) as usize, ((region >> 21) & 511) as usize);
-        tables[g].1[i] = next_table | PTE_PWU;
+        tables[g].1[i] = next_table | PTE_TABLE;
         tables.push((next_table, pt));
         next_table += PAGE_SIZE;
     }
@@ -130,6 +140,27 @@ mod tests {
         assert_eq!(translate(&t, 0x5f_f008), Some(0x5f_f008));
         assert_eq!(translate(&t, 0x60_0008), Some(0x60_0008), "the next region keeps its 2 MiB page");
         assert!(t.iter().all(|(a, v)| a + v.len() as u64 * 8 <= KERNEL_BASE));
+    }
+
+    /// Every present entry is marked accessed, every entry that maps a
+    /// page dirty too (KVM's shadow MMU prefetches only from accessed
+    /// entries); absent ones stay zero.
+    #[test]
+    fn entries_come_accessed_and_pages_dirty() {
+        let t = page_tables(128 << 20, &[0x15_0000, 0x40_0000]);
+        for (at, table) in &t {
+            for &e in table.iter().filter(|&&e| e != 0) {
+                assert_eq!(e & PTE_A, PTE_A, "{e:#x} in the table at {at:#x}");
+                // PML4 and PDPT entries point to tables; a page directory's
+                // to a table or (PS) a 2 MiB page; the 4 KiB tables' to pages.
+                let maps_a_page = match *at {
+                    PML4_ADDR | PDPT_ADDR => false,
+                    a if (PD_BASE_ADDR..PD_BASE_ADDR + 4 * PAGE_SIZE).contains(&a) => e & PTE_PS != 0,
+                    _ => true,
+                };
+                assert_eq!(e & PTE_D != 0, maps_a_page, "{e:#x} in the table at {at:#x}");
+            }
+        }
     }
 
     #[test]
