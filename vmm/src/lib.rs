@@ -84,8 +84,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
     loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
     paging::write_page_tables(&mem, cfg.mem, &loader::stack_guards(&mem, &elf.note))?;
-    // Made present in the host beside the guest once it runs: each page it
-    // touches first then costs one fault in eight (sandbox::install).
+    // Made present in the host beside the guest once it runs: KVM then maps
+    // up to eight of these pages per guest fault (sandbox::install).
     let warm =
         loader::warm_ranges(&elf).into_iter().filter_map(|(gpa, len)| vstate::host_range(&mem, gpa, len));
     installer.warm_up(warm.collect());

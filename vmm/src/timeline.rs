@@ -96,7 +96,8 @@ pub struct Timeline {
     /// Returns from `KVM_RUN` to the monitor.
     pub runs: u64,
     /// Guest RAM resident in the monitor when the guest stopped (KiB):
-    /// what the guest touched plus what the monitor wrote.
+    /// what the guest touched, what the monitor wrote, and what the
+    /// sandbox thread warmed up (`loader::warm_ranges`).
     pub guest_touched_kib: Option<u64>,
     /// The monitor's peak resident memory (KiB, `VmHWM`).
     pub peak_rss_kib: Option<u64>,
@@ -203,7 +204,7 @@ impl Timeline {
         }
         let _ = write!(s, "  vCPUs: {}; returns from KVM_RUN (vCPU 0): {}", self.vcpus_started, self.runs);
         if let Some(k) = self.guest_touched_kib {
-            let _ = write!(s, "; guest RAM touched: {k} KiB");
+            let _ = write!(s, "; guest RAM resident: {k} KiB");
         }
         if let Some(k) = self.peak_rss_kib {
             let _ = write!(s, "; monitor peak RSS: {k} KiB");

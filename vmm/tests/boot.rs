@@ -238,6 +238,28 @@ fn timeout_stops_a_spinning_guest() {
     assert!(t.elapsed().as_secs() < 20);
 }
 
+/// Once the guest runs, the sandbox thread makes the image and the first
+/// MiB of heap present in the host (`loader::warm_ranges`); without
+/// filters there is no such thread and the guest's RAM is what it touched.
+#[test]
+fn the_image_and_the_heap_start_are_warmed_up_beside_the_guest() {
+    if !kvm() {
+        return;
+    }
+    let spin = guest("spin");
+    let resident = |extra: &[&str]| {
+        let mut args = vec!["--timeout", "1", "--timeline=json"];
+        args.extend_from_slice(extra);
+        let r = run(&args, &spin, &[]);
+        assert_eq!(r.code, 124, "{}", r.stderr);
+        json_u64(&r.stderr, "guest_touched_kib")
+            .unwrap_or_else(|| panic!("no guest_touched_kib: {}", r.stderr))
+    };
+    let (warm, cold) = (resident(&[]), resident(&["--no-seccomp"]));
+    assert!(warm >= 1024, "{warm} KiB resident with the warm-up");
+    assert!(cold < 512, "{cold} KiB resident without it");
+}
+
 /// The VM outlives the monitor only briefly: it is destroyed by the
 /// kernel after the process has exited (`vstate::Farewell`), with the
 /// filters on, without them, and after a SIGKILL. KVM names each VM in
