@@ -177,7 +177,12 @@ macro_rules! __torito_files {
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         extern "Rust" fn __torito_app_files() -> &'static [u8] {
-            include_bytes!(concat!(env!("OUT_DIR"), "/torito-files.cpio"))
+            // In a segment of their own (`linker/torito.ld`), after the
+            // code and data: the monitor warms up the image, not these.
+            #[cfg_attr(target_os = "none", unsafe(link_section = ".torito_files"))]
+            static FILES: [u8; include_bytes!(concat!(env!("OUT_DIR"), "/torito-files.cpio")).len()] =
+                *include_bytes!(concat!(env!("OUT_DIR"), "/torito-files.cpio"));
+            &FILES
         }
     };
 }

@@ -25,6 +25,7 @@ use zerocopy::FromBytes;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const PF_X: u32 = 1;
+const PF_W: u32 = 2;
 const EM_X86_64: u16 = 62;
 const ET_EXEC: u16 = 2;
 
@@ -41,6 +42,9 @@ pub struct Segment {
     pub offset: u64,
     /// Whether it is executable.
     pub exec: bool,
+    /// Whether it is writable (neither this nor `exec`: read-only data,
+    /// such as the app's baked-in files).
+    pub writable: bool,
 }
 
 /// What [`inspect`] found.
@@ -170,7 +174,14 @@ pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
                          give the guest more memory with --mem"
                     ));
                 }
-                segments.push(Segment { paddr, memsz, file_size: filesz, offset, exec: flags & PF_X != 0 });
+                segments.push(Segment {
+                    paddr,
+                    memsz,
+                    file_size: filesz,
+                    offset,
+                    exec: flags & PF_X != 0,
+                    writable: flags & PF_W != 0,
+                });
             }
             PT_NOTE if filesz <= 1 << 20 => {
                 let data = file.read(offset, filesz as usize).ok_or("cannot read a note segment")?;
@@ -273,9 +284,8 @@ fn find_note(data: &[u8]) -> Option<KernelNote> {
 pub const MAP_MIN: u64 = 64 << 10;
 const PAGE: u64 = 4096;
 
-/// How much of the image [`warm_ranges`] names: code comes first in it
-/// (httpd's code, data and `.bss` take 1.1 MiB); the rest, baked-in files
-/// among it, is read from the file as the guest needs it, not copied.
+/// How much of the image's code and data [`warm_ranges`] names (httpd's
+/// take 1.1 MiB with `.bss`, code first).
 pub const WARM_IMAGE: u64 = 1 << 20;
 /// How much of the heap [`warm_ranges`] names: a NIC appliance's cold start
 /// (httpd under a client retrying every 100 µs) used ~1.2 MiB of it.
@@ -283,16 +293,30 @@ pub const WARM_HEAP: u64 = 1 << 20;
 
 /// The guest memory a start touches first, `(address, bytes)`, for the
 /// monitor to make present once the guest runs (`Installer::warm_up`):
-/// the image (its first [`WARM_IMAGE`] bytes, from its lowest page) and
-/// the [`WARM_HEAP`] bytes right after it, where the kernel's heap starts.
+/// the image's code and data (its executable and writable segments, in
+/// order, [`WARM_IMAGE`] bytes at most; not the read-only segment of
+/// baked-in files, read from the file as the guest needs them) and the
+/// [`WARM_HEAP`] bytes after the image, where the kernel's heap starts.
 /// Ranges may reach beyond RAM; the caller clips them.
 pub fn warm_ranges(info: &ElfInfo) -> Vec<(u64, u64)> {
-    let start = info.segments.iter().map(|s| s.paddr).min();
-    let end = info.segments.iter().map(|s| s.paddr.saturating_add(s.memsz)).max();
-    let (Some(start), Some(end)) = (start, end) else { return Vec::new() };
-    let start = start / PAGE * PAGE;
-    let end = end.div_ceil(PAGE).saturating_mul(PAGE);
-    vec![(start, (end - start).min(WARM_IMAGE)), (end, WARM_HEAP)]
+    let Some(end) = info.segments.iter().map(|s| s.paddr.saturating_add(s.memsz)).max() else {
+        return Vec::new();
+    };
+    let mut code_and_data: Vec<&Segment> = info.segments.iter().filter(|s| s.exec || s.writable).collect();
+    code_and_data.sort_by_key(|s| s.paddr);
+    let mut left = WARM_IMAGE;
+    let mut ranges = Vec::new();
+    for s in code_and_data {
+        let start = s.paddr / PAGE * PAGE;
+        let stop = s.paddr.saturating_add(s.memsz).div_ceil(PAGE).saturating_mul(PAGE);
+        let len = stop.saturating_sub(start).min(left);
+        if len > 0 {
+            ranges.push((start, len));
+            left -= len;
+        }
+    }
+    ranges.push((end.div_ceil(PAGE).saturating_mul(PAGE), WARM_HEAP));
+    ranges
 }
 
 /// Put the segments of a checked image into guest memory, straight from
@@ -345,19 +369,36 @@ pub(crate) mod tests {
     use super::*;
     use zerocopy::IntoBytes;
 
-    /// The image from its lowest page, at most `WARM_IMAGE` of it, then
-    /// the heap's start after its highest byte (`.bss` included).
+    /// The code and data from their lowest page, at most `WARM_IMAGE` in
+    /// all, not the baked-in files' read-only segment, then the heap's
+    /// start after the image's highest byte (`.bss` included).
     #[test]
     fn the_image_and_the_heap_start_are_warmed() {
-        let seg = |paddr, memsz| Segment { paddr, memsz, file_size: 0, offset: 0, exec: false };
+        let seg =
+            |paddr, memsz, exec, writable| Segment { paddr, memsz, file_size: 0, offset: 0, exec, writable };
         let info = |segments| ElfInfo { note: KernelNote::default(), segments };
         assert!(warm_ranges(&info(vec![])).is_empty());
-        let httpd = info(vec![seg(0x10_0000, 0x9_99ab), seg(0x19_a000, 0x8_3000)]);
-        assert_eq!(warm_ranges(&httpd), vec![(0x10_0000, WARM_IMAGE), (0x21_d000, WARM_HEAP)]);
-        let small = info(vec![seg(0x10_0000, 0x1_2345)]);
-        assert_eq!(warm_ranges(&small), vec![(0x10_0000, 0x1_3000), (0x11_3000, WARM_HEAP)]);
-        let files = info(vec![seg(0x10_0800, 8 << 20)]);
-        assert_eq!(warm_ranges(&files), vec![(0x10_0000, WARM_IMAGE), (0x90_1000, WARM_HEAP)]);
+        // httpd: code and data, its 860-byte site, page tables and .bss.
+        let httpd = info(vec![
+            seg(0x10_0000, 0x9_96ab, true, true),
+            seg(0x19_96b0, 0x35c, false, false),
+            seg(0x19_a000, 0x8_3000, false, true),
+        ]);
+        let rest = WARM_IMAGE - 0x9_a000;
+        assert_eq!(
+            warm_ranges(&httpd),
+            vec![(0x10_0000, 0x9_a000), (0x19_a000, rest), (0x21_d000, WARM_HEAP)]
+        );
+        // 4 MiB of baked-in files: skipped; the heap after them.
+        let files = info(vec![
+            seg(0x10_0000, 0x7_abab, true, true),
+            seg(0x17_abb0, 0x40_00f0, false, false),
+            seg(0x57_b000, 0x8_3000, false, true),
+        ]);
+        assert_eq!(
+            warm_ranges(&files),
+            vec![(0x10_0000, 0x7_b000), (0x57_b000, 0x8_3000), (0x5f_e000, WARM_HEAP)]
+        );
     }
 
     /// A minimal valid Torito ELF: one executable segment at 1 MiB and the note.
@@ -422,7 +463,14 @@ pub(crate) mod tests {
         assert_eq!(info.note.entry, 0x10_0000);
         assert_eq!(
             info.segments,
-            [Segment { paddr: 0x10_0000, memsz: 0x4000, file_size: 0x1000, offset: 0x1000, exec: true }]
+            [Segment {
+                paddr: 0x10_0000,
+                memsz: 0x4000,
+                file_size: 0x1000,
+                offset: 0x1000,
+                exec: true,
+                writable: true
+            }]
         );
     }
 
@@ -455,7 +503,14 @@ pub(crate) mod tests {
         let path = std::env::temp_dir().join(format!("torito-loader-map-{}", std::process::id()));
         std::fs::write(&path, &f).unwrap();
         // Offset 0x2800 at address 0x20_0800: agree modulo the page.
-        let seg = Segment { paddr: 0x20_0800, memsz: size, file_size: size, offset: 0x2800, exec: false };
+        let seg = Segment {
+            paddr: 0x20_0800,
+            memsz: size,
+            file_size: size,
+            offset: 0x2800,
+            exec: false,
+            writable: false,
+        };
         let info = ElfInfo { note: KernelNote::default(), segments: vec![seg] };
         let mut offered = Vec::new();
         let file = std::fs::File::open(&path).unwrap();
@@ -472,7 +527,14 @@ pub(crate) mod tests {
         mem.write_slice(b"guest", GuestAddress(0x20_1000)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), f, "the file is never written");
         // A segment whose offset and address disagree is copied whole.
-        let odd = Segment { paddr: 0x40_0800, memsz: size, file_size: size, offset: 0x2000, exec: false };
+        let odd = Segment {
+            paddr: 0x40_0800,
+            memsz: size,
+            file_size: size,
+            offset: 0x2000,
+            exec: false,
+            writable: false,
+        };
         offered.clear();
         let info = ElfInfo { note: KernelNote::default(), segments: vec![odd] };
         let mut map = |gpa, offset, len| {
