@@ -77,27 +77,33 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     // registration, was measured: no gain, KVM serialises the two.)
     let (mem, deferred) = vm.add_memory(cfg.mem)?;
     tl.mark(Phase::MemoryReady);
+    // The vCPU's creation maps its run structure, which would wait for the
+    // image's warm-up below (each step of it holds the address space's lock
+    // for reading): done first.
+    let lapic = vm.enable_lapic()?;
+    let vcpu = vm.open_vcpu(0)?;
 
     // Large segments (baked-in files) are mapped from the file, not copied.
     let file = image.try_clone().ok();
     let mut map =
         |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
     loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    paging::write_page_tables(&mem, cfg.mem, &loader::stack_guards(&mem, &elf.note))?;
-    // Made present in the host beside the guest once it runs: KVM then maps
-    // up to eight of these pages per guest fault (sandbox::install).
+    let guards = loader::stack_guards(&mem, &elf.note);
+    paging::write_page_tables(&mem, cfg.mem, &guards, loader::heap_start(&elf))?;
+    // Made present in the host from now on, beside the rest of the set-up
+    // and then the guest: KVM maps up to eight of these pages per guest
+    // fault (sandbox::install).
     let warm =
         loader::warm_ranges(&elf).into_iter().filter_map(|(gpa, len)| vstate::host_range(&mem, gpa, len));
     installer.warm_up(warm.collect());
     tl.mark(Phase::ElfLoaded);
 
-    let lapic = vm.enable_lapic()?;
     if std::env::var_os("TORITO_DEBUG_IOEVENTFD").is_some() {
         vm.debug_ioeventfd()?;
     }
     // `,iothread` disks: QueueNotify through an ioeventfd (docs/design.md).
     devices.connect_notifiers(|addr| vm.notify_eventfd(addr))?;
-    let mut vcpu = vm.create_vcpu(0, lapic)?;
+    let mut vcpu = vcpu.configure(lapic)?;
     let tsc_khz = vcpu.tsc_khz();
     // Without a LAPIC the kernel cannot wake or time other cores.
     let cpus = if lapic { cfg.cpus } else { 1 };

@@ -299,7 +299,7 @@ pub const WARM_HEAP: u64 = 1 << 20;
 /// [`WARM_HEAP`] bytes after the image, where the kernel's heap starts.
 /// Ranges may reach beyond RAM; the caller clips them.
 pub fn warm_ranges(info: &ElfInfo) -> Vec<(u64, u64)> {
-    let Some(end) = info.segments.iter().map(|s| s.paddr.saturating_add(s.memsz)).max() else {
+    let Some(end) = image_end(info) else {
         return Vec::new();
     };
     let mut code_and_data: Vec<&Segment> = info.segments.iter().filter(|s| s.exec || s.writable).collect();
@@ -317,6 +317,25 @@ pub fn warm_ranges(info: &ElfInfo) -> Vec<(u64, u64)> {
     }
     ranges.push((end.div_ceil(PAGE).saturating_mul(PAGE), WARM_HEAP));
     ranges
+}
+
+/// How much of the heap [`heap_start`] names: the first thread stacks of
+/// an appliance (64 KiB each by default) with room to spare.
+pub const SMALL_PAGE_HEAP: u64 = 4 << 20;
+
+/// Where the kernel's heap starts (right after the image), [`SMALL_PAGE_HEAP`]
+/// bytes of it: mapped with 4 KiB pages from the start
+/// (`paging::page_tables`). Empty for an image without segments.
+pub fn heap_start(info: &ElfInfo) -> std::ops::Range<u64> {
+    image_end(info).map_or(0..0, |end| {
+        let start = end.div_ceil(PAGE).saturating_mul(PAGE);
+        start..start.saturating_add(SMALL_PAGE_HEAP)
+    })
+}
+
+/// The end of the image's highest segment in memory.
+fn image_end(info: &ElfInfo) -> Option<u64> {
+    info.segments.iter().map(|s| s.paddr.saturating_add(s.memsz)).max()
 }
 
 /// Put the segments of a checked image into guest memory, straight from
@@ -399,6 +418,17 @@ pub(crate) mod tests {
             warm_ranges(&files),
             vec![(0x10_0000, 0x7_b000), (0x57_b000, 0x8_3000), (0x5f_e000, WARM_HEAP)]
         );
+    }
+
+    /// The heap starts at the page after the image's highest byte.
+    #[test]
+    fn the_heap_starts_after_the_image() {
+        let seg =
+            |paddr, memsz| Segment { paddr, memsz, file_size: 0, offset: 0, exec: true, writable: true };
+        let info = |segments| ElfInfo { note: KernelNote::default(), segments };
+        assert_eq!(heap_start(&info(vec![])), 0..0);
+        let httpd = info(vec![seg(0x10_0000, 0x9_96ab), seg(0x19_a000, 0x8_2f01)]);
+        assert_eq!(heap_start(&httpd), 0x21_d000..0x21_d000 + SMALL_PAGE_HEAP);
     }
 
     /// A minimal valid Torito ELF: one executable segment at 1 MiB and the note.

@@ -140,10 +140,30 @@ impl Vm {
 
     /// Create vCPU `id` (local APIC ID `id`) with the minimal CPUID table.
     pub fn create_vcpu(&self, id: u32, lapic: bool) -> Result<Vcpu, Error> {
+        self.open_vcpu(id)?.configure(lapic)
+    }
+
+    /// The first half of [`Vm::create_vcpu`]: the vCPU and its shared run
+    /// structure (a mapping: the one step that takes the address space's
+    /// lock for writing), its CPUID still to give ([`NewVcpu::configure`]).
+    pub fn open_vcpu(&self, id: u32) -> Result<NewVcpu, Error> {
         let fd = self.fd.create_vcpu(u64::from(id)).map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        let cpuid = crate::arch::cpuid::table(host_cpuid, lapic, id as u8);
-        fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
-        Ok(Vcpu::new(fd, id))
+        Ok(NewVcpu { fd, id })
+    }
+}
+
+/// A vCPU without its CPUID yet ([`Vm::open_vcpu`]).
+pub struct NewVcpu {
+    fd: kvm_ioctls::VcpuFd,
+    id: u32,
+}
+
+impl NewVcpu {
+    /// Give the vCPU its CPUID (with a local APIC or not): ready to run.
+    pub fn configure(self, lapic: bool) -> Result<Vcpu, Error> {
+        let cpuid = crate::arch::cpuid::table(host_cpuid, lapic, self.id as u8);
+        self.fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+        Ok(Vcpu::new(self.fd, self.id))
     }
 }
 

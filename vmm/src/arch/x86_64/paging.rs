@@ -2,9 +2,11 @@
 //! guest's RAM (and the 4 GiB below it), all pages user-accessible, since
 //! the kernel runs at CPL3. The kernel keeps them; it maps more itself.
 
+use std::ops::Range;
 use torito_abi::layout::{
     KERNEL_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR, PT0_ADDR, mapped_end,
 };
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
@@ -27,11 +29,20 @@ const PTE_PS: u64 = 0x80;
 
 /// The page tables for `ram` bytes: an identity map of
 /// `[0, mapped_end(ram))`, 2 MiB pages except the first 2 MiB (4 KiB pages
-/// with page 0 absent) and the 2 MiB regions that hold the kernel's stack
-/// guard pages `guards` (4 KiB pages, the guards absent: tables placed
-/// after the page directories, while there is room below the kernel).
-/// Returns `(guest address, table)` pairs.
-pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
+/// with page 0 absent), the 2 MiB regions that hold the kernel's stack
+/// guard pages `guards` (4 KiB pages, the guards absent) and those that
+/// overlap `small` (4 KiB pages): their tables placed after the page
+/// directories, while there is room below the kernel. Returns `(guest
+/// address, table)` pairs.
+///
+/// `small` is where the kernel's heap starts, and with it its first thread
+/// stacks, each with a guard page the kernel unmaps. In a 2 MiB page that
+/// means splitting it: rewriting a page-directory entry, after which a
+/// shadow-paging host (KVM's shadow MMU under PVM) drops the guest's
+/// mappings well beyond that region and the guest faults them back in
+/// one by one (~14 more faults, ~0.5 ms, in httpd's start on an Intel
+/// host). A guard page in a 4 KiB table costs one entry's write.
+pub fn page_tables(ram: u64, guards: &[u64], small: Range<u64>) -> Vec<(u64, Vec<u64>)> {
     let gib = mapped_end(ram).div_ceil(1 << 30);
     let mut pml4 = vec![0u64; 512];
     pml4[0] = PDPT_ADDR | PTE_TABLE;
@@ -50,9 +61,13 @@ pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
         (0..512u64).map(|i| if absent(i * PAGE_SIZE) { 0 } else { (i * PAGE_SIZE) | PTE_PAGE }).collect();
     // Regions beyond the first 2 MiB with guards get a table of their own.
     let end = mapped_end(ram);
+    let first_small = small.start & !(LARGE_PAGE_SIZE - 1);
+    // (Not beyond RAM: no heap there.)
+    let small_regions = (first_small..small.end.min(ram)).step_by(LARGE_PAGE_SIZE as usize);
     let mut regions: Vec<u64> = guards
         .iter()
         .map(|g| g & !(LARGE_PAGE_SIZE - 1))
+        .chain(small_regions)
         .filter(|&r| r >= LARGE_PAGE_SIZE && r < end)
         .collect();
     regions.sort_unstable();
@@ -78,8 +93,13 @@ pub fn page_tables(ram: u64, guards: &[u64]) -> Vec<(u64, Vec<u64>)> {
 }
 
 /// Write [`page_tables`] into guest memory.
-pub fn write_page_tables(mem: &GuestMemoryMmap, ram: u64, guards: &[u64]) -> Result<(), Error> {
-    for (addr, table) in page_tables(ram, guards) {
+pub fn write_page_tables(
+    mem: &GuestMemoryMmap,
+    ram: u64,
+    guards: &[u64],
+    small: Range<u64>,
+) -> Result<(), Error> {
+    for (addr, table) in page_tables(ram, guards, small) {
         mem.write_slice(table.as_bytes(), GuestAddress(addr))
             .map_err(|e| Error::GuestWrite(e.to_string()))?;
     }
@@ -118,7 +138,7 @@ mod tests {
 
     #[test]
     fn identity_map_with_a_null_guard() {
-        let t = page_tables(128 << 20, &[]);
+        let t = page_tables(128 << 20, &[], 0..0);
         assert_eq!(translate(&t, 0), None);
         assert_eq!(translate(&t, 0xfff), None);
         for va in [0x1000, 0x10_0123, 0x20_0000, 0x7ff_ffff, 0xc000_0008, 0xffff_f000] {
@@ -129,7 +149,7 @@ mod tests {
 
     #[test]
     fn stack_guards_in_the_first_2mib_stay_unmapped() {
-        let t = page_tables(128 << 20, &[0x15_0000, 0x16_3000, 0x40_0000]);
+        let t = page_tables(128 << 20, &[0x15_0000, 0x16_3000, 0x40_0000], 0..0);
         assert_eq!(translate(&t, 0x15_0008), None);
         assert_eq!(translate(&t, 0x16_3ff8), None);
         assert_eq!(translate(&t, 0x14_fff8), Some(0x14_fff8));
@@ -147,7 +167,7 @@ mod tests {
     /// entries); absent ones stay zero.
     #[test]
     fn entries_come_accessed_and_pages_dirty() {
-        let t = page_tables(128 << 20, &[0x15_0000, 0x40_0000]);
+        let t = page_tables(128 << 20, &[0x15_0000, 0x40_0000], 0x21_d000..0x61_d000);
         for (at, table) in &t {
             for &e in table.iter().filter(|&&e| e != 0) {
                 assert_eq!(e & PTE_A, PTE_A, "{e:#x} in the table at {at:#x}");
@@ -163,9 +183,28 @@ mod tests {
         }
     }
 
+    /// Where the heap starts, 4 KiB pages from the start: a guard page
+    /// there needs no 2 MiB page split.
+    #[test]
+    fn the_heap_start_is_mapped_with_4kib_pages() {
+        let t = page_tables(128 << 20, &[], 0x21_d000..0x61_d000);
+        let pd = |va: u64| entry(&t, PD_BASE_ADDR, ((va >> 21) & 511) as usize);
+        for region in [0x20_0000, 0x40_0000, 0x60_0000] {
+            assert_eq!(pd(region) & PTE_PS, 0, "{region:#x}: a table, not a 2 MiB page");
+            for va in [region, region + 0x1_2345, region + LARGE_PAGE_SIZE - 8] {
+                assert_eq!(translate(&t, va), Some(va), "{va:#x}");
+            }
+        }
+        assert_eq!(pd(0x80_0000) & PTE_PS, PTE_PS, "beyond: a 2 MiB page");
+        // Beyond RAM, nothing to split.
+        let small = page_tables(4 << 20, &[], 0x21_d000..0x61_d000);
+        assert_eq!(small.len(), page_tables(4 << 20, &[], 0x21_d000..0x40_0000).len());
+        assert!(t.iter().all(|(a, v)| a + v.len() as u64 * 8 <= KERNEL_BASE));
+    }
+
     #[test]
     fn large_guests_map_ram_above_4g() {
-        let t = page_tables(4 << 30, &[]);
+        let t = page_tables(4 << 30, &[], 0..0);
         assert_eq!(translate(&t, (5 << 30) - 8), Some((5 << 30) - 8));
         assert_eq!(translate(&t, 5 << 30), None);
         // Every table fits below the kernel.
