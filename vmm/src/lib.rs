@@ -169,6 +169,11 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     tl.vcpus_started = machine.started();
     let registers = machine.registers();
     let farewell = machine.take_farewell();
+    // The TAP devices' last close (an RCU grace period, 0.3–0.4 ms here)
+    // comes after the monitor's exit too; the devices close theirs now.
+    if let Some(f) = &farewell {
+        f.send(&machine.slow_to_close());
+    }
     let outcome = machine.into_outcome()?;
     if let (Some(path), Some(signal)) = (&cfg.core, outcome.core_signal()) {
         let name = cfg.kernel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

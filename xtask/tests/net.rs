@@ -768,6 +768,32 @@ fn a_monitor_that_joined_the_namespace_with_setns_finds_its_tap() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from Torito!"));
 }
 
+/// A monitor leaves the last close of its TAP device to the kernel, after
+/// its exit (the close waits for an RCU grace period): the next monitor
+/// on the same device, started at once, still gets it (waiting briefly if
+/// the kernel has not closed it yet); one started while another uses the
+/// device is refused, with the reason.
+#[test]
+fn the_tap_is_free_again_right_after_a_monitor_exits() {
+    let Some(ns) = Netns::or_skip("tapagain", &["ip"]) else { return };
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let hello = guest("hello", false);
+    for round in 0..5 {
+        let out =
+            ns.exec(&monitor.to_string_lossy()).args(["--net", "tap=tap0"]).arg(&hello).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from Torito!"), "round {round}");
+    }
+    let running = start_echo_on_torito_for(&ns, &["torito.ip=10.0.2.15/24", "port=7"], 30);
+    assert!(ns.wait_for_ping(), "the appliance answers");
+    let out = ns.exec(&monitor.to_string_lossy()).args(["--net", "tap=tap0"]).arg(&hello).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "a TAP device in use is refused: {err}");
+    assert!(err.contains("cannot attach to TAP device 'tap0'") && err.contains("in use"), "{err}");
+    running.kill();
+}
+
 /// The TAP device deleted under a running appliance: the monitor says so
 /// in one line and stops watching it (it used to wake on the device's
 /// error for ever, a core at 100%); the guest runs on.

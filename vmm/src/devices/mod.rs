@@ -381,6 +381,16 @@ impl Devices {
         failed
     }
 
+    /// Descriptors of the devices whose last close is slow
+    /// ([`virtio::mmio::Backend::slow_to_close`]).
+    pub fn slow_to_close(&self) -> Vec<RawFd> {
+        let mut fds = Vec::new();
+        for dev in &self.virtio {
+            dev.slow_to_close(&mut fds);
+        }
+        fds
+    }
+
     /// Whether any device has host-side I/O (a thread must watch it).
     pub fn has_host_io(&self) -> bool {
         self.virtio.iter().any(|d| d.backend().has_host_io())

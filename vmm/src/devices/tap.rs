@@ -25,6 +25,25 @@ pub const TUN_F_TSO4: u32 = 0x02;
 /// `TUNSETOFFLOAD` flag: TCP/IPv6 segments of up to 64 KiB.
 pub const TUN_F_TSO6: u32 = 0x04;
 
+/// How long a TAP device in use is waited for: a monitor that has just
+/// exited leaves its last close of the device to the kernel
+/// (`vstate::Farewell`), which does it within a few milliseconds.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `TUNSETIFF` on `file`, again every millisecond while the device is in
+/// use (`EBUSY`), for at most [`BUSY_WAIT`].
+fn attach(file: &File, name: &str) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match tun_set_iff(file, name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < BUSY_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// An open TAP device, non-blocking, frames after a `virtio_net_hdr` and
 /// without a packet-info header.
 #[derive(Debug)]
@@ -54,7 +73,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
-        tun_set_iff(&file, name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).map_err(|e| {
+        attach(&file, name).map_err(|e| {
             format!("cannot attach to TAP device '{name}': {e} (is it a TAP device, owned by this user, not in use?)")
         })?;
         // Both stay set on the device after it is closed: whatever the last

@@ -213,6 +213,12 @@ impl<'a> Machine<'a> {
         self.installer.take_farewell()
     }
 
+    /// Descriptors of the devices whose last close is slow, for the VM's
+    /// way out (`vstate::Farewell::send`).
+    pub fn slow_to_close(&self) -> Vec<std::os::fd::RawFd> {
+        lock(&self.devices).slow_to_close()
+    }
+
     /// How the guest stopped (after every vCPU thread has been joined).
     pub fn into_outcome(self) -> Result<Outcome, Error> {
         let r = self.result.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -53,6 +53,13 @@ impl Farewell {
     pub fn fd(&self) -> RawFd {
         self.a.as_raw_fd()
     }
+
+    /// Put references to `fds` into the queue, so that closing them here
+    /// is not their last close: that comes once the monitor has gone.
+    /// Whether they went.
+    pub fn send(&self, fds: &[RawFd]) -> bool {
+        fds.is_empty() || self.a.send_with_fds(&[&[0u8][..]], fds).is_ok()
+    }
 }
 
 fn eventfd() -> Result<EventFd, Error> {
@@ -120,11 +127,12 @@ impl Vm {
     /// sent along so that their last reference is not this process's
     /// either. Call it last.
     pub fn destroy_in_background(self, farewell: Option<Farewell>, vcpus: &[RawFd]) {
-        let Some(Farewell { a, b }) = farewell else { return };
+        let Some(farewell) = farewell else { return };
         let fds: Vec<RawFd> = std::iter::once(self.fd.as_raw_fd()).chain(vcpus.iter().copied()).collect();
-        if a.send_with_fds(&[&[0u8][..]], &fds).is_err() {
+        if !farewell.send(&fds) {
             return;
         }
+        let Farewell { a, b } = farewell;
         // Our references first, the sending end last: closing it is what
         // starts the collector, which must then find no reference left
         // outside the queue.

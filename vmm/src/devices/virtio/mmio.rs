@@ -90,6 +90,10 @@ pub trait Backend: Send {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// Descriptors whose last close is slow (a TAP device's waits for an
+    /// RCU grace period): the monitor hands them to the kernel to close
+    /// after it has exited (`vstate::Farewell`).
+    fn slow_to_close(&self, _fds: &mut Vec<RawFd>) {}
 }
 
 /// A device's queues as its backend sees them: only those the driver made
@@ -170,6 +174,11 @@ impl MmioDevice {
     /// [`Backend::flush`].
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.backend.flush()
+    }
+
+    /// [`Backend::slow_to_close`].
+    pub fn slow_to_close(&self, fds: &mut Vec<RawFd>) {
+        self.backend.slow_to_close(fds);
     }
 
     /// Give the backend the eventfd for queue notifications it asked for.

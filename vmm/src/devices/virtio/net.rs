@@ -400,6 +400,12 @@ impl Backend for Net {
         }
     }
 
+    /// Detaching from the TAP device waits for an expedited RCU grace
+    /// period (0.3–0.4 ms on the Intel development host).
+    fn slow_to_close(&self, fds: &mut Vec<RawFd>) {
+        fds.push(self.tap.as_raw_fd());
+    }
+
     fn service_host(&mut self, queues: &mut Queues<'_>, mem: &GuestMemoryMmap) {
         if let Some(flags) = self.offloads_pending.take() {
             self.set_tap_offloads(flags);
