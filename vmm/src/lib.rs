@@ -88,7 +88,10 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let mut map =
         |gpa, offset, len| file.as_ref().is_some_and(|f| vstate::map_file(&mem, gpa, f, offset, len));
     loader::load(&mem, &mut image, &elf, &mut map).map_err(|m| Error::BadImage(cfg.kernel.clone(), m))?;
-    let guards = loader::stack_guards(&mem, &elf.note);
+    let guards = loader::stack_guards(&elf, &mut |buf, at| {
+        use std::os::unix::fs::FileExt;
+        image.read_exact_at(buf, at).is_ok()
+    });
     paging::write_page_tables(&mem, cfg.mem, &guards, loader::heap_start(&elf))?;
     // Made present in the host from now on, beside the rest of the set-up
     // and then the guest: KVM maps up to eight of these pages per guest

@@ -229,18 +229,32 @@ pub fn check<I: Image + ?Sized>(file: &I, mem: u64) -> Result<ElfInfo, String> {
     Ok(ElfInfo { note, segments })
 }
 
-/// The note's stack guard pages, from the loaded image: page-aligned,
-/// non-zero addresses only, at most `MAX_STACK_GUARDS` (an ELF's table is
-/// not trusted beyond that).
-pub fn stack_guards(mem: &GuestMemoryMmap, note: &KernelNote) -> Vec<u64> {
+/// The note's stack guard pages, read from the image's file (`read_at`:
+/// from its bytes at `offset`): page-aligned, non-zero addresses only, at
+/// most `MAX_STACK_GUARDS` (an ELF's table is not trusted beyond that). A
+/// table outside the segments' file bytes (zeros in memory) names none.
+///
+/// Not from guest memory: where the image is mapped from its file, a read
+/// there maps the file's pages around it read-only (the kernel's
+/// fault-around, 64 KiB), and the warm-up's copy of each then costs a
+/// TLB flush on every CPU the monitor runs on.
+pub fn stack_guards(info: &ElfInfo, read_at: &mut dyn FnMut(&mut [u8], u64) -> bool) -> Vec<u64> {
+    let note = &info.note;
     let n = note.stack_guard_count.min(torito_abi::note::MAX_STACK_GUARDS) as usize;
     if note.stack_guards == 0 || n == 0 {
         return Vec::new();
     }
+    let len = n as u64 * 8;
+    let Some(offset) = info.segments.iter().find_map(|s| {
+        let at = note.stack_guards.checked_sub(s.paddr)?;
+        (at.checked_add(len)? <= s.file_size).then(|| s.offset + at)
+    }) else {
+        return Vec::new();
+    };
     // At most 512 bytes: on the stack, no heap block to free.
     let mut raw = [0u8; torito_abi::note::MAX_STACK_GUARDS as usize * 8];
     let raw = &mut raw[..n * 8];
-    if mem.read_slice(raw, GuestAddress(note.stack_guards)).is_err() {
+    if !read_at(raw, offset) {
         return Vec::new();
     }
     raw.chunks_exact(8)
@@ -418,6 +432,38 @@ pub(crate) mod tests {
             warm_ranges(&files),
             vec![(0x10_0000, 0x7_b000), (0x57_b000, 0x8_3000), (0x5f_e000, WARM_HEAP)]
         );
+    }
+
+    /// The guard table is read from the file bytes of the segment that
+    /// holds it; a table beyond them, or none, names no guard.
+    #[test]
+    fn stack_guards_are_read_from_the_file() {
+        let mut file = vec![0u8; 0x3000];
+        for (i, g) in [0x15_0000u64, 0x15_0123, 0, 0x16_3000].iter().enumerate() {
+            file[0x2000 + i * 8..0x2008 + i * 8].copy_from_slice(&g.to_le_bytes());
+        }
+        let seg = Segment {
+            paddr: 0x10_0000,
+            memsz: 0x4000,
+            file_size: 0x2000,
+            offset: 0x1000,
+            exec: true,
+            writable: true,
+        };
+        let info = |at, count| {
+            let note = KernelNote { stack_guards: at, stack_guard_count: count, ..KernelNote::default() };
+            ElfInfo { note, segments: vec![seg] }
+        };
+        let mut read = |buf: &mut [u8], at: u64| {
+            let at = at as usize;
+            file.get(at..at + buf.len()).map(|b| buf.copy_from_slice(b)).is_some()
+        };
+        // Unaligned and zero entries are dropped.
+        assert_eq!(stack_guards(&info(0x10_1000, 4), &mut read), vec![0x15_0000, 0x16_3000]);
+        assert_eq!(stack_guards(&info(0x10_1000, 0), &mut read), Vec::<u64>::new());
+        // In the segment's zero-filled tail: none.
+        assert_eq!(stack_guards(&info(0x10_2000, 1), &mut read), Vec::<u64>::new());
+        assert_eq!(stack_guards(&info(0x10_1ff8, 2), &mut read), Vec::<u64>::new());
     }
 
     /// The heap starts at the page after the image's highest byte.
