@@ -247,7 +247,7 @@ pub fn stack_guards(info: &ElfInfo, read_at: &mut dyn FnMut(&mut [u8], u64) -> b
     let len = n as u64 * 8;
     let Some(offset) = info.segments.iter().find_map(|s| {
         let at = note.stack_guards.checked_sub(s.paddr)?;
-        (at.checked_add(len)? <= s.file_size).then(|| s.offset + at)
+        (at.checked_add(len)? <= s.file_size).then(|| s.offset.checked_add(at)).flatten()
     }) else {
         return Vec::new();
     };

@@ -3,10 +3,10 @@
 //! the kernel runs at CPL3. The kernel keeps them; it maps more itself.
 
 use std::ops::Range;
+
 use torito_abi::layout::{
     KERNEL_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR, PT0_ADDR, mapped_end,
 };
-
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
@@ -40,7 +40,7 @@ const PTE_PS: u64 = 0x80;
 /// means splitting it: rewriting a page-directory entry, after which a
 /// shadow-paging host (KVM's shadow MMU under PVM) drops the guest's
 /// mappings well beyond that region and the guest faults them back in
-/// one by one (~14 more faults, ~0.5 ms, in httpd's start on an Intel
+/// one by one (7 more faults, ~40 µs each, in httpd's start on an Intel
 /// host). A guard page in a 4 KiB table costs one entry's write.
 pub fn page_tables(ram: u64, guards: &[u64], small: Range<u64>) -> Vec<(u64, Vec<u64>)> {
     let gib = mapped_end(ram).div_ceil(1 << 30);
