@@ -74,6 +74,29 @@ pub fn cpus_allowed() -> usize {
     (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
 }
 
+/// Keep `thread` off the CPU the calling thread runs on now, on the other
+/// CPUs this process may use: that CPU, or `None` if nothing changed (one
+/// CPU, or a failed call; the thread then runs where the kernel puts it).
+pub fn keep_off_this_cpu(thread: std::os::unix::thread::RawPthread) -> Option<usize> {
+    // SAFETY: no arguments; -1 on failure.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of_val(&set);
+    // SAFETY: `set` is valid and writable for `size` bytes.
+    if cpu >= libc::CPU_SETSIZE as usize || unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return None;
+    }
+    // SAFETY: `cpu` is within the set (checked above).
+    unsafe { libc::CPU_CLR(cpu, &mut set) };
+    // SAFETY: `set` is a valid set of `size` bytes; `thread` is the handle
+    // of a thread of this process that the caller holds, so it has not
+    // been joined or detached away.
+    let moved =
+        unsafe { libc::CPU_COUNT(&set) > 0 && libc::pthread_setaffinity_np(thread as _, size, &set) == 0 };
+    moved.then_some(cpu)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -258,5 +281,50 @@ pub fn raise_fd_limit(want: u64) {
     if l.current.is_some_and(|c| c < target) {
         l.current = Some(target);
         let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::thread::JoinHandleExt;
+
+    /// A thread kept off the caller's CPU may run on every other CPU the
+    /// process may use, and not on that one; with one CPU nothing changes.
+    #[test]
+    fn a_thread_is_kept_off_the_callers_cpu() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let kept_off = keep_off_this_cpu(t.as_pthread_t());
+        // SAFETY: as in `keep_off_this_cpu`; `t` is held until joined.
+        let (mine, theirs) = unsafe {
+            let mut mine: libc::cpu_set_t = std::mem::zeroed();
+            let mut theirs: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut mine), 0);
+            assert_eq!(libc::pthread_getaffinity_np(t.as_pthread_t() as _, size, &mut theirs), 0);
+            (mine, theirs)
+        };
+        tx.send(()).unwrap();
+        t.join().unwrap();
+        let cpus = |set: &libc::cpu_set_t| {
+            // SAFETY: `set` is a valid set; `c` is below CPU_SETSIZE.
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+                .collect::<Vec<_>>()
+        };
+        let (mine, theirs) = (cpus(&mine), cpus(&theirs));
+        match kept_off {
+            Some(cpu) => {
+                let rest: Vec<usize> = mine.iter().copied().filter(|&c| c != cpu).collect();
+                assert_eq!(theirs, rest, "kept off CPU {cpu}");
+            }
+            None => {
+                assert_eq!(cpus_allowed(), 1, "only one CPU leaves the thread where it is");
+                assert_eq!(theirs, mine);
+            }
+        }
     }
 }
