@@ -24,8 +24,8 @@
 //! On the other CPU it does all of it beside the monitor and the guest.
 //!
 //! The thread waits for `go` by polling a flag and yielding, not on a
-//! futex: being woken would put it on the main thread's CPU as often as
-//! not, and the install would then delay the guest's start after all.
+//! futex: waking it would cost the main thread an interrupt to the idle
+//! CPU, and the install would start that much later.
 //! It polls for at most [`SPIN`] (a set-up takes ~1–3 ms), then sleeps
 //! until `go` wakes it, so that a CPU quota is not spent spinning. (It
 //! slept a millisecond at a time before: in a slow launch the install then
