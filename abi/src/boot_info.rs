@@ -102,6 +102,18 @@ pub enum TraceId {
     Listening = 4,
     /// The app accepted its first connection.
     FirstAccept = 5,
+    /// The memory unit is up (paging and the heap): the first step of
+    /// `kernel_main` → `app_main`, as are the four below, each recorded
+    /// when its unit's `init` returned, in the app's units only.
+    MemoryUnit = 6,
+    /// The process unit is up (timers, cores, the scheduler).
+    ProcessUnit = 7,
+    /// The devices unit is up (virtio devices found and set up).
+    DevicesUnit = 8,
+    /// The filesystem unit is up (its mounts).
+    FsUnit = 9,
+    /// The network unit is up (NICs and vsock devices handed to the stack).
+    NetUnit = 10,
 }
 
 impl TraceId {
@@ -113,6 +125,11 @@ impl TraceId {
             3 => Some(Self::AppExit),
             4 => Some(Self::Listening),
             5 => Some(Self::FirstAccept),
+            6 => Some(Self::MemoryUnit),
+            7 => Some(Self::ProcessUnit),
+            8 => Some(Self::DevicesUnit),
+            9 => Some(Self::FsUnit),
+            10 => Some(Self::NetUnit),
             _ => None,
         }
     }
@@ -125,6 +142,11 @@ impl TraceId {
             Self::AppExit => "app_exit",
             Self::Listening => "listening",
             Self::FirstAccept => "first_accept",
+            Self::MemoryUnit => "memory_unit",
+            Self::ProcessUnit => "process_unit",
+            Self::DevicesUnit => "devices_unit",
+            Self::FsUnit => "fs_unit",
+            Self::NetUnit => "net_unit",
         }
     }
 }
@@ -265,6 +287,24 @@ const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= crate::layout::
 mod tests {
     use super::*;
     use zerocopy::FromBytes;
+
+    /// Every milestone decodes from its number, and its timeline name is
+    /// its own.
+    #[test]
+    fn trace_ids_round_trip_with_distinct_names() {
+        let mut names = [""; 32];
+        let mut n = 0;
+        for raw in 0..32 {
+            if let Some(id) = TraceId::from_raw(raw) {
+                assert_eq!(id as u32, raw);
+                assert!(!names[..n].contains(&id.name()), "{} twice", id.name());
+                names[n] = id.name();
+                n += 1;
+            }
+        }
+        assert_eq!(n, 10);
+        assert!(n < MAX_TRACE, "every milestone fits the log");
+    }
 
     #[test]
     fn layout_is_stable() {

@@ -5,7 +5,9 @@
 use torito_abi::boot_info::TraceId;
 
 pub(crate) fn run() -> ! {
+    // Each unit's end is a milestone of the timeline (no exit: a store).
     crate::memory::init();
+    crate::boot::mark(TraceId::MemoryUnit);
     #[cfg(feature = "process")]
     {
         let known = tsc_khz();
@@ -64,6 +66,7 @@ pub(crate) fn run() -> ! {
             }
         }
         crate::arch::smp::release();
+        crate::boot::mark(TraceId::ProcessUnit);
     }
     // The devices the loader named (virtio-mmio on the command line).
     #[cfg(feature = "devices")]
@@ -92,6 +95,7 @@ pub(crate) fn run() -> ! {
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");
         }
+        crate::boot::mark(TraceId::DevicesUnit);
     }
     // The filesystem: the app's baked-in files at `/`, each virtio-fs share
     // at `/<tag>`, each disk's filesystem at `/disk<N>`.
@@ -129,6 +133,7 @@ pub(crate) fn run() -> ! {
         for p in &report.problems {
             crate::println!("[torito] fs: {p}");
         }
+        crate::boot::mark(TraceId::FsUnit);
     }
     // The network stack on the first NIC, with the address from the
     // command line.
@@ -142,7 +147,10 @@ pub(crate) fn run() -> ! {
         Err(e) => crate::println!("[torito] net: {e}"),
     }
     #[cfg(feature = "net")]
-    unit_net::vsock::init(unit_devices::take_vsock_devices());
+    {
+        unit_net::vsock::init(unit_devices::take_vsock_devices());
+        crate::boot::mark(TraceId::NetUnit);
+    }
     // The app's first listener and first connection go into the boot
     // trace (the timeline's `listening` and `first_accept`; no exit).
     #[cfg(feature = "net")]

@@ -81,7 +81,7 @@ fn hello_costs_few_exits_and_emulated_instructions() {
     assert_eq!(r.code, 0);
     let runs = json_u64(&r.stderr, "kvm_run_returns").expect("kvm_run_returns in the timeline");
     assert!(runs <= 10, "{runs} returns from KVM_RUN");
-    for mark in ["kernel_main", "app_main", "app_exit"] {
+    for mark in ["kernel_main", "memory_unit", "app_main", "app_exit"] {
         assert!(r.stderr.contains(&format!("\"name\":\"{mark}\"")), "no {mark} in the timeline");
     }
     match json_u64(&r.stderr, "insn_emulation") {

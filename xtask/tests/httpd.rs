@@ -331,8 +331,9 @@ fn httpd_exits_per_request() {
     let exits = xtask::bench::json_number(json, "exits").unwrap();
     let per = exits as f64 / n as f64;
     eprintln!("httpd: {exits} exits for {n} responses: {per:.2} per request");
-    // The guest's milestones, in order: the network unit's two between
-    // the app's main and its exit.
+    // The guest's milestones, in order: each unit's end between
+    // kernel_main and the app's main, the network unit's two between the
+    // app's main and its exit.
     let timeline: serde_json::Value = serde_json::from_str(json).unwrap();
     let guest: Vec<&str> = timeline["events"]
         .as_array()
@@ -341,7 +342,22 @@ fn httpd_exits_per_request() {
         .filter(|e| e["side"] == "guest")
         .filter_map(|e| e["name"].as_str())
         .collect();
-    assert_eq!(guest, ["kernel_main", "app_main", "listening", "first_accept", "app_exit"], "{json}");
+    assert_eq!(
+        guest,
+        [
+            "kernel_main",
+            "memory_unit",
+            "process_unit",
+            "devices_unit",
+            "fs_unit",
+            "net_unit",
+            "app_main",
+            "listening",
+            "first_accept",
+            "app_exit"
+        ],
+        "{json}"
+    );
     // Measured ~6.3 (a share: each file costs a FUSE OPEN, READ and RELEASE).
     assert!(per <= 10.0, "{per:.2} exits per request");
     std::fs::remove_dir_all(&dir).unwrap();

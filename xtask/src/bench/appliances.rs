@@ -393,6 +393,17 @@ fn exits_per_request(
     Ok(())
 }
 
+/// The kernel's unit milestones between `kernel_main` and app main, in
+/// the order `kernel/src/init.rs` brings the units up, and how the
+/// report names each step.
+const UNITS: [(&str, &str); 5] = [
+    ("memory_unit", "memory unit up"),
+    ("process_unit", "process unit up (timers, cores)"),
+    ("devices_unit", "devices unit up (the NIC)"),
+    ("fs_unit", "filesystem unit up"),
+    ("net_unit", "network unit up"),
+];
+
 /// One `netload first-byte` run: (first byte µs, reaped µs, timeline).
 fn first_byte(ns: &Netns, netload: &Path, argv: &[String]) -> Option<(f64, Option<f64>, Option<String>)> {
     let out = ns
@@ -427,6 +438,8 @@ fn cold_start(
     // app main → listening → first accept → first byte (the guest's
     // milestones, where its kernel records them).
     let (mut to_listen, mut to_accept, mut to_byte) = (vec![], vec![], vec![]);
+    // kernel_main → app main, unit by unit (each unit's end is a milestone).
+    let mut units: Vec<Vec<f64>> = vec![Vec::new(); UNITS.len()];
     let mut hello_kmain = Vec::new();
     for _ in 0..COLD_RUNS {
         for (i, &vmm) in vmms.iter().enumerate() {
@@ -448,6 +461,13 @@ fn cold_start(
                     if let (Some(k), Some(a), Some(s)) = (k, a, s) {
                         launch.push(k);
                         kmain.push(a - k);
+                        let mut prev = k;
+                        for (i, (name, _)) in UNITS.iter().enumerate() {
+                            if let Some(t) = event_us(&tl, name) {
+                                units[i].push(t - prev);
+                                prev = t;
+                            }
+                        }
                         to_first.push(fb - a);
                         stopped.push(s);
                         // Paired: this run's reaped − this run's stop.
@@ -490,6 +510,11 @@ fn cold_start(
         show(&kmain),
         show(&hello_kmain)
     );
+    for ((_, what), x) in UNITS.iter().zip(&units) {
+        if !x.is_empty() {
+            println!("                                   → {what}: {}", show(x));
+        }
+    }
     println!("                                 app main → first byte {}", show(&to_first));
     if !to_listen.is_empty() {
         println!("                                   app main → listening {}", show(&to_listen));
