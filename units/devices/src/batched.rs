@@ -104,11 +104,21 @@ fn run(submit: Submit, ops: &[BatchOp]) -> Option<Vec<BatchOp>> {
         .flatten()
 }
 
+/// Why [`Batched::new`] gave no transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotBatched {
+    /// No virtio-mmio device there, or the monitor cannot batch: the
+    /// caller uses the plain transport.
+    Unavailable,
+    /// A device of a type `virtio-drivers` does not know (virtio-fs), its
+    /// ID read in the same batch: the caller drives it itself.
+    OtherType(u32),
+}
+
 impl Batched {
-    /// The device at `base`, its fixed registers read in one batch; `None`
-    /// when there is none (or the monitor cannot batch): the caller then
-    /// uses the plain transport.
-    pub fn new(base: u64, submit: Submit) -> Option<Self> {
+    /// The device at `base`, its fixed registers read in one batch (the
+    /// device's first exit, and its type with it).
+    pub fn new(base: u64, submit: Submit) -> core::result::Result<Self, NotBatched> {
         let r = |off| read(base + off, 4);
         let w = |off, v| write(base + off, v);
         let mut ops = alloc::vec![r(0), r(VERSION), r(DEVICE_ID)];
@@ -123,12 +133,12 @@ impl Batched {
         }
         ops.push(r(CONFIG_GENERATION));
         ops.extend((0..CONFIG as u64 / 4).map(|i| r(CONFIG_SPACE + i * 4)));
-        let back = run(submit, &ops)?;
+        let back = run(submit, &ops).ok_or(NotBatched::Unavailable)?;
         let v: Vec<u32> = back.iter().map(|o| o.value).collect();
         if v[0] != MAGIC || v[1] != 2 {
-            return None;
+            return Err(NotBatched::Unavailable);
         }
-        let device_type = DeviceType::try_from(v[2]).ok()?;
+        let device_type = DeviceType::try_from(v[2]).map_err(|_| NotBatched::OtherType(v[2]))?;
         let mut queue_max = [0; QUEUES];
         for (q, m) in queue_max.iter_mut().enumerate() {
             *m = v[8 + 2 * q];
@@ -137,7 +147,7 @@ impl Batched {
         for (i, c) in config.chunks_mut(4).enumerate() {
             c.copy_from_slice(&v[8 + 2 * QUEUES + i].to_le_bytes());
         }
-        Some(Self {
+        Ok(Self {
             base,
             submit,
             device_type,

@@ -87,18 +87,24 @@ pub unsafe fn probe_mmio(
     ack: bool,
     batch: Option<crate::batched::Submit>,
 ) -> Result<Probed, ProbeError> {
+    // The Torito monitor: the device's setup in three exits, the first of
+    // which also tells its type.
+    let mut fs = false;
+    if let Some(submit) = batch {
+        match crate::batched::Batched::new(d.base, submit) {
+            Ok(b) => return attach(crate::stepwise::Inner::Batched(b), Location::Mmio(d), ack),
+            Err(crate::batched::NotBatched::OtherType(id)) => fs = id == crate::virtio_fs::DEVICE_ID,
+            Err(crate::batched::NotBatched::Unavailable) => {}
+        }
+    }
     // virtio-fs, which `virtio-drivers`' transport refuses: driven here.
     // SAFETY: forwarded from the caller.
-    if unsafe { crate::virtio_fs::FsMmio::device_id(d) } == crate::virtio_fs::DEVICE_ID {
+    if fs || unsafe { crate::virtio_fs::FsMmio::device_id(d) } == crate::virtio_fs::DEVICE_ID {
         // SAFETY: forwarded from the caller.
         let t = unsafe { crate::virtio_fs::FsMmio::new(d) }.map_err(ProbeError::Unsupported)?;
         return crate::virtio_fs::VirtioFs::new(crate::virtio_fs::FsTransport::Mmio(t))
             .map(|f| Probed::Fs(alloc::boxed::Box::new(f)))
             .map_err(ProbeError::Driver);
-    }
-    // The Torito monitor: the device's setup in three exits.
-    if let Some(b) = batch.and_then(|submit| crate::batched::Batched::new(d.base, submit)) {
-        return attach(crate::stepwise::Inner::Batched(b), Location::Mmio(d), ack);
     }
     let header = NonNull::new(d.base as *mut VirtIOHeader)
         .ok_or(ProbeError::Transport(MmioError::MmioRegionTooSmall))?;
