@@ -424,6 +424,27 @@ fn the_appliance_connects_out() {
     assert_eq!(result.status.code(), Some(0));
 }
 
+/// A static address is announced when the NIC comes up (a gratuitous ARP
+/// request): a client that asked for it before (its request lost while
+/// the NIC was not up yet) learns it then, not a second later. Here the
+/// namespace accepts gratuitous ARP (`arp_accept`), so the announcement
+/// alone makes its neighbour entry, with no traffic towards the guest.
+#[test]
+fn a_static_address_is_announced() {
+    let Some(ns) = Netns::or_skip("arp", &["ip", "sh"]) else { return };
+    let accept =
+        ns.exec("sh").args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/tap0/arp_accept"]).status().unwrap();
+    assert!(accept.success(), "arp_accept");
+    let _vm = start_echo_on_torito_for(&ns, &["torito.ip=10.0.2.15/24"], 60);
+    let mut seen = String::new();
+    let learnt = xtask::testing::poll(std::time::Duration::from_secs(30), || {
+        let out = ns.exec("ip").args(["neigh", "show", "10.0.2.15", "dev", "tap0"]).output().unwrap();
+        seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        seen.contains("lladdr")
+    });
+    assert!(learnt, "no neighbour entry for the guest: {seen:?}");
+}
+
 /// A network appliance's start, counted (counts are deterministic; the
 /// bounds leave room): httpd with a NIC and a static address, told to
 /// serve a directory that does not exist, stops right after its `main`

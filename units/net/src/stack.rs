@@ -471,6 +471,27 @@ pub struct Interface4 {
     pub mac: [u8; 6],
 }
 
+/// An ARP announcement of `ip` at `mac` (RFC 5227 §3: a broadcast
+/// request whose sender and target address are both `ip`). A host that
+/// was resolving the address updates its entry; others ignore it.
+fn announcement(mac: [u8; 6], ip: [u8; 4]) -> [u8; 42] {
+    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr};
+    let (me, addr) = (EthernetAddress(mac), Ipv4Address::from(ip));
+    let mut buf = [0u8; 42];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr { src_addr: me, dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp }
+        .emit(&mut frame);
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: me,
+        source_protocol_addr: addr,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: addr,
+    }
+    .emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
 /// Bring the stack up on the first of `devices`, with the address from
 /// `cmdline` (`torito.ip=`), or from DHCP when none is given. `Ok(None)`:
 /// no device.
@@ -499,6 +520,15 @@ pub fn init(
                     .add_default_ipv4_route(Ipv4Address::new(a, b, c, d))
                     .map_err(|_| alloc::string::String::from("cannot add the default route"))?;
             }
+            // Announced: a client that asked for this address before the
+            // NIC was up (its ARP request lost) learns it now, not at its
+            // next try a second later. It leaves with the first flush (the
+            // stack's first idle): no exit of its own.
+            let frame = announcement(mac, cfg.ip);
+            let _ = phy.dev.try_send(frame.len(), &mut |buf| {
+                buf.copy_from_slice(&frame);
+                unit_devices::TxOffload::default()
+            });
             None
         }
         None => Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
@@ -630,4 +660,34 @@ pub(crate) fn block_on<T>(
         Ok(None) => None,
         Err(e) => Some(Err(e)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+
+    /// The announcement reads back as a broadcast ARP request from `mac`
+    /// for its own address.
+    #[test]
+    fn the_announcement_is_a_gratuitous_arp_request() {
+        let mac = [0x06, 0x54, 0x52, 0x54, 0x4f, 0x00];
+        let frame = announcement(mac, [10, 0, 2, 15]);
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+        assert_eq!(eth.src_addr(), EthernetAddress(mac));
+        assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        let ip = Ipv4Address::new(10, 0, 2, 15);
+        assert_eq!(
+            arp,
+            ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Request,
+                source_hardware_addr: EthernetAddress(mac),
+                source_protocol_addr: ip,
+                target_hardware_addr: EthernetAddress([0; 6]),
+                target_protocol_addr: ip,
+            }
+        );
+    }
 }
