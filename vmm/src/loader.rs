@@ -304,33 +304,71 @@ pub const WARM_IMAGE: u64 = 1 << 20;
 /// How much of the heap [`warm_ranges`] names: a NIC appliance's cold start
 /// (httpd under a client retrying every 100 µs) used ~1.2 MiB of it.
 pub const WARM_HEAP: u64 = 1 << 20;
+/// How much of the boot stack, below its top, [`warm_ranges`] names first
+/// (httpd's start reaches ~36 KiB down).
+pub const WARM_STACK: u64 = 64 << 10;
 
 /// The guest memory a start touches first, `(address, bytes)`, for the
-/// monitor to make present once the guest runs (`Installer::warm_up`):
-/// the image's code and data (its executable and writable segments, in
-/// order, [`WARM_IMAGE`] bytes at most; not the read-only segment of
-/// baked-in files, read from the file as the guest needs them) and the
-/// [`WARM_HEAP`] bytes after the image, where the kernel's heap starts.
+/// monitor to make present once the guest runs (`Installer::warm_up`),
+/// in that order:
+/// - the top [`WARM_STACK`] bytes of the boot stack and the kernel's
+///   statics above it, up to the end of their segment: the first pages
+///   the guest writes (its stack grows down a page at a time, each page a
+///   fault of its own where the host has none to map beside it);
+/// - the image's code and data (its executable and writable segments, in
+///   order, from their lowest page, [`WARM_IMAGE`] bytes at most in all;
+///   not the read-only segment of baked-in files, read from the file as
+///   the guest needs them);
+/// - the [`WARM_HEAP`] bytes after the image, where the kernel's heap
+///   starts.
+///
 /// Ranges may reach beyond RAM; the caller clips them.
 pub fn warm_ranges(info: &ElfInfo) -> Vec<(u64, u64)> {
     let Some(end) = image_end(info) else {
         return Vec::new();
     };
+    let mut ranges = Vec::new();
+    let stack = boot_stack_top(info);
+    if let Some((start, stop)) = stack {
+        ranges.push((start, stop - start));
+    }
     let mut code_and_data: Vec<&Segment> = info.segments.iter().filter(|s| s.exec || s.writable).collect();
     code_and_data.sort_by_key(|s| s.paddr);
-    let mut left = WARM_IMAGE;
-    let mut ranges = Vec::new();
+    let mut left = WARM_IMAGE.saturating_sub(ranges.first().map_or(0, |r| r.1));
     for s in code_and_data {
         let start = s.paddr / PAGE * PAGE;
         let stop = s.paddr.saturating_add(s.memsz).div_ceil(PAGE).saturating_mul(PAGE);
         let len = stop.saturating_sub(start).min(left);
-        if len > 0 {
-            ranges.push((start, len));
-            left -= len;
+        // What the stack's range holds already is left out.
+        let pieces = match stack {
+            Some((a, b)) if a < start + len && start < b => {
+                [(start, a.max(start)), (b.min(start + len), start + len)]
+            }
+            _ => [(start, start + len), (0, 0)],
+        };
+        for (a, b) in pieces {
+            if b > a {
+                ranges.push((a, b - a));
+                left -= b - a;
+            }
         }
     }
     ranges.push((end.div_ceil(PAGE).saturating_mul(PAGE), WARM_HEAP));
     ranges
+}
+
+/// The pages from [`WARM_STACK`] below the boot stack's top to the end of
+/// the writable segment that holds it, `[start, stop)`; `None` when the
+/// note's stack top lies in no writable segment.
+fn boot_stack_top(info: &ElfInfo) -> Option<(u64, u64)> {
+    let top = info.note.stack_top;
+    let seg = info
+        .segments
+        .iter()
+        .find(|s| s.writable && s.paddr < top && top <= s.paddr.saturating_add(s.memsz))?;
+    let start = top.saturating_sub(WARM_STACK).max(seg.paddr) / PAGE * PAGE;
+    let stop = seg.paddr.saturating_add(seg.memsz).div_ceil(PAGE).saturating_mul(PAGE);
+    Some((start, stop.min(top.div_ceil(PAGE) * PAGE + WARM_STACK)))
 }
 
 /// How much of the heap [`heap_start`] names: the first thread stacks of
@@ -402,9 +440,10 @@ pub(crate) mod tests {
     use super::*;
     use zerocopy::IntoBytes;
 
-    /// The code and data from their lowest page, at most `WARM_IMAGE` in
-    /// all, not the baked-in files' read-only segment, then the heap's
-    /// start after the image's highest byte (`.bss` included).
+    /// The boot stack's top first, then the code and data from their
+    /// lowest page, at most `WARM_IMAGE` in all, not the baked-in files'
+    /// read-only segment, then the heap's start after the image's highest
+    /// byte (`.bss` included).
     #[test]
     fn the_image_and_the_heap_start_are_warmed() {
         let seg =
@@ -422,6 +461,27 @@ pub(crate) mod tests {
             warm_ranges(&httpd),
             vec![(0x10_0000, 0x9_a000), (0x19_a000, rest), (0x21_d000, WARM_HEAP)]
         );
+        // With its boot stack's top (0x21_b000, statics up to 0x21_d000):
+        // that first, then the rest within the budget.
+        let mut with_stack = httpd.clone();
+        with_stack.note.stack_top = 0x21_b000;
+        let rest = WARM_IMAGE - 0x12_000 - 0x9_a000;
+        assert_eq!(
+            warm_ranges(&with_stack),
+            vec![(0x20_b000, 0x12_000), (0x10_0000, 0x9_a000), (0x19_a000, rest), (0x21_d000, WARM_HEAP)]
+        );
+        // A small image: the stack's range is cut out of its segment's.
+        let mut small =
+            info(vec![seg(0x10_0000, 0x1_0000, true, false), seg(0x11_0000, 0x3_0000, false, true)]);
+        small.note.stack_top = 0x13_8000;
+        assert_eq!(
+            warm_ranges(&small),
+            vec![(0x12_8000, 0x1_8000), (0x10_0000, 0x1_0000), (0x11_0000, 0x1_8000), (0x14_0000, WARM_HEAP)]
+        );
+        // A stack top outside every writable segment: as without one.
+        let mut odd = httpd.clone();
+        odd.note.stack_top = 0x30_0000;
+        assert_eq!(warm_ranges(&odd), warm_ranges(&httpd));
         // 4 MiB of baked-in files: skipped; the heap after them.
         let files = info(vec![
             seg(0x10_0000, 0x7_abab, true, true),
