@@ -209,7 +209,8 @@ fn route_device_irq(line: u32) -> bool {
     if line >= u32::from(irq::VECTORS) || !crate::arch::apic::available() {
         return false;
     }
-    crate::arch::apic::enable();
+    // (Devices are set up on the boot core.)
+    crate::arch::apic::enable_boot_core();
     match crate::boot::protocol() {
         torito_abi::boot_info::BootProtocol::Direct => true,
         _ => crate::arch::ioapic::route(line, irq::FIRST_VECTOR + line as u8, smp::apic_id(0)),
@@ -229,7 +230,8 @@ fn device_msi(line: u32) -> Option<(u64, u32)> {
     if line >= u32::from(irq::VECTORS) || !crate::arch::apic::available() {
         return None;
     }
-    crate::arch::apic::enable();
+    // (Devices are set up on the boot core.)
+    crate::arch::apic::enable_boot_core();
     Some(irq::msi(smp::apic_id(0), irq::FIRST_VECTOR + line as u8))
 }
 

@@ -18,7 +18,7 @@
 //! checks that flag before halting. Each core programs its own LAPIC (the
 //! MMIO page is per CPU); [`send_ipi`] interrupts another core.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use super::rdtsc;
 
@@ -42,6 +42,13 @@ const MASKED: u32 = 1 << 16;
 const LAPIC_HZ: u64 = 1_000_000_000;
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+/// Whether the CPU has a local APIC: 0 not looked yet, 1 yes, 2 no. A
+/// `cpuid` is emulated on a paravirtual host (~30 µs): asked once.
+static PRESENT: AtomicU8 = AtomicU8::new(0);
+/// The boot core's LAPIC is software-enabled (by [`init`] or
+/// [`enable_boot_core`]): each write of its register is an emulated MMIO
+/// store on a paravirtual host (~30 µs), done once.
+static BOOT_ENABLED: AtomicBool = AtomicBool::new(false);
 
 fn write(reg: usize, value: u32) {
     // SAFETY: a LAPIC register in the identity-mapped MMIO window; only
@@ -60,12 +67,13 @@ fn read(reg: usize) -> u32 {
 pub fn init(tsc_khz: u64) -> Option<u64> {
     let l1 = core::arch::x86_64::__cpuid(1);
     let has_lapic = l1.edx & (1 << 9) != 0;
+    PRESENT.store(if has_lapic { 1 } else { 2 }, Ordering::Relaxed);
     let under_hypervisor = l1.ecx & (1 << 31) != 0;
     // The counting rate is known only under a hypervisor (see above).
     if !has_lapic || !under_hypervisor {
         return None;
     }
-    enable();
+    enable_boot_core();
     let khz = match tsc_khz {
         0 => calibrate()?,
         k => k,
@@ -79,6 +87,14 @@ pub fn init(tsc_khz: u64) -> Option<u64> {
 /// accepts interrupts.
 pub fn enable() {
     write(SVR, 0x1ff);
+}
+
+/// [`enable`] on the boot core, unless done already (by [`init`], or by
+/// the first device routed to it). Call it on the boot core only.
+pub fn enable_boot_core() {
+    if !BOOT_ENABLED.swap(true, Ordering::Relaxed) {
+        enable();
+    }
 }
 
 fn init_timer() {
@@ -95,7 +111,15 @@ pub fn init_secondary() {
 
 /// Whether this CPU has a local APIC (interrupts can be delivered).
 pub fn available() -> bool {
-    core::arch::x86_64::__cpuid(1).edx & (1 << 9) != 0
+    match PRESENT.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let has = core::arch::x86_64::__cpuid(1).edx & (1 << 9) != 0;
+            PRESENT.store(if has { 1 } else { 2 }, Ordering::Relaxed);
+            has
+        }
+    }
 }
 
 /// The TSC frequency the timer works with (after [`init`]).
