@@ -18,7 +18,7 @@
 //! checks that flag before halting. Each core programs its own LAPIC (the
 //! MMIO page is per CPU); [`send_ipi`] interrupts another core.
 
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::rdtsc;
 
@@ -49,6 +49,9 @@ static PRESENT: AtomicU8 = AtomicU8::new(0);
 /// [`enable_boot_core`]): each write of its register is an emulated MMIO
 /// store on a paravirtual host (~30 µs), done once.
 static BOOT_ENABLED: AtomicBool = AtomicBool::new(false);
+/// Cores whose timer is set up ([`init_timer`]), by core index.
+static TIMER_READY: AtomicU32 = AtomicU32::new(0);
+const _: () = assert!(super::smp::MAX_CORES <= 32);
 
 fn write(reg: usize, value: u32) {
     // SAFETY: a LAPIC register in the identity-mapped MMIO window; only
@@ -79,7 +82,6 @@ pub fn init(tsc_khz: u64) -> Option<u64> {
         k => k,
     };
     TSC_KHZ.store(khz, Ordering::Relaxed);
-    init_timer();
     Some(khz)
 }
 
@@ -97,16 +99,22 @@ pub fn enable_boot_core() {
     }
 }
 
+/// Set this core's timer up (one-shot, divide by 1), once per core: at
+/// its first [`arm`], not at boot, since each register write is an
+/// emulated MMIO store on a paravirtual host (~30–40 µs) and an appliance
+/// may never sleep with a deadline before it answers its first request.
 fn init_timer() {
-    write(DIVIDE_CONFIG, DIVIDE_BY_1);
-    write(LVT_TIMER, TIMER_VECTOR); // one-shot
+    let bit = 1u32 << super::smp::current_core();
+    if TIMER_READY.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+        write(DIVIDE_CONFIG, DIVIDE_BY_1);
+        write(LVT_TIMER, TIMER_VECTOR); // one-shot
+    }
 }
 
 /// Set a secondary core's local APIC up like the boot core's (after
-/// [`init`] succeeded there).
+/// [`init`] succeeded there); its timer at its first [`arm`].
 pub fn init_secondary() {
     enable();
-    init_timer();
 }
 
 /// Whether this CPU has a local APIC (interrupts can be delivered).
@@ -188,6 +196,7 @@ static ARMED: [AtomicU64; super::smp::MAX_CORES] = [const { AtomicU64::new(0) };
 /// of frames) would otherwise pay one per halt for its 20 ms deadlock
 /// check alone.
 pub fn arm(deadline: u64) {
+    init_timer();
     let armed = ARMED.get(super::smp::current_core());
     let now = rdtsc();
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
