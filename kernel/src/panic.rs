@@ -128,7 +128,14 @@ pub(crate) fn report_fault(f: &FaultInfo, rbp: u64) -> ! {
     );
     if f.vector == 14 {
         let what = if f.error & 2 != 0 { "write" } else { "read" };
-        let why = if f.error & 1 != 0 { "protection violation" } else { "page not present" };
+        let why = if f.cr2 < 4096 {
+            // Absent, or (on the Torito monitor) mapped for CPL0 only.
+            "null pointer: page 0 is the null guard"
+        } else if f.error & 1 != 0 {
+            "protection violation"
+        } else {
+            "page not present"
+        };
         println!("[torito]   cr2={:#018x} ({what}, {why})", f.cr2);
     }
     backtrace(Some(f.rip), rbp);

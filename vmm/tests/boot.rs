@@ -170,7 +170,9 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
     }
     let fault = guest("fault");
     let cases = [
-        ("pf", 14, "page fault (#PF) (vector 14), error code 0x6"),
+        // A write to page 0, which the monitor maps for CPL0 only: present,
+        // write, user.
+        ("pf", 14, "page fault (#PF) (vector 14), error code 0x7"),
         ("gp", 13, "general protection fault (#GP) (vector 13), error code 0x0"),
         ("ud", 6, "invalid opcode (#UD) (vector 6)"),
         ("de", 0, "divide error (#DE) (vector 0)"),
@@ -183,7 +185,7 @@ fn cpu_exceptions_report_vector_error_rip_and_cr2() {
         assert!(r.stdout.contains("rip=0x") && r.stdout.contains("cs=0x23"), "{arg}");
     }
     let r = run(&[], &fault, &["pf"]);
-    assert!(r.stdout.contains("cr2=0x0000000000000008 (write, page not present)"));
+    assert!(r.stdout.contains("cr2=0x0000000000000008 (write, null pointer: page 0 is the null guard)"));
     // The faulting instruction, named: the app's line that wrote.
     let bt = &r.stdout[r.stdout.find("[torito] backtrace").expect("a backtrace")..];
     let first = bt.lines().take_while(|l| !l.contains("#1 ")).collect::<Vec<_>>().join("\n");
