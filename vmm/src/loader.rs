@@ -307,6 +307,12 @@ pub const WARM_HEAP: u64 = 1 << 20;
 /// How much of the boot stack, below its top, [`warm_ranges`] names first
 /// (httpd's start reaches ~36 KiB down).
 pub const WARM_STACK: u64 = 64 << 10;
+/// How much of a writable segment that holds no code [`warm_ranges`]
+/// names, from its start: the kernel's data and the first core's CPL0
+/// stack. The rest of it is the static stacks of the other cores (and
+/// their double-fault stacks), touched only when those run: made present,
+/// they were ~300 KiB of pages the process's exit freed too.
+pub const WARM_DATA: u64 = 64 << 10;
 
 /// The guest memory a start touches first, `(address, bytes)`, for the
 /// monitor to make present once the guest runs (`Installer::warm_up`),
@@ -315,10 +321,11 @@ pub const WARM_STACK: u64 = 64 << 10;
 ///   statics above it, up to the end of their segment: the first pages
 ///   the guest writes (its stack grows down a page at a time, each page a
 ///   fault of its own where the host has none to map beside it);
-/// - the image's code and data (its executable and writable segments, in
-///   order, from their lowest page, [`WARM_IMAGE`] bytes at most in all;
-///   not the read-only segment of baked-in files, read from the file as
-///   the guest needs them);
+/// - the image's code and data (its executable segments, and the first
+///   [`WARM_DATA`] bytes of its other writable ones, in order, from their
+///   lowest page, [`WARM_IMAGE`] bytes at most in all; not the read-only
+///   segment of baked-in files, read from the file as the guest needs
+///   them);
 /// - the [`WARM_HEAP`] bytes after the image, where the kernel's heap
 ///   starts.
 ///
@@ -338,7 +345,8 @@ pub fn warm_ranges(info: &ElfInfo) -> Vec<(u64, u64)> {
     for s in code_and_data {
         let start = s.paddr / PAGE * PAGE;
         let stop = s.paddr.saturating_add(s.memsz).div_ceil(PAGE).saturating_mul(PAGE);
-        let len = stop.saturating_sub(start).min(left);
+        let most = if s.exec { left } else { left.min(WARM_DATA) };
+        let len = stop.saturating_sub(start).min(most);
         // What the stack's range holds already is left out.
         let pieces = match stack {
             Some((a, b)) if a < start + len && start < b => {
@@ -456,27 +464,35 @@ pub(crate) mod tests {
             seg(0x19_96b0, 0x35c, false, false),
             seg(0x19_a000, 0x8_3000, false, true),
         ]);
-        let rest = WARM_IMAGE - 0x9_a000;
         assert_eq!(
             warm_ranges(&httpd),
-            vec![(0x10_0000, 0x9_a000), (0x19_a000, rest), (0x21_d000, WARM_HEAP)]
+            vec![(0x10_0000, 0x9_a000), (0x19_a000, WARM_DATA), (0x21_d000, WARM_HEAP)]
         );
         // With its boot stack's top (0x21_b000, statics up to 0x21_d000):
         // that first, then the rest within the budget.
         let mut with_stack = httpd.clone();
         with_stack.note.stack_top = 0x21_b000;
-        let rest = WARM_IMAGE - 0x12_000 - 0x9_a000;
         assert_eq!(
             warm_ranges(&with_stack),
-            vec![(0x20_b000, 0x12_000), (0x10_0000, 0x9_a000), (0x19_a000, rest), (0x21_d000, WARM_HEAP)]
+            vec![
+                (0x20_b000, 0x12_000),
+                (0x10_0000, 0x9_a000),
+                (0x19_a000, WARM_DATA),
+                (0x21_d000, WARM_HEAP)
+            ]
         );
+        // Within the budget: a large code segment leaves less for data.
+        let mut big = with_stack.clone();
+        big.segments[0].memsz = WARM_IMAGE - 0x12_000 - 0x4000;
+        let code = WARM_IMAGE - 0x12_000 - 0x4000;
+        assert_eq!(warm_ranges(&big)[..3], [(0x20_b000, 0x12_000), (0x10_0000, code), (0x19_a000, 0x4000)]);
         // A small image: the stack's range is cut out of its segment's.
         let mut small =
             info(vec![seg(0x10_0000, 0x1_0000, true, false), seg(0x11_0000, 0x3_0000, false, true)]);
-        small.note.stack_top = 0x13_8000;
+        small.note.stack_top = 0x12_8000;
         assert_eq!(
             warm_ranges(&small),
-            vec![(0x12_8000, 0x1_8000), (0x10_0000, 0x1_0000), (0x11_0000, 0x1_8000), (0x14_0000, WARM_HEAP)]
+            vec![(0x11_8000, 0x2_0000), (0x10_0000, 0x1_0000), (0x11_0000, 0x8000), (0x14_0000, WARM_HEAP)]
         );
         // A stack top outside every writable segment: as without one.
         let mut odd = httpd.clone();
@@ -490,7 +506,7 @@ pub(crate) mod tests {
         ]);
         assert_eq!(
             warm_ranges(&files),
-            vec![(0x10_0000, 0x7_b000), (0x57_b000, 0x8_3000), (0x5f_e000, WARM_HEAP)]
+            vec![(0x10_0000, 0x7_b000), (0x57_b000, WARM_DATA), (0x5f_e000, WARM_HEAP)]
         );
     }
 
