@@ -481,13 +481,19 @@ fn a_nic_appliance_starts_in_a_few_exits() {
     assert!(json.contains("\"name\":\"app_main\""), "{json}");
     let n = |k: &str| xtask::bench::json_number(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
     let (mmio, halts, exits, faults) = (n("mmio_exits"), n("halt_exits"), n("exits"), n("pf_taken"));
+    let emulated = n("insn_emulation");
     eprintln!(
-        "NIC appliance to its main: {mmio} MMIO exits, {halts} halts, {exits} exits, {faults} page faults"
+        "NIC appliance to its main: {mmio} MMIO exits, {halts} halts, {exits} exits, {faults} page faults, \
+         {emulated} emulated instructions"
     );
     assert!(mmio <= 6, "{mmio} MMIO exits (expected 5)");
     assert_eq!(halts, 0, "a halt before the app's main");
-    assert!(exits <= 400, "{exits} exits (expected ~50)");
-    assert!(faults <= 400, "{faults} guest page faults (expected ~50)");
+    // Measured 2026-12-04 on the Intel host: ~38 exits, ~35 faults, 7
+    // emulated instructions; the bounds leave room for a loaded host (the
+    // warm-up then lags), not for losing it (~120 faults and more).
+    assert!(exits <= 150, "{exits} exits (expected ~40)");
+    assert!(faults <= 150, "{faults} guest page faults (expected ~35)");
+    assert!(emulated <= 30, "{emulated} emulated instructions (expected 7)");
     assert_eq!(n("vcpus"), 1, "a second vCPU started with no work for it: {json}");
 }
 
