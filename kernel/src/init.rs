@@ -88,9 +88,15 @@ pub(crate) fn run() -> ! {
             unit_devices::pci::PortIo { outl: crate::arch::gate::outl, inl: crate::arch::gate::inl },
         );
         // On the Torito monitor a device's setup goes in a few batches
-        // (three exits instead of ~120).
-        let batch = (crate::boot::protocol() == torito_abi::boot_info::BootProtocol::Direct)
-            .then_some(crate::arch::torito::mmio_batch as fn(u64));
+        // (two exits instead of ~120).
+        let batch = (crate::boot::protocol() == torito_abi::boot_info::BootProtocol::Direct).then_some(
+            unit_devices::batched::Monitor {
+                submit: crate::arch::torito::mmio_batch,
+                // The first batch of each of the first devices: run by the
+                // monitor at launch.
+                snapshot: crate::boot::device_snapshot,
+            },
+        );
         let report = unit_devices::init(crate::boot::cmdline(), irq, pci, batch);
         for p in &report.problems {
             crate::println!("[torito] devices: {p}");

@@ -163,6 +163,33 @@ pub fn info() -> &'static BootInfo {
     BOOT.get().expect("boot information read before kernel_main")
 }
 
+/// The values of the register batch the Torito monitor ran at launch for
+/// the virtio-mmio device at `base`, if it did
+/// (`torito_abi::boot_info::DeviceSnapshot`, after the `BootInfo` in its
+/// page; each checked to be the very batch the devices unit would send).
+#[cfg(feature = "devices")]
+pub(crate) fn device_snapshot(base: u64) -> Option<[u32; torito_abi::mmio::SNAPSHOT_OPS]> {
+    use torito_abi::boot_info::{DEVICE_SNAPSHOTS_OFFSET, DeviceSnapshot, MAX_DEVICE_SNAPSHOTS};
+    let info = BOOT.get()?;
+    if info.protocol != BootProtocol::Direct as u32 {
+        return None;
+    }
+    let live = LIVE.load(Ordering::Acquire);
+    if live.is_null() {
+        return None;
+    }
+    let first = (live as u64 + DEVICE_SNAPSHOTS_OFFSET) as *const DeviceSnapshot;
+    (0..(info.device_snapshots as usize).min(MAX_DEVICE_SNAPSHOTS)).find_map(|i| {
+        // SAFETY: on the direct entry the `BootInfo` starts the page the
+        // monitor reserved for it (`layout::BOOT_INFO_ADDR`, identity
+        // mapped); the snapshots it says it wrote lie after it in that
+        // page (at most MAX_DEVICE_SNAPSHOTS fit); any bit pattern is a
+        // valid `DeviceSnapshot`, and each is checked before use.
+        let snap = unsafe { core::ptr::read_volatile(first.add(i)) };
+        snap.values_for(base)
+    })
+}
+
 /// The boot information, if `kernel_main` has run (not on the host).
 pub(crate) fn try_info() -> Option<&'static BootInfo> {
     BOOT.get()

@@ -27,11 +27,8 @@ const QUEUES: usize = 4;
 const CONFIG: usize = 64;
 const MAGIC: u32 = 0x7472_6976;
 
-// virtio-mmio (version 2) register offsets.
-const VERSION: u64 = 0x004;
-const DEVICE_ID: u64 = 0x008;
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
+// virtio-mmio (version 2) register offsets (those of the first batch:
+// `torito_abi::mmio::snapshot_ops`).
 const DRIVER_FEATURES: u64 = 0x020;
 const DRIVER_FEATURES_SEL: u64 = 0x024;
 const QUEUE_SEL: u64 = 0x030;
@@ -51,6 +48,22 @@ const CONFIG_SPACE: u64 = 0x100;
 /// How a batch reaches the monitor: one store of its guest-physical
 /// address to the register page (the kernel's function).
 pub type Submit = fn(u64);
+
+/// The values of the device at `base`'s snapshot batch
+/// (`torito_abi::mmio::snapshot_ops`) when the monitor ran it before the
+/// guest started (the kernel's function: `torito_abi::boot_info::
+/// DeviceSnapshot`).
+pub type Snapshot = fn(u64) -> Option<[u32; torito_abi::mmio::SNAPSHOT_OPS]>;
+
+/// What the Torito monitor offers the transport: batches, and the first
+/// one already run for the first devices.
+#[derive(Clone, Copy)]
+pub struct Monitor {
+    /// Sends a batch.
+    pub submit: Submit,
+    /// A device's first batch, run at launch.
+    pub snapshot: Snapshot,
+}
 
 /// A virtio-mmio transport for the Torito monitor. See the module docs.
 pub struct Batched {
@@ -116,25 +129,19 @@ pub enum NotBatched {
 }
 
 impl Batched {
-    /// The device at `base`, its fixed registers read in one batch (the
-    /// device's first exit, and its type with it).
-    pub fn new(base: u64, submit: Submit) -> core::result::Result<Self, NotBatched> {
-        let r = |off| read(base + off, 4);
-        let w = |off, v| write(base + off, v);
-        let mut ops = alloc::vec![r(0), r(VERSION), r(DEVICE_ID)];
-        ops.extend([
-            w(DEVICE_FEATURES_SEL, 0),
-            r(DEVICE_FEATURES),
-            w(DEVICE_FEATURES_SEL, 1),
-            r(DEVICE_FEATURES),
-        ]);
-        for q in 0..QUEUES as u32 {
-            ops.extend([w(QUEUE_SEL, q), r(QUEUE_NUM_MAX)]);
-        }
-        ops.push(r(CONFIG_GENERATION));
-        ops.extend((0..CONFIG as u64 / 4).map(|i| r(CONFIG_SPACE + i * 4)));
-        let back = run(submit, &ops).ok_or(NotBatched::Unavailable)?;
-        let v: Vec<u32> = back.iter().map(|o| o.value).collect();
+    /// The device at `base`, its fixed registers read in one batch
+    /// (`torito_abi::mmio::snapshot_ops`; the device's first exit, and its
+    /// type with it), or taken from the batch the monitor ran at launch.
+    pub fn new(base: u64, monitor: Monitor) -> core::result::Result<Self, NotBatched> {
+        let v: Vec<u32> = match (monitor.snapshot)(base) {
+            Some(values) => values.to_vec(),
+            None => {
+                let ops = torito_abi::mmio::snapshot_ops(base);
+                let back = run(monitor.submit, &ops).ok_or(NotBatched::Unavailable)?;
+                back.iter().map(|o| o.value).collect()
+            }
+        };
+        let submit = monitor.submit;
         if v[0] != MAGIC || v[1] != 2 {
             return Err(NotBatched::Unavailable);
         }

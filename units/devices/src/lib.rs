@@ -182,7 +182,7 @@ pub fn init(
     cmdline: &str,
     irq: Option<Irq>,
     pci: Option<pci::PortIo>,
-    batch: Option<batched::Submit>,
+    batch: Option<batched::Monitor>,
 ) -> Report {
     use alloc::format;
     let mut report = Report::default();

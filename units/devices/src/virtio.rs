@@ -85,13 +85,13 @@ impl core::fmt::Display for ProbeError {
 pub unsafe fn probe_mmio(
     d: MmioDevice,
     ack: bool,
-    batch: Option<crate::batched::Submit>,
+    batch: Option<crate::batched::Monitor>,
 ) -> Result<Probed, ProbeError> {
     // The Torito monitor: the device's setup in three exits, the first of
     // which also tells its type.
     let mut fs = false;
-    if let Some(submit) = batch {
-        match crate::batched::Batched::new(d.base, submit) {
+    if let Some(monitor) = batch {
+        match crate::batched::Batched::new(d.base, monitor) {
             Ok(b) => return attach(crate::stepwise::Inner::Batched(b), Location::Mmio(d), ack),
             Err(crate::batched::NotBatched::OtherType(id)) => fs = id == crate::virtio_fs::DEVICE_ID,
             Err(crate::batched::NotBatched::Unavailable) => {}

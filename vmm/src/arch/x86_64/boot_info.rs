@@ -67,6 +67,13 @@ pub fn write_boot_info(
     Ok(())
 }
 
+/// Tell the kernel that `count` device snapshots follow the `BootInfo`
+/// (`devices::Devices::write_snapshots`).
+pub fn set_device_snapshots(mem: &GuestMemoryMmap, count: u32) -> Result<(), Error> {
+    let at = BOOT_INFO_ADDR + std::mem::offset_of!(BootInfo, device_snapshots) as u64;
+    mem.write_obj(count, GuestAddress(at)).map_err(|e| Error::GuestWrite(e.to_string()))
+}
+
 /// Read the milestones the guest recorded (empty if it wrote garbage).
 pub fn read_trace(mem: &GuestMemoryMmap) -> Vec<TraceEntry> {
     let mut buf = vec![0u8; std::mem::size_of::<BootInfo>()];
