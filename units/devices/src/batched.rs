@@ -7,7 +7,8 @@
 //! Why: on a host where an exit costs 10–30 µs, `virtio-drivers` setting up
 //! a virtio-net device made ~120 register accesses, ~3.3 ms of the kernel's
 //! start; with this transport it makes three exits (the snapshot, the
-//! setup, the first notification). The monitor performs the batched
+//! setup, the first notification), two where the monitor ran the snapshot
+//! batch itself at launch ([`Monitor::snapshot`]). The monitor performs the batched
 //! accesses exactly as if they had been made one by one, so the device
 //! sees the same sequence. Once the device runs, only QueueNotify, the
 //! interrupt registers and the configuration space (which may then
