@@ -110,10 +110,9 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let tsc_khz = vcpu.tsc_khz();
     // Without a LAPIC the kernel cannot wake or time other cores.
     let cpus = if lapic { cfg.cpus } else { 1 };
-    boot_info::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus)?;
     // The devices' first register batches, run now: an exit fewer each.
     let snapshots = devices.write_snapshots(&mem, torito_abi::layout::BOOT_INFO_ADDR);
-    boot_info::set_device_snapshots(&mem, snapshots)?;
+    boot_info::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus, snapshots)?;
     vcpu.set_boot_registers(&regs::registers(&elf.note, 0))?;
     if cfg.timeline.is_some() {
         tl.set_clock_reference(vcpu.clock_reference(tsc_khz));

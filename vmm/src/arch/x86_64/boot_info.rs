@@ -42,7 +42,9 @@ pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64, cpus: u3
     bi
 }
 
-/// Write the `BootInfo` and the command line into guest memory.
+/// Write the `BootInfo` and the command line into guest memory;
+/// `device_snapshots` follow the `BootInfo` already
+/// (`devices::Devices::write_snapshots`).
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     ram: u64,
@@ -50,8 +52,10 @@ pub fn write_boot_info(
     tsc_khz: u64,
     launch_ns: u64,
     cpus: u32,
+    device_snapshots: u32,
 ) -> Result<(), Error> {
     let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns, cpus);
+    bi.device_snapshots = device_snapshots;
     bi.boot_realtime_ns =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     // Seeds the guest's random numbers (zero if the host gives none: the
@@ -65,13 +69,6 @@ pub fn write_boot_info(
         w(cmdline.as_bytes(), CMDLINE_ADDR)?;
     }
     Ok(())
-}
-
-/// Tell the kernel that `count` device snapshots follow the `BootInfo`
-/// (`devices::Devices::write_snapshots`).
-pub fn set_device_snapshots(mem: &GuestMemoryMmap, count: u32) -> Result<(), Error> {
-    let at = BOOT_INFO_ADDR + std::mem::offset_of!(BootInfo, device_snapshots) as u64;
-    mem.write_obj(count, GuestAddress(at)).map_err(|e| Error::GuestWrite(e.to_string()))
 }
 
 /// Read the milestones the guest recorded (empty if it wrote garbage).
@@ -108,7 +105,7 @@ mod tests {
     fn every_launch_gets_fresh_entropy() {
         let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let read = || {
-            write_boot_info(&mem, 16 << 20, "", 0, 0, 1).unwrap();
+            write_boot_info(&mem, 16 << 20, "", 0, 0, 1, 0).unwrap();
             let mut buf = vec![0u8; std::mem::size_of::<BootInfo>()];
             mem.read_slice(&mut buf, GuestAddress(BOOT_INFO_ADDR)).unwrap();
             BootInfo::read_from_bytes(&buf).unwrap().entropy

@@ -38,11 +38,11 @@ const PTE_NULL_GUARD: u64 = 0x1 | PTE_A | PTE_D;
 
 /// The page tables for `ram` bytes: an identity map of
 /// `[0, mapped_end(ram))`, 2 MiB pages except the first 2 MiB (4 KiB pages,
-/// page 0 for CPL0 only: [`PTE_NULL_GUARD`]), the 2 MiB regions that hold the kernel's stack
-/// guard pages `guards` (4 KiB pages, the guards absent) and those that
-/// overlap `small` (4 KiB pages): their tables placed after the page
-/// directories, while there is room below the kernel. Returns `(guest
-/// address, table)` pairs.
+/// page 0 for CPL0 only: [`PTE_NULL_GUARD`]), the 2 MiB regions that hold
+/// the kernel's stack guard pages `guards` (4 KiB pages, the guards absent)
+/// and those that overlap `small` (4 KiB pages): their tables placed after
+/// the page directories, while there is room below the kernel. Returns
+/// `(guest address, table)` pairs.
 ///
 /// `small` is where the kernel's heap starts, and with it its first thread
 /// stacks, each with a guard page the kernel unmaps. In a 2 MiB page that
