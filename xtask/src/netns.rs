@@ -113,6 +113,52 @@ impl Drop for Netns {
 
 /// Remove the namespaces made here by processes that no longer exist
 /// (killed before their `Drop` ran): `torito-TAG-PID` with no process PID.
+/// Wait (at most `within`) until the TAP device `name`, of this network
+/// namespace, can be attached (an absent device is made, and gone at once): a monitor that has just exited leaves its
+/// last close of the device to the kernel, some milliseconds later (the
+/// monitor's `vstate::Farewell`), and a monitor started before then waits
+/// for it. Whether it can.
+pub fn wait_for_tap(name: &str, within: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        match tap_attachable(name) {
+            Some(true) => return true,
+            Some(false) if start.elapsed() < within => std::thread::sleep(Duration::from_micros(200)),
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `name` can be attached now (`TUNSETIFF` on a new descriptor,
+/// closed at once): `Some(false)` while another descriptor holds it,
+/// `None` when it cannot be tried (no such device, no `/dev/net/tun`).
+fn tap_attachable(name: &str) -> Option<bool> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP_NO_PI_VNET_HDR: libc::c_short = 0x0002 | 0x1000 | 0x4000;
+    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").ok()?;
+    // struct ifreq: the name (16 bytes, NUL-terminated), then the flags.
+    let mut req = [0u8; 40];
+    let bytes = name.as_bytes();
+    if bytes.len() >= 16 {
+        return None;
+    }
+    req[..bytes.len()].copy_from_slice(bytes);
+    req[16..18].copy_from_slice(&IFF_TAP_NO_PI_VNET_HDR.to_ne_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes on
+    // x86_64) at the pointer, which is `req`'s, alive and that long; the
+    // descriptor is `tun`'s, open.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, req.as_mut_ptr()) };
+    if r == 0 {
+        return Some(true);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EBUSY) => Some(false),
+        _ => None,
+    }
+}
+
 fn remove_orphans() {
     let Ok(out) = Command::new("ip").args(["-j", "netns", "list"]).output() else { return };
     let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else { return };

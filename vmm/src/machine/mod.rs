@@ -238,6 +238,7 @@ impl<'a> Machine<'a> {
             }
         }
         self.stop.store(true, Ordering::SeqCst);
+        self.installer.stop_warming();
         let _ = self.stopped.write(1);
         self.threads.kick_others();
     }

@@ -411,13 +411,12 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Start installing the vCPU filter on every thread
-    /// ([`Installer`]; nothing with `--no-seccomp`).
+    /// Start installing the vCPU filter on every thread, and warming the
+    /// guest's first pages up ([`Installer`]; with `--no-seccomp` only the
+    /// warm-up).
     pub fn installer(&self) -> Result<Installer, Error> {
-        if self.enabled() {
-            // Before any thread of the monitor's allocates: see there.
-            crate::vstate::sys::one_malloc_arena();
-        }
+        // Before any thread of the monitor's allocates: see there.
+        crate::vstate::sys::one_malloc_arena();
         Installer::start(self)
     }
 
