@@ -111,13 +111,12 @@ impl Drop for Netns {
     }
 }
 
-/// Remove the namespaces made here by processes that no longer exist
-/// (killed before their `Drop` ran): `torito-TAG-PID` with no process PID.
 /// Wait (at most `within`) until the TAP device `name`, of this network
-/// namespace, can be attached (an absent device is made, and gone at once): a monitor that has just exited leaves its
+/// namespace, can be attached: a monitor that has just exited leaves its
 /// last close of the device to the kernel, some milliseconds later (the
 /// monitor's `vstate::Farewell`), and a monitor started before then waits
-/// for it. Whether it can.
+/// for it. Whether it can. (An absent device is made by the probe and is
+/// gone with it.)
 pub fn wait_for_tap(name: &str, within: Duration) -> bool {
     let start = Instant::now();
     loop {
@@ -159,6 +158,8 @@ fn tap_attachable(name: &str) -> Option<bool> {
     }
 }
 
+/// Remove the namespaces made here by processes that no longer exist
+/// (killed before their `Drop` ran): `torito-TAG-PID` with no process PID.
 fn remove_orphans() {
     let Ok(out) = Command::new("ip").args(["-j", "netns", "list"]).output() else { return };
     let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else { return };

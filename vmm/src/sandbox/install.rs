@@ -50,7 +50,7 @@
 //! code took up to 1.3 ms each, and the guest waited. What is left at
 //! `go` is done once the filter is on, beside the guest, until the guest
 //! stops ([`Installer::stop_warming`]: a short guest's last steps waited
-//! for the rest, ~250 µs of hello's exit here).
+//! for the rest, 100–250 µs of hello's exit here).
 //!
 //! Without filters (`--no-seccomp`) the thread is started all the same and
 //! only warms up: turning the filters off changes nothing else of a launch
@@ -117,16 +117,15 @@ impl Installer {
             warm: Mutex::new(Vec::new()),
         });
         let enabled = sandbox.enabled();
-        if !enabled {
-            // Nothing to wait for; the stage is left for the thread.
-            *lock(&shared.result) = Some(Ok(0));
-        }
         if sys::cpus_allowed() < 2 {
-            let inline = enabled.then(|| sandbox.clone());
             if !enabled {
                 finish(&shared, Ok(0));
             }
-            return Ok(Self { shared, inline, enabled, thread: None });
+            return Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None });
+        }
+        if !enabled {
+            // Nothing to wait for; the stage is left to the thread.
+            *lock(&shared.result) = Some(Ok(0));
         }
         let (mine, theirs) = (sandbox.clone(), shared.clone());
         let spawned =
@@ -193,7 +192,7 @@ impl Installer {
 
     /// The guest has stopped: what is left of the warm-up is not done.
     /// (Done on, it held the address space's lock against the monitor's
-    /// last steps: a short guest's exit came ~400 µs later here.)
+    /// last steps: hello's exit came 100–250 µs later here.)
     pub fn stop_warming(&self) {
         lock(&self.shared.warm).clear();
     }

@@ -471,8 +471,9 @@ fn rounds(
         // on the Intel host, 2026-12-04): waited for before each NIC
         // launch, so that the pair measures attaching, not that wait.
         let tap = |c: &Config| {
-            let name = c.args.iter().find_map(|a| a.to_str()?.strip_prefix("tap="))?.to_string();
-            crate::netns::wait_for_tap(&name, std::time::Duration::from_secs(1)).then_some(())
+            if let Some(name) = c.args.iter().find_map(|a| a.to_str()?.strip_prefix("tap=")) {
+                crate::netns::wait_for_tap(name, std::time::Duration::from_secs(1));
+            }
         };
         for round in 0..opts.runs + opts.warmup {
             let (a, b) = if round % 2 == 0 {
