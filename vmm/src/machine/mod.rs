@@ -379,7 +379,11 @@ impl<'a> Machine<'a> {
                     continue;
                 }
             }
-            let mut exit = match vcpu.run() {
+            let id = vcpu.id();
+            self.installer.vcpu_out(id, false);
+            let run = vcpu.run();
+            self.installer.vcpu_out(id, true);
+            let mut exit = match run {
                 Ok(exit) => exit,
                 Err(e) => return Some(Err(e)),
             };
