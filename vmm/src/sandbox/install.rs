@@ -79,6 +79,10 @@ use crate::vstate::{Farewell, sigsys, sys};
 /// woken.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
+/// How long the warm-up waits for a vCPU out of the guest by yielding
+/// before it sleeps this long between looks (an exit takes 10–100 µs).
+const OUT_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// Bytes warmed up per call: the call holds the address space's lock,
 /// which a vCPU's page fault may be waiting for.
 const WARM_CHUNK: u64 = 64 << 10;
@@ -348,14 +352,21 @@ fn chunks(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// The next chunk to warm up beside the guest, once no vCPU is out of it
 /// (`None`: none left, or the guest stopped, which empties the list). The
-/// thread yields its CPU while it waits: an exit may be starting a thread
-/// that wants it.
+/// thread yields its CPU while it waits (an exit may be starting a thread
+/// that wants it), and past [`OUT_SPIN`] sleeps between looks: a vCPU can
+/// stay out for long (a debugger's stop, a slow host call), and the
+/// thread is not to spin all that time.
 fn next_beside_guest(shared: &Shared) -> Option<(u64, u64)> {
+    let since = std::time::Instant::now();
     while shared.out.load(Ordering::Acquire) != 0 {
         if lock(&shared.warm).is_empty() {
             return None;
         }
-        std::thread::yield_now();
+        if since.elapsed() < OUT_SPIN {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(OUT_SPIN);
+        }
     }
     lock(&shared.warm).pop()
 }
