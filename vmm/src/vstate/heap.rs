@@ -338,7 +338,7 @@ mod tests {
         for align in [1, 8, 64, 4096] {
             let l = Layout::from_size_align(100, align).unwrap();
             let p = arena.alloc(l);
-            assert!(!p.is_null() && p as usize % align == 0, "aligned to {align}");
+            assert!(!p.is_null() && (p as usize).is_multiple_of(align), "aligned to {align}");
             assert!(p as usize >= last_end, "apart");
             last_end = p as usize + 100;
             // SAFETY: a fresh block of 100 bytes.
