@@ -69,7 +69,7 @@ static ARENA: Arena = Arena::new(ARENA_BYTES);
 
 /// A region that blocks are cut from, front to back, and never given
 /// back. Mapped at its first use; its memory is zero until used.
-pub struct Arena {
+struct Arena {
     /// 0: not mapped yet; 1: being mapped; `usize::MAX`: could not be;
     /// else its address.
     start: AtomicUsize,
@@ -84,7 +84,7 @@ const FAILED: usize = usize::MAX;
 
 impl Arena {
     /// An arena of `bytes`, not mapped yet.
-    pub const fn new(bytes: usize) -> Self {
+    const fn new(bytes: usize) -> Self {
         Arena { start: AtomicUsize::new(UNMAPPED), used: AtomicUsize::new(0), bytes }
     }
 
@@ -118,15 +118,14 @@ impl Arena {
 
     /// A block for `layout` (zeroed: the memory was never used), or null
     /// when it is too large or the arena is full or unmapped.
-    pub fn alloc(&self, layout: Layout) -> *mut u8 {
+    fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() > ARENA_BLOCK_MAX {
             return std::ptr::null_mut();
         }
         let Some(base) = self.base() else { return std::ptr::null_mut() };
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            // `align` is a power of two, at most the page size here in
-            // practice; the arena's base is page-aligned.
+            // The next address aligned as asked (`align` is a power of two).
             let at = (base + used).next_multiple_of(layout.align()) - base;
             let end = at.saturating_add(layout.size().max(1));
             if end > self.bytes {
@@ -140,7 +139,7 @@ impl Arena {
     }
 
     /// Whether `p` is one of its blocks.
-    pub fn contains(&self, p: *mut u8) -> bool {
+    fn contains(&self, p: *mut u8) -> bool {
         let start = self.start.load(Ordering::Acquire);
         start != UNMAPPED
             && start != MAPPING
@@ -152,10 +151,12 @@ impl Arena {
 /// The global allocator of the `torito` binary.
 pub struct Heap;
 
-// SAFETY: every block comes from `System` and goes back to it at most
-// once, with the layout it was allocated with: at once, or never (a held
-// block stays allocated until the process exits; nothing uses it again,
-// its owner having freed it).
+// SAFETY: every block comes either from the arena, whose blocks are
+// disjoint, at least `layout`'s size and alignment, and never handed out
+// again, or from `System`, to which it goes back at most once, with the
+// layout it was allocated with: at once, or never (a held block stays
+// allocated until the process exits; nothing uses it again, its owner
+// having freed it). An arena block is never given to `System`.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if let Some(p) = from_arena(layout) {
