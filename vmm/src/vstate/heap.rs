@@ -17,7 +17,7 @@
 //! `munmap` and its TLB-flush IPIs each.
 //!
 //! And the first blocks of up to 64 KiB are cut from one region mapped
-//! once ([`Arena`], 256 KiB reserved, its pages touched as used), not from
+//! once (`Arena`, 256 KiB reserved, its pages touched as used), not from
 //! the system, until it is full: a launch then maps and unmaps nothing
 //! for its own blocks, nor do the guest's first exits (musl would make a
 //! group for each new size of block: a `mmap` and its first touches).
