@@ -33,6 +33,8 @@ impl<'a> Machine<'a> {
     /// `kernel_main`.
     pub(super) fn start_io<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
         if self.has_host_io && !self.io_started.swap(true, Ordering::SeqCst) {
+            // Its stack is mapped now: see `sandbox::Installer::hold`.
+            let _hold = self.installer.hold();
             let started = spawn(scope, "io", move || {
                 if self.confine(Role::Io) {
                     self.io_loop();

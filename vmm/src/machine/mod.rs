@@ -166,6 +166,7 @@ impl<'a> Machine<'a> {
     /// (`sandbox::Installer`); no exit is handled before it is there.
     pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
         if let Some((listener, dbg)) = &self.gdb {
+            let _hold = self.installer.hold();
             let started = spawn(scope, "gdb", move || {
                 if self.sandboxed() && self.confine(Role::Gdb) {
                     let kick = || self.threads.kick_others();
@@ -294,6 +295,8 @@ impl<'a> Machine<'a> {
         while cur < want {
             match self.started.compare_exchange(cur, want, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
+                    // (Each spawn maps a stack: see `sandbox::Installer::hold`.)
+                    let _hold = self.installer.hold();
                     for id in cur..want {
                         let started = spawn(scope, &format!("vcpu{id}"), move || {
                             let out = self.run_secondary(scope, id);
@@ -379,11 +382,7 @@ impl<'a> Machine<'a> {
                     continue;
                 }
             }
-            let id = vcpu.id();
-            self.installer.vcpu_out(id, false);
-            let run = vcpu.run();
-            self.installer.vcpu_out(id, true);
-            let mut exit = match run {
+            let mut exit = match vcpu.run() {
                 Ok(exit) => exit,
                 Err(e) => return Some(Err(e)),
             };
@@ -417,6 +416,7 @@ impl<'a> Machine<'a> {
             // guest that stops at its first exit never needs it) and to
             // watch the devices' host side.
             if step.goes_on() {
+                let _hold = self.installer.hold();
                 pending.start(scope, self.vm);
             }
             match step {
@@ -424,6 +424,7 @@ impl<'a> Machine<'a> {
                 Step::StartCores(n) => self.start_cores(scope, n),
                 Step::Interrupt(line) => self.device_interrupt(line),
                 Step::TestInterrupt(vector, apic, delay_us) => {
+                    let _hold = self.installer.hold();
                     let started = spawn(scope, "irq-test", move || {
                         if self.confine(Role::Timer) {
                             self.test_interrupt(vector, apic, delay_us);

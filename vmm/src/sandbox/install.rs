@@ -52,20 +52,24 @@
 //! stops ([`Installer::stop_warming`]: a short guest's last steps waited
 //! for the rest, 100–250 µs of hello's exit here).
 //!
-//! Beside the guest, no chunk is started while a vCPU is out of the guest
-//! on the monitor's business ([`Installer::vcpu_out`]): an exit that maps
-//! memory (a thread's stack, a device's buffer) waits for the address
-//! space's lock for writing, and the kernel lets each new warm-up call,
-//! a reader, take the lock before it, for up to 4 ms. The NIC's first
-//! exit (the I/O thread's spawn, the receive buffer) took 410 µs that way,
-//! 300 of them waiting (traced).
+//! No step starts while a thread of the monitor holds the warm-up back
+//! ([`Installer::hold`]) to map memory: a thread's stack, mapped as it is
+//! spawned (the I/O thread at the guest's first exit, the secondary
+//! vCPUs', the RAM registration's), waits for the address space's lock for
+//! writing, and the kernel lets each new warm-up step, a reader, take the
+//! lock before it, for up to 4 ms. The NIC's first exit (the I/O thread's
+//! spawn, the receive buffer, since made with the device) took 415 µs that
+//! way, 300 of them waiting (traced). Not held back for every exit: the
+//! steps then ran only while the guest ran, and under load, when the
+//! warm-up lags, each page copied under a running guest cost it an exit
+//! (the TLB shootdown's IPI): ~120 more exits to httpd's main.
 //!
 //! Without filters (`--no-seccomp`) the thread is started all the same and
 //! only warms up: turning the filters off changes nothing else of a launch
 //! (its page faults, its timeline), so that a run without them is the
 //! same run, and the bench's pairs with and without measure the filters.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use seccompiler::BpfProgram;
@@ -79,8 +83,8 @@ use crate::vstate::{Farewell, sigsys, sys};
 /// woken.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
-/// How long the warm-up waits for a vCPU out of the guest by yielding
-/// before it sleeps this long between looks (an exit takes 10–100 µs).
+/// How long the warm-up waits for a hold to end by yielding before it
+/// sleeps this long between looks (a thread's spawn takes 20–100 µs).
 const OUT_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Bytes warmed up per call: the call holds the address space's lock,
@@ -102,10 +106,9 @@ struct Shared {
     farewell: Mutex<Option<Farewell>>,
     /// Host chunks `(address, bytes)` still to warm up, the next one last.
     warm: Mutex<Vec<(u64, u64)>>,
-    /// The vCPUs out of the guest (bit `id`): no chunk starts meanwhile.
-    out: AtomicU64,
-    /// The warm-up is over (or there is none): the vCPUs stop saying when
-    /// they are out.
+    /// Holds in force ([`Installer::hold`]): no step starts meanwhile.
+    holds: AtomicUsize,
+    /// The warm-up is over (or there is none): a hold costs a load.
     warmed: AtomicBool,
 }
 
@@ -117,7 +120,7 @@ impl Shared {
             done: Condvar::new(),
             farewell: Mutex::new(None),
             warm: Mutex::new(Vec::new()),
-            out: AtomicU64::new(0),
+            holds: AtomicUsize::new(0),
             warmed: AtomicBool::new(false),
         }
     }
@@ -168,9 +171,11 @@ impl Installer {
                     *lock(&theirs.farewell) = farewell;
                     mine.compile(Role::Vcpu)
                 });
+                // Opened before the filter is on (it allows reading).
+                let pagemap = crate::vstate::Pagemap::open();
                 // Warming up while it waits: the guest has not run yet, so
                 // no page it maps is replaced under it.
-                if !wait_for_go(&theirs.stage, started, SPIN, || warm_one(&theirs.warm)) {
+                if !wait_for_go(&theirs.stage, started, SPIN, || warm_one(&theirs)) {
                     return;
                 }
                 std::mem::forget(guard);
@@ -187,9 +192,15 @@ impl Installer {
                     }
                 };
                 if warm {
-                    // The rest beside the guest, while no vCPU is out of it.
-                    while let Some(chunk) = next_beside_guest(&theirs) {
-                        crate::vstate::populate(chunk.0, chunk.1);
+                    // The rest beside the guest, but for the pages of the
+                    // image it has mapped already (`Pagemap`).
+                    while let Some((addr, len)) = next_unheld(&theirs) {
+                        match &pagemap {
+                            Some(p) => p.populate_unmapped(addr, len),
+                            None => {
+                                crate::vstate::populate(addr, len);
+                            }
+                        }
                     }
                 }
                 theirs.warmed.store(true, Ordering::Relaxed);
@@ -229,20 +240,16 @@ impl Installer {
         lock(&self.shared.warm).clear();
     }
 
-    /// vCPU `id` is out of the guest (`true`, after `KVM_RUN` returned) or
-    /// back in it (`false`, before `KVM_RUN`): the warm-up starts no chunk
-    /// while one is out (see the module's header). An atomic operation while
-    /// the warm-up lasts, a load after.
-    pub fn vcpu_out(&self, id: u32, out: bool) {
+    /// Hold the warm-up back until the guard is dropped: the caller is
+    /// about to map memory (spawn a thread), and no step is to take the
+    /// address space's lock before it (see the module's header). An atomic
+    /// operation while the warm-up lasts, a load after.
+    pub fn hold(&self) -> Hold<'_> {
         if self.shared.warmed.load(Ordering::Relaxed) {
-            return;
+            return Hold(None);
         }
-        let bit = 1u64 << (id % 64);
-        if out {
-            self.shared.out.fetch_or(bit, Ordering::Release);
-        } else {
-            self.shared.out.fetch_and(!bit, Ordering::Release);
-        }
+        self.shared.holds.fetch_add(1, Ordering::AcqRel);
+        Hold(Some(&self.shared.holds))
     }
 
     /// The monitor's set-up is over: install the filter on every thread.
@@ -294,6 +301,18 @@ impl Drop for Installer {
         let _ = self.shared.stage.compare_exchange(COMPILING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
         if let Some(t) = &self.thread {
             t.unpark();
+        }
+    }
+}
+
+/// The warm-up held back ([`Installer::hold`]) while this lives.
+#[must_use = "the warm-up goes on as soon as the hold is dropped"]
+pub struct Hold<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Some(holds) = self.0 {
+            holds.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -350,15 +369,14 @@ fn chunks(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// The next chunk to warm up beside the guest, once no vCPU is out of it
-/// (`None`: none left, or the guest stopped, which empties the list). The
-/// thread yields its CPU while it waits (an exit may be starting a thread
-/// that wants it), and past [`OUT_SPIN`] sleeps between looks: a vCPU can
-/// stay out for long (a debugger's stop, a slow host call), and the
-/// thread is not to spin all that time.
-fn next_beside_guest(shared: &Shared) -> Option<(u64, u64)> {
+/// The next chunk to warm up, once no hold is in force (`None`: none
+/// left, or the guest stopped, which empties the list). The thread yields
+/// its CPU while it waits (the holder may be starting a thread that wants
+/// it), and past [`OUT_SPIN`] sleeps between looks: the thread is not to
+/// spin behind a holder that takes long.
+fn next_unheld(shared: &Shared) -> Option<(u64, u64)> {
     let since = std::time::Instant::now();
-    while shared.out.load(Ordering::Acquire) != 0 {
+    while shared.holds.load(Ordering::Acquire) != 0 {
         if lock(&shared.warm).is_empty() {
             return None;
         }
@@ -371,10 +389,10 @@ fn next_beside_guest(shared: &Shared) -> Option<(u64, u64)> {
     lock(&shared.warm).pop()
 }
 
-/// Make the next chunk of `warm` present (false: none left). The lock is
-/// not held while the pages are made present.
-fn warm_one(warm: &Mutex<Vec<(u64, u64)>>) -> bool {
-    let Some((addr, len)) = lock(warm).pop() else { return false };
+/// Make the next chunk present (false: none left). The list's lock is not
+/// held while the pages are made present.
+fn warm_one(shared: &Shared) -> bool {
+    let Some((addr, len)) = next_unheld(shared) else { return false };
     crate::vstate::populate(addr, len);
     true
 }
@@ -449,36 +467,36 @@ mod tests {
         assert!(installer.take_farewell().is_some(), "a way out, made at the end");
     }
 
-    /// No chunk is taken while a vCPU is out of the guest; the next one is
-    /// once every vCPU is back; a list emptied meanwhile (the guest
-    /// stopped) ends the wait; and once the warm-up is over the vCPUs'
-    /// comings and goings are not recorded.
+    /// No chunk is taken while a hold is in force; the next one is once
+    /// every hold has ended; a list emptied meanwhile (the guest stopped)
+    /// ends the wait; and once the warm-up is over a hold counts nothing.
     #[test]
-    fn no_chunk_is_warmed_up_while_a_vcpu_is_out() {
+    fn no_chunk_is_warmed_up_while_the_warm_up_is_held() {
         // (No sandbox thread: this test takes the chunks.)
         let installer =
             Installer { shared: Arc::new(Shared::new()), inline: None, enabled: false, thread: None };
         let shared = &installer.shared;
         *lock(&shared.warm) = vec![(0x3000, 1), (0x2000, 1), (0x1000, 1)];
-        installer.vcpu_out(0, true);
-        installer.vcpu_out(1, true);
+        let first = installer.hold();
+        let second = installer.hold();
         std::thread::scope(|s| {
-            let taker = s.spawn(|| next_beside_guest(shared));
+            let taker = s.spawn(|| next_unheld(shared));
             std::thread::sleep(Duration::from_millis(20));
-            assert!(!taker.is_finished(), "taken while two vCPUs were out");
-            installer.vcpu_out(0, false);
+            assert!(!taker.is_finished(), "taken under two holds");
+            drop(first);
             std::thread::sleep(Duration::from_millis(20));
-            assert!(!taker.is_finished(), "taken while one vCPU was out");
-            installer.vcpu_out(1, false);
+            assert!(!taker.is_finished(), "taken under one hold");
+            drop(second);
             assert_eq!(taker.join().unwrap(), Some((0x1000, 1)));
-            installer.vcpu_out(1, true);
-            let taker = s.spawn(|| next_beside_guest(shared));
+            let _held = installer.hold();
+            let taker = s.spawn(|| next_unheld(shared));
             installer.stop_warming();
             assert_eq!(taker.join().unwrap(), None, "the guest stopped");
         });
+        assert_eq!(shared.holds.load(Ordering::Relaxed), 0, "every hold ended");
         shared.warmed.store(true, Ordering::Relaxed);
-        installer.vcpu_out(0, true);
-        assert_eq!(shared.out.load(Ordering::Relaxed), 1 << 1, "not recorded once warmed up");
+        let _late = installer.hold();
+        assert_eq!(shared.holds.load(Ordering::Relaxed), 0, "no hold once warmed up");
     }
 
     /// The work is done while `go` has not come, and no more once it has.

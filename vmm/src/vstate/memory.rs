@@ -94,6 +94,53 @@ pub fn populate(addr: u64, len: u64) -> bool {
     unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) == 0 }
 }
 
+/// Which pages of this process are mapped, from `/proc/self/pagemap`.
+pub struct Pagemap(std::fs::File);
+
+/// A pagemap entry's bits: the page is present; it is a page of a file
+/// (or shared memory).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE: u64 = 1 << 61;
+
+impl Pagemap {
+    /// This process's page map (`None` where `/proc` does not give it).
+    pub fn open() -> Option<Self> {
+        std::fs::File::open("/proc/self/pagemap").ok().map(Pagemap)
+    }
+
+    /// [`populate`] the pages of `[addr, addr + len)` (page-aligned) but
+    /// those still shared with a file and mapped already: copying one of
+    /// those under a running guest replaces a page it may use, and the
+    /// TLB flush that goes with each such copy interrupts the guest (an
+    /// exit per page). Everything, if the map cannot be read.
+    pub fn populate_unmapped(&self, addr: u64, len: u64) {
+        use std::os::unix::fs::FileExt;
+        const PAGE: u64 = 4096;
+        let pages = (len / PAGE) as usize;
+        let mut raw = [0u8; 8 * 64];
+        if pages == 0 || pages > 64 || self.0.read_exact_at(&mut raw[..8 * pages], addr / PAGE * 8).is_err() {
+            populate(addr, len);
+            return;
+        }
+        let skip = |i: usize| {
+            let e = u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap_or_default());
+            e & PM_PRESENT != 0 && e & PM_FILE != 0
+        };
+        let mut i = 0;
+        while i < pages {
+            if skip(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages && !skip(i) {
+                i += 1;
+            }
+            populate(addr + start as u64 * PAGE, (i - start) as u64 * PAGE);
+        }
+    }
+}
+
 /// The host range `(address, bytes)` of the guest RAM at `gpa`, at most
 /// `len` bytes of it (not beyond its region); `None` outside RAM.
 pub fn host_range(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Option<(u64, u64)> {
@@ -209,5 +256,44 @@ mod tests {
         assert_eq!(host_range(&mem, 0x1000, 8192), Some((host + 0x1000, 8192)));
         assert_eq!(host_range(&mem, 0xf_f000, 8192), Some((host + 0xf_f000, 4096)), "clipped to RAM");
         assert_eq!(host_range(&mem, 1 << 20, 4096), None);
+    }
+
+    /// Beside a running guest, a page still shared with the file and
+    /// mapped already is left as it is; the others are made present (and
+    /// copied, for the file's): read from the page map.
+    #[test]
+    fn pages_of_the_file_already_mapped_are_not_copied() {
+        let Some(map) = Pagemap::open() else { return };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let path = std::env::temp_dir().join(format!("torito-pagemap-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 64 * 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(map_file(&mem, 0x4_0000, &file, 0, 64 * 4096));
+        let _ = std::fs::remove_file(&path);
+        let entry = |page: u64| {
+            use std::os::unix::fs::FileExt;
+            let mut b = [0u8; 8];
+            map.0.read_exact_at(&mut b, (host + page * 4096) / 4096 * 8).unwrap();
+            u64::from_le_bytes(b)
+        };
+        // The second page of the file read (mapped from the file, shared).
+        let mut one = [0u8; 1];
+        mem.read_slice(&mut one, GuestAddress(0x4_1000)).unwrap();
+        assert_eq!(one, [7]);
+        let shared = |p| entry(p) & PM_PRESENT != 0 && entry(p) & PM_FILE != 0;
+        assert!(shared(0x41), "a file page mapped by the read");
+        // (The kernel maps the read's neighbours with it, up to 64 KiB.)
+        for chunk in 0..4 {
+            map.populate_unmapped(host + 0x4_0000 + chunk * 0x1_0000, 0x1_0000);
+        }
+        assert!(shared(0x41), "left shared with the file");
+        for p in [0x70, 0x7f] {
+            assert!(entry(p) & PM_PRESENT != 0 && entry(p) & PM_FILE == 0, "page {p:#x} copied");
+        }
+        map.populate_unmapped(host, 64 * 4096);
+        assert!(entry(0) & PM_PRESENT != 0, "fresh pages made present");
+        mem.read_slice(&mut one, GuestAddress(0x4_2000)).unwrap();
+        assert_eq!(one, [7], "no byte changed");
     }
 }

@@ -21,6 +21,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use kvm::Kvm;
-pub use memory::{BOOT_SLOT, DeferredRam, host_range, map_file, populate};
+pub use memory::{BOOT_SLOT, DeferredRam, Pagemap, host_range, map_file, populate};
 pub use vcpu::{Vcpu, VcpuThreads};
 pub use vm::{Farewell, Vm};

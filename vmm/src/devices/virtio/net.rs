@@ -104,8 +104,10 @@ pub struct Net {
     mac: [u8; 6],
     /// The features the driver accepted (set at DRIVER_OK).
     features: u64,
-    /// Where frames from the TAP device are read, header first (allocated
-    /// at the first frame: [`MAX_GSO_FRAME`] and the header).
+    /// Where frames from the TAP device are read, header first
+    /// ([`MAX_GSO_FRAME`], the header and a byte: made with the device, at
+    /// launch, so that the guest's first exit maps nothing for it (the
+    /// mapping waited behind the warm-up there: `sandbox::install`)).
     rx_buf: Vec<u8>,
     /// A frame (its length in `rx_buf`) read from the TAP device while
     /// the guest had no buffer.
@@ -150,7 +152,9 @@ impl Net {
             tap,
             mac,
             features: 0,
-            rx_buf: Vec::new(),
+            // One byte more than the largest frame: a read that fills it
+            // was cut short.
+            rx_buf: vec![0u8; HDR + MAX_GSO_FRAME + 1],
             waiting: None,
             tx_buf: Vec::new(),
             offload_warned: false,
@@ -189,11 +193,6 @@ impl Net {
     pub fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
         if self.waiting.is_none() {
             let _ = queue.disable_notification(mem);
-        }
-        if self.rx_buf.is_empty() {
-            // One byte more than the largest frame: a read that fills it
-            // was cut short.
-            self.rx_buf = vec![0u8; HDR + MAX_GSO_FRAME + 1];
         }
         let merged = self.features & F_MRG_RXBUF != 0;
         // A buffer seen posted after the queue looked empty is tried once:
