@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
-use super::{Machine, lock, spawn};
+use super::{Machine, lock};
 use crate::sandbox::Role;
 use crate::vstate::sys::{Want, wait_ready};
 
@@ -33,9 +33,7 @@ impl<'a> Machine<'a> {
     /// `kernel_main`.
     pub(super) fn start_io<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>) {
         if self.has_host_io && !self.io_started.swap(true, Ordering::SeqCst) {
-            // Its stack is mapped now: see `sandbox::Installer::hold`.
-            let _hold = self.installer.hold();
-            let started = spawn(scope, "io", move || {
+            let started = self.spawn(scope, "io", move || {
                 if self.confine(Role::Io) {
                     self.io_loop();
                 }

@@ -166,8 +166,7 @@ impl<'a> Machine<'a> {
     /// (`sandbox::Installer`); no exit is handled before it is there.
     pub fn run<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, vcpu: &mut Vcpu, tl: &mut Timeline) {
         if let Some((listener, dbg)) = &self.gdb {
-            let _hold = self.installer.hold();
-            let started = spawn(scope, "gdb", move || {
+            let started = self.spawn(scope, "gdb", move || {
                 if self.sandboxed() && self.confine(Role::Gdb) {
                     let kick = || self.threads.kick_others();
                     let kill = || self.finish(Some(Ok(Outcome::Signalled(libc::SIGKILL))));
@@ -289,16 +288,27 @@ impl<'a> Machine<'a> {
         self.stop.load(Ordering::SeqCst) || vstate::vcpu::stop_signal().is_some() || vstate::vcpu::timed_out()
     }
 
+    /// [`spawn`] a thread with the guest's warm-up held back meanwhile: the
+    /// new thread's stack is a mapping, which would wait behind the
+    /// warm-up's steps (`sandbox::Installer::hold`).
+    fn spawn<'scope>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'a>,
+        name: &str,
+        f: impl FnOnce() + Send + 'scope,
+    ) -> Result<(), Error> {
+        let _hold = self.installer.hold();
+        spawn(scope, name, f)
+    }
+
     fn start_cores<'scope>(&'scope self, scope: &'scope Scope<'scope, 'a>, want: u32) {
         let want = want.min(self.cpus);
         let mut cur = self.started.load(Ordering::SeqCst);
         while cur < want {
             match self.started.compare_exchange(cur, want, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
-                    // (Each spawn maps a stack: see `sandbox::Installer::hold`.)
-                    let _hold = self.installer.hold();
                     for id in cur..want {
-                        let started = spawn(scope, &format!("vcpu{id}"), move || {
+                        let started = self.spawn(scope, &format!("vcpu{id}"), move || {
                             let out = self.run_secondary(scope, id);
                             self.finish(out);
                         });
@@ -416,6 +426,7 @@ impl<'a> Machine<'a> {
             // guest that stops at its first exit never needs it) and to
             // watch the devices' host side.
             if step.goes_on() {
+                // (It may spawn the registration's thread: see `Machine::spawn`.)
                 let _hold = self.installer.hold();
                 pending.start(scope, self.vm);
             }
@@ -424,8 +435,7 @@ impl<'a> Machine<'a> {
                 Step::StartCores(n) => self.start_cores(scope, n),
                 Step::Interrupt(line) => self.device_interrupt(line),
                 Step::TestInterrupt(vector, apic, delay_us) => {
-                    let _hold = self.installer.hold();
-                    let started = spawn(scope, "irq-test", move || {
+                    let started = self.spawn(scope, "irq-test", move || {
                         if self.confine(Role::Timer) {
                             self.test_interrupt(vector, apic, delay_us);
                         }

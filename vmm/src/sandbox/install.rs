@@ -85,7 +85,7 @@ const SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// How long the warm-up waits for a hold to end by yielding before it
 /// sleeps this long between looks (a thread's spawn takes 20–100 µs).
-const OUT_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+const HOLD_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Bytes warmed up per call: the call holds the address space's lock,
 /// which a vCPU's page fault may be waiting for.
@@ -175,7 +175,7 @@ impl Installer {
                 let pagemap = crate::vstate::Pagemap::open();
                 // Warming up while it waits: the guest has not run yet, so
                 // no page it maps is replaced under it.
-                if !wait_for_go(&theirs.stage, started, SPIN, || warm_one(&theirs)) {
+                if !wait_for_go(&theirs.stage, started, SPIN, || warm_one(&theirs, None)) {
                     return;
                 }
                 std::mem::forget(guard);
@@ -194,14 +194,7 @@ impl Installer {
                 if warm {
                     // The rest beside the guest, but for the pages of the
                     // image it has mapped already (`Pagemap`).
-                    while let Some((addr, len)) = next_unheld(&theirs) {
-                        match &pagemap {
-                            Some(p) => p.populate_unmapped(addr, len),
-                            None => {
-                                crate::vstate::populate(addr, len);
-                            }
-                        }
-                    }
+                    while warm_one(&theirs, pagemap.as_ref()) {}
                 }
                 theirs.warmed.store(true, Ordering::Relaxed);
             });
@@ -372,7 +365,7 @@ fn chunks(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 /// The next chunk to warm up, once no hold is in force (`None`: none
 /// left, or the guest stopped, which empties the list). The thread yields
 /// its CPU while it waits (the holder may be starting a thread that wants
-/// it), and past [`OUT_SPIN`] sleeps between looks: the thread is not to
+/// it), and past [`HOLD_SPIN`] sleeps between looks: the thread is not to
 /// spin behind a holder that takes long.
 fn next_unheld(shared: &Shared) -> Option<(u64, u64)> {
     let since = std::time::Instant::now();
@@ -380,20 +373,26 @@ fn next_unheld(shared: &Shared) -> Option<(u64, u64)> {
         if lock(&shared.warm).is_empty() {
             return None;
         }
-        if since.elapsed() < OUT_SPIN {
+        if since.elapsed() < HOLD_SPIN {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(OUT_SPIN);
+            std::thread::sleep(HOLD_SPIN);
         }
     }
     lock(&shared.warm).pop()
 }
 
-/// Make the next chunk present (false: none left). The list's lock is not
-/// held while the pages are made present.
-fn warm_one(shared: &Shared) -> bool {
+/// Make the next chunk present (false: none left); with `pagemap` (beside
+/// the guest), but for the image's pages mapped already. The list's lock
+/// is not held while the pages are made present.
+fn warm_one(shared: &Shared, pagemap: Option<&crate::vstate::Pagemap>) -> bool {
     let Some((addr, len)) = next_unheld(shared) else { return false };
-    crate::vstate::populate(addr, len);
+    match pagemap {
+        Some(p) => p.populate_unmapped(addr, len),
+        None => {
+            crate::vstate::populate(addr, len);
+        }
+    }
     true
 }
 
