@@ -247,6 +247,15 @@ fn arm_on_idle() -> bool {
     }
 }
 
+/// The process unit's look at each switch of the core device interrupts
+/// reach: whether a received frame waits. That core keeps received-frame
+/// interrupts off while it runs threads ([`Stack::poll`]), so this look is
+/// what makes a thread waiting for a frame look again. A stack in use
+/// elsewhere: "no", its user takes the frames.
+fn frame_pending() -> bool {
+    STACK.try_lock().is_some_and(|g| g.as_ref().is_some_and(|s| s.phy.dev.frame_ready()))
+}
+
 fn now() -> Instant {
     Instant::from_micros(unit_process::clock::now_ns().map_or(0, |n| n / 1000) as i64)
 }
@@ -258,7 +267,7 @@ impl Stack {
     /// sockets stay cheap.
     pub(crate) fn poll_if_needed(&mut self) {
         let interrupted = self.phy.dev.service_interrupt();
-        if interrupted || now() >= self.next_poll {
+        if interrupted || self.phy.dev.frame_ready() || now() >= self.next_poll {
             self.poll();
         } else {
             self.poll_if_due();
@@ -343,7 +352,14 @@ impl Stack {
     /// Move frames in and out, advance timers, retire closed sockets.
     ///
     /// Received-frame interrupts are masked while the interface drains the
-    /// ring. Frames sent wait in the transmit ring for [`Stack::flush`].
+    /// ring. On the core they reach they stay masked after it, until that
+    /// core is about to halt (`arm_on_idle`): while it runs threads, its
+    /// scheduler looks for frames at each switch (`frame_pending`), and an
+    /// interrupt would only have made the waiting threads look at the next
+    /// switch, at the cost of the entry stubs (emulated on a paravirtual
+    /// host) and a few exits. On another core they are unmasked before the
+    /// last look, as Linux's NAPI does. Frames sent wait in the transmit
+    /// ring for [`Stack::flush`].
     pub(crate) fn poll(&mut self) {
         let t = now();
         self.dirty = false;
@@ -357,8 +373,11 @@ impl Stack {
         // held for want of a listening socket: a few more rounds, bounded;
         // if frames still wait, the stack stays dirty and the next look
         // polls.
+        let device_core = unit_process::on_device_core();
         let mut rounds = 0;
-        while self.phy.held.is_some() || self.phy.dev.frame_waiting() {
+        while self.phy.held.is_some()
+            || if device_core { self.phy.dev.frame_ready() } else { self.phy.dev.frame_waiting() }
+        {
             if rounds == 8 {
                 self.dirty = true;
                 break;
@@ -537,6 +556,7 @@ pub fn init(
         flush: flush_on_idle,
         poll: poll_on_idle,
         arm: arm_on_idle,
+        pending: frame_pending,
     });
     *STACK.lock() = Some(Stack {
         iface,

@@ -350,6 +350,20 @@ pub struct IdleHooks {
     /// Run by that core just before it halts: let the device interrupt
     /// again, then say whether work came meanwhile (then it does not halt).
     pub arm: fn() -> bool,
+    /// Run by that core at each switch between its threads: whether the
+    /// device has work waiting. A driver may keep the device from
+    /// interrupting for as long as the core runs threads (an interrupt
+    /// cannot take the core from a running thread anyway, it only makes
+    /// the waiting threads look again at the next switch): this look
+    /// stands for the interrupt, and `arm` lets it interrupt again before
+    /// the core halts. It must be cheap, and not block.
+    pub pending: fn() -> bool,
+}
+
+/// Whether the caller runs on the core device interrupts reach (core 0),
+/// whose switches and idle times run the device's [`IdleHooks`].
+pub fn on_device_core() -> bool {
+    current_core_index().unwrap_or(0) == sched::DEVICE_CORE
 }
 
 /// Register the idle hooks of a device driver that batches its
@@ -360,7 +374,8 @@ pub struct IdleHooks {
 /// halts: work that comes while it watches costs no interrupt (on a
 /// paravirtual host an interrupt costs a few exits, a halted core a
 /// wake-up of ~65 µs), and work that comes while it is halted still wakes
-/// it. The hooks run on the thread that is leaving, outside the
+/// it. While that core runs threads, it asks `pending` at each switch, so
+/// the device's interrupts may stay off then too. The hooks run on the thread that is leaving, outside the
 /// scheduler's locks; they must not block. One set of hooks; a second
 /// registration is ignored.
 pub fn set_idle_hooks(hooks: IdleHooks) {

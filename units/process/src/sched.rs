@@ -328,6 +328,14 @@ impl Scheduler {
         let p = crate::platform();
         loop {
             (p.clear_wake)();
+            // The device's work counts as a notification (its interrupts may
+            // be off while this core runs threads: `IdleHooks::pending`).
+            if self.core == DEVICE_CORE
+                && !self.notified.load(Ordering::Relaxed)
+                && crate::idle_hooks().is_some_and(|h| (h.pending)())
+            {
+                self.notified.store(true, Ordering::SeqCst);
+            }
             let now = arch::rdtsc();
             let mut g = self.inner.lock();
             self.adopt_boot_thread(&mut g);
@@ -754,7 +762,7 @@ impl System {
 
 /// The core device interrupts reach (the kernel routes them to core 0):
 /// the one that runs a device's idle hooks ([`crate::IdleHooks`]).
-const DEVICE_CORE: usize = 0;
+pub(crate) const DEVICE_CORE: usize = 0;
 
 /// How long a core with nothing to run watches for a notification before
 /// it halts. It must exceed what waking a halted core costs (41–101 µs
@@ -1088,6 +1096,8 @@ pub(crate) mod tests {
         static DEVICE_WORK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
         /// What the stand-in's flush says: more may come soon.
         static SOON: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+        /// Work the stand-in device has for a waiting thread to take.
+        static PENDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
     }
     const FLUSHES: usize = 0;
     const FIRST_POLLS: usize = 1;
@@ -1129,6 +1139,7 @@ pub(crate) mod tests {
                 bump(ARMS);
                 false
             },
+            pending: || PENDING.with(|p| p.get()),
         });
     }
 
@@ -1178,6 +1189,40 @@ pub(crate) mod tests {
         });
         assert_eq!(count(TAKEN), taken + 1);
         assert_eq!(looks, 2, "the waiter looked once before and once after the idle poll");
+    }
+
+    /// While the device's core runs threads (it never goes idle), work the
+    /// device has wakes the thread waiting for it at the next switch: the
+    /// device's interrupts may stay off while the core is busy.
+    #[test]
+    fn a_busy_core_looks_at_the_device_at_each_switch() {
+        stand_in_device(true);
+        let _s = fresh();
+        let first_polls = count(FIRST_POLLS);
+        let done = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let done = done.clone();
+            crate::spawn(move || {
+                let mut switches = 0;
+                while !done.load(Ordering::SeqCst) {
+                    switches += 1;
+                    if switches == 10 {
+                        PENDING.with(|p| p.set(true));
+                    }
+                    crate::yield_now();
+                }
+                switches
+            })
+        };
+        let mut looks = 0;
+        crate::wait_for_event(|| {
+            looks += 1;
+            PENDING.with(|p| p.replace(false)).then_some(())
+        });
+        done.store(true, Ordering::SeqCst);
+        assert!(busy.join() >= 10);
+        assert!(looks >= 2, "the waiter looked before and after the device had work");
+        assert_eq!(count(FIRST_POLLS), first_polls, "the core went idle");
     }
 
     fn deadlock_message(r: std::thread::Result<u8>) -> String {
