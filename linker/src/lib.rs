@@ -23,11 +23,21 @@ pub fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torito.ld")
 }
 
+/// Path of the start order the script includes: patterns of the functions
+/// an appliance's start runs, in the order it first runs them (written by
+/// `cargo xtask start-order`).
+pub fn start_order() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("start-order.ld")
+}
+
 /// Call from an app's `build.rs`.
 pub fn link() {
     println!("cargo:rerun-if-changed={}", script().display());
+    println!("cargo:rerun-if-changed={}", start_order().display());
     let target = std::env::var("TARGET").unwrap_or_default();
     if target == "x86_64-unknown-none" {
+        // The script's INCLUDE finds `start-order.ld` beside it.
+        println!("cargo:rustc-link-arg=-L{}", env!("CARGO_MANIFEST_DIR"));
         println!("cargo:rustc-link-arg=-T{}", script().display());
         println!("cargo:rustc-link-arg=--gc-sections");
         println!("cargo:rustc-link-arg=-znoexecstack");

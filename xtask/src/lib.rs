@@ -15,6 +15,7 @@ pub mod image;
 pub mod netns;
 pub mod new;
 pub mod run;
+pub mod start_order;
 pub mod testing;
 pub mod virtiofsd;
 

@@ -11,6 +11,7 @@
 //! cargo xtask image <app> [-o FILE] [--mem 128M] [-- args]      an OCI image tarball (ctr images import)
 //! cargo xtask symbolize <app> [--pvh] < LOG                      backtraces of a QEMU/Firecracker log, named
 //! cargo xtask lint                                              fmt + clippy (the workspace on the host, the guest crates)
+//! cargo xtask start-order                                       linker/start-order.ld, from QEMU traces of httpd and kvstore
 //! cargo xtask bench [launch|process|block|fs|net|appliances|oci|soak]... [-n 30] [--check]
 //! ```
 
@@ -180,6 +181,11 @@ enum Cmd {
         #[arg(long)]
         pvh: bool,
     },
+    /// Write linker/start-order.ld: the functions an appliance's start runs,
+    /// in the order it first runs them (httpd and kvstore traced on QEMU
+    /// with TCG until a client's first answer), which the linker script
+    /// places first. Needs root, QEMU, nm, curl and redis-cli.
+    StartOrder,
     /// Build the monitor and torito-oci (static binaries) and copy them to
     /// DIR, by default `$CARGO_HOME/bin` (where `cargo install` puts
     /// programs).
@@ -288,6 +294,10 @@ fn run() -> Result<i32, String> {
         Cmd::Run(r) => xtask::run::run(&r.into_options()?),
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::StartOrder => {
+            println!("{}", xtask::start_order::run()?.display());
+            Ok(0)
+        }
         Cmd::Symbolize { app, pvh } => {
             let monitor = xtask::build_monitor(true)?;
             let elf = xtask::build(&app, Variant { pvh_only: pvh, ..Default::default() })?;
