@@ -299,7 +299,7 @@ pub const MAP_MIN: u64 = 64 << 10;
 const PAGE: u64 = 4096;
 
 /// How much of the image's code and data [`warm_ranges`] names (httpd's
-/// take 1.1 MiB with `.bss`, code first).
+/// take 1.1 MiB with `.bss`; the linker script puts data first, then the code in start order).
 pub const WARM_IMAGE: u64 = 1 << 20;
 /// How much of the heap [`warm_ranges`] names: a NIC appliance's cold start
 /// (httpd under a client retrying every 100 µs) used ~1.2 MiB of it.
