@@ -68,7 +68,8 @@ pub fn run() -> Result<PathBuf> {
         ns.exec("redis-cli").args(["-h", GUEST, "PING"]).output().is_ok_and(|o| o.stdout.starts_with(b"PONG"))
     };
     let runs: [Run<'_>; 2] = [
-        (&httpd, "torito.ip=10.0.2.15/24 root=/", &http_answered),
+        // One request, then its exit: the end of a run is traced too.
+        (&httpd, "torito.ip=10.0.2.15/24 root=/ requests=1", &http_answered),
         (&kvstore, "torito.ip=10.0.2.15/24", &redis_answered),
     ];
     let mut patterns: Vec<String> = Vec::new();
@@ -111,9 +112,11 @@ fn trace(ns: &Netns, elf: &Path, args: &str, log: &Path, answered: &dyn Fn() -> 
     q.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"]);
     q.arg(format!("virtio-net-device,netdev=n0,mac={MAC}"));
     q.arg("-kernel").arg(elf).args(["-append", args, "-d", "exec,nochain", "-D"]).arg(log);
-    let vm = crate::group::spawn(q.stdout(Stdio::null()).stderr(Stdio::null()))
+    let mut vm = crate::group::spawn(q.stdout(Stdio::null()).stderr(Stdio::null()))
         .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     let ok = crate::testing::poll(Duration::from_secs(60), answered);
+    // An app that ends after its answer (httpd `requests=1`) is let end.
+    crate::testing::poll(Duration::from_secs(5), || vm.has_ended());
     vm.kill();
     if ok { Ok(()) } else { Err(format!("{} never answered on QEMU (TCG)", elf.display())) }
 }
@@ -121,14 +124,29 @@ fn trace(ns: &Netns, elf: &Path, args: &str, log: &Path, answered: &dyn Fn() -> 
 /// The ELF's functions as `(address, size, name)`, by address.
 fn symbols(elf: &Path) -> Result<Vec<(u64, u64, String)>> {
     let out = Command::new("nm").args(["-n", "-S"]).arg(elf).output().map_err(|e| format!("nm: {e}"))?;
-    let mut syms = Vec::new();
+    let mut syms: Vec<(u64, u64, String)> = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "ADDR SIZE KIND NAME", or "ADDR KIND NAME" for a symbol of no
+        // size (assembly's, such as the context switch).
         let f: Vec<&str> = line.split_whitespace().collect();
-        if let [addr, size, kind, name] = f[..]
-            && matches!(kind, "t" | "T" | "w" | "W")
-            && let (Ok(a), Ok(s)) = (u64::from_str_radix(addr, 16), u64::from_str_radix(size, 16))
-        {
+        let (addr, size, kind, name) = match f[..] {
+            [a, s, k, n] => (a, s, k, n),
+            [a, k, n] => (a, "0", k, n),
+            _ => continue,
+        };
+        if let (true, Ok(a), Ok(s)) = (
+            matches!(kind, "t" | "T" | "w" | "W"),
+            u64::from_str_radix(addr, 16),
+            u64::from_str_radix(size, 16),
+        ) {
             syms.push((a, s, name.to_string()));
+        }
+    }
+    // A symbol of no size reaches the next one.
+    for i in 0..syms.len() {
+        if syms[i].1 == 0 {
+            let next = syms[i..].iter().find(|s| s.0 > syms[i].0).map_or(syms[i].0 + 1, |s| s.0);
+            syms[i].1 = next - syms[i].0;
         }
     }
     Ok(syms)
@@ -149,12 +167,18 @@ fn first_runs(text: &str, symbols: &[(u64, u64, String)]) -> Vec<String> {
         else {
             continue;
         };
-        let i = symbols.partition_point(|s| s.0 <= pc);
-        if let Some((a, s, name)) = i.checked_sub(1).map(|i| &symbols[i])
-            && pc < a + (*s).max(1)
-            && seen.insert(name.as_str())
-        {
-            order.push(name.clone());
+        // Every name of the function (identical functions are folded into
+        // one, under several names: `memmove` is `memcpy`'s code, in
+        // `memcpy`'s section).
+        let end = symbols.partition_point(|s| s.0 <= pc);
+        let Some(&(a, _, _)) = end.checked_sub(1).map(|i| &symbols[i]) else { continue };
+        let names = &symbols[symbols.partition_point(|s| s.0 < a)..end];
+        if names.iter().any(|&(_, size, _)| pc < a + size.max(1)) {
+            for (_, _, name) in names {
+                if seen.insert(name.as_str()) {
+                    order.push(name.clone());
+                }
+            }
         }
     }
     order
@@ -219,12 +243,16 @@ mod tests {
 
     #[test]
     fn first_runs_come_in_order_once_each() {
-        let syms = vec![(0x1000, 0x10, "a".to_string()), (0x1010, 0x20, "b".to_string())];
+        let syms = vec![
+            (0x1000, 0x10, "a".to_string()),
+            (0x1010, 0x20, "b".to_string()),
+            (0x1010, 0x20, "b_alias".to_string()),
+        ];
         let log = "Trace 0: 0x7f00 [0/0000000000001010/0/0] b\n\
                    Trace 0: 0x7f00 [0/0000000000001004/0/0] a\n\
                    Trace 0: 0x7f00 [0/0000000000001012/0/0] b\n\
                    Trace 0: 0x7f00 [0/0000000000005000/0/0] \n";
-        assert_eq!(first_runs(log, &syms), ["b", "a"]);
+        assert_eq!(first_runs(log, &syms), ["b", "b_alias", "a"]);
     }
 
     /// The file the linker script includes exists and holds only patterns

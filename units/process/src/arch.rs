@@ -11,7 +11,7 @@ use core::arch::global_asm;
 
 global_asm!(
     r#"
-    .pushsection .text.torito_switch, "ax"
+    .pushsection .text.torito_context_switch, "ax"
     .globl torito_context_switch
 torito_context_switch:
     push rbp
