@@ -14,7 +14,11 @@
 //!   the time goes (launch, kernel_main → app main, app main → first byte),
 //!   and spawn → monitor reaped (the app stops after that one answer);
 //!   against QEMU microvm (and Firecracker where installed), and
-//!   kernel_main → app main with a NIC against hello's, paired.
+//!   kernel_main → app main with a NIC against hello's, paired. Each start
+//!   waits, untimed, until the TAP device is free: the VM before (ours,
+//!   QEMU's or Firecracker's) leaves its last close to the kernel, several
+//!   milliseconds after its process is reaped, and whoever came next waited
+//!   for it inside its launch.
 //!
 //! With `firecracker` on PATH, the same ELF runs on Firecracker too (its
 //! configuration written by `crate::devopts`, as `cargo xtask run
@@ -408,7 +412,7 @@ const UNITS: [(&str, &str); 5] = [
 fn first_byte(ns: &Netns, netload: &Path, argv: &[String]) -> Option<(f64, Option<f64>, Option<String>)> {
     let out = ns
         .exec(&netload.display().to_string())
-        .args([&format!("{GUEST}:80"), "first-byte", "http", "--"])
+        .args([&format!("{GUEST}:80"), "first-byte", "http", "--tap", "tap0", "--"])
         .args(argv)
         .output()
         .ok()?;

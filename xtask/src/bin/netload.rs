@@ -10,9 +10,10 @@
 //!                                   # byte; the reader (32 KiB of socket buffer) first
 //!                                   # stalls MS ms, so the guest meets a zero window
 //! netload ADDR:PORT garbage IFACE N # N malformed frames to ADDR's MAC through IFACE
-//! netload ADDR:PORT first-byte http|redis -- PROGRAM ARGS...
+//! netload ADDR:PORT first-byte http|redis [--tap NAME] -- PROGRAM ARGS...
 //!                                   # cold start to first response: spawn PROGRAM,
 //!                                   # connect every 100 µs, time its first answer
+//!                                   # (with --tap, once that TAP device is free)
 //! ```
 //! Prints one line of results; exits non-zero on any mismatch or error.
 
@@ -122,7 +123,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | bulk BYTES MS | garbage IFACE N | first-byte http|redis -- PROGRAM ARGS...)"
+            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | bulk BYTES MS | garbage IFACE N | first-byte http|redis [--tap NAME] -- PROGRAM ARGS...)"
         );
         std::process::exit(2)
     };
@@ -131,10 +132,22 @@ fn main() {
     match args.get(2).map(String::as_str) {
         Some("first-byte") => {
             let proto = args.get(3).map(String::as_str).unwrap_or_else(|| usage());
-            if args.get(4).map(String::as_str) != Some("--") || args.len() < 6 {
+            // `--tap NAME`: start only once that TAP device is free (a VM
+            // just ended leaves its last close of it to the kernel, some
+            // milliseconds later, and a monitor started before then waits).
+            let (tap, rest) = match args.get(4).map(String::as_str) {
+                Some("--tap") => (args.get(5).cloned().or_else(|| usage()), 6),
+                _ => (None, 4),
+            };
+            if args.get(rest).map(String::as_str) != Some("--") || args.len() < rest + 2 {
                 usage();
             }
-            first_byte(addr, proto, &args[5..]);
+            if let Some(tap) = tap
+                && !xtask::netns::wait_for_tap(&tap, Duration::from_secs(1))
+            {
+                eprintln!("netload: first-byte: TAP device '{tap}' still busy after 1 s");
+            }
+            first_byte(addr, proto, &args[rest + 1..]);
         }
         Some("conns") => {
             let (n, len) = (num(3), num(4));
