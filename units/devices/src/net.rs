@@ -17,9 +17,12 @@
 //!   on a device that sends in its own time (QEMU, Firecracker).
 //! - **Receive**: interrupts are masked while the stack drains the ring
 //!   ([`NetDevice::mask_interrupts`], as Linux's NAPI does) and unmasked
-//!   before its last look ([`NetDevice::frame_waiting`]); buffers go back
-//!   to the ring as frames are taken, with one notification per poll when
-//!   the device asks for them.
+//!   before its last look ([`NetDevice::frame_waiting`]), except on core 0,
+//!   which they reach: there they stay masked while its threads run (its
+//!   scheduler looks at the ring at each switch, [`NetDevice::frame_ready`])
+//!   and are unmasked as it is about to halt; buffers go back to the ring
+//!   as frames are taken, with one notification per poll when the device
+//!   asks for them.
 //!
 //! - **Offloads** (when the device offers them and the command line does
 //!   not say `net.offload=off`): checksums of sent TCP and UDP frames are

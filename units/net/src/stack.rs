@@ -248,12 +248,25 @@ fn arm_on_idle() -> bool {
 }
 
 /// The process unit's look at each switch of the core device interrupts
-/// reach: whether a received frame waits. That core keeps received-frame
-/// interrupts off while it runs threads ([`Stack::poll`]), so this look is
-/// what makes a thread waiting for a frame look again. A stack in use
-/// elsewhere: "no", its user takes the frames.
+/// reach. That core keeps received-frame interrupts off while it runs
+/// threads ([`Stack::poll`]), so this look stands for them: frames that
+/// came are taken now (as the idle poll does), and the answer "yes" makes
+/// the threads waiting for them look again. Taken, not only seen: frames
+/// no waiting thread takes (a stray ARP request while every thread of the
+/// core waits on something else) would otherwise be seen at every switch,
+/// and the core would never go idle. A stack in use elsewhere: "no", its
+/// user takes the frames.
 fn frame_pending() -> bool {
-    STACK.try_lock().is_some_and(|g| g.as_ref().is_some_and(|s| s.phy.dev.frame_ready()))
+    if STACK.is_locked() {
+        return false;
+    }
+    let Some(mut g) = STACK.try_lock() else { return false };
+    let Some(s) = g.as_mut() else { return false };
+    if !s.phy.dev.frame_ready() {
+        return false;
+    }
+    s.poll();
+    true
 }
 
 fn now() -> Instant {

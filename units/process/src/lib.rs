@@ -350,13 +350,16 @@ pub struct IdleHooks {
     /// Run by that core just before it halts: let the device interrupt
     /// again, then say whether work came meanwhile (then it does not halt).
     pub arm: fn() -> bool,
-    /// Run by that core at each switch between its threads: whether the
-    /// device has work waiting. A driver may keep the device from
-    /// interrupting for as long as the core runs threads (an interrupt
-    /// cannot take the core from a running thread anyway, it only makes
-    /// the waiting threads look again at the next switch): this look
-    /// stands for the interrupt, and `arm` lets it interrupt again before
-    /// the core halts. It must be cheap, and not block.
+    /// Run by that core at each switch between its threads: do the work
+    /// the device has (as `poll` does) and say whether there was some. A
+    /// driver may keep the device from interrupting for as long as the
+    /// core runs threads (an interrupt cannot take the core from a running
+    /// thread anyway, it only makes the waiting threads look again at the
+    /// next switch): this look stands for the interrupt, and `arm` lets it
+    /// interrupt again before the core halts. It must take the work, not
+    /// only see it (work no waiting thread takes, seen at every switch,
+    /// would keep the core from ever going idle), be cheap when there is
+    /// none, and not block.
     pub pending: fn() -> bool,
 }
 

@@ -1096,8 +1096,10 @@ pub(crate) mod tests {
         static DEVICE_WORK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
         /// What the stand-in's flush says: more may come soon.
         static SOON: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
-        /// Work the stand-in device has for a waiting thread to take.
+        /// Work the stand-in device has for the switch's look.
         static PENDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+        /// How often the switch's look took work.
+        static SWITCH_TAKEN: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
     }
     const FLUSHES: usize = 0;
     const FIRST_POLLS: usize = 1;
@@ -1139,7 +1141,13 @@ pub(crate) mod tests {
                 bump(ARMS);
                 false
             },
-            pending: || PENDING.with(|p| p.get()),
+            pending: || {
+                let work = PENDING.with(|p| p.replace(false));
+                if work {
+                    SWITCH_TAKEN.with(|t| t.set(t.get() + 1));
+                }
+                work
+            },
         });
     }
 
@@ -1214,15 +1222,27 @@ pub(crate) mod tests {
                 switches
             })
         };
-        let mut looks = 0;
-        crate::wait_for_event(|| {
-            looks += 1;
-            PENDING.with(|p| p.replace(false)).then_some(())
-        });
+        let taken = SWITCH_TAKEN.with(|t| t.get());
+        // The waiter looks again once the switch's look took the work.
+        crate::wait_for_event(|| (SWITCH_TAKEN.with(|t| t.get()) > taken).then_some(()));
         done.store(true, Ordering::SeqCst);
         assert!(busy.join() >= 10);
-        assert!(looks >= 2, "the waiter looked before and after the device had work");
         assert_eq!(count(FIRST_POLLS), first_polls, "the core went idle");
+    }
+
+    /// Work the device has that no thread waits for is taken by the hook
+    /// once: it does not keep the core from going idle (a core whose every
+    /// thread waits on something else halts as before).
+    #[test]
+    fn device_work_nobody_waits_for_does_not_keep_the_core_busy() {
+        stand_in_device(false);
+        let s = fresh();
+        PENDING.with(|p| p.set(true));
+        let arms = count(ARMS);
+        s.sleep_until(arch::rdtsc() + 100_000);
+        assert!(!PENDING.with(|p| p.get()), "the switch did not take the work");
+        assert_eq!(SWITCH_TAKEN.with(|t| t.get()), 1);
+        assert!(count(ARMS) > arms, "the core never went idle");
     }
 
     fn deadlock_message(r: std::thread::Result<u8>) -> String {

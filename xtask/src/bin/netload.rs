@@ -145,7 +145,7 @@ fn main() {
             if let Some(tap) = tap
                 && !xtask::netns::wait_for_tap(&tap, Duration::from_secs(1))
             {
-                eprintln!("netload: first-byte: TAP device '{tap}' still busy after 1 s");
+                eprintln!("netload: first-byte: TAP device '{tap}' not attachable (busy for 1 s, or absent)");
             }
             first_byte(addr, proto, &args[rest + 1..]);
         }
