@@ -255,18 +255,10 @@ fn arm_on_idle() -> bool {
 /// no waiting thread takes (a stray ARP request while every thread of the
 /// core waits on something else) would otherwise be seen at every switch,
 /// and the core would never go idle. A stack in use elsewhere: "no", its
-/// user takes the frames.
+/// user takes the frames. (The idle poll's work, without its first
+/// masking: the interrupts are already off while the core runs threads.)
 fn frame_pending() -> bool {
-    if STACK.is_locked() {
-        return false;
-    }
-    let Some(mut g) = STACK.try_lock() else { return false };
-    let Some(s) = g.as_mut() else { return false };
-    if !s.phy.dev.frame_ready() {
-        return false;
-    }
-    s.poll();
-    true
+    poll_on_idle(false)
 }
 
 fn now() -> Instant {

@@ -378,9 +378,9 @@ pub fn on_device_core() -> bool {
 /// paravirtual host an interrupt costs a few exits, a halted core a
 /// wake-up of ~65 µs), and work that comes while it is halted still wakes
 /// it. While that core runs threads, it asks `pending` at each switch, so
-/// the device's interrupts may stay off then too. The hooks run on the thread that is leaving, outside the
-/// scheduler's locks; they must not block. One set of hooks; a second
-/// registration is ignored.
+/// the device's interrupts may stay off then too. The hooks run on the
+/// thread that is leaving, outside the scheduler's locks; they must not
+/// block. One set of hooks; a second registration is ignored.
 pub fn set_idle_hooks(hooks: IdleHooks) {
     IDLE_HOOKS.call_once(|| hooks);
 }
