@@ -51,6 +51,16 @@ impl Netns {
         ns
     }
 
+    /// Tell the namespace the guest's MAC address ahead (a permanent
+    /// neighbour entry for [`GUEST`] on `tap0`), so that no client waits
+    /// for ARP; whether it took.
+    pub fn know_guest(&self, mac: &str) -> bool {
+        self.exec("ip")
+            .args(["neigh", "replace", GUEST, "lladdr", mac, "dev", "tap0", "nud", "permanent"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// The namespace's name (for `ip netns exec NAME`).
     pub fn name(&self) -> &str {
         &self.name

@@ -44,9 +44,7 @@ pub fn run() -> Result<PathBuf> {
         }
     }
     let ns = Netns::create("start-order").ok_or("cannot create a network namespace (needs root)")?;
-    let mut neigh = ns.exec("ip");
-    neigh.args(["neigh", "replace", GUEST, "lladdr", MAC, "dev", "tap0", "nud", "permanent"]);
-    if !neigh.status().is_ok_and(|s| s.success()) {
+    if !ns.know_guest(MAC) {
         return Err("cannot add the guest's neighbour entry".into());
     }
     let dir = crate::root().join("target/start-order");

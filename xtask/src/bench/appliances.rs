@@ -152,12 +152,7 @@ pub fn run(monitor: &Path, out: &Path, v: &mut Verdicts) -> Result<(), String> {
         println!("  skipped: cannot create a network namespace (needs root)");
         return Ok(());
     };
-    let neigh = Command::new("ip")
-        .args(["netns", "exec"])
-        .arg(ns.name())
-        .args(["ip", "neigh", "replace", GUEST, "lladdr", MAC, "dev", "tap0", "nud", "permanent"])
-        .status();
-    if !neigh.is_ok_and(|s| s.success()) {
+    if !ns.know_guest(MAC) {
         return Err("cannot add the guest's neighbour entry".into());
     }
     let dir = out.join("appliances");
