@@ -73,15 +73,16 @@ fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, IpAddress, IpAdd
     (frame.len() >= start + len).then_some((start, proto, len, src, dst))
 }
 
-/// Whether `frame` asks for a TCP connection: a SYN without ACK (the
-/// stack keeps one listening socket ready for each it takes).
-pub(crate) fn is_syn(frame: &[u8]) -> bool {
+/// The port `frame` asks a TCP connection on, when it is a SYN without ACK
+/// (the stack makes a listening socket for each such request).
+pub(crate) fn syn_port(frame: &[u8]) -> Option<u16> {
     match transport(frame) {
         Some((start, IpProtocol::Tcp, len, ..)) => frame
             .get(start..start + len)
             .and_then(|t| TcpPacket::new_checked(t).ok())
-            .is_some_and(|t| t.syn() && !t.ack()),
-        _ => false,
+            .filter(|t| t.syn() && !t.ack())
+            .map(|t| t.dst_port()),
+        _ => None,
     }
 }
 
@@ -274,9 +275,10 @@ mod tests {
 
 #[cfg(test)]
 mod syn_tests {
-    use super::is_syn;
+    use super::syn_port;
 
-    /// Ethernet + IPv4 (no options) + a 20-byte TCP header with `flags`.
+    /// Ethernet + IPv4 (no options) + a 20-byte TCP header with `flags`,
+    /// to port 80.
     fn frame(ethertype: u16, protocol: u8, flags: u8) -> Vec<u8> {
         let mut v = vec![0u8; 14 + 20 + 20];
         v[12..14].copy_from_slice(&ethertype.to_be_bytes());
@@ -284,6 +286,7 @@ mod syn_tests {
         v[16..18].copy_from_slice(&40u16.to_be_bytes());
         v[22] = 64;
         v[23] = protocol;
+        v[34 + 2..34 + 4].copy_from_slice(&80u16.to_be_bytes());
         v[34 + 12] = 0x50;
         v[34 + 13] = flags;
         v
@@ -291,12 +294,12 @@ mod syn_tests {
 
     #[test]
     fn only_a_connection_request_counts_as_a_syn() {
-        assert!(is_syn(&frame(0x0800, 6, 0x02)));
-        assert!(!is_syn(&frame(0x0800, 6, 0x12)), "SYN-ACK");
-        assert!(!is_syn(&frame(0x0800, 6, 0x10)), "ACK");
-        assert!(!is_syn(&frame(0x0800, 17, 0x02)), "UDP");
-        assert!(!is_syn(&frame(0x0806, 6, 0x02)), "ARP");
-        assert!(!is_syn(&frame(0x0800, 6, 0x02)[..40]), "cut short");
-        assert!(!is_syn(&[]));
+        assert_eq!(syn_port(&frame(0x0800, 6, 0x02)), Some(80));
+        assert_eq!(syn_port(&frame(0x0800, 6, 0x12)), None, "SYN-ACK");
+        assert_eq!(syn_port(&frame(0x0800, 6, 0x10)), None, "ACK");
+        assert_eq!(syn_port(&frame(0x0800, 17, 0x02)), None, "UDP");
+        assert_eq!(syn_port(&frame(0x0806, 6, 0x02)), None, "ARP");
+        assert_eq!(syn_port(&frame(0x0800, 6, 0x02)[..40]), None, "cut short");
+        assert_eq!(syn_port(&[]), None);
     }
 }

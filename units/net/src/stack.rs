@@ -2,6 +2,7 @@
 //! and the waiting that the socket API does.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -19,12 +20,14 @@ struct Phy {
     /// Frames the current `Interface::poll` may still take ([`ROUND`]
     /// while something listens).
     budget: usize,
-    /// Connection requests (TCP SYNs) it may still take: one per socket
-    /// listening (see [`Stack::top_up`]).
-    syn_budget: usize,
-    /// A SYN that came when no listening socket was left for it: it goes
-    /// first in the next round, after the top-up.
-    held: Option<RxFrame>,
+    /// What each listening port can take this round (see
+    /// [`Stack::top_up`]).
+    rooms: Vec<Room>,
+    /// Connection requests (TCP SYNs) that came when no socket listened
+    /// for them: the next round's top-up makes theirs, then they go first.
+    held: VecDeque<RxFrame>,
+    /// How many at the front of `held` go first in this round.
+    replay: usize,
     /// When (TSC) the last frame came.
     last_rx: u64,
 }
@@ -91,18 +94,29 @@ impl phy::Device for Phy {
             if self.budget == 0 {
                 return None;
             }
-            let frame = match self.held.take() {
-                Some(f) => f,
-                None => self.dev.try_recv().ok()??,
-            };
-            if offload::is_syn(&frame.data) {
-                if self.syn_budget == 0 {
-                    self.held = Some(frame);
-                    return None;
+            let frame = match self.replay {
+                0 => self.dev.try_recv().ok()??,
+                _ => {
+                    self.replay -= 1;
+                    // Counted against the budget when it was first taken.
+                    self.budget += 1;
+                    self.held.pop_front()?
                 }
-                self.syn_budget -= 1;
-            }
+            };
             self.budget -= 1;
+            if let Some(port) = offload::syn_port(&frame.data)
+                && let Some(room) = self.rooms.iter_mut().find(|r| r.port == port)
+            {
+                if room.listening > 0 {
+                    room.listening -= 1;
+                } else if room.backlog > 0 {
+                    // Its socket is made at the next round's top-up. (A
+                    // full backlog: smoltcp refuses it, as Linux does.)
+                    room.backlog -= 1;
+                    self.held.push_back(frame);
+                    continue;
+                }
+            }
             self.last_rx = unit_process::clock::ticks();
             // With the host checking checksums, smoltcp checks none: a
             // frame the host did not check is checked here (and dropped, as
@@ -128,12 +142,15 @@ impl phy::Device for Phy {
     }
 }
 
-/// Listening sockets a listener keeps ready beyond those holding
-/// connections, up to its backlog (see [`Stack::top_up`]). Each costs its
-/// buffers' first touches (~19 µs a socket on a shadow-paging host:
-/// httpd's `bind` took ~450 µs with 16, ~220 µs with 4); a burst of SYNs
-/// beyond them waits a round for the top-up, not a reset.
-pub(crate) const SPARE: usize = 4;
+/// What one listening port can take in a round: SYNs its listening
+/// sockets answer, and SYNs held for sockets the next top-up makes.
+struct Room {
+    port: u16,
+    /// Sockets listening.
+    listening: usize,
+    /// Sockets it may still make (its backlog less those it holds).
+    backlog: usize,
+}
 
 /// A listening port and the sockets held for it: listening, or holding a
 /// connection not yet accepted (at most `backlog`).
@@ -300,33 +317,36 @@ impl Stack {
         }
     }
 
-    /// Budgets for one `Interface::poll`: SYNs as many as sockets listen
-    /// after the top-up; frames [`ROUND`] while a listener exists (as
-    /// many as there were spare sockets before SYNs had a budget of their
-    /// own), unbounded otherwise.
+    /// Set up one `Interface::poll`: the top-up; the SYNs held in the last
+    /// round first; frames [`ROUND`] while a listener exists, unbounded
+    /// otherwise.
     fn new_round(&mut self) {
-        self.phy.syn_budget = self.top_up();
+        self.top_up();
+        self.phy.replay = self.phy.held.len();
         let listens = self.listeners.iter().flatten().next().is_some();
         self.phy.budget = if listens { ROUND } else { usize::MAX };
     }
 
-    /// Keep [`SPARE`] sockets listening on each listener (never more than
-    /// its backlog held in all); how many SYNs the interface may take
-    /// before the next top-up: the fewest listening sockets of any
-    /// listener, since each SYN needs one (unbounded without listeners, or
-    /// when a backlog is full and new SYNs are to be refused anyway). A SYN
-    /// beyond that waits in [`Phy::held`] for the next round; other frames
-    /// pass.
+    /// Make a listening socket for each SYN held in the last round (never
+    /// more than a listener's backlog held in all), and say in
+    /// [`Phy::rooms`] what each listening port can take in this one. A SYN
+    /// that finds no socket listening on its port waits in [`Phy::held`]
+    /// for the next round (other frames pass; a round goes on); a SYN for
+    /// a port nothing listens on, or whose backlog is full, goes to
+    /// smoltcp, which refuses it.
     ///
-    /// Why not make the whole backlog at `bind`: each socket's buffers
-    /// cost first touches of guest pages (~2.3 per socket, 4–8 µs each on
-    /// a PVM host: 2 ms of httpd's start for its 128), and most are never
-    /// used. Made as connections come, a burst is taken in rounds of
-    /// `SPARE` without a reset.
-    fn top_up(&mut self) -> usize {
+    /// Why not sockets ahead: each costs its buffers' first touches (a
+    /// guest page fault of ~25 µs on a PVM host; 2 ms of httpd's start when
+    /// it made its backlog of 128 at `bind`), and sockets kept ready ahead
+    /// were made again as soon as SYNs took them: httpd's cold start with
+    /// 4 ahead made 8 sockets for its first 4 connections (8 faults more
+    /// than with 1 ahead, measured). Made for the SYNs that came, a burst
+    /// costs one round more (no exit) and no reset.
+    fn top_up(&mut self) {
         use smoltcp::socket::tcp::{Socket, State};
         let sockets = &mut self.sockets;
-        let mut fewest = usize::MAX;
+        let (held, rooms) = (&self.phy.held, &mut self.phy.rooms);
+        rooms.clear();
         for l in self.listeners.iter_mut().flatten() {
             // A connection reset before it was accepted (a half-open one
             // the client gave up) listens again rather than reach the app
@@ -339,19 +359,22 @@ impl Stack {
             }
             let mut listening =
                 l.held.iter().filter(|&&h| sockets.get::<Socket>(h).state() == State::Listen).count();
-            while listening < SPARE && l.held.len() < l.backlog {
+            let wanted = held.iter().filter(|f| offload::syn_port(&f.data) == Some(l.port)).count();
+            let mut failed = false;
+            while listening < wanted && l.held.len() < l.backlog {
                 let mut sock = crate::tcp::new_socket();
                 if sock.listen(l.port).is_err() {
+                    failed = true;
                     break;
                 }
                 l.held.push(sockets.add(sock));
                 listening += 1;
             }
-            if listening > 0 {
-                fewest = fewest.min(listening);
-            }
+            // Room to hold SYNs for the next round: none when a socket
+            // could not be made (they go to smoltcp, not round after round).
+            let backlog = if failed { 0 } else { l.backlog - l.held.len() };
+            rooms.push(Room { port: l.port, listening, backlog });
         }
-        fewest
     }
 
     /// Move frames in and out, advance timers, retire closed sockets.
@@ -380,7 +403,7 @@ impl Stack {
         // polls.
         let device_core = unit_process::on_device_core();
         let mut rounds = 0;
-        while self.phy.held.is_some()
+        while !self.phy.held.is_empty()
             || if device_core { self.phy.dev.frame_ready() } else { self.phy.dev.frame_waiting() }
         {
             if rounds == 8 {
@@ -526,7 +549,8 @@ pub fn init(
     let cfg = NetConfig::from_cmdline(cmdline).map_err(|w| alloc::format!("bad network setting '{w}'"))?;
     let Some(dev) = devices.into_iter().next() else { return Ok(None) };
     let mac = dev.mac();
-    let mut phy = Phy { dev, budget: usize::MAX, syn_budget: usize::MAX, held: None, last_rx: 0 };
+    let mut phy =
+        Phy { dev, budget: usize::MAX, rooms: Vec::new(), held: VecDeque::new(), replay: 0, last_rx: 0 };
     let seed = unit_process::clock::ticks();
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = seed;
@@ -690,7 +714,105 @@ pub(crate) fn block_on<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol,
+        Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    use unit_devices::{NetError, TxOffload};
+
+    /// A NIC whose received frames are given up front; what is sent is
+    /// dropped.
+    struct Fake(VecDeque<Vec<u8>>);
+
+    impl NetDevice for Fake {
+        fn mac(&self) -> [u8; 6] {
+            [0x06, 0x54, 0x52, 0x54, 0x4f, 0x00]
+        }
+        fn mtu(&self) -> usize {
+            1500
+        }
+        fn try_send(
+            &mut self,
+            len: usize,
+            fill: &mut dyn FnMut(&mut [u8]) -> TxOffload,
+        ) -> Result<(), NetError> {
+            fill(&mut vec![0; len]);
+            Ok(())
+        }
+        fn try_recv(&mut self) -> Result<Option<RxFrame>, NetError> {
+            Ok(self.0.pop_front().map(|data| RxFrame { data, checked: false }))
+        }
+    }
+
+    /// A TCP SYN from 10.0.2.1:`from` to 10.0.2.15:`port`.
+    fn syn(from: u16, port: u16) -> Vec<u8> {
+        let (src, dst) = (Ipv4Address::new(10, 0, 2, 1), Ipv4Address::new(10, 0, 2, 15));
+        let tcp = TcpRepr {
+            src_port: from,
+            dst_port: port,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress(Fake(VecDeque::new()).mac()),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut frame);
+        let caps = ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet, &caps);
+        tcp.emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &src.into(), &dst.into(), &caps);
+        buf
+    }
+
+    /// Listening sockets are made for the SYNs that came, no more than
+    /// the backlog allows; a SYN for a port nothing listens on is not
+    /// held. (One test owns the stack, a global.)
+    #[test]
+    fn listening_sockets_are_made_for_the_syns_that_came() {
+        use smoltcp::socket::tcp::{Socket, State};
+        let frames = [syn(40000, 80), syn(40001, 81), syn(40002, 80), syn(40003, 80)];
+        let dev: Box<dyn NetDevice + Send> = Box::new(Fake(VecDeque::new()));
+        init("torito.ip=10.0.2.15/24", vec![dev]).unwrap();
+        with(|s| {
+            s.listeners.push(Some(Listening { port: 80, backlog: 2, held: Vec::new() }));
+            s.phy.dev = Box::new(Fake(frames.into_iter().collect()));
+            s.poll();
+            let l = s.listeners[0].as_ref().unwrap();
+            assert_eq!(l.held.len(), 2, "a socket for each SYN, up to the backlog");
+            for &h in &l.held {
+                assert_eq!(s.sockets.get::<Socket>(h).state(), State::SynReceived);
+            }
+            assert!(s.phy.held.is_empty(), "the third SYN went to smoltcp (a full backlog), port 81's too");
+            assert_eq!(s.sockets.iter().count(), 2, "no socket made ahead");
+            // A SYN later on: its socket is made in the look that takes it.
+            s.phy.dev = Box::new(Fake([syn(40004, 80)].into_iter().collect()));
+            s.listeners[0].as_mut().unwrap().backlog = 3;
+            s.poll();
+            assert_eq!(s.listeners[0].as_ref().unwrap().held.len(), 3);
+            assert!(s.phy.held.is_empty());
+        })
+        .unwrap();
+    }
 
     /// The announcement reads back as a broadcast ARP request from `mac`
     /// for its own address.
