@@ -245,6 +245,57 @@ fn httpd_on_the_torito_monitor_with_curl() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A figure of httpd's `status=/server-status` page.
+fn status_figure(ns: &Netns, name: &str) -> u64 {
+    let page = String::from_utf8_lossy(&curl(ns, &[&url("/server-status")]).stdout).into_owned();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no '{name}' in {page}"))
+}
+
+/// Deferred accept (`defer=`): connections that send nothing are held by
+/// the stack, not taken (no thread each), and requests on others are
+/// answered meanwhile; one that speaks is taken and answered, one that
+/// closes is let go.
+#[test]
+fn idle_connections_wait_unaccepted_until_they_speak() {
+    let Some(ns) = Netns::or_skip("defer", &["ip", "ping", "nc", "curl"]) else { return };
+    let dir = scratch("defer");
+    let www = site(&dir, 4096);
+    let vm = start_on_torito(&ns, &www, &["status=/server-status", "defer=600"]);
+    wait_for_http(&ns);
+    let sockets = status_figure(&ns, "Sockets");
+    let idle: Vec<GroupChild> = (0..3)
+        .map(|_| {
+            let mut c = ns.exec("nc");
+            c.args([GUEST, "80"]).stdin(Stdio::piped()).stdout(Stdio::piped());
+            xtask::group::spawn(&mut c).expect("run nc")
+        })
+        .collect();
+    // The three are connected once the stack holds three sockets more.
+    let mut held = sockets;
+    xtask::testing::poll(Duration::from_secs(10), || {
+        held = status_figure(&ns, "Sockets");
+        held >= sockets + 3
+    });
+    assert!(held >= sockets + 3, "{held} sockets, {sockets} before three connections");
+    assert_eq!(status_figure(&ns, "Active connections"), 1, "only the status request itself is taken");
+    assert_eq!(status(&ns, &[&url("/")]), "200");
+    // One speaks: taken and answered.
+    let answer = raw(&ns, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // The idle ones close having sent nothing: let go.
+    drop(idle);
+    // (Within smoltcp's 10 s of TIME-WAIT for the one the server closed.)
+    let left = settle(sockets, Duration::from_secs(30), || Some(status_figure(&ns, "Sockets"))).unwrap();
+    assert!(left <= sockets, "{left} sockets after the idle connections closed, {sockets} before");
+    assert_eq!(status(&ns, &[&url("/")]), "200");
+    drop(vm);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// wrk, 10 s, 100 connections: no socket error, no status but 2xx.
 #[test]
 fn httpd_under_wrk() {

@@ -16,6 +16,9 @@
 //!   lifts the limit, and running out of heap then stops the guest).
 //! - `maxclients=10000`, `timeout=0` (idle seconds before a client is
 //!   closed; 0 never), `backlog=511`.
+//! - `defer=1`: seconds a connection may wait for its client's first
+//!   command before it is taken anyway (a thread of its own is made only
+//!   then; clients speak first); `defer=0` takes each at once.
 //!
 //! Each connection has a thread of its own; they share one keyspace
 //! behind the process unit's [`Mutex`], taken once per batch of pipelined
@@ -205,6 +208,11 @@ fn main() -> i32 {
             return 1;
         }
     };
+    let defer = num("defer", 1);
+    if let Err(e) = listener.set_defer_accept((defer > 0).then(|| Duration::from_secs(defer))) {
+        println!("kvstore: defer={defer}: {e}");
+        return 1;
+    }
     kernel::process::spawn(move || housekeeping(srv));
     let persist = match &srv.cfg.aof {
         Some(p) => format!("aof {p}, appendfsync {}", srv.cfg.fsync.name()),

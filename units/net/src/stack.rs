@@ -158,6 +158,17 @@ pub(crate) struct Listening {
     pub(crate) port: u16,
     pub(crate) backlog: usize,
     pub(crate) held: Vec<SocketHandle>,
+    /// How long (TSC ticks) `accept` leaves a connection whose peer has
+    /// sent nothing yet (`TcpListener::set_defer_accept`).
+    pub(crate) defer: Option<u64>,
+    /// Connections left so: when `accept` first found each established.
+    pub(crate) quiet: Vec<(SocketHandle, u64)>,
+}
+
+impl Listening {
+    pub(crate) fn new(port: u16, backlog: usize) -> Self {
+        Listening { port, backlog: backlog.max(1), held: Vec::new(), defer: None, quiet: Vec::new() }
+    }
 }
 
 /// The interface, its sockets and its device.
@@ -794,7 +805,7 @@ mod tests {
         let dev: Box<dyn NetDevice + Send> = Box::new(Fake(VecDeque::new()));
         init("torito.ip=10.0.2.15/24", vec![dev]).unwrap();
         with(|s| {
-            s.listeners.push(Some(Listening { port: 80, backlog: 2, held: Vec::new() }));
+            s.listeners.push(Some(Listening::new(80, 2)));
             s.phy.dev = Box::new(Fake(frames.into_iter().collect()));
             s.poll();
             let l = s.listeners[0].as_ref().unwrap();

@@ -2,7 +2,6 @@
 //! `std::net`.
 
 use alloc::vec;
-use alloc::vec::Vec;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
@@ -67,8 +66,8 @@ impl TcpListener {
     }
 
     /// Listen on `port`, holding up to `backlog` (at least 1) connections
-    /// not yet accepted. Listening sockets are made as connections come
-    /// (4 ahead), not all at once; beyond the backlog, connections get
+    /// not yet accepted. A listening socket is made for each connection
+    /// request that comes, not ahead; beyond the backlog, connections get
     /// resets (clients retry).
     pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<Self, Error> {
         if port == 0 {
@@ -78,7 +77,7 @@ impl TcpListener {
             if s.listeners.iter().flatten().any(|l| l.port == port) {
                 return Err(Error::AddrInUse);
             }
-            let l = Listening { port, backlog: backlog.max(1), held: Vec::new() };
+            let l = Listening::new(port, backlog);
             let id = match s.listeners.iter().position(Option::is_none) {
                 Some(i) => {
                     s.listeners[i] = Some(l);
@@ -103,16 +102,68 @@ impl TcpListener {
         self.port
     }
 
+    /// Hand over a connection only once its peer has sent something (or
+    /// closed), or once it has waited `wait` since it was established
+    /// (`None`, the default: at once), as Linux's `TCP_DEFER_ACCEPT` and
+    /// nginx's `listen … deferred`. For a protocol whose clients speak
+    /// first (HTTP, Redis): a connection opened ahead and left idle (a
+    /// browser's preconnect, a client racing several connects) costs no
+    /// thread until it is used, and a burst of them does not hold up the
+    /// one whose request came. The wait is noticed within ~20 ms.
+    pub fn set_defer_accept(&mut self, wait: Option<core::time::Duration>) -> Result<(), Error> {
+        let id = self.id;
+        let ticks = wait.map(|w| {
+            let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
+            (w.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 4)) as u64
+        });
+        with(|s| {
+            if let Some(l) = s.listeners.get_mut(id).and_then(Option::as_mut) {
+                l.defer = ticks;
+                l.quiet.clear();
+            }
+        })
+    }
+
     /// Wait for a connection and take it.
     pub fn accept(&mut self) -> Result<TcpStream, Error> {
         let id = self.id;
         let accepted = block_on(Deadline::NONE, |s: &mut Stack| {
             let l = s.listeners.get_mut(id)?.as_mut()?;
-            let i = l.held.iter().position(|&h| {
-                let st = s.sockets.get::<Socket>(h).state();
-                !matches!(st, State::Listen | State::SynReceived)
-            })?;
-            let handle = l.held.remove(i);
+            let now = unit_process::clock::ticks();
+            let sockets = &s.sockets;
+            // Those left for their first bytes that closed or went back to
+            // listening are forgotten.
+            l.quiet.retain(|&(h, _)| sockets.get::<Socket>(h).state() == State::Established);
+            // With a deferred accept, a connection with bytes to read goes
+            // before one that closed having sent none (or waited long).
+            let (mut ready, mut other) = (None, None);
+            for (i, &h) in l.held.iter().enumerate() {
+                let sock = sockets.get::<Socket>(h);
+                match (sock.state(), l.defer) {
+                    (State::Listen | State::SynReceived, _) => continue,
+                    (_, Some(_)) if sock.recv_queue() > 0 => {}
+                    (State::Established, Some(wait)) => match l.quiet.iter().find(|&&(q, _)| q == h) {
+                        Some(&(_, since)) if now.saturating_sub(since) >= wait => {
+                            other = other.or(Some(i));
+                            continue;
+                        }
+                        Some(_) => continue,
+                        None => {
+                            l.quiet.push((h, now));
+                            continue;
+                        }
+                    },
+                    (_, Some(_)) => {
+                        other = other.or(Some(i));
+                        continue;
+                    }
+                    _ => {}
+                }
+                ready = Some(i);
+                break;
+            }
+            let handle = l.held.remove(ready.or(other)?);
+            l.quiet.retain(|&(q, _)| q != handle);
             // A new listening socket at the next look.
             s.dirty = true;
             Some(Ok(TcpStream { handle, read_timeout: None }))
