@@ -261,7 +261,7 @@ fn status_figure(ns: &Netns, name: &str) -> u64 {
 /// closes is let go.
 #[test]
 fn idle_connections_wait_unaccepted_until_they_speak() {
-    let Some(ns) = Netns::or_skip("defer", &["ip", "ping", "nc", "curl"]) else { return };
+    let Some(ns) = Netns::or_skip("defer", &["ip", "ping", "nc", "curl", "ss"]) else { return };
     let dir = scratch("defer");
     let www = site(&dir, 4096);
     let vm = start_on_torito(&ns, &www, &["status=/server-status", "defer=600"]);
@@ -274,14 +274,19 @@ fn idle_connections_wait_unaccepted_until_they_speak() {
             xtask::group::spawn(&mut c).expect("run nc")
         })
         .collect();
-    // The three are connected once the stack holds three sockets more.
-    let mut held = sockets;
-    xtask::testing::poll(Duration::from_secs(10), || {
-        held = status_figure(&ns, "Sockets");
-        held >= sockets + 3
-    });
-    assert!(held >= sockets + 3, "{held} sockets, {sockets} before three connections");
-    assert_eq!(status_figure(&ns, "Active connections"), 1, "only the status request itself is taken");
+    // The three are connected (as the client's kernel sees them).
+    let established = || {
+        let out = ns.exec("ss").args(["-Htn", "state", "established", "dport", "=", ":80"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    xtask::testing::poll(Duration::from_secs(10), || established() >= 3);
+    assert!(established() >= 3, "the three idle connections never got through");
+    // None of them is taken: only the status request itself is served
+    // (once the threads of the requests before it have ended).
+    let active =
+        settle(1, Duration::from_secs(10), || Some(status_figure(&ns, "Active connections"))).unwrap();
+    assert_eq!(active, 1, "connections served while three idle ones are held");
+    assert!(status_figure(&ns, "Sockets") >= sockets + 3, "the stack holds the three");
     assert_eq!(status(&ns, &[&url("/")]), "200");
     // One speaks: taken and answered.
     let answer = raw(&ns, b"GET / HTTP/1.0\r\n\r\n");

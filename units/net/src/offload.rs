@@ -15,7 +15,9 @@
 use core::num::NonZeroUsize;
 
 use smoltcp::phy::{Checksum, DeviceCapabilities, PacketMeta};
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, checksum};
+use smoltcp::wire::{
+    IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, checksum,
+};
 use unit_devices::{Offloads, TxOffload};
 
 /// Ethernet header.
@@ -76,12 +78,17 @@ fn transport(frame: &[u8]) -> Option<(usize, IpProtocol, usize, IpAddress, IpAdd
 /// The port `frame` asks a TCP connection on, when it is a SYN without ACK
 /// (the stack makes a listening socket for each such request).
 pub(crate) fn syn_port(frame: &[u8]) -> Option<u16> {
+    syn(frame).map(|(_, port)| port)
+}
+
+/// Who asks, and on which port, when `frame` is a SYN without ACK.
+pub(crate) fn syn(frame: &[u8]) -> Option<(IpEndpoint, u16)> {
     match transport(frame) {
-        Some((start, IpProtocol::Tcp, len, ..)) => frame
+        Some((start, IpProtocol::Tcp, len, src, _)) => frame
             .get(start..start + len)
             .and_then(|t| TcpPacket::new_checked(t).ok())
             .filter(|t| t.syn() && !t.ack())
-            .map(|t| t.dst_port()),
+            .map(|t| (IpEndpoint::new(src, t.src_port()), t.dst_port())),
         _ => None,
     }
 }

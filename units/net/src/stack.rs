@@ -91,19 +91,26 @@ impl phy::Device for Phy {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
         loop {
-            if self.budget == 0 {
-                return None;
-            }
-            let frame = match self.replay {
-                0 => self.dev.try_recv().ok()??,
-                _ => {
-                    self.replay -= 1;
-                    // Counted against the budget when it was first taken.
-                    self.budget += 1;
-                    self.held.pop_front()?
+            let frame = if self.replay > 0 {
+                // Held in the last round: counted against that round's
+                // budget, and its checksum checked, then.
+                self.replay -= 1;
+                self.held.pop_front()?
+            } else {
+                if self.budget == 0 {
+                    return None;
                 }
+                let frame = self.dev.try_recv().ok()??;
+                self.budget -= 1;
+                self.last_rx = unit_process::clock::ticks();
+                // With the host checking checksums, smoltcp checks none: a
+                // frame the host did not check is checked here (and
+                // dropped, as smoltcp would, when wrong).
+                if self.dev.offloads().rx_csum && !frame.checked && !offload::rx_checksum_ok(&frame.data) {
+                    continue;
+                }
+                frame
             };
-            self.budget -= 1;
             if let Some(port) = offload::syn_port(&frame.data)
                 && let Some(room) = self.rooms.iter_mut().find(|r| r.port == port)
             {
@@ -116,13 +123,6 @@ impl phy::Device for Phy {
                     self.held.push_back(frame);
                     continue;
                 }
-            }
-            self.last_rx = unit_process::clock::ticks();
-            // With the host checking checksums, smoltcp checks none: a
-            // frame the host did not check is checked here (and dropped, as
-            // smoltcp would, when wrong).
-            if self.dev.offloads().rx_csum && !frame.checked && !offload::rx_checksum_ok(&frame.data) {
-                continue;
             }
             return Some((RxToken(frame.data), self.tx_token()));
         }
@@ -356,8 +356,21 @@ impl Stack {
     fn top_up(&mut self) {
         use smoltcp::socket::tcp::{Socket, State};
         let sockets = &mut self.sockets;
-        let (held, rooms) = (&self.phy.held, &mut self.phy.rooms);
+        let (held, rooms) = (&mut self.phy.held, &mut self.phy.rooms);
         rooms.clear();
+        // A SYN sent again for a connection already half open (its SYN-ACK
+        // was lost or late) is dropped: a socket made for it could take it
+        // before the connection's own (smoltcp offers a segment to its
+        // sockets in order) and open a second one for the same peer. The
+        // connection's own socket sends its SYN-ACK again in its time.
+        let listeners = &self.listeners;
+        held.retain(|f| {
+            let Some((peer, port)) = offload::syn(&f.data) else { return true };
+            !listeners.iter().flatten().filter(|l| l.port == port).flat_map(|l| &l.held).any(|&h| {
+                let sock = sockets.get::<Socket>(h);
+                sock.state() == State::SynReceived && sock.remote_endpoint() == Some(peer)
+            })
+        });
         for l in self.listeners.iter_mut().flatten() {
             // A connection reset before it was accepted (a half-open one
             // the client gave up) listens again rather than reach the app
@@ -795,6 +808,27 @@ mod tests {
         buf
     }
 
+    /// A SYN held for a listener dropped since goes through (to smoltcp,
+    /// which refuses it) in the next round, whatever its budget: no
+    /// listener means an unbounded one.
+    #[test]
+    fn a_held_syn_goes_through_once_nothing_listens() {
+        let held: VecDeque<RxFrame> =
+            [RxFrame { data: syn(40000, 80), checked: false }].into_iter().collect();
+        let mut phy = Phy {
+            dev: Box::new(Fake(VecDeque::new())),
+            budget: usize::MAX,
+            rooms: Vec::new(),
+            held,
+            replay: 1,
+            last_rx: 0,
+        };
+        let (rx, _tx) = phy::Device::receive(&mut phy, Instant::from_millis(0)).expect("the held SYN");
+        phy::RxToken::consume(rx, |f| assert_eq!(offload::syn_port(f), Some(80)));
+        assert!(phy.held.is_empty());
+        assert_eq!(phy.budget, usize::MAX);
+    }
+
     /// Listening sockets are made for the SYNs that came, no more than
     /// the backlog allows; a SYN for a port nothing listens on is not
     /// held. (One test owns the stack, a global.)
@@ -820,6 +854,13 @@ mod tests {
             s.listeners[0].as_mut().unwrap().backlog = 3;
             s.poll();
             assert_eq!(s.listeners[0].as_ref().unwrap().held.len(), 3);
+            assert!(s.phy.held.is_empty());
+            // The same SYN again (the client's SYN-ACK lost): no second
+            // connection for it.
+            s.phy.dev = Box::new(Fake([syn(40004, 80)].into_iter().collect()));
+            s.listeners[0].as_mut().unwrap().backlog = 8;
+            s.poll();
+            assert_eq!(s.listeners[0].as_ref().unwrap().held.len(), 3, "no socket for a SYN sent again");
             assert!(s.phy.held.is_empty());
         })
         .unwrap();

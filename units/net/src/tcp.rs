@@ -88,7 +88,7 @@ impl TcpListener {
                     s.listeners.len() - 1
                 }
             };
-            // The first sockets now: connections are welcome at once.
+            // A look now: SYNs already waiting get their sockets at once.
             s.dirty = true;
             s.poll();
             Ok(id)
@@ -103,8 +103,8 @@ impl TcpListener {
     }
 
     /// Hand over a connection only once its peer has sent something (or
-    /// closed), or once it has waited `wait` since it was established
-    /// (`None`, the default: at once), as Linux's `TCP_DEFER_ACCEPT` and
+    /// closed), or once it has waited `wait` since `accept` first found it
+    /// established (`None`, the default: at once), as Linux's `TCP_DEFER_ACCEPT` and
     /// nginx's `listen … deferred`. For a protocol whose clients speak
     /// first (HTTP, Redis): a connection opened ahead and left idle (a
     /// browser's preconnect, a client racing several connects) costs no
@@ -140,7 +140,9 @@ impl TcpListener {
             for (i, &h) in l.held.iter().enumerate() {
                 let sock = sockets.get::<Socket>(h);
                 match (sock.state(), l.defer) {
-                    (State::Listen | State::SynReceived, _) => continue,
+                    // Closed: reset before it was taken; it listens again
+                    // at the next top-up.
+                    (State::Listen | State::SynReceived | State::Closed, _) => continue,
                     (_, Some(_)) if sock.recv_queue() > 0 => {}
                     (State::Established, Some(wait)) => match l.quiet.iter().find(|&&(q, _)| q == h) {
                         Some(&(_, since)) if now.saturating_sub(since) >= wait => {
@@ -164,8 +166,6 @@ impl TcpListener {
             }
             let handle = l.held.remove(ready.or(other)?);
             l.quiet.retain(|&(q, _)| q != handle);
-            // A new listening socket at the next look.
-            s.dirty = true;
             Some(Ok(TcpStream { handle, read_timeout: None }))
         })?;
         if accepted.is_ok() {
