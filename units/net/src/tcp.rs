@@ -102,9 +102,10 @@ impl TcpListener {
         self.port
     }
 
-    /// Hand over a connection only once its peer has sent something (or
-    /// closed), or once it has waited `wait` since `accept` first found it
-    /// established (`None`, the default: at once), as Linux's `TCP_DEFER_ACCEPT` and
+    /// Hand over a connection only once its peer has sent something, or
+    /// once it has waited `wait` since `accept` first found it established
+    /// (`None`, the default: at once); one its peer closes having sent
+    /// nothing is closed by the stack, never handed over, as Linux's `TCP_DEFER_ACCEPT` and
     /// nginx's `listen … deferred`. For a protocol whose clients speak
     /// first (HTTP, Redis): a connection opened ahead and left idle (a
     /// browser's preconnect, a client racing several connects) costs no
@@ -135,14 +136,17 @@ impl TcpListener {
             // listening are forgotten.
             l.quiet.retain(|&(h, _)| sockets.get::<Socket>(h).state() == State::Established);
             // With a deferred accept, a connection with bytes to read goes
-            // before one that closed having sent none (or waited long).
+            // before one that waited its time; one its peer closed having
+            // sent nothing is closed here (there is nothing to answer, and a
+            // thread made for it only to read the end would delay the
+            // others: a client racing several connects closes the losers).
             let (mut ready, mut other) = (None, None);
             for (i, &h) in l.held.iter().enumerate() {
                 let sock = sockets.get::<Socket>(h);
                 match (sock.state(), l.defer) {
                     // Closed: reset before it was taken; it listens again
-                    // at the next top-up.
-                    (State::Listen | State::SynReceived | State::Closed, _) => continue,
+                    // at the next top-up. LastAck: closed here (below).
+                    (State::Listen | State::SynReceived | State::Closed | State::LastAck, _) => continue,
                     (_, Some(_)) if sock.recv_queue() > 0 => {}
                     (State::Established, Some(wait)) => match l.quiet.iter().find(|&&(q, _)| q == h) {
                         Some(&(_, since)) if now.saturating_sub(since) >= wait => {
@@ -155,6 +159,7 @@ impl TcpListener {
                             continue;
                         }
                     },
+                    (State::CloseWait, Some(_)) => continue,
                     (_, Some(_)) => {
                         other = other.or(Some(i));
                         continue;
@@ -163,6 +168,17 @@ impl TcpListener {
                 }
                 ready = Some(i);
                 break;
+            }
+            if l.defer.is_some() {
+                for &h in &l.held {
+                    let sock = s.sockets.get_mut::<Socket>(h);
+                    if sock.state() == State::CloseWait && sock.recv_queue() == 0 {
+                        // Its socket listens again once the close is done
+                        // (the top-up).
+                        sock.close();
+                        s.dirty = true;
+                    }
+                }
             }
             let handle = l.held.remove(ready.or(other)?);
             l.quiet.retain(|&(q, _)| q != handle);
