@@ -694,17 +694,19 @@ fn enter<T>(flush: bool, f: impl FnOnce(&mut Stack) -> T) -> Result<T, Error> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadline(Option<u64>);
 
+/// TSC ticks in `t` (at most `u64::MAX / 2`).
+pub(crate) fn ticks_in(t: core::time::Duration) -> u64 {
+    let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
+    (t.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 2)) as u64
+}
+
 impl Deadline {
     /// Wait for ever.
     pub(crate) const NONE: Deadline = Deadline(None);
 
     /// `t` from now (`None`: for ever).
     pub(crate) fn after(t: Option<core::time::Duration>) -> Self {
-        let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
-        Deadline(t.map(|t| {
-            let ticks = (t.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 2)) as u64;
-            unit_process::clock::ticks().saturating_add(ticks)
-        }))
+        Deadline(t.map(|t| unit_process::clock::ticks().saturating_add(ticks_in(t))))
     }
 
     pub(crate) fn passed(self) -> bool {

@@ -104,19 +104,17 @@ impl TcpListener {
 
     /// Hand over a connection only once its peer has sent something, or
     /// once it has waited `wait` since `accept` first found it established
-    /// (`None`, the default: at once); one its peer closes having sent
-    /// nothing is closed by the stack, never handed over, as Linux's `TCP_DEFER_ACCEPT` and
-    /// nginx's `listen … deferred`. For a protocol whose clients speak
+    /// (`None`, the default: at once), as Linux's `TCP_DEFER_ACCEPT` and
+    /// nginx's `listen … deferred`; unlike Linux, one its peer closes
+    /// having sent nothing is closed by the stack, never handed over. For a
+    /// protocol whose clients speak
     /// first (HTTP, Redis): a connection opened ahead and left idle (a
     /// browser's preconnect, a client racing several connects) costs no
     /// thread until it is used, and a burst of them does not hold up the
     /// one whose request came. The wait is noticed within ~20 ms.
     pub fn set_defer_accept(&mut self, wait: Option<core::time::Duration>) -> Result<(), Error> {
         let id = self.id;
-        let ticks = wait.map(|w| {
-            let khz = unit_process::clock::tsc_khz().unwrap_or(1_000_000);
-            (w.as_nanos() * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX / 4)) as u64
-        });
+        let ticks = wait.map(crate::stack::ticks_in);
         with(|s| {
             if let Some(l) = s.listeners.get_mut(id).and_then(Option::as_mut) {
                 l.defer = ticks;
