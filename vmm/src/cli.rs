@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    DiskConfig, NetConfig, ShareConfig, TimelineFormat, VmConfig, VsockConfig, parse_cpus, parse_duration,
-    parse_size,
+    DiskConfig, NetConfig, ShareConfig, Teardown, TimelineFormat, VmConfig, VsockConfig, parse_cpus,
+    parse_duration, parse_size,
 };
 use crate::sandbox::SeccompMode;
 
@@ -47,7 +47,9 @@ pub struct Cli {
     /// Kernel command line (alternative to the words after `--`).
     #[arg(long, conflicts_with = "args")]
     pub cmdline: Option<String>,
-    /// Print where the time went, on stderr: `--timeline` or `--timeline=json`.
+    /// Print where the time went, on stderr: `--timeline`, `--timeline=json`,
+    /// or `--timeline=json-events` (the events alone: no figures collected
+    /// as the run ends).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_enum)]
     pub timeline: Option<TimelineFormat>,
     /// When the guest panics, faults or crashes, write an ELF core file of
@@ -68,6 +70,13 @@ pub struct Cli {
     /// Run without seccomp filters (for debugging; said on stderr).
     #[arg(long, conflicts_with = "seccomp")]
     pub no_seccomp: bool,
+    /// Who frees the VM and its memory after the guest stops: `keeper`, a
+    /// process that outlives the monitor by a millisecond or so (init or
+    /// the nearest subreaper reaps it), so that the monitor's parent learns
+    /// the status sooner; `in-process`, the monitor as it exits; `auto`,
+    /// `keeper` where PID 1 reaps orphans.
+    #[arg(long, value_enum, default_value = "auto", value_name = "auto|keeper|in-process")]
+    pub teardown: Teardown,
     /// Boot nothing: copy stdin to stdout, naming the function and line of
     /// each backtrace frame (`#N 0xADDR`) and faulting `rip=0xADDR` in it
     /// from ELF (for a log of the same ELF on QEMU or Firecracker).
@@ -94,6 +103,7 @@ impl Cli {
         cfg.core = self.core.clone();
         cfg.gdb = self.gdb.clone();
         cfg.seccomp = if self.no_seccomp { SeccompMode::Off } else { self.seccomp };
+        cfg.teardown = self.teardown;
         cfg
     }
 }

@@ -158,7 +158,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         // While the other vCPUs take their kick (tens to hundreds of µs
         // here) and the threads end.
         tl.set_guest_trace(boot_info::read_trace(&mem));
-        if cfg.timeline.is_some() {
+        if cfg.timeline.is_some_and(|f| f.figures()) {
             tl.set_stats(vcpu.stats());
             tl.guest_touched_kib = vstate::sys::resident_kib(&mem);
             tl.peak_rss_kib = vstate::sys::peak_rss_kib();
@@ -173,9 +173,13 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     }
     tl.vcpus_started = machine.started();
     let registers = machine.registers();
-    let farewell = machine.take_farewell();
-    // The TAP devices' last close (an RCU grace period, 0.3–0.4 ms here)
-    // comes after the monitor's exit too; the devices close theirs now.
+    // The VM's and the TAP devices' last closes (0.3–0.7 ms and an RCU
+    // grace period here) and the freeing of guest memory come after the
+    // monitor's exit: in a keeper process that holds them (`--teardown`),
+    // or, without one, through the VM's way out (`vstate::Farewell`; the
+    // devices close theirs now, the memory goes with the process).
+    let kept = machine.keeper() && keep(cfg.teardown);
+    let farewell = if kept { None } else { machine.take_farewell() };
     if let Some(f) = &farewell {
         f.send(&machine.slow_to_close());
     }
@@ -192,8 +196,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
             Err(e) => eprintln!("torito: warning: cannot write the core file {}: {e}", path.display()),
         }
     }
-    // The VM (and vCPU 0, which refers to it) is destroyed by the kernel
-    // after the monitor has exited: see `vstate::Farewell`. vCPU 0's
+    // The VM (and vCPU 0, which refers to it) is destroyed by the keeper,
+    // or by the kernel after the monitor has exited. vCPU 0's
     // shared page and guest RAM are left to the process's exit too, which
     // unmaps the whole address space at once: each `munmap` here, after
     // other threads ran on other CPUs, cost a round of TLB-flush IPIs
@@ -203,6 +207,21 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     std::mem::forget(vcpu);
     std::mem::forget(mem);
     Ok(outcome)
+}
+
+/// Hand the VM and the process's memory to a keeper (`vstate::keeper`):
+/// whether it took them. An explicit `--teardown=keeper` that fails says
+/// why.
+fn keep(teardown: config::Teardown) -> bool {
+    match vstate::keeper::hand_over() {
+        Ok(()) => true,
+        Err(e) => {
+            if teardown == config::Teardown::Keeper {
+                eprintln!("torito: warning: --teardown=keeper: {e}; the monitor frees the VM itself");
+            }
+            false
+        }
+    }
 }
 
 /// Open the kernel ELF and check what needs no KVM: a file, RAM in range.

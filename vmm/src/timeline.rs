@@ -193,7 +193,7 @@ impl Timeline {
     pub fn render(&self, format: TimelineFormat) -> String {
         match format {
             TimelineFormat::Human => self.human(),
-            TimelineFormat::Json => self.json(),
+            TimelineFormat::Json | TimelineFormat::JsonEvents => self.json(),
         }
     }
 

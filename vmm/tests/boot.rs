@@ -72,6 +72,23 @@ fn hello_boots_with_its_command_line() {
     assert!(r.stdout.contains("command line: alpha beta"));
 }
 
+/// `--timeline=json-events`: the events, and none of the figures whose
+/// collection would lengthen the run's end.
+#[test]
+fn a_timeline_of_events_alone_collects_no_figures() {
+    if !kvm() {
+        return;
+    }
+    let r = run(&["--timeout", "10", "--timeline=json-events"], &guest("hello"), &[]);
+    assert_eq!(r.code, 0);
+    let json = r.stderr.lines().find(|l| l.starts_with("{\"time_zero\"")).expect("a JSON timeline");
+    for event in ["\"name\":\"kernel_main\"", "\"name\":\"app_main\"", "\"name\":\"guest_stopped\""] {
+        assert!(json.contains(event), "no {event} in {json}");
+    }
+    assert!(json.contains("\"vcpu_stats\":{}"), "{json}");
+    assert!(!json.contains("peak_rss_kib") && !json.contains("guest_touched_kib"), "{json}");
+}
+
 #[test]
 fn hello_costs_few_exits_and_emulated_instructions() {
     if !kvm() {

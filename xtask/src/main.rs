@@ -101,7 +101,8 @@ struct RunArgs {
     /// (`gdb <ELF> PATH`; the monitor only).
     #[arg(long, value_name = "PATH")]
     core: Option<std::path::PathBuf>,
-    /// Print the monitor's timeline (`--timeline=json`: one JSON line).
+    /// Print the monitor's timeline (`--timeline=json`: one JSON line;
+    /// `--timeline=json-events`: its events alone).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "json")]
     timeline: Option<String>,
     /// Stop the guest after this many seconds (the monitor's

@@ -47,7 +47,7 @@ pub struct RunOptions {
     pub shares: Vec<String>,
     /// `--vsock`, as given.
     pub vsock: Option<String>,
-    /// `--timeline` (`"text"`) or `--timeline=json`.
+    /// `--timeline` (`"text"`), `--timeline=json` or `--timeline=json-events`.
     pub timeline: Option<String>,
     /// `--timeout` in seconds.
     pub timeout: Option<f64>,
@@ -67,8 +67,9 @@ pub fn check(opts: &RunOptions) -> Result<Devices> {
     if let Some(t) = &opts.timeline
         && t != "text"
         && t != "json"
+        && t != "json-events"
     {
-        return Err(format!("--timeline={t}: use --timeline or --timeline=json"));
+        return Err(format!("--timeline={t}: use --timeline, --timeline=json or --timeline=json-events"));
     }
     if opts.timeout.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
         return Err("--timeout takes a number of seconds above 0, e.g. --timeout 10".into());
@@ -158,7 +159,7 @@ pub fn run(opts: &RunOptions) -> Result<i32> {
                 c.arg("--vsock").arg(v);
             }
             match opts.timeline.as_deref() {
-                Some("json") => c.arg("--timeline=json"),
+                Some(json @ ("json" | "json-events")) => c.arg(format!("--timeline={json}")),
                 Some(_) => c.arg("--timeline"),
                 None => &mut c,
             };

@@ -301,6 +301,65 @@ fn idle_connections_wait_unaccepted_until_they_speak() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--teardown=keeper`: the monitor's parent learns the status while a
+/// keeper process frees the VM (`vstate::keeper`), and the keeper is an
+/// orphan that its reaper (here netload, a subreaper) reaps within
+/// milliseconds, the VM gone by then; `in-process` leaves no orphan. A
+/// cold start each, under netload's retrying client.
+#[test]
+fn a_keeper_frees_the_vm_after_the_monitor_exits() {
+    let Some(ns) = Netns::or_skip("keeper", &["ip", "ping"]) else { return };
+    let dir = scratch("keeper");
+    let www = site(&dir, 4096);
+    let monitor = xtask::build_monitor(true).unwrap_or_else(|e| panic!("{e}"));
+    let elf = xtask::build("httpd", Variant::default()).unwrap_or_else(|e| panic!("{e}"));
+    let netload = xtask::build_netload().unwrap_or_else(|e| panic!("{e}"));
+    let debugfs = Path::new("/sys/kernel/debug/kvm");
+    for teardown in ["keeper", "in-process"] {
+        let out = ns
+            .exec(&netload.display().to_string())
+            .args([&format!("{GUEST}:80"), "first-byte", "http", "--tap", "tap0", "--"])
+            .arg(&monitor)
+            .args([&format!("--teardown={teardown}"), "--net", "tap=tap0", "--share"])
+            .arg(format!("{},tag=www,ro", www.display()))
+            .arg(&elf)
+            .args(["--", "torito.ip=10.0.2.15/24", "root=/www", "requests=1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("--teardown={teardown}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        let line = text.lines().find(|l| l.starts_with("first-byte:")).unwrap_or_else(|| panic!("{text}"));
+        let field = |key: &str| line.split(key).nth(1).and_then(|r| r.split([' ', ',']).next()).unwrap_or("");
+        let reaped: f64 =
+            field("reaped: ").parse().unwrap_or_else(|_| panic!("the monitor was killed: {line}"));
+        let orphans = field("orphans: ");
+        if teardown == "in-process" {
+            assert_eq!(orphans, "0", "{line}");
+            continue;
+        }
+        assert_eq!(orphans, "1", "{line}");
+        let at: f64 = line
+            .split("torito-exit reaped at ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no keeper named torito-exit: {line}"));
+        assert!(at - reaped < 50_000.0, "the keeper outlived the monitor by {:.0} µs", at - reaped);
+        // Its exit destroyed the VM (KVM's debugfs entry `<pid>-<fd>`).
+        if debugfs.is_dir() {
+            let pid = field("pid: ");
+            let left = std::fs::read_dir(debugfs)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{pid}-")))
+                .count();
+            assert_eq!(left, 0, "the VM of monitor {pid} outlived its keeper");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// wrk, 10 s, 100 connections: no socket error, no status but 2xx.
 #[test]
 fn httpd_under_wrk() {

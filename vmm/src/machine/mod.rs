@@ -213,6 +213,11 @@ impl<'a> Machine<'a> {
         self.installer.take_farewell()
     }
 
+    /// Whether the run ends with a keeper (`vstate::keeper`).
+    pub fn keeper(&self) -> bool {
+        self.installer.keeper()
+    }
+
     /// Descriptors of the devices whose last close is slow, for the VM's
     /// way out (`vstate::Farewell::send`).
     pub fn slow_to_close(&self) -> Vec<std::os::fd::RawFd> {

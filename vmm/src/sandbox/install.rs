@@ -110,7 +110,14 @@ struct Shared {
     holds: AtomicUsize,
     /// The warm-up is over (or there is none): a hold costs a load.
     warmed: AtomicBool,
+    /// Whether the run ends with a keeper (`vstate::keeper`): `UNKNOWN`
+    /// until whoever compiles the vCPU filter decides, before compiling it.
+    keeper: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const KEEPER: u8 = 1;
+const NO_KEEPER: u8 = 2;
 
 impl Shared {
     fn new() -> Self {
@@ -122,7 +129,16 @@ impl Shared {
             warm: Mutex::new(Vec::new()),
             holds: AtomicUsize::new(0),
             warmed: AtomicBool::new(false),
+            keeper: AtomicU8::new(UNKNOWN),
         }
+    }
+
+    /// Decide whether the run ends with a keeper (`--teardown=auto` reads
+    /// a file); `sandbox` with it allowed if so.
+    fn decide_keeper(&self, sandbox: Sandbox) -> Sandbox {
+        let keep = crate::vstate::keeper::wanted(sandbox.teardown());
+        self.keeper.store(if keep { KEEPER } else { NO_KEEPER }, Ordering::Release);
+        if keep { sandbox.with_keeper(std::process::id()) } else { sandbox }
     }
 }
 
@@ -136,6 +152,8 @@ pub struct Installer {
     enabled: bool,
     /// The sandbox thread, to wake once it sleeps.
     thread: Option<std::thread::Thread>,
+    /// `--teardown`.
+    teardown: crate::config::Teardown,
 }
 
 impl Installer {
@@ -145,12 +163,19 @@ impl Installer {
     pub(super) fn start(sandbox: &Sandbox) -> Result<Self, Error> {
         let shared = Arc::new(Shared::new());
         let enabled = sandbox.enabled();
+        let teardown = sandbox.teardown();
         if sys::cpus_allowed() < 2 {
             shared.warmed.store(true, Ordering::Relaxed);
             if !enabled {
                 finish(&shared, Ok(0));
             }
-            return Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None });
+            return Ok(Self {
+                shared,
+                inline: enabled.then(|| sandbox.clone()),
+                enabled,
+                thread: None,
+                teardown,
+            });
         }
         if !enabled {
             // Nothing to wait for; the stage is left to the thread.
@@ -162,6 +187,7 @@ impl Installer {
                 // Whatever happens here (a panic included), a waiter is told.
                 let guard = Unfinished(&theirs);
                 let started = std::time::Instant::now();
+                let mine = theirs.decide_keeper(mine);
                 let bpf = enabled.then(|| {
                     let farewell = Farewell::new();
                     let mine = match &farewell {
@@ -204,12 +230,12 @@ impl Installer {
                 // guest does (see the module's header).
                 use std::os::unix::thread::JoinHandleExt;
                 sys::keep_off_this_cpu(t.as_pthread_t());
-                Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()) })
+                Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()), teardown })
             }
             // No thread to spare: do it inline.
             Err(_) => {
                 shared.warmed.store(true, Ordering::Relaxed);
-                Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None })
+                Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None, teardown })
             }
         }
     }
@@ -249,6 +275,7 @@ impl Installer {
     pub fn go(&self) {
         if let Some(sandbox) = &self.inline {
             if self.shared.stage.load(Ordering::Acquire) == COMPILING {
+                let sandbox = self.shared.decide_keeper(sandbox.clone());
                 finish(&self.shared, sandbox.compile(Role::Vcpu).and_then(|b| install(&b)));
             }
             return;
@@ -271,6 +298,17 @@ impl Installer {
             Some(Ok(0)) | None => Ok(None),
             Some(Ok(t)) => Ok(Some(*t)),
             Some(Err(e)) => Err(Error::Sandbox(e.clone())),
+        }
+    }
+
+    /// Whether the run ends with a keeper (`vstate::keeper`): as decided
+    /// before the vCPU filter was compiled (which allows making it only
+    /// then), or, if none was, now.
+    pub fn keeper(&self) -> bool {
+        match self.shared.keeper.load(Ordering::Acquire) {
+            KEEPER => true,
+            NO_KEEPER => false,
+            _ => crate::vstate::keeper::wanted(self.teardown),
         }
     }
 
@@ -472,8 +510,13 @@ mod tests {
     #[test]
     fn no_chunk_is_warmed_up_while_the_warm_up_is_held() {
         // (No sandbox thread: this test takes the chunks.)
-        let installer =
-            Installer { shared: Arc::new(Shared::new()), inline: None, enabled: false, thread: None };
+        let installer = Installer {
+            shared: Arc::new(Shared::new()),
+            inline: None,
+            enabled: false,
+            thread: None,
+            teardown: crate::config::Teardown::InProcess,
+        };
         let shared = &installer.shared;
         *lock(&shared.warm) = vec![(0x3000, 1), (0x2000, 1), (0x1000, 1)];
         let first = installer.hold();

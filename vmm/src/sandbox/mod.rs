@@ -129,6 +129,12 @@ pub struct Sandbox {
     /// The socket the VM leaves by (`vstate::Farewell`): the vCPU filter
     /// allows `sendmsg` on it alone.
     farewell: Option<u32>,
+    /// `--teardown`, which the filter's author resolves (`Installer`).
+    teardown: crate::config::Teardown,
+    /// The monitor's process ID when the run ends with a keeper
+    /// (`vstate::keeper`): the vCPU filter allows a `pidfd_open` of it and
+    /// the keeper's `clone`.
+    keeper: Option<u32>,
 }
 
 /// `ioctl` requests, by number: the kernel's `_IO`/`_IOR`/`_IOW`/`_IOWR`
@@ -382,7 +388,19 @@ impl Sandbox {
             gdb_unix: matches!(cfg.gdb, Some(crate::gdb::GdbAddr::Unix(_))),
             core: cfg.core.is_some(),
         };
-        Self { mode: cfg.seccomp, needs, farewell: None }
+        Self { mode: cfg.seccomp, needs, farewell: None, teardown: cfg.teardown, keeper: None }
+    }
+
+    /// The same filters, the vCPU's allowing what makes the keeper of
+    /// process `pid`.
+    pub fn with_keeper(mut self, pid: u32) -> Self {
+        self.keeper = Some(pid);
+        self
+    }
+
+    /// `--teardown`.
+    pub fn teardown(&self) -> crate::config::Teardown {
+        self.teardown
     }
 
     /// The same filters, the vCPU's allowing `sendmsg` on `fd`.
@@ -444,9 +462,18 @@ impl Sandbox {
         match role {
             Role::Vcpu => {
                 r.one_of(Sysno::ioctl, 1, ioctls::VCPU);
-                // Threads, never processes; each thread narrows its filter.
+                // Threads, never processes (but the keeper, as the run
+                // ends); each thread narrows its filter.
                 let thread = libc::CLONE_THREAD as u32;
-                r.masked(Sysno::clone, 0, thread, thread);
+                match self.keeper {
+                    Some(pid) => {
+                        let or = crate::vstate::keeper::CLONE_FLAGS;
+                        r.0.push((Sysno::clone, Leaf::MaskedOr { arg: 0, mask: thread, value: thread, or }));
+                        r.masked(Sysno::pidfd_open, 0, u32::MAX, pid);
+                        r.one_of(Sysno::sched_setscheduler, 1, &[libc::SCHED_IDLE as u32]);
+                    }
+                    None => r.masked(Sysno::clone, 0, thread, thread),
+                }
                 r.0.push((Sysno::clone3, Leaf::Fail(libc::ENOSYS as u32)));
                 // What glibc's threads do as they start (musl's need none).
                 r.allow(&[Sysno::rseq, Sysno::set_robust_list]);
@@ -580,6 +607,37 @@ mod tests {
         assert_eq!(call(Sysno::socket, libc::AF_UNIX as u64), libc::SECCOMP_RET_ALLOW);
     }
 
+    /// The keeper (`vstate::keeper`) is the one process the vCPU filter
+    /// lets be made, and only in a run that ends with one; `pidfd_open` of
+    /// the monitor alone.
+    #[test]
+    fn the_keeper_is_the_one_process_a_filter_lets_be_made() {
+        let verdict = |s: &Sandbox, role: Role, call: Sysno, a0: u64| {
+            let p = s.compile(role).unwrap();
+            tree::tests::eval(&p, AUDIT_ARCH_X86_64, call.id() as u32, [a0, 0, 0, 0, 0, 0]).0
+        };
+        let keeper = u64::from(crate::vstate::keeper::CLONE_FLAGS);
+        let (trap, allow) = (libc::SECCOMP_RET_TRAP, libc::SECCOMP_RET_ALLOW);
+        let plain = sandbox(&[]);
+        assert_eq!(verdict(&plain, Role::Vcpu, Sysno::clone, keeper), trap);
+        assert_eq!(verdict(&plain, Role::Vcpu, Sysno::pidfd_open, 4321), trap);
+        let s = plain.with_keeper(4321);
+        assert_eq!(verdict(&s, Role::Vcpu, Sysno::clone, keeper), allow);
+        assert_eq!(
+            verdict(&s, Role::Vcpu, Sysno::clone, (libc::CLONE_VM | libc::CLONE_THREAD) as u64),
+            allow
+        );
+        for other in [libc::SIGCHLD, libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, libc::CLONE_VM] {
+            assert_eq!(verdict(&s, Role::Vcpu, Sysno::clone, other as u64), trap, "{other:#x}");
+        }
+        assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 4321), allow);
+        assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 1), trap);
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Vcpu) {
+            assert_eq!(verdict(&s, role, Sysno::clone, keeper), trap, "{role:?}");
+            assert_eq!(verdict(&s, role, Sysno::pidfd_open, 4321), trap, "{role:?}");
+        }
+    }
+
     /// The VM leaves the process on its own socket pair (`vstate::Farewell`):
     /// `sendmsg` on that socket, from the vCPU filter, and on no other.
     #[test]
@@ -667,7 +725,9 @@ mod tests {
         let rule = |arg, op, v| {
             SeccompRule::new(vec![Cond::new(arg, Len::Dword, op, u64::from(v)).unwrap()]).unwrap()
         };
-        let s = sandbox(&["disk", "vsock"]);
+        // With a keeper whose process ID is its `clone` flags, so that one
+        // set of arguments tries both.
+        let s = sandbox(&["disk", "vsock"]).with_keeper(crate::vstate::keeper::CLONE_FLAGS);
         for role in Role::ALL {
             let ours = s.compile(role).unwrap();
             let map: BTreeMap<i64, Vec<SeccompRule>> = s
@@ -680,6 +740,9 @@ mod tests {
                         Leaf::OneOf { arg, values } => values.iter().map(|v| rule(arg, Op::Eq, *v)).collect(),
                         Leaf::Masked { arg, mask, value } => {
                             vec![rule(arg, Op::MaskedEq(mask.into()), value)]
+                        }
+                        Leaf::MaskedOr { arg, mask, value, or } => {
+                            vec![rule(arg, Op::MaskedEq(mask.into()), value), rule(arg, Op::Eq, or)]
                         }
                         Leaf::Fail(_) => return None,
                     };
@@ -696,8 +759,9 @@ mod tests {
             .try_into()
             .unwrap();
             let (mut ours_steps, mut theirs_steps) = (0, 0);
-            let argsets: [[u64; 6]; 6] = [
+            let argsets: [[u64; 6]; 7] = [
                 [0; 6],
+                [crate::vstate::keeper::CLONE_FLAGS.into(), 0, 0, 0, 0, 0],
                 [0, ioctls::KVM_RUN.into(), 0, 0, 0, 0],
                 [0, 0x1234_5678, 0, 0, 0, 0],
                 [libc::AF_UNIX as u64, 0, libc::O_RDONLY as u64, 0, 0, 0],

@@ -63,6 +63,18 @@ pub enum Leaf {
         /// What they must be.
         value: u32,
     },
+    /// Allowed as [`Leaf::Masked`] is, or when the low 32 bits of the
+    /// argument are exactly `or` (`clone`: a thread, or the keeper).
+    MaskedOr {
+        /// Argument index, 0 to 5.
+        arg: u8,
+        /// The bits looked at.
+        mask: u32,
+        /// What they must be.
+        value: u32,
+        /// The one other value allowed.
+        or: u32,
+    },
 }
 
 /// A run of call numbers `[start, next run's start)` with one verdict.
@@ -121,6 +133,7 @@ fn leaf_size(v: &Verdict) -> usize {
             1 + values.len() + 2 * values.len().div_ceil(254).max(1)
         }
         Verdict::Check(Leaf::Masked { .. }) => 5,
+        Verdict::Check(Leaf::MaskedOr { .. }) => 6,
     }
 }
 
@@ -167,6 +180,15 @@ fn verdict(v: &Verdict, allow: u32, miss: u32, p: &mut BpfProgram) {
         }
         Verdict::Check(Leaf::Masked { arg, mask, value }) => p.extend([
             ld(arg),
+            stmt(BPF_AND_K, *mask),
+            jump(BPF_JEQ_K, value & mask, 1, 0),
+            stmt(BPF_RET_K, miss),
+            stmt(BPF_RET_K, allow),
+        ]),
+        Verdict::Check(Leaf::MaskedOr { arg, mask, value, or }) => p.extend([
+            ld(arg),
+            // Past the mask's test and the miss.
+            jump(BPF_JEQ_K, *or, 3, 0),
             stmt(BPF_AND_K, *mask),
             jump(BPF_JEQ_K, value & mask, 1, 0),
             stmt(BPF_RET_K, miss),

@@ -11,8 +11,11 @@
 //!   `mincore`).
 //! - [`sigsys`]: a forbidden system call's one line, then `SIGSYS`.
 //! - [`heap`]: the monitor's allocator (frees held back during a launch).
+//! - [`keeper`]: the process that frees the address space after the
+//!   monitor's exit.
 
 pub mod heap;
+pub mod keeper;
 pub mod kvm;
 pub mod memory;
 pub mod sigsys;

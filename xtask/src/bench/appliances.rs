@@ -12,7 +12,9 @@
 //! - cold start to first response: `netload first-byte` spawns the monitor
 //!   and connects every 100 µs; spawn → first byte of an HTTP 200, where
 //!   the time goes (launch, kernel_main → app main, app main → first byte),
-//!   and spawn → monitor reaped (the app stops after that one answer);
+//!   and spawn → monitor reaped (the app stops after that one answer;
+//!   the monitor hands its teardown to a keeper process, `--teardown=keeper`,
+//!   which netload reaps as their subreaper);
 //!   against QEMU microvm (and Firecracker where installed), and
 //!   kernel_main → app main with a NIC against hello's, paired. Each start
 //!   waits, untimed, until the TAP device is free: the VM before (ours,
@@ -404,8 +406,20 @@ const UNITS: [(&str, &str); 5] = [
     ("net_unit", "network unit up"),
 ];
 
-/// One `netload first-byte` run: (first byte µs, reaped µs, timeline).
-fn first_byte(ns: &Netns, netload: &Path, argv: &[String]) -> Option<(f64, Option<f64>, Option<String>)> {
+/// One `netload first-byte` run.
+struct ColdStart {
+    /// Spawn → first byte of the answer, µs.
+    first_byte: f64,
+    /// Spawn → the monitor reaped, µs (`None`: it had to be killed).
+    reaped: Option<f64>,
+    /// The monitor's keeper (`--teardown=keeper`), reaped by netload as
+    /// its subreaper: spawn → reaped, µs.
+    keeper: Option<f64>,
+    /// The monitor's JSON timeline.
+    timeline: Option<String>,
+}
+
+fn first_byte(ns: &Netns, netload: &Path, argv: &[String]) -> Option<ColdStart> {
     let out = ns
         .exec(&netload.display().to_string())
         .args([&format!("{GUEST}:80"), "first-byte", "http", "--tap", "tap0", "--"])
@@ -416,7 +430,17 @@ fn first_byte(ns: &Netns, netload: &Path, argv: &[String]) -> Option<(f64, Optio
     let line = text.lines().find(|l| l.starts_with("first-byte:"))?;
     let num = |key: &str| line.split(key).nth(1)?.split_whitespace().next()?.parse::<f64>().ok();
     let err = String::from_utf8_lossy(&out.stderr);
-    Some((num("first-byte: ")?, num("reaped: "), timeline(&err).map(String::from)))
+    let keeper = line
+        .split("torito-exit reaped at ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok());
+    Some(ColdStart {
+        first_byte: num("first-byte: ")?,
+        reaped: num("reaped: "),
+        keeper,
+        timeline: timeline(&err).map(String::from),
+    })
 }
 
 /// Cold start to first response, ours against QEMU (and Firecracker),
@@ -441,10 +465,18 @@ fn cold_start(
     // kernel_main → app main, unit by unit (each unit's end is a milestone).
     let mut units: Vec<Vec<f64>> = vec![Vec::new(); UNITS.len()];
     let mut hello_kmain = Vec::new();
+    let (mut keeper_after, mut stop_to_exit) = (vec![], vec![]);
     for _ in 0..COLD_RUNS {
         for (i, &vmm) in vmms.iter().enumerate() {
-            let extra: &[&str] = if vmm == Vmm::Torito { &["--timeline=json"] } else { &[] };
-            let Some((fb, r, tl)) = first_byte(ns, &netload, &argv(vmm, monitor, httpd, args, extra, dir))
+            // The keeper as where init reaps orphans (`--teardown=auto`
+            // there): netload, its subreaper, reaps it (this container's
+            // PID 1 would not).
+            // The events alone: the figures' collection (~0.1 ms) would
+            // come between the guest's stop and the exit measured here.
+            let extra: &[&str] =
+                if vmm == Vmm::Torito { &["--timeline=json-events", "--teardown=keeper"] } else { &[] };
+            let Some(ColdStart { first_byte: fb, reaped: r, keeper, timeline: tl }) =
+                first_byte(ns, &netload, &argv(vmm, monitor, httpd, args, extra, dir))
             else {
                 println!("  {}: a cold start failed", vmm.name());
                 continue;
@@ -452,6 +484,9 @@ fn cold_start(
             first[i].push(fb);
             if vmm == Vmm::Torito {
                 reaped.extend(r);
+                if let (Some(k), Some(r)) = (keeper, r) {
+                    keeper_after.push(k - r);
+                }
                 if let Some(tl) = tl {
                     let (k, a, s) = (
                         event_us(&tl, "kernel_main"),
@@ -472,6 +507,12 @@ fn cold_start(
                         stopped.push(s);
                         // Paired: this run's reaped − this run's stop.
                         after_stop.extend(r.map(|r| r - s));
+                        // Of which the monitor's steps up to its last
+                        // timeline mark (joins, disks, the timeline's own
+                        // figures, which a run without it does not collect).
+                        if let Some(e) = event_us(&tl, "process_exit") {
+                            stop_to_exit.push(e - s);
+                        }
                         if let (Some(l), Some(f)) =
                             (event_us(&tl, "listening"), event_us(&tl, "first_accept"))
                         {
@@ -559,6 +600,22 @@ fn cold_start(
             k / h
         ),
     );
+    println!(
+        "                                 guest stopped → the monitor's last mark {} (then its exit)",
+        show(&stop_to_exit)
+    );
+    println!("                                 its keeper reaped after the monitor {}", show(&keeper_after));
+    if !keeper_after.is_empty() {
+        let k = summary(&keeper_after).map_or(f64::NAN, |s| s.2);
+        v.check(
+            keeper_after.len() == reaped.len() && k <= 50_000.0,
+            format!(
+                "the keeper of each run reaped within 50 ms of its monitor ({} of {}; at most {k:.0} µs after)",
+                keeper_after.len(),
+                reaped.len()
+            ),
+        );
+    }
     let gap = med(&after_stop);
     let (lo, hi) = summary(&after_stop).map_or((f64::NAN, f64::NAN), |(a, _, c)| (a, c));
     v.check(
