@@ -70,12 +70,12 @@ pub struct Cli {
     /// Run without seccomp filters (for debugging; said on stderr).
     #[arg(long, conflicts_with = "seccomp")]
     pub no_seccomp: bool,
-    /// Who frees the VM and its memory after the guest stops: `keeper`, a
-    /// process that outlives the monitor by a millisecond or so (init or
-    /// the nearest subreaper reaps it), so that the monitor's parent learns
-    /// the status sooner; `in-process`, the monitor as it exits; `auto`,
-    /// `keeper` where PID 1 reaps orphans.
-    #[arg(long, value_enum, default_value = "auto", value_name = "auto|keeper|in-process")]
+    /// Who frees the VM and its memory after the guest stops: `in-process`,
+    /// the monitor as it exits; `keeper`, a process that outlives the
+    /// monitor by a millisecond or so, so that the monitor's parent learns
+    /// the status sooner (give it only where orphans are reaped: init, a
+    /// subreaper, `docker run --init`; elsewhere it stays a zombie).
+    #[arg(long, value_enum, default_value = "in-process", value_name = "in-process|keeper")]
     pub teardown: Teardown,
     /// Boot nothing: copy stdin to stdout, naming the function and line of
     /// each backtrace frame (`#N 0xADDR`) and faulting `rip=0xADDR` in it

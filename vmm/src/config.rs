@@ -72,16 +72,15 @@ pub struct VmConfig {
 /// (`vstate::keeper`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Teardown {
-    /// `keeper` where orphans are reaped (PID 1 waits for them), else
-    /// `in-process`.
+    /// The monitor's process, as it exits.
     #[default]
-    Auto,
+    InProcess,
     /// A process that outlives the monitor by a millisecond or so: the
     /// monitor's parent learns the status without waiting for the freeing.
-    /// The system's init, or the nearest subreaper, reaps it.
+    /// The system's init, or the nearest subreaper, reaps it: only where
+    /// one does (no file tells; a PID 1 that catches `SIGCHLD` may never
+    /// wait), so not the default.
     Keeper,
-    /// The monitor's process, as it exits.
-    InProcess,
 }
 
 impl VmConfig {
@@ -102,7 +101,7 @@ impl VmConfig {
             core: None,
             gdb: None,
             seccomp: crate::sandbox::SeccompMode::On,
-            teardown: Teardown::Auto,
+            teardown: Teardown::InProcess,
         }
     }
 

@@ -178,7 +178,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     // monitor's exit: in a keeper process that holds them (`--teardown`),
     // or, without one, through the VM's way out (`vstate::Farewell`; the
     // devices close theirs now, the memory goes with the process).
-    let kept = machine.keeper() && keep(cfg.teardown);
+    let kept = machine.keeper() && keep();
     let farewell = if kept { None } else { machine.take_farewell() };
     if let Some(f) = &farewell {
         f.send(&machine.slow_to_close());
@@ -210,15 +210,12 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 }
 
 /// Hand the VM and the process's memory to a keeper (`vstate::keeper`):
-/// whether it took them. An explicit `--teardown=keeper` that fails says
-/// why.
-fn keep(teardown: config::Teardown) -> bool {
+/// whether it took them; if not, why, on stderr.
+fn keep() -> bool {
     match vstate::keeper::hand_over() {
         Ok(()) => true,
         Err(e) => {
-            if teardown == config::Teardown::Keeper {
-                eprintln!("torito: warning: --teardown=keeper: {e}; the monitor frees the VM itself");
-            }
+            eprintln!("torito: warning: --teardown=keeper: {e}; the monitor frees the VM itself");
             false
         }
     }

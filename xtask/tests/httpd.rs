@@ -346,6 +346,8 @@ fn a_keeper_frees_the_vm_after_the_monitor_exits() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no keeper named torito-exit: {line}"));
         assert!(at - reaped < 50_000.0, "the keeper outlived the monitor by {:.0} µs", at - reaped);
+        // It saw the monitor's end (1: its wait failed).
+        assert!(line.contains("torito-exit reaped at") && line.contains("with status 0"), "{line}");
         // Its exit destroyed the VM (KVM's debugfs entry `<pid>-<fd>`).
         if debugfs.is_dir() {
             let pid = field("pid: ");

@@ -110,14 +110,7 @@ struct Shared {
     holds: AtomicUsize,
     /// The warm-up is over (or there is none): a hold costs a load.
     warmed: AtomicBool,
-    /// Whether the run ends with a keeper (`vstate::keeper`): `UNKNOWN`
-    /// until whoever compiles the vCPU filter decides, before compiling it.
-    keeper: AtomicU8,
 }
-
-const UNKNOWN: u8 = 0;
-const KEEPER: u8 = 1;
-const NO_KEEPER: u8 = 2;
 
 impl Shared {
     fn new() -> Self {
@@ -129,16 +122,7 @@ impl Shared {
             warm: Mutex::new(Vec::new()),
             holds: AtomicUsize::new(0),
             warmed: AtomicBool::new(false),
-            keeper: AtomicU8::new(UNKNOWN),
         }
-    }
-
-    /// Decide whether the run ends with a keeper (`--teardown=auto` reads
-    /// a file); `sandbox` with it allowed if so.
-    fn decide_keeper(&self, sandbox: Sandbox) -> Sandbox {
-        let keep = crate::vstate::keeper::wanted(sandbox.teardown());
-        self.keeper.store(if keep { KEEPER } else { NO_KEEPER }, Ordering::Release);
-        if keep { sandbox.with_keeper(std::process::id()) } else { sandbox }
     }
 }
 
@@ -152,8 +136,8 @@ pub struct Installer {
     enabled: bool,
     /// The sandbox thread, to wake once it sleeps.
     thread: Option<std::thread::Thread>,
-    /// `--teardown`.
-    teardown: crate::config::Teardown,
+    /// Whether the run ends with a keeper (`--teardown=keeper`).
+    keeper: bool,
 }
 
 impl Installer {
@@ -163,7 +147,7 @@ impl Installer {
     pub(super) fn start(sandbox: &Sandbox) -> Result<Self, Error> {
         let shared = Arc::new(Shared::new());
         let enabled = sandbox.enabled();
-        let teardown = sandbox.teardown();
+        let keeper = sandbox.keeper();
         if sys::cpus_allowed() < 2 {
             shared.warmed.store(true, Ordering::Relaxed);
             if !enabled {
@@ -174,7 +158,7 @@ impl Installer {
                 inline: enabled.then(|| sandbox.clone()),
                 enabled,
                 thread: None,
-                teardown,
+                keeper,
             });
         }
         if !enabled {
@@ -187,7 +171,6 @@ impl Installer {
                 // Whatever happens here (a panic included), a waiter is told.
                 let guard = Unfinished(&theirs);
                 let started = std::time::Instant::now();
-                let mine = theirs.decide_keeper(mine);
                 let bpf = enabled.then(|| {
                     let farewell = Farewell::new();
                     let mine = match &farewell {
@@ -230,12 +213,12 @@ impl Installer {
                 // guest does (see the module's header).
                 use std::os::unix::thread::JoinHandleExt;
                 sys::keep_off_this_cpu(t.as_pthread_t());
-                Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()), teardown })
+                Ok(Self { shared, inline: None, enabled, thread: Some(t.thread().clone()), keeper })
             }
             // No thread to spare: do it inline.
             Err(_) => {
                 shared.warmed.store(true, Ordering::Relaxed);
-                Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None, teardown })
+                Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None, keeper })
             }
         }
     }
@@ -275,7 +258,6 @@ impl Installer {
     pub fn go(&self) {
         if let Some(sandbox) = &self.inline {
             if self.shared.stage.load(Ordering::Acquire) == COMPILING {
-                let sandbox = self.shared.decide_keeper(sandbox.clone());
                 finish(&self.shared, sandbox.compile(Role::Vcpu).and_then(|b| install(&b)));
             }
             return;
@@ -301,15 +283,10 @@ impl Installer {
         }
     }
 
-    /// Whether the run ends with a keeper (`vstate::keeper`): as decided
-    /// before the vCPU filter was compiled (which allows making it only
-    /// then), or, if none was, now.
+    /// Whether the run ends with a keeper (`vstate::keeper`), which the
+    /// vCPU filter allows to be made.
     pub fn keeper(&self) -> bool {
-        match self.shared.keeper.load(Ordering::Acquire) {
-            KEEPER => true,
-            NO_KEEPER => false,
-            _ => crate::vstate::keeper::wanted(self.teardown),
-        }
+        self.keeper
     }
 
     /// The VM's way out of the process (`vstate::Farewell`), once the
@@ -515,7 +492,7 @@ mod tests {
             inline: None,
             enabled: false,
             thread: None,
-            teardown: crate::config::Teardown::InProcess,
+            keeper: false,
         };
         let shared = &installer.shared;
         *lock(&shared.warm) = vec![(0x3000, 1), (0x2000, 1), (0x1000, 1)];

@@ -129,11 +129,9 @@ pub struct Sandbox {
     /// The socket the VM leaves by (`vstate::Farewell`): the vCPU filter
     /// allows `sendmsg` on it alone.
     farewell: Option<u32>,
-    /// `--teardown`, which the filter's author resolves (`Installer`).
-    teardown: crate::config::Teardown,
     /// The monitor's process ID when the run ends with a keeper
-    /// (`vstate::keeper`): the vCPU filter allows a `pidfd_open` of it and
-    /// the keeper's `clone`.
+    /// (`--teardown=keeper`, `vstate::keeper`): the vCPU filter allows a
+    /// `pidfd_open` of it and the keeper's `clone`.
     keeper: Option<u32>,
 }
 
@@ -388,7 +386,8 @@ impl Sandbox {
             gdb_unix: matches!(cfg.gdb, Some(crate::gdb::GdbAddr::Unix(_))),
             core: cfg.core.is_some(),
         };
-        Self { mode: cfg.seccomp, needs, farewell: None, teardown: cfg.teardown, keeper: None }
+        let keeper = (cfg.teardown == crate::config::Teardown::Keeper).then(std::process::id);
+        Self { mode: cfg.seccomp, needs, farewell: None, keeper }
     }
 
     /// The same filters, the vCPU's allowing what makes the keeper of
@@ -398,9 +397,9 @@ impl Sandbox {
         self
     }
 
-    /// `--teardown`.
-    pub fn teardown(&self) -> crate::config::Teardown {
-        self.teardown
+    /// Whether the run ends with a keeper (`vstate::keeper`).
+    pub fn keeper(&self) -> bool {
+        self.keeper.is_some()
     }
 
     /// The same filters, the vCPU's allowing `sendmsg` on `fd`.
@@ -470,7 +469,8 @@ impl Sandbox {
                         let or = crate::vstate::keeper::CLONE_FLAGS;
                         r.0.push((Sysno::clone, Leaf::MaskedOr { arg: 0, mask: thread, value: thread, or }));
                         r.masked(Sysno::pidfd_open, 0, u32::MAX, pid);
-                        r.one_of(Sysno::sched_setscheduler, 1, &[libc::SCHED_IDLE as u32]);
+                        let idle = libc::SCHED_IDLE as u32;
+                        r.0.push((Sysno::sched_setscheduler, Leaf::Both { a: (0, 0), b: (1, idle) }));
                     }
                     None => r.masked(Sysno::clone, 0, thread, thread),
                 }
@@ -621,7 +621,7 @@ mod tests {
         let plain = sandbox(&[]);
         assert_eq!(verdict(&plain, Role::Vcpu, Sysno::clone, keeper), trap);
         assert_eq!(verdict(&plain, Role::Vcpu, Sysno::pidfd_open, 4321), trap);
-        let s = plain.with_keeper(4321);
+        let s = plain.clone().with_keeper(4321);
         assert_eq!(verdict(&s, Role::Vcpu, Sysno::clone, keeper), allow);
         assert_eq!(
             verdict(&s, Role::Vcpu, Sysno::clone, (libc::CLONE_VM | libc::CLONE_THREAD) as u64),
@@ -632,6 +632,16 @@ mod tests {
         }
         assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 4321), allow);
         assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 1), trap);
+        // `sched_setscheduler(0, SCHED_IDLE)`: this thread, idle; no other.
+        let sched = |s: &Sandbox, pid: u64, policy: i32| {
+            let p = s.compile(Role::Vcpu).unwrap();
+            let args = [pid, policy as u64, 0, 0, 0, 0];
+            tree::tests::eval(&p, AUDIT_ARCH_X86_64, Sysno::sched_setscheduler.id() as u32, args).0
+        };
+        assert_eq!(sched(&s, 0, libc::SCHED_IDLE), allow);
+        assert_eq!(sched(&s, 1, libc::SCHED_IDLE), trap);
+        assert_eq!(sched(&s, 0, libc::SCHED_FIFO), trap);
+        assert_eq!(sched(&plain, 0, libc::SCHED_IDLE), trap);
         for role in Role::ALL.into_iter().filter(|r| *r != Role::Vcpu) {
             assert_eq!(verdict(&s, role, Sysno::clone, keeper), trap, "{role:?}");
             assert_eq!(verdict(&s, role, Sysno::pidfd_open, 4321), trap, "{role:?}");
@@ -744,6 +754,13 @@ mod tests {
                         Leaf::MaskedOr { arg, mask, value, or } => {
                             vec![rule(arg, Op::MaskedEq(mask.into()), value), rule(arg, Op::Eq, or)]
                         }
+                        Leaf::Both { a, b } => vec![
+                            SeccompRule::new(vec![
+                                Cond::new(a.0, Len::Dword, Op::Eq, a.1.into()).unwrap(),
+                                Cond::new(b.0, Len::Dword, Op::Eq, b.1.into()).unwrap(),
+                            ])
+                            .unwrap(),
+                        ],
                         Leaf::Fail(_) => return None,
                     };
                     Some((i64::from(c), rules))
@@ -759,9 +776,17 @@ mod tests {
             .try_into()
             .unwrap();
             let (mut ours_steps, mut theirs_steps) = (0, 0);
-            let argsets: [[u64; 6]; 7] = [
+            let keeper = u64::from(crate::vstate::keeper::CLONE_FLAGS);
+            let idle = libc::SCHED_IDLE as u64;
+            let argsets: [[u64; 6]; 11] = [
                 [0; 6],
-                [crate::vstate::keeper::CLONE_FLAGS.into(), 0, 0, 0, 0, 0],
+                [keeper, 0, 0, 0, 0, 0],
+                // Near misses: the keeper's flags and one more; another
+                // process made idle; this one at another class.
+                [keeper | libc::CLONE_FILES as u64, 0, 0, 0, 0, 0],
+                [0, idle, 0, 0, 0, 0],
+                [1, idle, 0, 0, 0, 0],
+                [0, libc::SCHED_FIFO as u64, 0, 0, 0, 0],
                 [0, ioctls::KVM_RUN.into(), 0, 0, 0, 0],
                 [0, 0x1234_5678, 0, 0, 0, 0],
                 [libc::AF_UNIX as u64, 0, libc::O_RDONLY as u64, 0, 0, 0],

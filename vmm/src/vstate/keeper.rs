@@ -15,21 +15,26 @@
 //! its end with the monitor's), waits on a pidfd of the monitor until its
 //! whole thread group is gone, and exits: its exit does the freeing. It
 //! sends `SIGCHLD` as any child does and is an orphan by then: the system's
-//! init, or the nearest subreaper, reaps it. Where nothing reaps orphans
-//! (a container whose PID 1 never waits) it would stay a zombie:
-//! [`orphans_are_reaped`] tells, and `--teardown=auto` keeps the freeing in
-//! the monitor there.
+//! init, or the nearest subreaper, reaps it.
 //!
-//! The keeper runs on a stack of its own, with every signal blocked, at the
-//! idle scheduling class (the monitor's parent, woken by the same exit, is
-//! not to wait behind it for a CPU), and makes raw system calls only; the
-//! monitor's seccomp filter, which it inherits, allows them (and, in a run
-//! that ends with a keeper, the `clone`, `pidfd_open` and
+//! The keeper runs on a stack of its own, with every signal blocked from
+//! its first instruction on (the monitor blocks them around the `clone`),
+//! at the idle scheduling class (the monitor's parent, woken by the same
+//! exit, is not to wait behind it for a CPU), and makes raw system calls
+//! only; the monitor's seccomp filter, which it inherits, allows them (and,
+//! in a run that ends with a keeper, the `clone`, `pidfd_open` and
 //! `sched_setscheduler` it needs, with these arguments only).
+//!
+//! It is not the default (`--teardown=in-process` is): an orphan stays a
+//! zombie where nothing reaps it (a container whose PID 1 never waits), and
+//! no file tells whether something will (a PID 1 may catch `SIGCHLD` and
+//! never wait, as a Go program does; a subreaper is not shown anywhere).
+//! And the filter cannot count: in a keeper run, a monitor taken over by
+//! its guest could make more such processes. They would stay in its
+//! process group and cgroup (what a supervisor kills), not outside them.
 
 use std::ffi::c_void;
-
-use crate::config::Teardown;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How the keeper is made: a process (no `CLONE_THREAD`) sharing the
 /// monitor's memory, that tells its parent of its end with `SIGCHLD` (so
@@ -43,15 +48,6 @@ const STACK: usize = 16 * 1024;
 /// (`u128`s: 16-byte aligned, as a stack's top must be.)
 static mut KEEPER_STACK: [u128; STACK / 16] = [0; STACK / 16];
 
-/// Whether a run with `teardown` hands its end to a keeper.
-pub fn wanted(teardown: Teardown) -> bool {
-    match teardown {
-        Teardown::Keeper => true,
-        Teardown::InProcess => false,
-        Teardown::Auto => orphans_are_reaped(),
-    }
-}
-
 /// Why no keeper was made.
 #[derive(Debug)]
 pub enum KeeperError {
@@ -59,6 +55,8 @@ pub enum KeeperError {
     Pidfd(std::io::Error),
     /// `clone` failed.
     Clone(std::io::Error),
+    /// This process has made its keeper already.
+    Again,
 }
 
 impl std::fmt::Display for KeeperError {
@@ -66,13 +64,20 @@ impl std::fmt::Display for KeeperError {
         match self {
             KeeperError::Pidfd(e) => write!(f, "cannot open a pidfd of the monitor: {e}"),
             KeeperError::Clone(e) => write!(f, "cannot start the keeper process: {e}"),
+            KeeperError::Again => write!(f, "the keeper was made already (its stack is in use)"),
         }
     }
 }
 
+/// Whether the keeper's stack is taken.
+static MADE: AtomicBool = AtomicBool::new(false);
+
 /// Make the keeper (once per process: it has one stack). From then on it
 /// holds the address space and a copy of every descriptor open now.
 pub fn hand_over() -> Result<(), KeeperError> {
+    if MADE.swap(true, Ordering::AcqRel) {
+        return Err(KeeperError::Again);
+    }
     // SAFETY: getpid and pidfd_open take no pointers; the descriptor it
     // returns is owned by the keeper from the clone on.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
@@ -83,6 +88,17 @@ pub fn hand_over() -> Result<(), KeeperError> {
     // the monitor has exited, in the same (shared) memory. No reference to
     // the static is made; nothing else uses it.
     let top = (&raw mut KEEPER_STACK) as usize + STACK;
+    // The keeper inherits the signal mask: all blocked, so that no handler
+    // of the monitor's (a Ctrl-C to the process group) ever runs on its
+    // stack, whatever arrives before it is set up.
+    // SAFETY: sigset_t values on this stack, valid for the calls.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: `keep` runs on its own stack (`top`, the 16-byte aligned end
     // of a static no other code touches) and touches nothing but that
     // stack; with CLONE_VM the memory it runs in stays mapped until it
@@ -91,6 +107,8 @@ pub fn hand_over() -> Result<(), KeeperError> {
         libc::clone(keep, top as *mut c_void, CLONE_FLAGS as libc::c_int, pidfd as usize as *mut c_void)
     };
     let e = std::io::Error::last_os_error();
+    // SAFETY: the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     // SAFETY: closing the descriptor opened above; the keeper has its own
     // copy.
     unsafe { libc::close(pidfd as i32) };
@@ -100,12 +118,13 @@ pub fn hand_over() -> Result<(), KeeperError> {
     Ok(())
 }
 
-/// The keeper: block every signal, name itself, make itself background
-/// work, let go of the standard streams, wait until the monitor's thread
-/// group is gone, exit.
+/// The keeper (every signal blocked, as the monitor's were at the
+/// `clone`): let go of the standard streams, name itself, make itself
+/// background work, wait until the monitor's thread group is gone, exit:
+/// 0 once it is, 1 if the wait failed (the freeing then happens beside the
+/// monitor's exit).
 extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
     let pidfd = arg as usize;
-    let all: u64 = !0;
     let name = b"torito-exit\0";
     // The kernel's `struct sched_param` is one int (musl's has more).
     let priority: libc::c_int = 0;
@@ -113,7 +132,11 @@ extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
     // SAFETY: system calls with pointers to this stack's locals, valid for
     // the calls; none of them returns memory.
     unsafe {
-        raw(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8]);
+        // First: a reader of the monitor's output sees its end with the
+        // monitor's, whatever follows.
+        for fd in 0..3 {
+            raw(libc::SYS_close, [fd, 0, 0, 0]);
+        }
         raw(libc::SYS_prctl, [libc::PR_SET_NAME as usize, name.as_ptr() as usize, 0, 0]);
         // Background work: the monitor's parent, woken by the same exit,
         // is not to wait behind the freeing on a CPU they share (it did,
@@ -122,15 +145,14 @@ extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
             libc::SYS_sched_setscheduler,
             [0, libc::SCHED_IDLE as usize, &priority as *const libc::c_int as usize, 0],
         );
-        for fd in 0..3 {
-            raw(libc::SYS_close, [fd, 0, 0, 0]);
-        }
-        // Ready, or an error other than an interruption: either way, go
-        // (at worst the freeing happens beside the monitor's exit).
-        while raw(libc::SYS_ppoll, [&mut ready as *mut libc::pollfd as usize, 1, 0, 0])
-            == -(libc::EINTR as isize)
-        {}
-        raw(libc::SYS_exit, [0, 0, 0, 0]);
+        let status = loop {
+            match raw(libc::SYS_ppoll, [&mut ready as *mut libc::pollfd as usize, 1, 0, 0]) {
+                n if n == -(libc::EINTR as isize) => continue,
+                1 => break 0,
+                _ => break 1,
+            }
+        };
+        raw(libc::SYS_exit, [status, 0, 0, 0]);
     }
     0
 }
@@ -159,58 +181,4 @@ unsafe fn raw(n: libc::c_long, a: [usize; 4]) -> isize {
         );
     }
     ret
-}
-
-/// Whether an orphan would be reaped: PID 1 of this PID namespace catches,
-/// ignores or blocks (to take it with `sigwaitinfo` or a signalfd, as tini
-/// and systemd do) `SIGCHLD`. A subreaper between the monitor and PID 1
-/// would reap it as well, but no file says whether there is one.
-pub fn orphans_are_reaped() -> bool {
-    std::fs::read_to_string("/proc/1/status").is_ok_and(|s| handles_sigchld(&s))
-}
-
-/// Whether a process whose `/proc/PID/status` is `status` catches, ignores
-/// or blocks `SIGCHLD`.
-fn handles_sigchld(status: &str) -> bool {
-    let bit = 1u64 << (libc::SIGCHLD - 1);
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    ["SigBlk:", "SigIgn:", "SigCgt:"].iter().any(|k| mask(k) & bit != 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(blk: u64, ign: u64, cgt: u64) -> String {
-        format!(
-            "Name:\tinit\nSigQ:\t0/95000\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t{blk:016x}\nSigIgn:\t{ign:016x}\nSigCgt:\t{cgt:016x}\n"
-        )
-    }
-
-    /// systemd and tini block SIGCHLD (and take it from a signalfd or with
-    /// `sigtimedwait`), a shell or Kubernetes' pause catch it, an init that
-    /// ignores it has its children reaped by the kernel; a program that
-    /// does none of these, as this container's PID 1, never reaps.
-    #[test]
-    fn an_init_that_reaps_is_told_from_one_that_does_not() {
-        let chld = 1u64 << 16;
-        assert!(handles_sigchld(&status(chld | 0x4000, 0, 0)));
-        assert!(handles_sigchld(&status(0, chld, 0)));
-        assert!(handles_sigchld(&status(0, 0x1000, chld | 0x4e8)));
-        assert!(!handles_sigchld(&status(0, 0x1000, 0x4e8)));
-        assert!(!handles_sigchld("Name:\tx\n"));
-    }
-
-    #[test]
-    fn teardown_modes_resolve() {
-        assert!(wanted(Teardown::Keeper));
-        assert!(!wanted(Teardown::InProcess));
-        assert_eq!(wanted(Teardown::Auto), orphans_are_reaped());
-    }
 }

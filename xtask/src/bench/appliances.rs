@@ -468,9 +468,8 @@ fn cold_start(
     let (mut keeper_after, mut stop_to_exit) = (vec![], vec![]);
     for _ in 0..COLD_RUNS {
         for (i, &vmm) in vmms.iter().enumerate() {
-            // The keeper as where init reaps orphans (`--teardown=auto`
-            // there): netload, its subreaper, reaps it (this container's
-            // PID 1 would not).
+            // The keeper, as where orphans are reaped: netload, its
+            // subreaper, reaps it (this container's PID 1 would not).
             // The events alone: the figures' collection (~0.1 ms) would
             // come between the guest's stop and the exit measured here.
             let extra: &[&str] =

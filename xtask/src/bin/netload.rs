@@ -556,10 +556,10 @@ mod garbage {
 /// answer (`HTTP/1.1 200`, or `+PONG`). Then wait for the program to end
 /// by itself (the app was told to stop after one request), killing it 15 s
 /// after its start. Prints `first-byte: US µs, reaped: US µs, tries: N,
-/// pid: PID, orphans: N (NAME reaped at US µs, ...)` (`reaped: -` when it had to be
-/// killed; orphans are what the program's processes left to us, their
-/// subreaper, such as a monitor's keeper); the program's output (its
-/// console, a timeline) passes through.
+/// pid: PID, orphans: N (NAME reaped at US µs with status S, ...)` (`reaped: -`
+/// when it had to be killed; orphans are what the program's processes left
+/// to us, their subreaper, such as a monitor's keeper); the program's output
+/// (its console, a timeline) passes through.
 fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
     let (request, good): (&[u8], &[u8]) = match proto {
         "http" => (b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n", b"HTTP/1.1 200"),
@@ -650,7 +650,8 @@ fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
     let reaped = (!killed.load(std::sync::atomic::Ordering::SeqCst)).then_some(at);
     let orphans = reap_orphans(t0);
     let us = |t: u64| format!("{:.1}", (t - t0) as f64 / 1000.0);
-    let left: Vec<String> = orphans.iter().map(|(n, t)| format!("{n} reaped at {t:.1} µs")).collect();
+    let left: Vec<String> =
+        orphans.iter().map(|(n, t, code)| format!("{n} reaped at {t:.1} µs with status {code}")).collect();
     println!(
         "first-byte: {} µs, reaped: {} µs, tries: {tries}, pid: {pid}, orphans: {}{}",
         us(first),
@@ -662,8 +663,20 @@ fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
 
 /// Wait for every child left, the orphans the program's processes left to
 /// us as their subreaper (a monitor's keeper): `(name, µs after t0 it was
-/// reaped)` each, in the order they ended.
-fn reap_orphans(t0: u64) -> Vec<(String, f64)> {
+/// reaped, exit status)` each, in the order they ended. One still running
+/// 5 s after the program ended is an error (exit 1).
+fn reap_orphans(t0: u64) -> Vec<(String, f64, i32)> {
+    extern "C" fn wake(_: libc::c_int) {}
+    // SIGALRM interrupts the blocking wait (no SA_RESTART): a wait that
+    // polled would read the times late, and take CPU from the idle-class
+    // keeper it waits for.
+    // SAFETY: a handler that does nothing; sigaction with a local.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+        libc::alarm(5);
+    }
     let mut orphans = Vec::new();
     loop {
         // SAFETY: an all-zero siginfo_t is valid for waitid to fill in.
@@ -671,6 +684,10 @@ fn reap_orphans(t0: u64) -> Vec<(String, f64)> {
         // Its name first (a zombie's is still there), then reap it.
         // SAFETY: waitid and waitpid with pointers to locals.
         if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                eprintln!("netload: first-byte: a process the program left is still running after 5 s");
+                std::process::exit(1);
+            }
             break;
         }
         // SAFETY: filled in by a successful waitid for a child.
@@ -679,8 +696,12 @@ fn reap_orphans(t0: u64) -> Vec<(String, f64)> {
         let mut status = 0;
         // SAFETY: as above.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        orphans.push((name.trim().to_string(), (mono_ns() - t0) as f64 / 1000.0));
+        let code =
+            if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+        orphans.push((name.trim().to_string(), (mono_ns() - t0) as f64 / 1000.0, code));
     }
+    // SAFETY: cancels the alarm set above.
+    unsafe { libc::alarm(0) };
     orphans
 }
 
