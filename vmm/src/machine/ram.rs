@@ -41,8 +41,15 @@ impl PendingRam {
         Self { ranges, state: Mutex::new(state), done: Condvar::new(), accesses: AtomicU64::new(0), sandbox }
     }
 
-    /// Start registering on a thread of `scope`, if that has not started.
-    pub fn start<'scope, 'env>(&'scope self, scope: &'scope Scope<'scope, 'env>, vm: &'scope Vm) {
+    /// Start registering on a thread of `scope`, if that has not started;
+    /// `hold`, if any, is let go once that thread runs (see
+    /// `Machine::spawn`).
+    pub fn start<'scope, 'env>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'env>,
+        vm: &'scope Vm,
+        hold: Option<crate::sandbox::Hold<'scope>>,
+    ) {
         let mut g = lock(&self.state);
         if !matches!(*g, RamState::Deferred(_)) {
             return;
@@ -50,6 +57,7 @@ impl PendingRam {
         let RamState::Deferred(d) = std::mem::replace(&mut *g, RamState::Registering) else { return };
         drop(g);
         let started = spawn(scope, "ram", move || {
+            drop(hold);
             let r = self.sandbox.enter(Role::Ram).and_then(|()| vm.register(&d));
             *lock(&self.state) = RamState::Done(r);
             self.done.notify_all();
@@ -87,7 +95,7 @@ impl PendingRam {
         addr: u64,
         data: &mut [u8],
     ) -> Result<(), Error> {
-        self.start(scope, vm);
+        self.start(scope, vm, None);
         self.wait()?;
         self.accesses.fetch_add(1, Ordering::Relaxed);
         if mem.read_slice(data, GuestAddress(addr)).is_err() {
@@ -105,7 +113,7 @@ impl PendingRam {
         addr: u64,
         data: &[u8],
     ) -> Result<(), Error> {
-        self.start(scope, vm);
+        self.start(scope, vm, None);
         self.wait()?;
         self.accesses.fetch_add(1, Ordering::Relaxed);
         let _ = mem.write_slice(data, GuestAddress(addr));

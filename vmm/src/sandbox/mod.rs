@@ -38,7 +38,7 @@
 mod install;
 mod tree;
 
-pub use install::Installer;
+pub use install::{Hold, Installer};
 
 use seccompiler::BpfProgram;
 use syscalls::Sysno;

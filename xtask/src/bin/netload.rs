@@ -4,7 +4,7 @@
 //! netload ADDR:PORT conns N BYTES   # N connections at once, each echoes BYTES
 //! netload ADDR:PORT rr N SECONDS    # N connections doing 64-byte request/response
 //! netload ADDR:PORT stream SECONDS  # one connection, send and read back at once: MB/s
-//! netload ADDR:PORT reset           # connect, send, reset (RST) without reading
+//! netload ADDR:PORT reset           # connect, send, read the echo's start, reset (RST)
 //! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold until stdin ends (60 s at most)
 //! netload ADDR:PORT bulk BYTES MS   # one connection echoes BYTES, compared byte for
 //!                                   # byte; the reader (32 KiB of socket buffer) first
@@ -254,6 +254,12 @@ fn main() {
             let s = connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
             let mut s2 = s.try_clone().expect("clone");
             let _ = s2.write_all(b"half a message, then a reset");
+            // Mid-stream: once the app has taken the connection and echoes.
+            // Reset before the app takes it, a connection is closed by the
+            // network unit and never reaches the app (which then counts one
+            // connection fewer: the test waited for ever, now and then).
+            let _ = s2.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s2.read(&mut [0u8; 64]);
             // SO_LINGER 0: close sends RST.
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             // SAFETY: a valid socket descriptor and a `linger` of the size
