@@ -150,11 +150,19 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let machine = Machine::new(&vm, &mem, parts)?;
     // A scope joins its threads (secondary vCPUs, RAM registration, device
     // I/O) on every return.
+    let mut kept = false;
     std::thread::scope(|s| {
         machine.run(s, &mut vcpu, tl);
         tl.mark(Phase::GuestStopped);
         // What is freed from here on is left to the process's exit.
         vstate::heap::stop_freeing();
+        // The VM's and the TAP devices' last closes (0.3–0.7 ms and an RCU
+        // grace period here) and the freeing of guest memory come after the
+        // monitor's exit: in a keeper process that holds them (`--teardown`),
+        // made now, while the other threads end (its `clone` was the run's
+        // end's longest step, ~30 µs); or, without one, through the VM's way
+        // out (`vstate::Farewell`, below).
+        kept = machine.keeper() && keep();
         // While the other vCPUs take their kick (tens to hundreds of µs
         // here) and the threads end.
         tl.set_guest_trace(boot_info::read_trace(&mem));
@@ -173,12 +181,8 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     }
     tl.vcpus_started = machine.started();
     let registers = machine.registers();
-    // The VM's and the TAP devices' last closes (0.3–0.7 ms and an RCU
-    // grace period here) and the freeing of guest memory come after the
-    // monitor's exit: in a keeper process that holds them (`--teardown`),
-    // or, without one, through the VM's way out (`vstate::Farewell`; the
-    // devices close theirs now, the memory goes with the process).
-    let kept = machine.keeper() && keep();
+    // Without a keeper: the VM leaves by its way out (`vstate::Farewell`;
+    // the devices close theirs now, the memory goes with the process).
     let farewell = if kept { None } else { machine.take_farewell() };
     if let Some(f) = &farewell {
         f.send(&machine.slow_to_close());

@@ -151,6 +151,9 @@ impl Installer {
         let enabled = sandbox.enabled();
         let keeper = sandbox.keeper();
         if sys::cpus_allowed() < 2 {
+            if keeper {
+                crate::vstate::keeper::prepare();
+            }
             shared.warmed.store(true, Ordering::Relaxed);
             if !enabled {
                 finish(&shared, Ok(0));
@@ -173,6 +176,10 @@ impl Installer {
                 // Whatever happens here (a panic included), a waiter is told.
                 let guard = Unfinished(&theirs);
                 let started = std::time::Instant::now();
+                // Before the filter, which allows no `pidfd_open`.
+                if keeper {
+                    crate::vstate::keeper::prepare();
+                }
                 let bpf = enabled.then(|| {
                     let farewell = Farewell::new();
                     let mine = match &farewell {
@@ -219,6 +226,9 @@ impl Installer {
             }
             // No thread to spare: do it inline.
             Err(_) => {
+                if keeper {
+                    crate::vstate::keeper::prepare();
+                }
                 shared.warmed.store(true, Ordering::Relaxed);
                 Ok(Self { shared, inline: enabled.then(|| sandbox.clone()), enabled, thread: None, keeper })
             }

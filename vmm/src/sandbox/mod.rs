@@ -129,10 +129,9 @@ pub struct Sandbox {
     /// The socket the VM leaves by (`vstate::Farewell`): the vCPU filter
     /// allows `sendmsg` on it alone.
     farewell: Option<u32>,
-    /// The monitor's process ID when the run ends with a keeper
-    /// (`--teardown=keeper`, `vstate::keeper`): the vCPU filter allows a
-    /// `pidfd_open` of it and the keeper's `clone`.
-    keeper: Option<u32>,
+    /// Whether the run ends with a keeper (`--teardown=keeper`,
+    /// `vstate::keeper`): the vCPU filter allows the keeper's `clone`.
+    keeper: bool,
 }
 
 /// `ioctl` requests, by number: the kernel's `_IO`/`_IOR`/`_IOW`/`_IOWR`
@@ -386,20 +385,19 @@ impl Sandbox {
             gdb_unix: matches!(cfg.gdb, Some(crate::gdb::GdbAddr::Unix(_))),
             core: cfg.core.is_some(),
         };
-        let keeper = (cfg.teardown == crate::config::Teardown::Keeper).then(std::process::id);
+        let keeper = cfg.teardown == crate::config::Teardown::Keeper;
         Self { mode: cfg.seccomp, needs, farewell: None, keeper }
     }
 
-    /// The same filters, the vCPU's allowing what makes the keeper of
-    /// process `pid`.
-    pub fn with_keeper(mut self, pid: u32) -> Self {
-        self.keeper = Some(pid);
+    /// The same filters, the vCPU's allowing what makes the keeper.
+    pub fn with_keeper(mut self) -> Self {
+        self.keeper = true;
         self
     }
 
     /// Whether the run ends with a keeper (`vstate::keeper`).
     pub fn keeper(&self) -> bool {
-        self.keeper.is_some()
+        self.keeper
     }
 
     /// The same filters, the vCPU's allowing `sendmsg` on `fd`.
@@ -464,15 +462,13 @@ impl Sandbox {
                 // Threads, never processes (but the keeper, as the run
                 // ends); each thread narrows its filter.
                 let thread = libc::CLONE_THREAD as u32;
-                match self.keeper {
-                    Some(pid) => {
-                        let or = crate::vstate::keeper::CLONE_FLAGS;
-                        r.0.push((Sysno::clone, Leaf::MaskedOr { arg: 0, mask: thread, value: thread, or }));
-                        r.masked(Sysno::pidfd_open, 0, u32::MAX, pid);
-                        let idle = libc::SCHED_IDLE as u32;
-                        r.0.push((Sysno::sched_setscheduler, Leaf::Both { a: (0, 0), b: (1, idle) }));
-                    }
-                    None => r.masked(Sysno::clone, 0, thread, thread),
+                if self.keeper {
+                    let or = crate::vstate::keeper::CLONE_FLAGS;
+                    r.0.push((Sysno::clone, Leaf::MaskedOr { arg: 0, mask: thread, value: thread, or }));
+                    let idle = libc::SCHED_IDLE as u32;
+                    r.0.push((Sysno::sched_setscheduler, Leaf::Both { a: (0, 0), b: (1, idle) }));
+                } else {
+                    r.masked(Sysno::clone, 0, thread, thread);
                 }
                 r.0.push((Sysno::clone3, Leaf::Fail(libc::ENOSYS as u32)));
                 // What glibc's threads do as they start (musl's need none).
@@ -608,8 +604,8 @@ mod tests {
     }
 
     /// The keeper (`vstate::keeper`) is the one process the vCPU filter
-    /// lets be made, and only in a run that ends with one; `pidfd_open` of
-    /// the monitor alone.
+    /// lets be made, and only in a run that ends with one; no filter allows
+    /// `pidfd_open` (the keeper's pidfd is opened before the filters).
     #[test]
     fn the_keeper_is_the_one_process_a_filter_lets_be_made() {
         let verdict = |s: &Sandbox, role: Role, call: Sysno, a0: u64| {
@@ -621,7 +617,7 @@ mod tests {
         let plain = sandbox(&[]);
         assert_eq!(verdict(&plain, Role::Vcpu, Sysno::clone, keeper), trap);
         assert_eq!(verdict(&plain, Role::Vcpu, Sysno::pidfd_open, 4321), trap);
-        let s = plain.clone().with_keeper(4321);
+        let s = plain.clone().with_keeper();
         assert_eq!(verdict(&s, Role::Vcpu, Sysno::clone, keeper), allow);
         assert_eq!(
             verdict(&s, Role::Vcpu, Sysno::clone, (libc::CLONE_VM | libc::CLONE_THREAD) as u64),
@@ -630,8 +626,8 @@ mod tests {
         for other in [libc::SIGCHLD, libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, libc::CLONE_VM] {
             assert_eq!(verdict(&s, Role::Vcpu, Sysno::clone, other as u64), trap, "{other:#x}");
         }
-        assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 4321), allow);
-        assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, 1), trap);
+        // Its pidfd is opened before the filter (`keeper::prepare`).
+        assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, u64::from(std::process::id())), trap);
         // `sched_setscheduler(0, SCHED_IDLE)`: this thread, idle; no other.
         let sched = |s: &Sandbox, pid: u64, policy: i32| {
             let p = s.compile(Role::Vcpu).unwrap();
@@ -735,9 +731,7 @@ mod tests {
         let rule = |arg, op, v| {
             SeccompRule::new(vec![Cond::new(arg, Len::Dword, op, u64::from(v)).unwrap()]).unwrap()
         };
-        // With a keeper whose process ID is its `clone` flags, so that one
-        // set of arguments tries both.
-        let s = sandbox(&["disk", "vsock"]).with_keeper(crate::vstate::keeper::CLONE_FLAGS);
+        let s = sandbox(&["disk", "vsock"]).with_keeper();
         for role in Role::ALL {
             let ours = s.compile(role).unwrap();
             let map: BTreeMap<i64, Vec<SeccompRule>> = s

@@ -5,7 +5,7 @@
 //! A process's exit tears its address space down before its parent learns
 //! of the exit: guest RAM (hundreds of pages a run touched, ~0.5–0.9 µs
 //! each on this kind of host) and KVM's shadow pages over it. The keeper
-//! is made as the run ends, once disks are flushed: `clone` with
+//! is made as soon as the guest has stopped: `clone` with
 //! `CLONE_VM` (it shares the address space: nothing is copied) and a copy
 //! of the descriptor table, so it also holds the last references to the
 //! VM, its vCPUs and the TAP devices, whose last closes are slow too
@@ -22,8 +22,9 @@
 //! at the idle scheduling class (the monitor's parent, woken by the same
 //! exit, is not to wait behind it for a CPU), and makes raw system calls
 //! only; the monitor's seccomp filter, which it inherits, allows them (and,
-//! in a run that ends with a keeper, the `clone`, `pidfd_open` and
-//! `sched_setscheduler` it needs, with these arguments only).
+//! in a run that ends with a keeper, the `clone` and `sched_setscheduler`
+//! it needs, with these arguments only; the pidfd is opened as the run
+//! starts, before the filter: [`prepare`]).
 //!
 //! It is not the default (`--teardown=in-process` is): an orphan stays a
 //! zombie where nothing reaps it (a container whose PID 1 never waits), and
@@ -34,7 +35,7 @@
 //! process group and cgroup (what a supervisor kills), not outside them.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// How the keeper is made: a process (no `CLONE_THREAD`) sharing the
 /// monitor's memory, that tells its parent of its end with `SIGCHLD` (so
@@ -51,7 +52,8 @@ static mut KEEPER_STACK: [u128; STACK / 16] = [0; STACK / 16];
 /// Why no keeper was made.
 #[derive(Debug)]
 pub enum KeeperError {
-    /// `pidfd_open` failed (Linux before 5.3, or the filter refused).
+    /// `pidfd_open` failed (Linux before 5.3), or [`prepare`] was not
+    /// called.
     Pidfd(std::io::Error),
     /// `clone` failed.
     Clone(std::io::Error),
@@ -72,18 +74,41 @@ impl std::fmt::Display for KeeperError {
 /// Whether the keeper's stack is taken.
 static MADE: AtomicBool = AtomicBool::new(false);
 
-/// Make the keeper (once per process: it has one stack). From then on it
-/// holds the address space and a copy of every descriptor open now.
+/// The pidfd of the monitor the keeper waits on, opened by [`prepare`];
+/// a negative `errno` if that failed, [`UNPREPARED`] before.
+static PIDFD: AtomicI32 = AtomicI32::new(UNPREPARED);
+const UNPREPARED: i32 = i32::MIN;
+
+/// Open the pidfd of this process that the keeper will wait on: once, as
+/// the run starts, before the seccomp filter (which then allows no
+/// `pidfd_open`) and off the run's end (it cost ~10 µs there).
+pub fn prepare() {
+    // SAFETY: getpid and pidfd_open take no pointers; the descriptor is
+    // kept for the keeper (or for the process's exit to close).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    let v = if fd < 0 {
+        -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS)
+    } else {
+        fd as i32
+    };
+    if PIDFD.compare_exchange(UNPREPARED, v, Ordering::AcqRel, Ordering::Acquire).is_err() && fd >= 0 {
+        // SAFETY: the descriptor opened above, which nothing else holds.
+        unsafe { libc::close(fd as i32) };
+    }
+}
+
+/// Make the keeper (once per process: it has one stack) with the pidfd
+/// [`prepare`] opened. From then on it holds the address space and a copy
+/// of every descriptor open now.
 pub fn hand_over() -> Result<(), KeeperError> {
     if MADE.swap(true, Ordering::AcqRel) {
         return Err(KeeperError::Again);
     }
-    // SAFETY: getpid and pidfd_open take no pointers; the descriptor it
-    // returns is owned by the keeper from the clone on.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-    if pidfd < 0 {
-        return Err(KeeperError::Pidfd(std::io::Error::last_os_error()));
-    }
+    let pidfd = match PIDFD.swap(UNPREPARED, Ordering::AcqRel) {
+        UNPREPARED => return Err(KeeperError::Pidfd(std::io::Error::other("no pidfd was opened for it"))),
+        e if e < 0 => return Err(KeeperError::Pidfd(std::io::Error::from_raw_os_error(-e))),
+        fd => fd,
+    };
     // The keeper's stack outlives this function: the keeper uses it after
     // the monitor has exited, in the same (shared) memory. No reference to
     // the static is made; nothing else uses it.
@@ -109,9 +134,9 @@ pub fn hand_over() -> Result<(), KeeperError> {
     let e = std::io::Error::last_os_error();
     // SAFETY: the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    // SAFETY: closing the descriptor opened above; the keeper has its own
-    // copy.
-    unsafe { libc::close(pidfd as i32) };
+    // SAFETY: closing the pidfd `prepare` opened, now this process's alone
+    // (taken from PIDFD above); the keeper has its own copy.
+    unsafe { libc::close(pidfd) };
     if pid < 0 {
         return Err(KeeperError::Clone(e));
     }
