@@ -162,7 +162,7 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
         // made now, while the other threads end (its `clone` was the run's
         // end's longest step, ~30 µs); or, without one, through the VM's way
         // out (`vstate::Farewell`, below).
-        kept = machine.keeper() && keep();
+        kept = machine.keeper() && keep(cfg.seccomp == sandbox::SeccompMode::Off);
         // While the other vCPUs take their kick (tens to hundreds of µs
         // here) and the threads end.
         tl.set_guest_trace(boot_info::read_trace(&mem));
@@ -214,8 +214,13 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
 }
 
 /// Hand the VM and the process's memory to a keeper (`vstate::keeper`):
-/// whether it took them; if not, why, on stderr.
-fn keep() -> bool {
+/// whether it took them; if not, why, on stderr. Without filters the
+/// sandbox thread may not have opened the keeper's pidfd yet (a guest that
+/// stopped within its first milliseconds): it is opened here then.
+fn keep(unfiltered: bool) -> bool {
+    if unfiltered {
+        vstate::keeper::prepare();
+    }
     match vstate::keeper::hand_over() {
         Ok(()) => true,
         Err(e) => {
