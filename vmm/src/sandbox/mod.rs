@@ -465,8 +465,6 @@ impl Sandbox {
                 if self.keeper {
                     let or = crate::vstate::keeper::CLONE_FLAGS;
                     r.0.push((Sysno::clone, Leaf::MaskedOr { arg: 0, mask: thread, value: thread, or }));
-                    let idle = libc::SCHED_IDLE as u32;
-                    r.0.push((Sysno::sched_setscheduler, Leaf::Both { a: (0, 0), b: (1, idle) }));
                 } else {
                     r.masked(Sysno::clone, 0, thread, thread);
                 }
@@ -628,16 +626,6 @@ mod tests {
         }
         // Its pidfd is opened before the filter (`keeper::prepare`).
         assert_eq!(verdict(&s, Role::Vcpu, Sysno::pidfd_open, u64::from(std::process::id())), trap);
-        // `sched_setscheduler(0, SCHED_IDLE)`: this thread, idle; no other.
-        let sched = |s: &Sandbox, pid: u64, policy: i32| {
-            let p = s.compile(Role::Vcpu).unwrap();
-            let args = [pid, policy as u64, 0, 0, 0, 0];
-            tree::tests::eval(&p, AUDIT_ARCH_X86_64, Sysno::sched_setscheduler.id() as u32, args).0
-        };
-        assert_eq!(sched(&s, 0, libc::SCHED_IDLE), allow);
-        assert_eq!(sched(&s, 1, libc::SCHED_IDLE), trap);
-        assert_eq!(sched(&s, 0, libc::SCHED_FIFO), trap);
-        assert_eq!(sched(&plain, 0, libc::SCHED_IDLE), trap);
         for role in Role::ALL.into_iter().filter(|r| *r != Role::Vcpu) {
             assert_eq!(verdict(&s, role, Sysno::clone, keeper), trap, "{role:?}");
             assert_eq!(verdict(&s, role, Sysno::pidfd_open, 4321), trap, "{role:?}");
@@ -748,13 +736,6 @@ mod tests {
                         Leaf::MaskedOr { arg, mask, value, or } => {
                             vec![rule(arg, Op::MaskedEq(mask.into()), value), rule(arg, Op::Eq, or)]
                         }
-                        Leaf::Both { a, b } => vec![
-                            SeccompRule::new(vec![
-                                Cond::new(a.0, Len::Dword, Op::Eq, a.1.into()).unwrap(),
-                                Cond::new(b.0, Len::Dword, Op::Eq, b.1.into()).unwrap(),
-                            ])
-                            .unwrap(),
-                        ],
                         Leaf::Fail(_) => return None,
                     };
                     Some((i64::from(c), rules))
@@ -771,16 +752,12 @@ mod tests {
             .unwrap();
             let (mut ours_steps, mut theirs_steps) = (0, 0);
             let keeper = u64::from(crate::vstate::keeper::CLONE_FLAGS);
-            let idle = libc::SCHED_IDLE as u64;
-            let argsets: [[u64; 6]; 11] = [
+            let argsets: [[u64; 6]; 9] = [
                 [0; 6],
                 [keeper, 0, 0, 0, 0, 0],
-                // Near misses: the keeper's flags and one more; another
-                // process made idle; this one at another class.
+                // A near miss: the keeper's flags and one more.
                 [keeper | libc::CLONE_FILES as u64, 0, 0, 0, 0, 0],
-                [0, idle, 0, 0, 0, 0],
-                [1, idle, 0, 0, 0, 0],
-                [0, libc::SCHED_FIFO as u64, 0, 0, 0, 0],
+                [1, libc::SCHED_IDLE as u64, 0, 0, 0, 0],
                 [0, ioctls::KVM_RUN.into(), 0, 0, 0, 0],
                 [0, 0x1234_5678, 0, 0, 0, 0],
                 [libc::AF_UNIX as u64, 0, libc::O_RDONLY as u64, 0, 0, 0],

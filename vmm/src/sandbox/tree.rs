@@ -75,14 +75,6 @@ pub enum Leaf {
         /// The one other value allowed.
         or: u32,
     },
-    /// Allowed when the low 32 bits of two arguments are exactly these
-    /// (`sched_setscheduler(0, SCHED_IDLE)`: this thread, idle).
-    Both {
-        /// Argument index and value.
-        a: (u8, u32),
-        /// The other argument's index and value.
-        b: (u8, u32),
-    },
 }
 
 /// A run of call numbers `[start, next run's start)` with one verdict.
@@ -141,7 +133,7 @@ fn leaf_size(v: &Verdict) -> usize {
             1 + values.len() + 2 * values.len().div_ceil(254).max(1)
         }
         Verdict::Check(Leaf::Masked { .. }) => 5,
-        Verdict::Check(Leaf::MaskedOr { .. } | Leaf::Both { .. }) => 6,
+        Verdict::Check(Leaf::MaskedOr { .. }) => 6,
     }
 }
 
@@ -199,15 +191,6 @@ fn verdict(v: &Verdict, allow: u32, miss: u32, p: &mut BpfProgram) {
             jump(BPF_JEQ_K, *or, 3, 0),
             stmt(BPF_AND_K, *mask),
             jump(BPF_JEQ_K, value & mask, 1, 0),
-            stmt(BPF_RET_K, miss),
-            stmt(BPF_RET_K, allow),
-        ]),
-        Verdict::Check(Leaf::Both { a, b }) => p.extend([
-            ld(&a.0),
-            // Else to the miss, past the second test.
-            jump(BPF_JEQ_K, a.1, 0, 2),
-            ld(&b.0),
-            jump(BPF_JEQ_K, b.1, 1, 0),
             stmt(BPF_RET_K, miss),
             stmt(BPF_RET_K, allow),
         ]),

@@ -19,12 +19,13 @@
 //!
 //! The keeper runs on a stack of its own, with every signal blocked from
 //! its first instruction on (the monitor blocks them around the `clone`),
-//! at the idle scheduling class (the monitor's parent, woken by the same
-//! exit, is not to wait behind it for a CPU), and makes raw system calls
-//! only; the monitor's seccomp filter, which it inherits, allows them (and,
-//! in a run that ends with a keeper, the `clone` and `sched_setscheduler`
-//! it needs, with these arguments only; the pidfd is opened as the run
-//! starts, before the filter: [`prepare`]).
+//! and makes raw system calls only; the monitor's seccomp filter, which it
+//! inherits, allows them (and, in a run that ends with a keeper, the
+//! `clone`, with these flags only; the pidfd is opened as the run starts,
+//! before the filter: [`prepare`]). Once the monitor is gone it waits
+//! [`PAUSE_NS`] before its exit, so that the monitor's parent, woken by the
+//! same end, runs first. At the idle scheduling class instead, as at first,
+//! it waited 50–70 ms to exit when the host's CPUs were busy.
 //!
 //! It is not the default (`--teardown=in-process` is): an orphan stays a
 //! zombie where nothing reaps it (a container whose PID 1 never waits), and
@@ -70,6 +71,11 @@ impl std::fmt::Display for KeeperError {
         }
     }
 }
+
+/// How long the keeper waits, once the monitor is gone, before it exits
+/// (its exit is the freeing, ~0.5 ms of kernel work that would take the
+/// CPU the monitor's parent is woken on: it did, ~80 µs, traced).
+const PAUSE_NS: libc::c_long = 300_000;
 
 /// Whether the keeper's stack is taken.
 static MADE: AtomicBool = AtomicBool::new(false);
@@ -144,15 +150,12 @@ pub fn hand_over() -> Result<(), KeeperError> {
 }
 
 /// The keeper (every signal blocked, as the monitor's were at the
-/// `clone`): let go of the standard streams, name itself, make itself
-/// background work, wait until the monitor's thread group is gone, exit:
-/// 0 once it is, 1 if the wait failed (the freeing then happens beside the
-/// monitor's exit).
+/// `clone`): let go of the standard streams, name itself, wait until the
+/// monitor's thread group is gone, pause, exit: 0 once it is, 1 if the
+/// wait failed (the freeing then happens beside the monitor's exit).
 extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
     let pidfd = arg as usize;
     let name = b"torito-exit\0";
-    // The kernel's `struct sched_param` is one int (musl's has more).
-    let priority: libc::c_int = 0;
     let mut ready = libc::pollfd { fd: pidfd as libc::c_int, events: libc::POLLIN, revents: 0 };
     // SAFETY: system calls with pointers to this stack's locals, valid for
     // the calls; none of them returns memory.
@@ -163,13 +166,6 @@ extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
             raw(libc::SYS_close, [fd, 0, 0, 0]);
         }
         raw(libc::SYS_prctl, [libc::PR_SET_NAME as usize, name.as_ptr() as usize, 0, 0]);
-        // Background work: the monitor's parent, woken by the same exit,
-        // is not to wait behind the freeing on a CPU they share (it did,
-        // ~80 µs, traced).
-        raw(
-            libc::SYS_sched_setscheduler,
-            [0, libc::SCHED_IDLE as usize, &priority as *const libc::c_int as usize, 0],
-        );
         let status = loop {
             match raw(libc::SYS_ppoll, [&mut ready as *mut libc::pollfd as usize, 1, 0, 0]) {
                 n if n == -(libc::EINTR as isize) => continue,
@@ -177,6 +173,9 @@ extern "C" fn keep(arg: *mut c_void) -> libc::c_int {
                 _ => break 1,
             }
         };
+        // The monitor's parent, woken by the same end, goes first.
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: PAUSE_NS };
+        raw(libc::SYS_nanosleep, [&pause as *const libc::timespec as usize, 0, 0, 0]);
         raw(libc::SYS_exit, [status, 0, 0, 0]);
     }
     0
