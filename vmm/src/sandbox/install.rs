@@ -58,8 +58,8 @@
 //! vCPUs', the RAM registration's), and the signal stack `std` maps as the
 //! thread starts (held until the thread runs its closure: the I/O thread's
 //! waited ~0.9 ms once, and the vCPU's page faults with it, traced), waits
-//! for the address space's lock for writing, and the kernel lets each new warm-up step, a reader, take the
-//! lock before it, for up to 4 ms. The NIC's first exit (the I/O thread's
+//! for the address space's lock for writing, and the kernel lets each new
+//! warm-up step, a reader, take the lock before it, for up to 4 ms. The NIC's first exit (the I/O thread's
 //! spawn, the receive buffer, since made with the device) took 415 µs that
 //! way, 300 of them waiting (traced). Not held back for every exit: the
 //! steps then ran only while the guest ran, and under load, when the
