@@ -1035,6 +1035,47 @@ fn a_core_file_opens_in_gdb_with_the_frames_and_every_vcpu() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--teardown=keeper`: the keeper is made as the guest stops, before the
+/// core file is written, and the core is whole all the same; the keeper
+/// ends by itself (status 0) for its reaper, here netload, a subreaper.
+/// A clean run leaves its keeper too, and a run without one leaves nothing.
+#[test]
+fn a_keeper_run_writes_its_core_and_its_keeper_ends() {
+    if !kvm() {
+        return;
+    }
+    let netload = xtask::build_netload().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("torito-keeper-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let core = dir.join("panics.core");
+    let reap = |args: &[&str], elf: &Path, cmdline: &[&str]| {
+        let out = Command::new(&netload)
+            .args(["reap", "--", env!("CARGO_BIN_EXE_torito")])
+            .args(args)
+            .arg(elf)
+            .arg("--")
+            .args(cmdline)
+            .output()
+            .expect("run netload reap");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        eprintln!("--- {args:?} {}:\n{text}", elf.display());
+        text
+    };
+    let keeper = "orphans: 1 (torito-exit reaped at ";
+    let text = reap(&["--teardown=keeper", "--core", core.to_str().unwrap()], &guest("panics"), &["x"]);
+    assert!(text.contains("reap: status 101,"), "{text}");
+    assert!(text.contains(keeper) && text.contains("with status 0)"), "{text}");
+    assert!(text.contains("core written to"), "{text}");
+    let head = std::fs::read(&core).unwrap();
+    // An ELF core file (`e_type` 4), with more than its header.
+    assert!(head.len() > 4096 && head.starts_with(b"\x7fELF") && head[16] == 4, "{} bytes", head.len());
+    let text = reap(&["--teardown=keeper"], &guest("hello"), &[]);
+    assert!(text.contains("reap: status 0,") && text.contains(keeper), "{text}");
+    let text = reap(&[], &guest("hello"), &[]);
+    assert!(text.contains("reap: status 0, orphans: 0"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// seccomp: a system call no filter allows, made by the vCPU thread once
 /// its filter is in place (the `TORITO_TEST_FORBIDDEN_SYSCALL` aid:
 /// `execve` of nothing), kills the monitor with SIGSYS after one line

@@ -5,6 +5,7 @@
 //! netload ADDR:PORT rr N SECONDS    # N connections doing 64-byte request/response
 //! netload ADDR:PORT stream SECONDS  # one connection, send and read back at once: MB/s
 //! netload ADDR:PORT reset           # connect, send, read the echo's start, reset (RST)
+//! netload reap -- PROGRAM ARGS...    # run PROGRAM as its subreaper; say what it left and when it ended
 //! netload ADDR:PORT idle BYTES      # connect, send BYTES, never read; hold until stdin ends (60 s at most)
 //! netload ADDR:PORT bulk BYTES MS   # one connection echoes BYTES, compared byte for
 //!                                   # byte; the reader (32 KiB of socket buffer) first
@@ -124,10 +125,16 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | bulk BYTES MS | garbage IFACE N | first-byte http|redis [--tap NAME] -- PROGRAM ARGS...)"
+            "usage: netload ADDR:PORT (conns N BYTES | rr N SECONDS | reset | idle BYTES | bulk BYTES MS | garbage IFACE N | first-byte http|redis [--tap NAME] -- PROGRAM ARGS...)\n       netload reap -- PROGRAM ARGS..."
         );
         std::process::exit(2)
     };
+    if args.get(1).map(String::as_str) == Some("reap") {
+        if args.get(2).map(String::as_str) != Some("--") || args.len() < 4 {
+            usage();
+        }
+        return reap(&args[3..]);
+    }
     let Some(addr) = args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()) else { usage() };
     let num = |i: usize| args.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| usage());
     match args.get(2).map(String::as_str) {
@@ -662,6 +669,32 @@ fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
         "first-byte: {} µs, reaped: {} µs, tries: {tries}, pid: {pid}, orphans: {}{}",
         us(first),
         reaped.map_or_else(|| "-".to_string(), us),
+        orphans.len(),
+        if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) }
+    );
+}
+
+/// Run `argv` as its subreaper, its output passing through, then reap
+/// what it left: prints `reap: status S, orphans: N (NAME reaped at US µs
+/// with status S, ...)`, times after the program's end (`status` is
+/// `signal N` for a program killed by a signal).
+fn reap(argv: &[String]) {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status().unwrap_or_else(|e| {
+        eprintln!("netload: cannot start {}: {e}", argv[0]);
+        std::process::exit(1)
+    });
+    let orphans = reap_orphans(mono_ns());
+    let status = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "?".into(),
+    };
+    let left: Vec<String> =
+        orphans.iter().map(|(n, t, code)| format!("{n} reaped at {t:.1} µs with status {code}")).collect();
+    println!(
+        "reap: status {status}, orphans: {}{}",
         orphans.len(),
         if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) }
     );
