@@ -59,9 +59,9 @@
 //! thread starts (held until the thread runs its closure: the I/O thread's
 //! waited ~0.9 ms once, and the vCPU's page faults with it, traced), waits
 //! for the address space's lock for writing, and the kernel lets each new
-//! warm-up step, a reader, take the lock before it, for up to 4 ms. The NIC's first exit (the I/O thread's
-//! spawn, the receive buffer, since made with the device) took 415 µs that
-//! way, 300 of them waiting (traced). Not held back for every exit: the
+//! warm-up step, a reader, take the lock before it, for up to 4 ms. The
+//! NIC's first exit (the I/O thread's spawn, the receive buffer, since made
+//! with the device) took 415 µs that way, 300 of them waiting (traced). Not held back for every exit: the
 //! steps then ran only while the guest ran, and under load, when the
 //! warm-up lags, each page copied under a running guest cost it an exit
 //! (the TLB shootdown's IPI): ~120 more exits to httpd's main.

@@ -663,14 +663,11 @@ fn first_byte(addr: SocketAddr, proto: &str, argv: &[String]) {
     let reaped = (!killed.load(std::sync::atomic::Ordering::SeqCst)).then_some(at);
     let orphans = reap_orphans(t0);
     let us = |t: u64| format!("{:.1}", (t - t0) as f64 / 1000.0);
-    let left: Vec<String> =
-        orphans.iter().map(|(n, t, code)| format!("{n} reaped at {t:.1} µs with status {code}")).collect();
     println!(
-        "first-byte: {} µs, reaped: {} µs, tries: {tries}, pid: {pid}, orphans: {}{}",
+        "first-byte: {} µs, reaped: {} µs, tries: {tries}, pid: {pid}, orphans: {}",
         us(first),
         reaped.map_or_else(|| "-".to_string(), us),
-        orphans.len(),
-        if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) }
+        orphans_text(&orphans)
     );
 }
 
@@ -691,13 +688,15 @@ fn reap(argv: &[String]) {
         (None, Some(s)) => format!("signal {s}"),
         _ => "?".into(),
     };
-    let left: Vec<String> =
+    println!("reap: status {status}, orphans: {}", orphans_text(&orphans));
+}
+
+/// `N (NAME reaped at US µs with status S, ...)`: what [`reap_orphans`]
+/// found.
+fn orphans_text(orphans: &[(String, f64, i32)]) -> String {
+    let each: Vec<String> =
         orphans.iter().map(|(n, t, code)| format!("{n} reaped at {t:.1} µs with status {code}")).collect();
-    println!(
-        "reap: status {status}, orphans: {}{}",
-        orphans.len(),
-        if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) }
-    );
+    if each.is_empty() { "0".into() } else { format!("{} ({})", each.len(), each.join(", ")) }
 }
 
 /// Wait for every child left, the orphans the program's processes left to
@@ -707,8 +706,8 @@ fn reap(argv: &[String]) {
 fn reap_orphans(t0: u64) -> Vec<(String, f64, i32)> {
     extern "C" fn wake(_: libc::c_int) {}
     // SIGALRM interrupts the blocking wait (no SA_RESTART): a wait that
-    // polled would read the times late, and take CPU from the idle-class
-    // keeper it waits for.
+    // polled would read the times late, and take CPU from the keeper it
+    // waits for.
     // SAFETY: a handler that does nothing; sigaction with a local.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -724,7 +723,7 @@ fn reap_orphans(t0: u64) -> Vec<(String, f64, i32)> {
         // SAFETY: waitid and waitpid with pointers to locals.
         if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                eprintln!("netload: first-byte: a process the program left is still running after 5 s");
+                eprintln!("netload: a process the program left is still running after 5 s");
                 std::process::exit(1);
             }
             break;
