@@ -220,7 +220,26 @@ pub struct BootInfo {
     /// random numbers; all zero when the loader gives none (multiboot,
     /// PVH).
     pub entropy: [u64; 4],
+    /// What the monitor set up that the kernel would otherwise do itself
+    /// ([`PRESET_LAPIC`]); 0 when nothing is (multiboot, PVH).
+    pub preset: u32,
+    /// Zero.
+    pub reserved: u32,
 }
+
+/// [`BootInfo::preset`]: every vCPU's local APIC is software-enabled
+/// (spurious vector [`LAPIC_SPURIOUS_VECTOR`]) and its timer set to
+/// one-shot on [`LAPIC_TIMER_VECTOR`], counting undivided, before the vCPU
+/// first runs. Each of these is a register write the kernel would make,
+/// and each such write is an emulated store, an exit, on a paravirtual
+/// host; the kernel also skips the `cpuid` that looks for the LAPIC.
+pub const PRESET_LAPIC: u32 = 1;
+
+/// The local APIC's spurious-interrupt vector (its SVR's low byte).
+pub const LAPIC_SPURIOUS_VECTOR: u8 = 0xff;
+
+/// The vector of the local APIC timer's interrupt.
+pub const LAPIC_TIMER_VECTOR: u8 = 0x40;
 
 impl BootInfo {
     /// An empty `BootInfo` for `protocol`, with magic, version and size set.
@@ -246,6 +265,8 @@ impl BootInfo {
             cpu_count: 1,
             device_snapshots: 0,
             entropy: [0; 4],
+            preset: 0,
+            reserved: 0,
         }
     }
 
@@ -352,7 +373,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<MemRegion>(), 24);
         assert_eq!(core::mem::size_of::<TraceEntry>(), 16);
         assert_eq!(core::mem::offset_of!(BootInfo, mem_map), 64);
-        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 16 + 32);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 64 + 32 * 24 + 8 + 16 * 16 + 16 + 32 + 8);
+        assert_eq!(core::mem::offset_of!(BootInfo, preset), 64 + 32 * 24 + 8 + 16 * 16 + 16 + 32);
+        // The snapshots' place did not move with the field (v6).
+        assert_eq!(DEVICE_SNAPSHOTS_OFFSET, 1152);
         assert_eq!(core::mem::offset_of!(BootInfo, boot_realtime_ns), 64 + 32 * 24 + 8 + 16 * 16);
         assert_eq!(core::mem::offset_of!(BootInfo, cpu_count), 64 + 32 * 24 + 8 + 16 * 16 + 8);
     }

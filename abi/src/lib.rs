@@ -25,5 +25,6 @@ pub mod note;
 ///
 /// v3: several cores (the note's per-core fields, `BootInfo::cpu_count`,
 /// the `START_CORES` register). v4: `BootInfo::entropy`. v5: the note's
-/// stack guard pages.
-pub const ABI_VERSION: u32 = 5;
+/// stack guard pages. v6: `BootInfo::preset` (the local APICs set up by
+/// the monitor).
+pub const ABI_VERSION: u32 = 6;

@@ -112,7 +112,10 @@ pub fn run(cfg: &VmConfig, tl: &mut Timeline) -> Result<Outcome, Error> {
     let cpus = if lapic { cfg.cpus } else { 1 };
     // The devices' first register batches, run now: an exit fewer each.
     let snapshots = devices.write_snapshots(&mem, torito_abi::layout::BOOT_INFO_ADDR);
-    boot_info::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), cpus, snapshots)?;
+    // With a LAPIC, `configure` set it up (`arch::lapic`), and will on
+    // every other vCPU.
+    let told = boot_info::Cpus { count: cpus, lapic_preset: lapic };
+    boot_info::write_boot_info(&mem, cfg.mem, cmdline, tsc_khz, tl.launch_ns(), told, snapshots)?;
     vcpu.set_boot_registers(&regs::registers(&elf.note, 0))?;
     if cfg.timeline.is_some() {
         tl.set_clock_reference(vcpu.clock_reference(tsc_khz));

@@ -489,11 +489,14 @@ fn a_nic_appliance_starts_in_a_few_exits() {
     assert!(mmio <= 5, "{mmio} MMIO exits (expected 4)");
     assert_eq!(halts, 0, "a halt before the app's main");
     // Measured 2026-12-04 on the Intel host: ~38 exits, ~35 faults, 7
-    // emulated instructions; the bounds leave room for a loaded host (the
-    // warm-up then lags), not for losing it (~120 faults and more).
-    assert!(exits <= 150, "{exits} exits (expected ~40)");
+    // emulated instructions; on the PVM host after the monitor set the
+    // local APIC up (no `cpuid`, no register write of the kernel's): ~32,
+    // ~32 and 4 (6 before). The bounds leave room for a loaded host (the
+    // warm-up then lags, a frame's interrupt runs its emulated stub), not
+    // for losing it (~120 faults and more).
+    assert!(exits <= 150, "{exits} exits (expected ~35)");
     assert!(faults <= 150, "{faults} guest page faults (expected ~35)");
-    assert!(emulated <= 30, "{emulated} emulated instructions (expected 7)");
+    assert!(emulated <= 30, "{emulated} emulated instructions (expected 4)");
     assert_eq!(n("vcpus"), 1, "a second vCPU started with no work for it: {json}");
 }
 

@@ -36,7 +36,7 @@ const ICR_INIT: u32 = 0b101 << 8;
 const ICR_STARTUP: u32 = 0b110 << 8;
 const ID: usize = 0x20;
 const DIVIDE_BY_1: u32 = 0b1011;
-const TIMER_VECTOR: u32 = 0x40;
+const TIMER_VECTOR: u32 = torito_abi::boot_info::LAPIC_TIMER_VECTOR as u32;
 const MASKED: u32 = 1 << 16;
 /// LAPIC timer counts per second under KVM and QEMU.
 const LAPIC_HZ: u64 = 1_000_000_000;
@@ -49,6 +49,8 @@ static PRESENT: AtomicU8 = AtomicU8::new(0);
 /// [`enable_boot_core`]): each write of its register is an emulated MMIO
 /// store on a paravirtual host (~30 µs), done once.
 static BOOT_ENABLED: AtomicBool = AtomicBool::new(false);
+/// The monitor set every core's LAPIC up ([`init`]'s `preset`).
+static PRESET: AtomicBool = AtomicBool::new(false);
 /// Cores whose timer is set up ([`init_timer`]), by core index.
 static TIMER_READY: AtomicU32 = AtomicU32::new(0);
 const _: () = assert!(super::smp::MAX_CORES <= 32);
@@ -67,16 +69,29 @@ fn read(reg: usize) -> u32 {
 /// Set the timer up; `tsc_khz` is the TSC frequency if known (0 if not).
 /// Returns the TSC frequency the timer works with, or `None` when there is
 /// no usable LAPIC timer.
+///
+/// Where the monitor has set every core's LAPIC up already (the Torito
+/// monitor's `torito_abi::boot_info::PRESET_LAPIC`), there is a LAPIC,
+/// under a hypervisor, and neither the `cpuid` nor any register write here
+/// or at a core's first [`arm`] is needed.
 pub fn init(tsc_khz: u64) -> Option<u64> {
-    let l1 = core::arch::x86_64::__cpuid(1);
-    let has_lapic = l1.edx & (1 << 9) != 0;
-    PRESENT.store(if has_lapic { 1 } else { 2 }, Ordering::Relaxed);
-    let under_hypervisor = l1.ecx & (1 << 31) != 0;
-    // The counting rate is known only under a hypervisor (see above).
-    if !has_lapic || !under_hypervisor {
-        return None;
+    let preset = crate::boot::try_info().is_some_and(|b| b.preset & torito_abi::boot_info::PRESET_LAPIC != 0);
+    if preset {
+        PRESENT.store(1, Ordering::Relaxed);
+        PRESET.store(true, Ordering::Relaxed);
+        BOOT_ENABLED.store(true, Ordering::Relaxed);
+        TIMER_READY.store(u32::MAX, Ordering::Relaxed);
+    } else {
+        let l1 = core::arch::x86_64::__cpuid(1);
+        let has_lapic = l1.edx & (1 << 9) != 0;
+        PRESENT.store(if has_lapic { 1 } else { 2 }, Ordering::Relaxed);
+        let under_hypervisor = l1.ecx & (1 << 31) != 0;
+        // The counting rate is known only under a hypervisor (see above).
+        if !has_lapic || !under_hypervisor {
+            return None;
+        }
+        enable_boot_core();
     }
-    enable_boot_core();
     let khz = match tsc_khz {
         0 => calibrate()?,
         k => k,
@@ -88,7 +103,7 @@ pub fn init(tsc_khz: u64) -> Option<u64> {
 /// Software-enable this core's local APIC (spurious vector 0xff), so it
 /// accepts interrupts.
 pub fn enable() {
-    write(SVR, 0x1ff);
+    write(SVR, 0x100 | u32::from(torito_abi::boot_info::LAPIC_SPURIOUS_VECTOR));
 }
 
 /// [`enable`] on the boot core, unless done already (by [`init`], or by
@@ -112,9 +127,12 @@ fn init_timer() {
 }
 
 /// Set a secondary core's local APIC up like the boot core's (after
-/// [`init`] succeeded there); its timer at its first [`arm`].
+/// [`init`] succeeded there; nothing if the monitor did it); its timer at
+/// its first [`arm`].
 pub fn init_secondary() {
-    enable();
+    if !PRESET.load(Ordering::Relaxed) {
+        enable();
+    }
 }
 
 /// Whether this CPU has a local APIC (interrupts can be delivered).
@@ -177,6 +195,9 @@ fn calibrate() -> Option<u64> {
         }
     }
     write(INITIAL_COUNT, 0);
+    // The timer's vector is masked now: set up again at this core's first
+    // `arm`, even where the monitor had set it up (`init`'s preset).
+    TIMER_READY.fetch_and(!(1u32 << super::smp::current_core()), Ordering::Relaxed);
     let ns = u64::from(c0.wrapping_sub(c1)) * 1_000_000_000 / LAPIC_HZ;
     Some((t1 - t0) * 1_000_000 / ns.max(1))
 }

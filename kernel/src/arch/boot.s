@@ -537,7 +537,7 @@ die:                            /* exit code 255 on every host we know */
     .long 0x54300001            /* torito_abi::note::NOTE_TYPE */
     .asciz "Torito"
     .balign 4
-    .long 5                     /* abi_version (torito_abi::ABI_VERSION) */
+    .long 6                     /* abi_version (torito_abi::ABI_VERSION) */
     .long 0                     /* flags */
     .quad kernel_main           /* entry */
     .quad boot_stack_top        /* stack_top */

@@ -24,7 +24,7 @@ pub mod torito;
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
-const _: () = assert!(torito_abi::ABI_VERSION == 5, "update abi_version in boot.s");
+const _: () = assert!(torito_abi::ABI_VERSION == 6, "update abi_version in boot.s");
 // `boot.s` writes the debug trap register's address by hand.
 const _: () = assert!(
     torito_abi::layout::TORITO_MMIO_BASE + torito_abi::mmio::DEBUG_TRAP == 0xc000_0038,

@@ -167,6 +167,8 @@ mod ioctls {
     pub const KVM_GET_MSRS: u32 = iowr(0x88, size_of::<kvm_msrs>());
     pub const KVM_GET_FPU: u32 = ior(0x8c, size_of::<kvm_fpu>());
     pub const KVM_SET_FPU: u32 = iow(0x8d, size_of::<kvm_fpu>());
+    pub const KVM_GET_LAPIC: u32 = ior(0x8e, size_of::<kvm_lapic_state>());
+    pub const KVM_SET_LAPIC: u32 = iow(0x8f, size_of::<kvm_lapic_state>());
     pub const KVM_SET_CPUID2: u32 = iow(0x90, size_of::<kvm_cpuid2>());
     pub const KVM_SET_MP_STATE: u32 = iow(0x99, size_of::<kvm_mp_state>());
     pub const KVM_GET_DEBUGREGS: u32 = ior(0xa1, size_of::<kvm_debugregs>());
@@ -181,7 +183,8 @@ mod ioctls {
     pub const TUNSETOFFLOAD: u32 = crate::vstate::sys::TUNSETOFFLOAD as u32;
 
     /// A vCPU thread's: running, registers (crash reports, gdb, cores),
-    /// MSIs, statistics; secondary vCPUs made on their threads; and the
+    /// MSIs, statistics; secondary vCPUs made on their threads (with their
+    /// CPUID and local APIC); and the
     /// RAM registration of the thread it starts (which narrows it).
     pub const VCPU: &[u32] = &[
         KVM_RUN,
@@ -199,6 +202,8 @@ mod ioctls {
         KVM_GET_STATS_FD,
         KVM_CREATE_VCPU,
         KVM_SET_CPUID2,
+        KVM_GET_LAPIC,
+        KVM_SET_LAPIC,
         KVM_SET_MP_STATE,
         KVM_SET_USER_MEMORY_REGION,
         FIONBIO,
@@ -228,6 +233,8 @@ mod ioctls {
         ioctl_iowr_nr!(GET_MSRS, KVMIO, 0x88, kvm_msrs);
         ioctl_ior_nr!(GET_FPU, KVMIO, 0x8c, kvm_fpu);
         ioctl_iow_nr!(SET_FPU, KVMIO, 0x8d, kvm_fpu);
+        ioctl_ior_nr!(GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+        ioctl_iow_nr!(SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
         ioctl_iow_nr!(SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
         ioctl_iow_nr!(SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
         ioctl_ior_nr!(GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
@@ -250,6 +257,8 @@ mod ioctls {
                 (KVM_GET_MSRS, GET_MSRS()),
                 (KVM_GET_FPU, GET_FPU()),
                 (KVM_SET_FPU, SET_FPU()),
+                (KVM_GET_LAPIC, GET_LAPIC()),
+                (KVM_SET_LAPIC, SET_LAPIC()),
                 (KVM_SET_CPUID2, SET_CPUID2()),
                 (KVM_SET_MP_STATE, SET_MP_STATE()),
                 (KVM_GET_DEBUGREGS, GET_DEBUGREGS()),

@@ -167,10 +167,18 @@ pub struct NewVcpu {
 }
 
 impl NewVcpu {
-    /// Give the vCPU its CPUID (with a local APIC or not): ready to run.
+    /// Give the vCPU its CPUID (with a local APIC or not) and set its local
+    /// APIC up (`arch::lapic`): ready to run.
     pub fn configure(self, lapic: bool) -> Result<Vcpu, Error> {
         let cpuid = crate::arch::cpuid::table(host_cpuid, lapic, self.id as u8);
         self.fd.set_cpuid2(&cpuid).map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+        if lapic {
+            let mut state = self.fd.get_lapic().map_err(|e| Error::Kvm("KVM_GET_LAPIC", e))?;
+            let mut regs = state.regs.map(|b| b as u8);
+            crate::arch::lapic::preset(&mut regs);
+            state.regs = regs.map(|b| b as std::ffi::c_char);
+            self.fd.set_lapic(&state).map_err(|e| Error::Kvm("KVM_SET_LAPIC", e))?;
+        }
         Ok(Vcpu::new(self.fd, self.id))
     }
 }

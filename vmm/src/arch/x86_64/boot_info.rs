@@ -23,10 +23,23 @@ pub fn check_cmdline(cmdline: &str) -> Result<&str, Error> {
     Ok(cmdline)
 }
 
-/// The `BootInfo` for a guest with `ram` bytes and `cpus` vCPUs.
-pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64, cpus: u32) -> BootInfo {
+/// The guest's vCPUs, as its `BootInfo` tells of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cpus {
+    /// How many.
+    pub count: u32,
+    /// Whether each one's local APIC is set up before it runs
+    /// (`arch::lapic`, `PRESET_LAPIC`).
+    pub lapic_preset: bool,
+}
+
+/// The `BootInfo` for a guest with `ram` bytes and `cpus`.
+pub fn boot_info(ram: u64, cmdline: &str, tsc_khz: u64, launch_ns: u64, cpus: Cpus) -> BootInfo {
     let mut bi = BootInfo::new(BootProtocol::Direct);
-    bi.cpu_count = cpus;
+    bi.cpu_count = cpus.count;
+    if cpus.lapic_preset {
+        bi.preset |= torito_abi::boot_info::PRESET_LAPIC;
+    }
     for (base, len) in ram_ranges(ram) {
         if len > 0 {
             bi.push_region(MemRegion::usable(base, len));
@@ -51,7 +64,7 @@ pub fn write_boot_info(
     cmdline: &str,
     tsc_khz: u64,
     launch_ns: u64,
-    cpus: u32,
+    cpus: Cpus,
     device_snapshots: u32,
 ) -> Result<(), Error> {
     let mut bi = boot_info(ram, cmdline, tsc_khz, launch_ns, cpus);
@@ -89,14 +102,16 @@ mod tests {
 
     #[test]
     fn boot_info_describes_ram_and_cmdline() {
-        let bi = boot_info(4 << 30, "a b", 2_500_000, 7, 2);
+        let bi = boot_info(4 << 30, "a b", 2_500_000, 7, Cpus { count: 2, lapic_preset: true });
         assert_eq!(bi.cpu_count, 2);
+        assert_eq!(bi.preset, torito_abi::boot_info::PRESET_LAPIC);
         assert!(bi.is_valid());
         assert_eq!(bi.regions(), &[MemRegion::usable(0, 3 << 30), MemRegion::usable(4 << 30, 1 << 30)]);
         assert_eq!((bi.cmdline_addr, bi.cmdline_len), (CMDLINE_ADDR, 3));
         assert_eq!(bi.tsc_khz, 2_500_000);
-        let bi = boot_info(64 << 20, "", 0, 0, 1);
+        let bi = boot_info(64 << 20, "", 0, 0, Cpus { count: 1, lapic_preset: false });
         assert_eq!(bi.cmdline_addr, 0);
+        assert_eq!(bi.preset, 0, "no LAPIC, nothing preset");
         assert_eq!(bi.regions().len(), 1);
     }
 
@@ -105,7 +120,7 @@ mod tests {
     fn every_launch_gets_fresh_entropy() {
         let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let read = || {
-            write_boot_info(&mem, 16 << 20, "", 0, 0, 1, 0).unwrap();
+            write_boot_info(&mem, 16 << 20, "", 0, 0, Cpus { count: 1, lapic_preset: false }, 0).unwrap();
             let mut buf = vec![0u8; std::mem::size_of::<BootInfo>()];
             mem.read_slice(&mut buf, GuestAddress(BOOT_INFO_ADDR)).unwrap();
             BootInfo::read_from_bytes(&buf).unwrap().entropy
