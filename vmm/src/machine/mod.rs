@@ -340,6 +340,9 @@ impl<'a> Machine<'a> {
         scope: &'scope Scope<'scope, 'a>,
         id: u32,
     ) -> Option<Result<Outcome, Error>> {
+        // Its filter, inherited, is on already: a forbidden call while it
+        // makes its vCPU is to be reported as the vCPU thread's.
+        self.sandbox.inherit(Role::Vcpu);
         let made = self.vm.create_vcpu(id, self.lapic).and_then(|v| {
             v.set_boot_registers(&crate::arch::regs::registers(&self.note, id))?;
             v.make_runnable()?;
