@@ -19,7 +19,7 @@
     .set TSS_SEL, 0x30          /* core i's TSS: TSS_SEL + 16 * i */
     .set GATE_MAGIC, 0x54475445 /* r10d of a gate call: "ETGT" */
     .set GATE_OPS, 9
-    .set TIMER_VECTOR, 0x40
+    .set TIMER_VECTOR, 0x40     /* torito_abi::boot_info::LAPIC_TIMER_VECTOR */
     .set WAKE_VECTOR, 0x41      /* inter-processor wake-up */
     .set LAPIC_EOI, 0xfee000b0
     .set GS_BASE_MSR, 0xc0000101

@@ -25,6 +25,9 @@ core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 // `boot.s` writes the ABI version into the Torito note by hand.
 const _: () = assert!(torito_abi::ABI_VERSION == 6, "update abi_version in boot.s");
+// `boot.s` places the timer's stub at the vector the monitor programs
+// (`BootInfo::preset`) by hand.
+const _: () = assert!(torito_abi::boot_info::LAPIC_TIMER_VECTOR == 0x40, "update TIMER_VECTOR in boot.s");
 // `boot.s` writes the debug trap register's address by hand.
 const _: () = assert!(
     torito_abi::layout::TORITO_MMIO_BASE + torito_abi::mmio::DEBUG_TRAP == 0xc000_0038,
